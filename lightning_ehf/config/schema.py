@@ -1,0 +1,136 @@
+"""Typed configuration schema. Every default of every knob lives here; YAML files only override.
+
+The keys marked *contract* are public (DESIGN.md §4): scripts and users rely on their names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass
+class DataCfg:
+    target: Optional[str] = "ring2d"  # contract: ring2d|rings2d|shell3d|particles2d|gmm8 or null
+    path: Optional[str] = None  # contract: user data file (.npy/.npz/.csv); needs target=null
+    regime: str = "infinite"  # contract: finite|infinite
+    n_train: int = 20000  # contract: training set size (finite regime)
+    n_val: int = 2000  # contract
+    n_test: int = 5000  # contract
+    batch_size: int = 512  # contract
+    augment: bool = False  # contract: random group element applied to every training batch
+    num_workers: int = 0
+    standardize: bool = False  # file data: divide by one global scale (keeps rotation symmetry)
+
+
+@dataclass
+class SymmetryCfg:
+    group: str = "auto"  # contract: auto|none|so2|so3|rotations|matrices
+    planes: Optional[list[list[int]]] = None  # contract: rotation planes, e.g. [[0,1],[2,3]]
+    coords: Optional[list[int]] = None  # coordinates so2/so3 act on (default: the first 2 / 3)
+    particle_dim: Optional[int] = None  # contract: q holds particles of this many coordinates
+    matrices: Optional[list[Any]] = None  # contract: explicit generators, each d×d (list of lists)
+
+
+@dataclass
+class ModelCfg:
+    kind: str = "ehf"  # contract: ehf|nsf
+    invariant: bool = False  # contract: invariant-by-construction Hamiltonians
+    blocks: int = 4  # T: flow blocks, each with its own Hamiltonian
+    leapfrog_steps: int = 4  # L: leapfrog steps per block
+    step_size: float = 0.2  # initial ε per block
+    learn_step_size: bool = True
+    hidden: int = 64  # MLP width (potential, kinetic, encoder)
+    depth: int = 2  # hidden layers per MLP
+    activation: str = "softplus"  # softplus|tanh|silu (smooth: forces must be differentiable)
+    kinetic: str = "mlp"  # quadratic|mlp
+    encoder: str = "gaussian"  # gaussian (diagonal) | equivariant (rotation groups)
+    sigma_q: float = 1.0  # base N(0, σ_q² I) on q
+    sigma_p: float = 1.0  # base N(0, σ_p² I) on p
+    # nsf baseline (zuko)
+    nsf_transforms: int = 4
+    nsf_bins: int = 8
+
+
+@dataclass
+class ConstraintCfg:
+    mode: str = "dual"  # contract: none|penalty|dual
+    rule: str = "additive"  # additive (projected dual ascent) | geco (multiplicative, EMA)
+    tolerance: float = 1e-3  # contract: ε_k, the allowed mean squared bracket
+    lr: float = 1.0  # contract: η, the multiplier's step
+    init: float = 0.0  # contract: λ_k at the start (the fixed λ in penalty mode)
+    ema: float = 0.9  # geco moving-average factor
+
+
+@dataclass
+class OptimCfg:
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 10.0
+    scheduler: str = "cosine"  # cosine|none
+    warmup_steps: int = 100
+    elbo_samples: int = 1  # momentum samples per data point in the training ELBO
+
+
+@dataclass
+class TrainerCfg:
+    max_steps: int = 2000  # contract
+    accelerator: str = "auto"  # contract
+    devices: Any = 1  # contract: int or "auto"
+    strategy: str = "auto"  # contract
+    num_nodes: int = 1  # contract
+    precision: str = "32-true"  # contract: 32-true|64-true|bf16-mixed…
+    val_check_interval: int = 250  # validate every this many training steps
+    log_every_n_steps: int = 25
+    deterministic: bool = True
+    ddp_timeout_s: int = 300
+
+
+@dataclass
+class WandbCfg:
+    mode: str = "offline"  # contract: offline|online|disabled
+    project: str = "lightning_ehf"  # contract
+    entity: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoggerCfg:
+    wandb: WandbCfg = field(default_factory=WandbCfg)
+
+
+@dataclass
+class EvalCfg:
+    iw_samples: int = 256  # contract: K of the IWAE estimate for val/test NLL
+    iw_chunk: int = 64  # momentum samples evaluated at once (memory bound)
+    n_group_samples: int = 8  # group elements for the invariance error
+    n_eval: int = 1000  # data points used for the invariance / equivariance errors
+
+
+@dataclass
+class PlotCfg:
+    enabled: bool = True
+    every_n_val: int = 4  # plot every N validation rounds (and always at the end)
+    grid: int = 100  # resolution of density images
+
+
+@dataclass
+class RunCfg:
+    root: str = "runs"
+    dir: Optional[str] = None  # contract: exact run folder (default runs/<experiment>/<timestamp>-<id>)
+
+
+@dataclass
+class Config:
+    experiment: str = "default"
+    seed: int = 0  # contract
+    data: DataCfg = field(default_factory=DataCfg)
+    symmetry: SymmetryCfg = field(default_factory=SymmetryCfg)
+    model: ModelCfg = field(default_factory=ModelCfg)
+    constraint: ConstraintCfg = field(default_factory=ConstraintCfg)
+    optim: OptimCfg = field(default_factory=OptimCfg)
+    trainer: TrainerCfg = field(default_factory=TrainerCfg)
+    logger: LoggerCfg = field(default_factory=LoggerCfg)
+    eval: EvalCfg = field(default_factory=EvalCfg)
+    plots: PlotCfg = field(default_factory=PlotCfg)
+    run: RunCfg = field(default_factory=RunCfg)

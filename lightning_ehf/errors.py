@@ -1,0 +1,19 @@
+"""User-facing errors. The CLI prints their message on one line and exits with code 2."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input from the user: config, data file, CLI argument or checkpoint. Exit code 2."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config key is unknown, of the wrong type, or has an invalid value. Names the key."""
+
+
+class DataError(UserError, ValueError):
+    """A data file is missing, unreadable or malformed. Names the file."""
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint is missing, corrupted, or incompatible with the request."""
