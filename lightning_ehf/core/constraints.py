@@ -1,0 +1,79 @@
+"""Lagrange multipliers for the symmetry constraints ``C_k = E[{g_k, H}²] ≤ ε_k``.
+
+Training solves ``min_θ max_{λ ≥ 0} −ELBO + Σ_k λ_k (C_k − ε_k)`` (DESIGN.md §2). The multipliers
+are buffers (checkpointed, follow ``.to``), updated in closed form after each optimiser step from
+``C̄_k`` — which the caller must already have averaged over all devices, so every rank applies the
+same update and holds the same λ.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["LagrangeMultipliers", "MODES", "RULES"]
+
+MODES = ("none", "penalty", "dual")
+RULES = ("additive", "geco")
+
+
+class LagrangeMultipliers(nn.Module):
+    """One multiplier ``λ_k ≥ 0`` per generator.
+
+    Modes:
+        ``none``: λ ≡ 0, the constraint is only monitored.
+        ``penalty``: λ fixed at ``init``.
+        ``dual``: updated after every step by ``rule``:
+            ``additive`` (projected dual ascent):  ``λ ← max(0, λ + η (C̄ − ε))``;
+            ``geco`` (Rezende & Viola 2018): ``m ← α m + (1 − α) C̄``, ``λ ← λ · exp(η (m − ε))``,
+            λ clamped to [1e-6, 1e6] so it can recover from either end.
+    """
+
+    def __init__(self, names: Sequence[str], mode: str = "dual", rule: str = "additive", tolerance: float = 1e-3,
+                 lr: float = 1.0, init: float = 0.0, ema: float = 0.9) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"unknown constraint mode '{mode}'; choose from {MODES}")
+        if rule not in RULES:
+            raise ValueError(f"unknown multiplier rule '{rule}'; choose from {RULES}")
+        if tolerance < 0 or lr <= 0 or init < 0 or not 0 <= ema < 1:
+            raise ValueError("need tolerance ≥ 0, lr > 0, init ≥ 0 and 0 ≤ ema < 1")
+        self.names = list(names)
+        self.mode, self.rule = mode, rule
+        self.tolerance, self.lr, self.ema = float(tolerance), float(lr), float(ema)
+        k = len(self.names)
+        start = 0.0 if mode == "none" else init
+        if mode == "dual" and rule == "geco":
+            start = max(start, 1e-6)
+        self.register_buffer("value", torch.full((k,), float(start)))
+        self.register_buffer("moving_average", torch.full((k,), float("nan")))
+
+    @property
+    def active(self) -> bool:
+        return self.mode != "none" and len(self.names) > 0
+
+    def penalty(self, constraint: Tensor) -> Tensor:
+        """``Σ_k λ_k (C_k − ε)``: the Lagrangian term added to the loss (λ is a constant here)."""
+        if not self.active:
+            return constraint.sum() * 0.0
+        return (self.value.to(constraint) * (constraint - self.tolerance)).sum()
+
+    @torch.no_grad()
+    def update(self, constraint: Tensor) -> None:
+        """One closed-form multiplier step from the (rank-averaged) constraint values ``C̄``, (k,)."""
+        if self.mode != "dual" or not self.names:
+            return
+        c = constraint.detach().to(self.value)
+        if self.rule == "additive":
+            self.value.copy_((self.value + self.lr * (c - self.tolerance)).clamp_min(0.0))
+        else:
+            ma = torch.where(torch.isnan(self.moving_average), c, self.ema * self.moving_average + (1 - self.ema) * c)
+            self.moving_average.copy_(ma)
+            step = (self.lr * (ma - self.tolerance)).clamp(-math.log(10.0), math.log(10.0))
+            self.value.copy_((self.value * step.exp()).clamp(1e-6, 1e6))
+
+    def as_dict(self) -> dict[str, float]:
+        return {name: float(v) for name, v in zip(self.names, self.value.tolist())}

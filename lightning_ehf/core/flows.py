@@ -1,0 +1,296 @@
+"""The Equivariant Hamiltonian Flow: base density, Hamiltonian blocks, momentum encoder.
+
+Sampling: ``s_0 ~ π``, ``s_T = Φ(s_0)`` with ``Φ = Φ_T ∘ … ∘ Φ_1`` (each block L leapfrog steps of
+its own ``H_t = K_t(p) + U_t(q)``); return ``q_T``. Density: ``log p_θ(q, p) = log π(Φ⁻¹(q, p))``
+(det J = 1). The marginal over q is bounded with the momentum encoder ``h_φ(p | q)``:
+
+    ELBO(q)   = E_{p ~ h(·|q)} [ log π(Φ⁻¹(q, p)) − log h(p | q) ]
+    IWAE_K(q) = E log (1/K) Σ_k π(Φ⁻¹(q, p_k)) / h(p_k | q)
+
+(Rezende et al. 2019, arXiv:1909.13739; Toth et al. 2019, arXiv:1909.13789.)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .brackets import momentum_map_bracket
+from .hamiltonians import SeparableHamiltonian
+from .integrators import StateCallback, leapfrog
+from .symmetries import Symmetry
+
+__all__ = ["GaussianBase", "HamiltonianBlock", "HamiltonianFlow", "EquivariantHamiltonianFlow", "ConstraintStats", "make_ehf"]
+
+
+class GaussianBase(nn.Module):
+    """``π(q, p) = N(q; 0, σ_q² I) N(p; 0, σ_p² I)``: invariant under every rotation group."""
+
+    def __init__(self, dim: int, sigma_q: float = 1.0, sigma_p: float = 1.0) -> None:
+        super().__init__()
+        if sigma_q <= 0 or sigma_p <= 0:
+            raise ValueError(f"base scales must be positive, got sigma_q={sigma_q}, sigma_p={sigma_p}")
+        self.dim = dim
+        self.sigma_q = float(sigma_q)
+        self.sigma_p = float(sigma_p)
+
+    def log_prob(self, q: Tensor, p: Tensor) -> Tensor:
+        """``log π(q, p)``, (..., d), (..., d) → (...)."""
+        d = self.dim
+        const = -d * math.log(2 * math.pi) - d * math.log(self.sigma_q) - d * math.log(self.sigma_p)
+        return const - 0.5 * (q.square().sum(-1) / self.sigma_q**2 + p.square().sum(-1) / self.sigma_p**2)
+
+    def sample(self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
+               device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+        z = torch.randn(2, n, self.dim, generator=generator, dtype=dtype, device=device)
+        return self.sigma_q * z[0], self.sigma_p * z[1]
+
+    def check_invariant(self, symmetry: Symmetry, atol: float = 1e-8) -> None:
+        """Raise ``ValueError`` naming the first generator this base is not invariant under.
+
+        An isotropic Gaussian is invariant exactly under linear actions with antisymmetric ``A``
+        (rotations); a translation (``b ≠ 0``) or a scaling/shear is refused.
+        """
+        for name, a, b in zip(symmetry.generator_names, symmetry.matrices, symmetry.offsets):
+            if torch.any(b.abs() > atol):
+                raise ValueError(
+                    f"the Gaussian base density is not invariant under generator '{name}' of symmetry "
+                    f"'{symmetry.name}': it translates q (offset ≠ 0); use centre-of-mass-free coordinates instead"
+                )
+            if torch.any((a + a.transpose(0, 1)).abs() > atol):
+                raise ValueError(
+                    f"the Gaussian base density is not invariant under generator '{name}' of symmetry "
+                    f"'{symmetry.name}': its matrix is not antisymmetric (not a rotation)"
+                )
+
+
+class HamiltonianBlock(nn.Module):
+    """``Φ_t``: L leapfrog steps of ``H_t = K_t(p) + U_t(q)`` with step ``ε_t`` (positive: ``exp`` of a
+    parameter when learnable, a buffer when fixed)."""
+
+    def __init__(self, hamiltonian: SeparableHamiltonian, n_steps: int, step_size: float, learn_step_size: bool = True) -> None:
+        super().__init__()
+        if n_steps < 1 or step_size <= 0:
+            raise ValueError(f"need n_steps ≥ 1 and step_size > 0, got {n_steps}, {step_size}")
+        self.hamiltonian = hamiltonian
+        self.n_steps = int(n_steps)
+        log_step = torch.tensor(math.log(step_size))
+        if learn_step_size:
+            self.log_step = nn.Parameter(log_step)
+        else:
+            self.register_buffer("log_step", log_step)
+
+    @property
+    def step_size(self) -> Tensor:
+        return self.log_step.exp()
+
+    def integrate(self, q: Tensor, p: Tensor, reverse: bool, create_graph: bool,
+                  on_state: StateCallback | None = None) -> tuple[Tensor, Tensor]:
+        h = self.hamiltonian
+        return leapfrog(
+            q, p,
+            grad_u=lambda x: h.potential.grad(x, create_graph),
+            grad_k=lambda x: h.kinetic.grad(x, create_graph),
+            step=self.step_size if create_graph else self.step_size.detach(),
+            n_steps=self.n_steps, reverse=reverse, on_state=on_state,
+        )
+
+
+class HamiltonianFlow(nn.Module):
+    """``Φ = Φ_T ∘ … ∘ Φ_1``; ``forward`` is the sampling direction, ``inverse`` the density direction."""
+
+    def __init__(self, blocks: list[HamiltonianBlock]) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, q: Tensor, p: Tensor, on_state: Callable[[int], StateCallback] | None = None) -> tuple[Tensor, Tensor]:
+        graph = torch.is_grad_enabled()
+        for t, block in enumerate(self.blocks):
+            q, p = block.integrate(q, p, reverse=False, create_graph=graph, on_state=on_state(t) if on_state else None)
+        return q, p
+
+    def inverse(self, q: Tensor, p: Tensor, on_state: Callable[[int], StateCallback] | None = None) -> tuple[Tensor, Tensor]:
+        graph = torch.is_grad_enabled()
+        for t in reversed(range(len(self.blocks))):
+            q, p = self.blocks[t].integrate(q, p, reverse=True, create_graph=graph, on_state=on_state(t) if on_state else None)
+        return q, p
+
+
+class ConstraintStats:
+    """Accumulates ``{g_k, H_t}(s)²`` over the states the flow visits (all blocks, all sub-steps)."""
+
+    def __init__(self, matrices: Tensor, offsets: Tensor) -> None:
+        self.matrices, self.offsets = matrices, offsets
+        self.sum_sq: Tensor | None = None
+        self.count = 0
+        self.record: list[Tensor] | None = None
+
+    def callback(self, block: int) -> StateCallback:
+        def on_state(q: Tensor, p: Tensor, grad_u: Tensor, grad_k: Tensor) -> None:
+            r = momentum_map_bracket(self.matrices, self.offsets, q, p, grad_u, grad_k)
+            sq = r.square().reshape(-1, r.shape[-1]).mean(0)
+            self.sum_sq = sq if self.sum_sq is None else self.sum_sq + sq
+            self.count += 1
+            if self.record is not None:
+                self.record.append(r)
+
+        return on_state
+
+    def mean_square(self) -> Tensor:
+        """``C_k = E_s[{g_k, H}(s)²]``, (k,)."""
+        if self.sum_sq is None:
+            return self.matrices.new_zeros(self.matrices.shape[0])
+        return self.sum_sq / self.count
+
+
+class EquivariantHamiltonianFlow(nn.Module):
+    """The EHF model (DESIGN.md §2): Gaussian base, Hamiltonian flow, momentum encoder, symmetry.
+
+    Public methods validate shapes, then delegate. All tensors follow the model's dtype/device.
+    """
+
+    def __init__(self, base: GaussianBase, flow: HamiltonianFlow, encoder: nn.Module, symmetry: Symmetry) -> None:
+        super().__init__()
+        if symmetry.dim != base.dim:
+            raise ValueError(f"symmetry acts on dimension {symmetry.dim} but the model has dimension {base.dim}")
+        base.check_invariant(symmetry)
+        self.base = base
+        self.flow = flow
+        self.encoder = encoder
+        self.symmetry = symmetry
+        self.register_buffer("generators", symmetry.matrices.clone().to(torch.get_default_dtype()), persistent=False)
+        self.register_buffer("generator_offsets", symmetry.offsets.clone().to(torch.get_default_dtype()), persistent=False)
+
+    @property
+    def dim(self) -> int:
+        return self.base.dim
+
+    @property
+    def generator_names(self) -> list[str]:
+        return self.symmetry.generator_names
+
+    def _check(self, x: Tensor, name: str = "q") -> None:
+        if x.ndim < 1 or x.shape[-1] != self.dim:
+            raise ValueError(f"{name} must have shape (..., {self.dim}), got {tuple(x.shape)}")
+
+    def _stats(self) -> ConstraintStats:
+        return ConstraintStats(self.generators, self.generator_offsets)
+
+    # -- joint density -------------------------------------------------------------------------
+
+    def log_joint(self, q: Tensor, p: Tensor, stats: ConstraintStats | None = None) -> Tensor:
+        """``log p_θ(q, p) = log π(Φ⁻¹(q, p))``; residuals are accumulated into ``stats`` if given."""
+        self._check(q)
+        self._check(p, "p")
+        q0, p0 = self.flow.inverse(q, p, on_state=stats.callback if stats is not None else None)
+        return self.base.log_prob(q0, p0)
+
+    def bracket_residuals(self, q: Tensor, p: Tensor) -> Tensor:
+        """``{g_k, H_t}(s)`` at every state the inverse flow visits from ``(q, p)``: (S, ..., k)."""
+        stats = self._stats()
+        stats.record = []
+        self.log_joint(q, p, stats)
+        return torch.stack(stats.record)
+
+    # -- marginal bounds -----------------------------------------------------------------------
+
+    def elbo_and_constraints(self, q: Tensor, n: int = 1) -> tuple[Tensor, Tensor]:
+        """ELBO per data point (B,) averaged over ``n`` momentum samples, and ``C_k`` (k,): the mean
+        squared bracket over all visited states (for the Lagrangian)."""
+        self._check(q)
+        posterior = self.encoder(q)
+        p = posterior.rsample((n,))  # (n, B, d)
+        stats = self._stats()
+        log_joint = self.log_joint(q.expand_as(p), p, stats)
+        elbo = (log_joint - posterior.log_prob(p)).mean(0)
+        return elbo, stats.mean_square()
+
+    def elbo(self, q: Tensor, n: int = 1) -> Tensor:
+        """``E_{h}[log p_θ(q, p) − log h(p | q)]`` per data point, Monte Carlo with ``n`` samples."""
+        return self.elbo_and_constraints(q, n)[0]
+
+    def iwae(self, q: Tensor, k: int = 256, chunk: int = 64) -> Tensor:
+        """Importance-weighted bound ``log (1/K) Σ p_θ(q, p_k) / h(p_k | q)`` per data point (B,).
+
+        Momenta are drawn in chunks of ``chunk`` so large K fits in memory.
+        """
+        self._check(q)
+        if k < 1 or chunk < 1:
+            raise ValueError(f"need k ≥ 1 and chunk ≥ 1, got k={k}, chunk={chunk}")
+        posterior = self.encoder(q)
+        log_w = []
+        done = 0
+        while done < k:
+            m = min(chunk, k - done)
+            p = posterior.sample((m,))
+            log_w.append(self.log_joint(q.expand_as(p), p) - posterior.log_prob(p))
+            done += m
+        return torch.logsumexp(torch.cat(log_w, 0), 0) - math.log(k)
+
+    # -- sampling ------------------------------------------------------------------------------
+
+    def sample_joint(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Exact samples ``(q, p) = Φ(s_0)``, ``s_0 ~ π``."""
+        ref = self.generators
+        q0, p0 = self.base.sample(n, generator, dtype=ref.dtype, device=ref.device)
+        return self.flow(q0, p0)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Exact samples of q, (n, d)."""
+        return self.sample_joint(n, generator)[0]
+
+
+def make_ehf(
+    symmetry: Symmetry,
+    blocks: int = 4,
+    leapfrog_steps: int = 4,
+    step_size: float = 0.2,
+    learn_step_size: bool = True,
+    hidden: int = 64,
+    depth: int = 2,
+    activation: str = "softplus",
+    kinetic: str = "mlp",
+    invariant: bool = False,
+    encoder: str = "gaussian",
+    sigma_q: float = 1.0,
+    sigma_p: float = 1.0,
+) -> EquivariantHamiltonianFlow:
+    """Assemble an EHF from plain arguments (``build`` maps the config onto these).
+
+    ``kinetic``: ``quadratic`` (``½|p|²/m``, learnable mass) or ``mlp`` (``½|p|² + MLP(p)``).
+    ``invariant``: U and K are MLPs of the symmetry's invariant features, so ``{g_k, H} ≡ 0``.
+    ``encoder``: ``gaussian`` (diagonal) or ``equivariant`` (polar frame per rotation plane).
+    """
+    from .encoders import EquivariantMomentumEncoder, GaussianMomentumEncoder
+    from .hamiltonians import MLPEnergy, QuadraticKinetic
+
+    d = symmetry.dim
+    if kinetic not in ("quadratic", "mlp"):
+        raise ValueError(f"unknown kinetic energy '{kinetic}'; choose quadratic or mlp")
+    if encoder not in ("gaussian", "equivariant"):
+        raise ValueError(f"unknown encoder '{encoder}'; choose gaussian or equivariant")
+    features = None
+    if invariant:
+        if symmetry.invariants is None:
+            raise ValueError(f"symmetry '{symmetry.name}' has no invariant features; invariant Hamiltonians need a rotation group")
+        features = symmetry.invariants
+    base = GaussianBase(d, sigma_q, sigma_p)
+    flow_blocks = []
+    for _ in range(blocks):
+        potential = MLPEnergy(d, hidden, depth, activation, features=features)
+        if kinetic == "quadratic":
+            kin = QuadraticKinetic(d)
+        else:
+            kin = MLPEnergy(d, hidden, depth, activation, features=features, quadratic_part=True)
+        flow_blocks.append(HamiltonianBlock(SeparableHamiltonian(potential, kin), leapfrog_steps, step_size, learn_step_size))
+    if encoder == "equivariant":
+        planes = symmetry.rotation_blocks
+        if not planes or any(len(b) != 2 for b in planes) or symmetry.invariants is None:
+            raise ValueError(f"the equivariant encoder needs rotations of disjoint 2-D planes; symmetry '{symmetry.name}' is not")
+        enc: nn.Module = EquivariantMomentumEncoder(d, planes, symmetry.invariants, hidden, depth, activation, sigma_p)
+    else:
+        enc = GaussianMomentumEncoder(d, hidden, depth, activation, sigma_p)
+    return EquivariantHamiltonianFlow(base, HamiltonianFlow(flow_blocks), enc, symmetry)
