@@ -20,7 +20,6 @@ class DataCfg:
     batch_size: int = 512  # contract
     augment: bool = False  # contract: random group element applied to every training batch
     num_workers: int = 0
-    standardize: bool = False  # file data: divide by one global scale (keeps rotation symmetry)
 
 
 @dataclass
