@@ -44,7 +44,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "symmetry.group": ("auto", "none", "so2", "so3", "rotations", "matrices"),
     "model.kind": ("ehf", "nsf"),
     "model.kinetic": ("quadratic", "mlp"),
-    "model.encoder": ("gaussian", "equivariant"),
+    "model.encoder": ("auto", "gaussian", "equivariant"),
     "model.activation": ("softplus", "tanh", "silu"),
     "constraint.mode": ("none", "penalty", "dual"),
     "constraint.rule": ("additive", "geco"),

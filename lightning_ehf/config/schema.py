@@ -43,7 +43,7 @@ class ModelCfg:
     depth: int = 2  # hidden layers per MLP
     activation: str = "softplus"  # softplus|tanh|silu (smooth: forces must be differentiable)
     kinetic: str = "mlp"  # quadratic|mlp
-    encoder: str = "gaussian"  # gaussian (diagonal) | equivariant (rotation groups)
+    encoder: str = "auto"  # auto (equivariant when the group is rotations of 2-D planes) | gaussian (diagonal) | equivariant
     sigma_q: float = 1.0  # base N(0, σ_q² I) on q
     sigma_p: float = 1.0  # base N(0, σ_p² I) on p
     # nsf baseline (zuko)
