@@ -379,7 +379,7 @@ _POSITIVE = (
     "constraint.lr", "optim.lr", "optim.elbo_samples",
     "trainer.max_steps", "trainer.val_check_interval", "trainer.log_every_n_steps",
     "trainer.num_nodes", "trainer.ddp_timeout_s",
-    "eval.iw_samples", "eval.iw_chunk", "eval.n_group_samples", "eval.n_eval",
+    "eval.iw_samples", "eval.iw_chunk", "eval.n_group_samples", "eval.n_eval", "eval.invariance_iw",
     "plots.every_n_val", "plots.grid",
 )  # fmt: skip
 _NON_NEGATIVE = (

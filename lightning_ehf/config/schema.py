@@ -102,15 +102,16 @@ class LoggerCfg:
 class EvalCfg:
     iw_samples: int = 256  # contract: K of the IWAE estimate for val/test NLL
     iw_chunk: int = 64  # momentum samples evaluated at once (memory bound)
-    n_group_samples: int = 8  # group elements for the invariance error
-    n_eval: int = 1000  # data points used for the invariance / equivariance errors
+    n_group_samples: int = 4  # group elements for the invariance error
+    n_eval: int = 512  # data points used for the invariance / equivariance errors
+    invariance_iw: int = 32  # K of the IWAE estimates compared in the invariance error
 
 
 @dataclass
 class PlotCfg:
     enabled: bool = True
     every_n_val: int = 4  # plot every N validation rounds (and always at the end)
-    grid: int = 100  # resolution of density images
+    grid: int = 80  # resolution of density images
 
 
 @dataclass

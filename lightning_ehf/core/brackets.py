@@ -18,14 +18,25 @@ PhaseFunction = Callable[[Tensor, Tensor], Tensor]
 def poisson_bracket(f: PhaseFunction, g: PhaseFunction, q: Tensor, p: Tensor, create_graph: bool = False) -> Tensor:
     """``{f, g}(q, p)`` by autograd for scalar phase-space functions ``f, g: (..., d), (..., d) → (...)``.
 
-    Works for any (also non-linear) f and g; used to test the closed forms.
+    Works for any (also non-linear) f and g, including functions of q only or p only (e.g. the
+    coordinates themselves); used to test the closed forms. With ``create_graph`` the result stays
+    differentiable, also w.r.t. inputs that require grad (so brackets can be nested).
     """
     with torch.enable_grad():
-        q_ = q.detach().requires_grad_(True)
-        p_ = p.detach().requires_grad_(True)
-        fq, fp = torch.autograd.grad(f(q_, p_).sum(), (q_, p_), create_graph=create_graph)
-        gq, gp = torch.autograd.grad(g(q_, p_).sum(), (q_, p_), create_graph=create_graph)
+        q_ = q if create_graph and q.requires_grad else q.detach().requires_grad_(True)
+        p_ = p if create_graph and p.requires_grad else p.detach().requires_grad_(True)
+        fq, fp = _phase_gradients(f, q_, p_, create_graph)
+        gq, gp = _phase_gradients(g, q_, p_, create_graph)
     return (fq * gp).sum(-1) - (fp * gq).sum(-1)
+
+
+def _phase_gradients(f: PhaseFunction, q: Tensor, p: Tensor, create_graph: bool) -> tuple[Tensor, Tensor]:
+    """``(∂f/∂q, ∂f/∂p)``, zeros for an argument f does not use."""
+    out = f(q, p).sum()
+    if not out.requires_grad:  # f is constant
+        return torch.zeros_like(q), torch.zeros_like(p)
+    gq, gp = torch.autograd.grad(out, (q, p), create_graph=create_graph, allow_unused=True)
+    return (torch.zeros_like(q) if gq is None else gq), (torch.zeros_like(p) if gp is None else gp)
 
 
 def momentum_map_bracket(

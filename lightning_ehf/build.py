@@ -1,0 +1,199 @@
+"""The one place that maps config names to constructors."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from .core import symmetries as S
+from .core.flows import make_ehf
+from .core.symmetries import Symmetry
+from .core.targets import Target, make_target
+from .errors import ConfigError
+
+__all__ = ["make_symmetry", "make_model", "make_datamodule", "make_module", "resolve_encoder"]
+
+
+def _kron_particles(mats: torch.Tensor, n_particles: int) -> torch.Tensor:
+    eye = torch.eye(n_particles, dtype=mats.dtype)
+    return torch.stack([torch.kron(eye, m) for m in mats])
+
+
+def make_symmetry(sym_cfg: Any, dim: int, target: Optional[Target] = None) -> Symmetry:
+    """Symmetry from ``symmetry.*`` keys; ``auto`` takes the target's declared group."""
+    group = sym_cfg.group
+    particle_dim = sym_cfg.particle_dim
+    if group == "auto":
+        if target is None:
+            raise ConfigError("symmetry.group: 'auto' needs a target; file data has no declared symmetry: set symmetry.group")
+        spec = target.symmetry_spec
+        if spec["group"] == "particles":
+            return S.particle_rotations(dim // spec["particle_dim"], spec["particle_dim"])
+        if spec["group"] in ("so2", "so3"):
+            return S.son(dim, spec["coords"])
+        return S.no_symmetry(dim)
+    try:
+        if group == "none":
+            return S.no_symmetry(dim)
+        if particle_dim:
+            n = dim // particle_dim
+            if group in ("so2", "so3"):
+                want = 2 if group == "so2" else 3
+                if particle_dim != want:
+                    raise ConfigError(f"symmetry.particle_dim: {group} per particle needs particle_dim={want}, got {particle_dim}")
+                return S.particle_rotations(n, particle_dim)
+            if group == "rotations":
+                one = S.product(*[S.rotation_plane(particle_dim, a, b) for a, b in sym_cfg.planes])
+                return S.from_matrices(_kron_particles(one.matrices, n), one.generator_names)
+            mats = S.from_matrices(list(sym_cfg.matrices)).matrices
+            return S.from_matrices(_kron_particles(mats, n))
+        if group == "so2":
+            return S.so2(dim, list(sym_cfg.coords) if sym_cfg.coords else (0, 1))
+        if group == "so3":
+            return S.so3(dim, list(sym_cfg.coords) if sym_cfg.coords else (0, 1, 2))
+        if group == "rotations":
+            return S.product(*[S.rotation_plane(dim, a, b) for a, b in sym_cfg.planes])
+        if group == "matrices":
+            return S.from_matrices(list(sym_cfg.matrices))
+    except ValueError as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"symmetry.{group if group in ('planes', 'matrices') else 'group'}: {e}") from None
+    raise ConfigError(f"symmetry.group: unknown group '{group}'")
+
+
+def resolve_encoder(model_cfg: Any, symmetry: Symmetry) -> str:
+    """``auto`` → ``equivariant`` when the group rotates disjoint 2-D planes, else ``gaussian``."""
+    if model_cfg.encoder != "auto":
+        return model_cfg.encoder
+    planes = symmetry.rotation_blocks
+    ok = bool(planes) and all(len(b) == 2 for b in planes) and symmetry.invariants is not None
+    return "equivariant" if ok else "gaussian"
+
+
+def make_model(cfg: Any, symmetry: Symmetry) -> nn.Module:
+    """The density model named by ``model.kind``: ``ehf`` or the ``nsf`` baseline."""
+    m = cfg.model
+    if m.kind == "nsf":
+        from .baselines import NSFModel
+
+        return NSFModel(symmetry, transforms=m.nsf_transforms, bins=m.nsf_bins, hidden=m.hidden, depth=m.depth)
+    try:
+        return make_ehf(
+            symmetry, blocks=m.blocks, leapfrog_steps=m.leapfrog_steps, step_size=m.step_size,
+            learn_step_size=m.learn_step_size, hidden=m.hidden, depth=m.depth, activation=m.activation,
+            kinetic=m.kinetic, invariant=m.invariant, encoder=resolve_encoder(m, symmetry),
+            sigma_q=m.sigma_q, sigma_p=m.sigma_p,
+        )
+    except ValueError as e:
+        key = "model.invariant" if "invariant" in str(e) and "base" not in str(e) else (
+            "model.encoder" if "encoder" in str(e) else "symmetry.group")
+        raise ConfigError(f"{key}: {e}") from None
+
+
+def make_datamodule(cfg: Any):
+    """Data module with its declared dimension and symmetry (validated against the config)."""
+    from .config.load import validate_for_dim
+    from .data.datamodule import EHFDataModule
+
+    d = cfg.data
+    target = make_target(d.target) if d.target is not None else None
+    if target is not None:
+        dim = target.dim
+    else:
+        from .data.files import load_array
+
+        dim = load_array(d.path).shape[1]
+    validate_for_dim(cfg, dim)
+    symmetry = make_symmetry(cfg.symmetry, dim, target)
+    return EHFDataModule(symmetry, target=target, path=d.path, regime=d.regime, n_train=d.n_train, n_val=d.n_val,
+                         n_test=d.n_test, batch_size=d.batch_size, augment=d.augment, num_workers=d.num_workers,
+                         seed=cfg.seed)
+
+
+def make_module(cfg: Any, datamodule) -> "Any":
+    """The LightningModule for a config and its data (entropy of a known target included)."""
+    from .config.load import to_container
+    from .lit.module import EHFModule
+
+    model = make_model(cfg, datamodule.symmetry)
+    entropy = None
+    if datamodule.target is not None:
+        entropy = datamodule.target.entropy(200_000, generator=torch.Generator().manual_seed(12345))[0]
+    return EHFModule(to_container(cfg), model, entropy)
+
+
+def _wandb_logger(cfg: Any, run_dir, run_id: str):
+    import os
+
+    w = cfg.logger.wandb
+    if w.mode == "disabled":
+        return None
+    if w.mode == "online" and not (os.environ.get("WANDB_API_KEY") or _netrc_has_wandb()):
+        raise ConfigError("logger.wandb.mode: 'online' needs a W&B API key (run `wandb login` or set WANDB_API_KEY); "
+                          "use offline (default) or disabled")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    from lightning.pytorch.loggers import WandbLogger
+
+    # mode goes straight to wandb.init: WandbLogger(offline=True) would set WANDB_MODE process-wide
+    return WandbLogger(save_dir=str(run_dir), project=w.project, entity=w.entity, name=f"{cfg.experiment}-{run_id}",
+                       id=run_id, resume="allow", tags=list(w.tags), mode=w.mode, config=_plain(cfg))
+
+
+def _netrc_has_wandb() -> bool:
+    import netrc
+
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def _plain(cfg: Any) -> dict:
+    from .config.load import to_container
+
+    return to_container(cfg)
+
+
+def make_trainer(cfg: Any, run_dir, run_id: str, extra_callbacks: list | None = None):
+    """A Lightning Trainer writing into ``run_dir``: CSV (+ W&B) loggers, best/last checkpoints by
+    validation NLL, plots, learning-rate monitor, rich progress bar."""
+    from datetime import timedelta
+    from pathlib import Path
+
+    import lightning as L
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from .lit.callbacks import PlotCallback
+
+    run_dir = Path(run_dir)
+    t = cfg.trainer
+    loggers: list = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    wandb_logger = _wandb_logger(cfg, run_dir, run_id)
+    if wandb_logger is not None:
+        loggers.append(wandb_logger)
+    monitor = f"val/nll_iw{cfg.eval.iw_samples}"
+    callbacks: list = [
+        ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best", monitor=monitor, mode="min",
+                        save_last=True, save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False),
+        LearningRateMonitor(logging_interval="step"),
+        RichProgressBar(leave=True),
+    ]
+    if cfg.plots.enabled:
+        callbacks.append(PlotCallback(run_dir / "plots", cfg.plots.every_n_val, cfg.plots.grid))
+    callbacks += extra_callbacks or []
+    strategy: Any = t.strategy
+    if t.strategy == "ddp":
+        strategy = DDPStrategy(timeout=timedelta(seconds=t.ddp_timeout_s))
+    return L.Trainer(
+        default_root_dir=str(run_dir), max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices,
+        strategy=strategy, num_nodes=t.num_nodes, precision=t.precision, logger=loggers, callbacks=callbacks,
+        val_check_interval=t.val_check_interval, check_val_every_n_epoch=None, log_every_n_steps=t.log_every_n_steps,
+        gradient_clip_val=cfg.optim.grad_clip or None, deterministic=t.deterministic,
+        inference_mode=False,  # forces need autograd in validation/test (DESIGN.md §6)
+        num_sanity_val_steps=0, enable_model_summary=False, max_epochs=-1,
+    )

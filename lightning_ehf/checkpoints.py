@@ -1,0 +1,88 @@
+"""Loading trained runs from checkpoints alone (they carry the resolved config)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from .errors import CheckpointError
+
+__all__ = ["Run", "load_checkpoint", "load_run", "resolve_checkpoint"]
+
+
+@dataclass
+class Run:
+    """A trained model rebuilt from a checkpoint."""
+
+    model: nn.Module
+    config: dict[str, Any]
+    dim: int
+    entropy: Optional[float]
+    path: Path
+
+    def test_data(self) -> Tensor:
+        """The run's fixed test set, regenerated from its config (targets) or its data file."""
+        from omegaconf import OmegaConf
+
+        from .build import make_datamodule
+
+        dm = make_datamodule(OmegaConf.create(self.config))
+        dm.setup("test")
+        assert dm.test_data is not None
+        return dm.test_data
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A ``.ckpt`` file as given, or ``checkpoints/best.ckpt`` (else ``last.ckpt``) of a run folder."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("best.ckpt", "last.ckpt"):
+            if (p / "checkpoints" / name).is_file():
+                return p / "checkpoints" / name
+        raise CheckpointError(f"no checkpoint in run folder {p} (expected checkpoints/best.ckpt or last.ckpt)")
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {p} not found")
+    return p
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """``torch.load(..., weights_only=True)`` with one-line errors for missing or corrupted files."""
+    p = resolve_checkpoint(path)
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupted or foreign file
+        raise CheckpointError(f"checkpoint {p} cannot be read (corrupted or not a checkpoint): {type(e).__name__}") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt.get("hyper_parameters", {}):
+        raise CheckpointError(f"checkpoint {p} was not written by lightning_ehf (no state_dict/config)")
+    return ckpt
+
+
+def load_run(path: str | Path) -> Run:
+    """Rebuild the model of a checkpoint and load its weights."""
+    from omegaconf import OmegaConf
+
+    from .build import make_model, make_symmetry
+    from .core.targets import make_target
+
+    ckpt = load_checkpoint(path)
+    hp = ckpt["hyper_parameters"]
+    config = hp["config"]
+    cfg = OmegaConf.create(config)
+    target = make_target(cfg.data.target) if cfg.data.target else None
+    dim = int(hp.get("dim") or (target.dim if target is not None else 0))
+    if dim <= 0:
+        raise CheckpointError(f"checkpoint {resolve_checkpoint(path)} does not record the data dimension")
+    model = make_model(cfg, make_symmetry(cfg.symmetry, dim, target))
+    prefix = "model."
+    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {resolve_checkpoint(path)} does not match its config's model: "
+                              f"{str(e).splitlines()[0]}") from None
+    model.eval()
+    return Run(model, config, dim, hp.get("entropy"), resolve_checkpoint(path))

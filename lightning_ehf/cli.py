@@ -1,0 +1,230 @@
+"""The ``ehf`` command (also ``python -m lightning_ehf``): train, eval, sample, print-config.
+
+Exit codes: 0 success; 2 bad usage / config / data / checkpoint (one line naming the problem);
+1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from .errors import UserError
+
+RUN_DIR_ENV = "EHF_RUN_DIR"  # lets DDP child processes (which re-run this command) join rank 0's run
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ehf", description="Equivariant Hamiltonian Flows on PyTorch Lightning.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model; prints the run folder and the final results")
+    t.add_argument("-c", "--config", action="append", default=[], metavar="FILE.yaml", help="config files, merged in order")
+    t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. trainer.max_steps=500")
+
+    pc = sub.add_parser("print-config", help="print the resolved config")
+    pc.add_argument("-c", "--config", action="append", default=[], metavar="FILE.yaml")
+    pc.add_argument("overrides", nargs="*", metavar="key=value")
+
+    e = sub.add_parser("eval", help="per-row IWAE log-likelihoods of a data file (or the run's test set)")
+    e.add_argument("--ckpt", required=True, help="checkpoint (.ckpt) or run folder")
+    e.add_argument("--data", help="data file (.npy, .npz, .csv); default: the run's test set")
+    e.add_argument("--n", type=int, help="use only the first N rows")
+    e.add_argument("--iw", type=int, help="importance samples K (default: the run's eval.iw_samples)")
+    e.add_argument("--out", help="write log p(q) per row, float64 shape (N,), to this .npy")
+    e.add_argument("--json", help="write the summary to this .json")
+    e.add_argument("--seed", type=int, default=0)
+
+    s = sub.add_parser("sample", help="draw samples from a trained model")
+    s.add_argument("--ckpt", required=True, help="checkpoint (.ckpt) or run folder")
+    s.add_argument("--n", type=int, required=True)
+    s.add_argument("--out", required=True, help="output .npy, shape (N, d)")
+    s.add_argument("--seed", type=int, default=0)
+    return p
+
+
+# -- train --------------------------------------------------------------------------------------
+
+
+def _new_run_dir(cfg: Any) -> tuple[Path, str]:
+    if os.environ.get(RUN_DIR_ENV):
+        run_dir = Path(os.environ[RUN_DIR_ENV])
+        return run_dir, run_dir.name.split("-")[-1]
+    run_id = secrets.token_hex(4)
+    if cfg.run.dir:
+        run_dir = Path(cfg.run.dir)
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise UserError(f"run.dir: {run_dir} already exists and is not empty; choose another folder")
+    else:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = Path(cfg.run.root) / cfg.experiment / f"{stamp}-{run_id}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    os.environ[RUN_DIR_ENV] = str(run_dir)
+    return run_dir, run_id
+
+
+def _is_rank_zero() -> bool:
+    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+
+
+def _final_metrics(trainer: Any, module: Any, wall_time: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in trainer.callback_metrics.items():
+        if key.startswith(("test/", "val/")):
+            out[key] = float(value)
+    nll_key = f"test/{module.nll_key}"
+    if nll_key in out:
+        out["test/nll"] = out[nll_key]
+    out["wall_time_s"] = round(wall_time, 2)
+    out["steps"] = int(trainer.global_step)
+    out["iw_samples"] = module.iw_samples
+    return dict(sorted(out.items()))
+
+
+def _print_results(run_dir: Path, metrics: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"results  ({run_dir})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    shown = ["test/nll", "test/kl", "test/elbo", "test/invariance_error", "test/invariance_noise",
+             "test/equivariance_error"]
+    shown += sorted(k for k in metrics if k.startswith(("test/bracket_rms", "test/lambda")))
+    for key in shown + ["steps", "wall_time_s"]:
+        if key in metrics:
+            v = metrics[key]
+            table.add_row(key, f"{v:.4g}" if isinstance(v, float) else str(v))
+    Console().print(table)
+
+
+def cmd_train(config_files: Sequence[str], overrides: Sequence[str]) -> int:
+    from .build import make_datamodule, make_module, make_trainer
+    from .config.load import load_config, save_config, validate
+
+    cfg = load_config(config_files, overrides)
+    validate(cfg)
+    datamodule = make_datamodule(cfg)
+    module = make_module(cfg, datamodule)
+    run_dir, run_id = _new_run_dir(cfg)
+    rank_zero = _is_rank_zero()
+    if rank_zero:
+        save_config(cfg, run_dir / "config.yaml")
+        print(f"run folder: {run_dir}", flush=True)
+
+    import lightning as L
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    trainer = make_trainer(cfg, run_dir, run_id)
+    start = time.time()
+    trainer.fit(module, datamodule=datamodule)
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    metrics = _final_metrics(trainer, module, time.time() - start)
+    if trainer.is_global_zero:
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        _print_results(run_dir, metrics)
+        print(f"run folder: {run_dir}")
+    return 0
+
+
+# -- eval / sample ------------------------------------------------------------------------------
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from .checkpoints import load_run
+    from .data.files import load_array
+
+    run = load_run(args.ckpt)
+    model, cfg = run.model, run.config
+    if args.data:
+        q = torch.from_numpy(load_array(args.data, expected_dim=run.dim, against="the checkpoint's model"))
+        source = str(args.data)
+    else:
+        q = run.test_data()
+        source = "test set of the run's config"
+    if args.n is not None:
+        if args.n < 1:
+            raise UserError(f"--n must be positive, got {args.n}")
+        q = q[: args.n]
+    k = args.iw if args.iw is not None else int(cfg["eval"]["iw_samples"])
+    if k < 1:
+        raise UserError(f"--iw must be positive, got {k}")
+    torch.manual_seed(args.seed)
+    model = model.double()
+    q = q.double()
+    chunk = int(cfg["eval"]["iw_chunk"])
+    with torch.no_grad():
+        logp = torch.cat([model.iwae(q[i : i + 1024], k, chunk) for i in range(0, q.shape[0], 1024)]).cpu().numpy()
+    summary: dict[str, Any] = {
+        "source": source, "n": int(q.shape[0]), "iw_samples": k, "nll": float(-logp.mean()),
+        "nll_stderr": float(logp.std(ddof=1) / np.sqrt(len(logp))) if len(logp) > 1 else 0.0,
+    }
+    if run.entropy is not None and not args.data:
+        summary["kl"] = summary["nll"] - run.entropy
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        np.save(args.out, logp.astype(np.float64))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from .checkpoints import load_run
+
+    if args.n < 1:
+        raise UserError(f"--n must be positive, got {args.n}")
+    run = load_run(args.ckpt)
+    torch.manual_seed(args.seed)
+    with torch.no_grad():
+        x = run.model.sample(args.n).double().cpu().numpy()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    np.save(args.out, x)
+    print(f"wrote {x.shape[0]}×{x.shape[1]} samples to {args.out}")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            return cmd_train(args.config, args.overrides)
+        if args.command == "print-config":
+            from .config.load import load_config, to_yaml, validate
+
+            cfg = load_config(args.config, args.overrides)
+            validate(cfg)
+            print(to_yaml(cfg), end="")
+            return 0
+        if args.command == "eval":
+            return cmd_eval(args)
+        if args.command == "sample":
+            return cmd_sample(args)
+    except UserError as e:
+        print(f"ehf {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 1
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,121 @@
+"""LightningDataModule for analytic targets (finite or infinite regime) and user data files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from ..core.symmetries import Symmetry
+from ..core.targets import Target
+from ..errors import ConfigError
+from .datasets import ArrayDataset, TargetStream, stream_seed
+from .files import load_array
+
+__all__ = ["EHFDataModule"]
+
+# Seed-stream keys of the fixed splits (the training stream is TRAIN_STREAM = 0).
+_SPLIT_STREAM = {"train": 1, "val": 2, "test": 3, "shuffle": 4, "loader": 5}
+
+
+class EHFDataModule(L.LightningDataModule):
+    """Data for one run. Declares ``dim``, ``symmetry`` and (for analytic data) ``target``.
+
+    * Target, ``regime='finite'``: ``n_train`` samples drawn once from the seed; fixed val/test sets.
+    * Target, ``regime='infinite'``: a fresh batch every step (:class:`TargetStream`), distinct per
+      rank and worker and reproducible from the seed; fixed val/test sets.
+    * File (``path``): rows shuffled with the seed, then ``n_val`` for validation, ``n_test`` for test,
+      and (at most ``n_train`` of) the rest for training.
+
+    With ``augment`` every training batch is acted on by random group elements (one per row),
+    after it reaches the device.
+    """
+
+    def __init__(self, symmetry: Symmetry, target: Optional[Target] = None, path: Optional[str] = None,
+                 regime: str = "infinite", n_train: int = 20000, n_val: int = 2000, n_test: int = 5000,
+                 batch_size: int = 512, augment: bool = False, num_workers: int = 0, seed: int = 0) -> None:
+        super().__init__()
+        if (target is None) == (path is None):
+            raise ConfigError("data: set exactly one of data.target and data.path")
+        if path is not None and regime != "finite":
+            raise ConfigError("data.regime: file data (data.path) is a fixed sample; set data.regime=finite")
+        self.symmetry, self.target, self.path = symmetry, target, path
+        self.regime, self.n_train, self.n_val, self.n_test = regime, n_train, n_val, n_test
+        self.batch_size, self.augment, self.num_workers, self.seed = batch_size, augment, num_workers, seed
+        self.train_data: Optional[Tensor] = None
+        self.val_data: Optional[Tensor] = None
+        self.test_data: Optional[Tensor] = None
+        self._file_rows: Optional[Tensor] = None
+        if path is not None:
+            self._file_rows = torch.from_numpy(load_array(path, expected_dim=symmetry.dim)).float()
+            n = self._file_rows.shape[0]
+            if n_val + n_test >= n:
+                raise ConfigError(
+                    f"data.n_val + data.n_test = {n_val + n_test} leaves no training rows in {path} ({n} rows); lower them"
+                )
+
+    @property
+    def dim(self) -> int:
+        return self.symmetry.dim
+
+    def _draw(self, split: str, n: int) -> Tensor:
+        assert self.target is not None
+        gen = torch.Generator().manual_seed(stream_seed(self.seed, _SPLIT_STREAM[split]))
+        return self.target.sample(n, generator=gen, dtype=torch.float32)
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.val_data is not None:
+            return
+        if self._file_rows is not None:
+            gen = torch.Generator().manual_seed(stream_seed(self.seed, _SPLIT_STREAM["shuffle"]))
+            rows = self._file_rows[torch.randperm(self._file_rows.shape[0], generator=gen)]
+            self.val_data = rows[: self.n_val]
+            self.test_data = rows[self.n_val : self.n_val + self.n_test]
+            self.train_data = rows[self.n_val + self.n_test :][: self.n_train]
+        else:
+            self.val_data = self._draw("val", self.n_val)
+            self.test_data = self._draw("test", self.n_test)
+            if self.regime == "finite":
+                self.train_data = self._draw("train", self.n_train)
+
+    def _rank(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.global_rank) if trainer is not None else 0
+
+    def train_dataloader(self) -> DataLoader:
+        if self.regime == "infinite":
+            assert self.target is not None
+            # a resumed run continues the stream at the batch it had reached
+            trainer = getattr(self, "trainer", None)
+            start = int(trainer.global_step) if trainer is not None else 0
+            stream = TargetStream(self.target, self.batch_size, self.seed, rank=self._rank(), start_index=start)
+            return DataLoader(stream, batch_size=None, num_workers=self.num_workers)
+        assert self.train_data is not None
+        gen = torch.Generator().manual_seed(stream_seed(self.seed, _SPLIT_STREAM["loader"], self._rank()))
+        return DataLoader(ArrayDataset(self.train_data), batch_size=min(self.batch_size, len(self.train_data)),
+                          shuffle=True, drop_last=True, generator=gen, num_workers=self.num_workers)
+
+    def _fixed_loader(self, data: Optional[Tensor]) -> DataLoader:
+        assert data is not None
+        return DataLoader(ArrayDataset(data), batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._fixed_loader(self.val_data)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._fixed_loader(self.test_data)
+
+    def on_after_batch_transfer(self, batch: Tensor, dataloader_idx: int) -> Tensor:
+        trainer = getattr(self, "trainer", None)
+        if self.augment and trainer is not None and trainer.training:
+            g = self.symmetry.sample(batch.shape[0], dtype=batch.dtype, device=batch.device)
+            batch = g.act_q(batch)
+        return batch
+
+    def describe(self) -> str:
+        source = self.target.name if self.target is not None else Path(str(self.path)).name
+        return f"{source} (d={self.dim}, {self.regime}, symmetry {self.symmetry.name})"

@@ -1,0 +1,68 @@
+"""Datasets: fixed tensors (finite regime) and reproducible infinite streams from a target.
+
+Pure torch (no Lightning): the data modules wrap these.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+from ..core.targets import Target
+
+__all__ = ["ArrayDataset", "TargetStream", "stream_seed", "TRAIN_STREAM"]
+
+
+class ArrayDataset(Dataset):
+    """Rows of a fixed (N, d) tensor."""
+
+    def __init__(self, data: Tensor) -> None:
+        if data.ndim != 2:
+            raise ValueError(f"expected an (N, d) tensor, got shape {tuple(data.shape)}")
+        self.data = data
+
+    def __len__(self) -> int:
+        return self.data.shape[0]
+
+    def __getitem__(self, i: int) -> Tensor:
+        return self.data[i]
+
+
+def stream_seed(*keys: int) -> int:
+    """A well-mixed 63-bit seed from integer keys, e.g. ``(seed, TRAIN_STREAM, rank, batch_index)``."""
+    words = [int(k) % 2**32 for k in keys]
+    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+TRAIN_STREAM = 0  # key of the training streams; fixed splits use other keys
+
+
+class TargetStream(IterableDataset):
+    """Fresh batches from ``target`` forever (the infinite-data regime).
+
+    Batch ``i`` of rank ``r`` is drawn from a generator seeded with ``(seed, r, i)``, so streams differ
+    across DDP ranks, DataLoader workers split the batch indices between them (worker ``w`` of ``W``
+    yields ``i ≡ w mod W``, the order in which the DataLoader interleaves them), and a resumed run
+    continues exactly where it stopped by setting ``start_index`` to the number of batches consumed.
+    Yields whole batches (use ``DataLoader(batch_size=None)``).
+    """
+
+    def __init__(self, target: Target, batch_size: int, seed: int, rank: int = 0, start_index: int = 0,
+                 dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.target, self.batch_size, self.seed, self.rank = target, batch_size, seed, rank
+        self.start_index, self.dtype = start_index, dtype
+
+    def __iter__(self) -> Iterator[Tensor]:
+        info = get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        i = self.start_index + worker
+        gen = torch.Generator()
+        while True:
+            gen.manual_seed(stream_seed(self.seed, TRAIN_STREAM, self.rank, i))
+            yield self.target.sample(self.batch_size, generator=gen, dtype=self.dtype)
+            i += n_workers
