@@ -310,12 +310,6 @@ def test_zero_tolerance_and_init_are_fine() -> None:
     validate(load_config(overrides=["constraint.tolerance=0", "constraint.init=0", "constraint.ema=0"]))
 
 
-def test_finite_regime_n_val_below_n_train() -> None:
-    msg = validate_error("data.regime=finite", "data.n_train=100", "data.n_val=100")
-    assert msg.startswith("data.n_val:")
-    validate(load_config(overrides=["data.regime=finite", "data.n_train=100", "data.n_val=99"]))
-
-
 def test_rotations_need_planes() -> None:
     assert "symmetry.planes" in validate_error("symmetry.group=rotations")
 

@@ -478,10 +478,8 @@ def validate(cfg: DictConfig) -> None:
         )
     if path is not None and not str(path).strip():
         raise _fail("data.path", "is empty")
-    if target is not None and _get(cfg, "data.regime") == "finite":
-        n_train, n_val = _get(cfg, "data.n_train"), _get(cfg, "data.n_val")
-        if n_val >= n_train:
-            raise _fail("data.n_val", f"must be < data.n_train in the finite regime, got {n_val} >= {n_train}")
+    # validation/test sets of a target are drawn apart from the training set; for file data the
+    # split sizes are checked against the file's rows when it is read (data module)
 
     group = _get(cfg, "symmetry.group")
     sym = _get(cfg, "symmetry")

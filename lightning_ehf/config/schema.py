@@ -15,7 +15,7 @@ class DataCfg:
     path: Optional[str] = None  # contract: user data file (.npy/.npz/.csv); needs target=null
     regime: str = "infinite"  # contract: finite|infinite
     n_train: int = 20000  # contract: training set size (finite regime)
-    n_val: int = 2000  # contract
+    n_val: int = 1000  # contract
     n_test: int = 5000  # contract
     batch_size: int = 512  # contract
     augment: bool = False  # contract: random group element applied to every training batch
@@ -35,8 +35,8 @@ class SymmetryCfg:
 class ModelCfg:
     kind: str = "ehf"  # contract: ehf|nsf
     invariant: bool = False  # contract: invariant-by-construction Hamiltonians
-    blocks: int = 4  # T: flow blocks, each with its own Hamiltonian
-    leapfrog_steps: int = 4  # L: leapfrog steps per block
+    blocks: int = 6  # T: flow blocks, each with its own Hamiltonian
+    leapfrog_steps: int = 3  # L: leapfrog steps per block
     step_size: float = 0.2  # initial ε per block
     learn_step_size: bool = True
     hidden: int = 64  # MLP width (potential, kinetic, encoder)
@@ -79,7 +79,7 @@ class TrainerCfg:
     strategy: str = "auto"  # contract
     num_nodes: int = 1  # contract
     precision: str = "32-true"  # contract: 32-true|64-true|bf16-mixed…
-    val_check_interval: int = 250  # validate every this many training steps
+    val_check_interval: int = 500  # validate every this many training steps
     log_every_n_steps: int = 25
     deterministic: bool = True
     ddp_timeout_s: int = 300

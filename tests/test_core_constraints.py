@@ -1,0 +1,107 @@
+"""Lagrange multipliers on a toy problem with a known optimal multiplier.
+
+    min_x (x − 2)²  s.t.  C(x) = x² ≤ 1   →   x* = 1, λ* = 1   (2(x − 2) + 2λx = 0 at x = 1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lightning_ehf.core import LagrangeMultipliers
+
+
+def run_toy(multipliers: LagrangeMultipliers, steps: int = 1500, lr_x: float = 0.05) -> tuple[float, float, list[float]]:
+    x = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([x], lr=lr_x)
+    history = []
+    for _ in range(steps):
+        constraint = x.square()
+        loss = (x - 2).square().sum() + multipliers.penalty(constraint)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        multipliers.update(x.detach().square())
+        history.append(multipliers.value.item())
+    return x.item(), multipliers.value.item(), history
+
+
+@pytest.mark.parametrize("rule,lr", [("additive", 0.5), ("additive", 0.1), ("geco", 0.1), ("geco", 0.05)])
+def test_dual_ascent_finds_the_optimal_multiplier(rule, lr):
+    lm = LagrangeMultipliers(["c"], mode="dual", rule=rule, tolerance=1.0, lr=lr)
+    x, lam, history = run_toy(lm)
+    assert abs(lam - 1.0) <= 0.05, f"λ = {lam} (rule {rule}, lr {lr})"
+    assert abs(x - 1.0) <= 0.02, f"x = {x}"
+    assert min(history) >= 0.0  # projected: never negative
+    assert history[0] < 0.5  # it had to climb to λ* (does not start there)
+
+
+def test_dual_multiplier_stays_zero_when_constraint_is_inactive():
+    """x* = 2 already satisfies x² ≤ 9: complementary slackness gives λ* = 0."""
+    lm = LagrangeMultipliers(["c"], mode="dual", rule="additive", tolerance=9.0, lr=0.5)
+    x, lam, _ = run_toy(lm, steps=400)
+    assert lam == 0.0 and abs(x - 2.0) < 1e-3
+
+
+def test_additive_update_is_the_projected_step():
+    lm = LagrangeMultipliers(["a", "b"], mode="dual", rule="additive", tolerance=0.5, lr=2.0, init=0.25)
+    lm.update(torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(lm.value, torch.tensor([0.25 + 2.0 * 0.5, 0.0]))  # second clipped at 0
+    assert lm.as_dict() == {"a": 1.25, "b": 0.0}
+    pen = lm.penalty(torch.tensor([2.0, 7.0]))
+    assert pen.item() == pytest.approx(1.25 * (2.0 - 0.5))
+
+
+def test_geco_update_uses_moving_average_and_bounded_steps():
+    lm = LagrangeMultipliers(["c"], mode="dual", rule="geco", tolerance=1.0, lr=1.0, init=1.0, ema=0.5)
+    lm.update(torch.tensor([5.0]))  # first value initialises the average: m = 5, step 4 clipped to log 10
+    assert lm.moving_average.item() == pytest.approx(5.0)
+    assert lm.value.item() == pytest.approx(10.0, rel=1e-5)
+    lm.update(torch.tensor([0.0]))  # m = 2.5, λ ← 10 · e^{1.5}
+    assert lm.moving_average.item() == pytest.approx(2.5)
+    assert lm.value.item() == pytest.approx(10.0 * math.exp(1.5), rel=1e-5)
+    for _ in range(30):  # constraint satisfied: λ shrinks, but never below the floor 1e-6
+        lm.update(torch.tensor([0.0]))
+    assert lm.value.item() == pytest.approx(1e-6, rel=1e-3)
+
+
+def test_penalty_mode_keeps_lambda_fixed_and_none_keeps_zero():
+    fixed = LagrangeMultipliers(["c"], mode="penalty", init=3.0, tolerance=1.0, lr=0.5)
+    x, lam, history = run_toy(fixed, steps=800)
+    assert set(history) == {3.0}
+    assert abs(x - 2.0 / (1.0 + 3.0)) < 1e-3  # stationary point of (x−2)² + 3(x² − 1)
+
+    off = LagrangeMultipliers(["c"], mode="none", init=3.0, tolerance=1.0, lr=0.5)
+    assert not off.active
+    x, lam, history = run_toy(off, steps=800)
+    assert set(history) == {0.0} and abs(x - 2.0) < 1e-3
+    # the penalty is zero yet keeps the graph connected (no unused-parameter surprises)
+    c = torch.tensor([5.0], requires_grad=True)
+    pen = off.penalty(c)
+    assert pen.item() == 0.0 and pen.requires_grad
+
+
+def test_multipliers_are_buffers_checkpointed_and_follow_dtype():
+    lm = LagrangeMultipliers(["L01", "L02"], mode="dual", init=0.5)
+    state = lm.state_dict()
+    assert set(state) == {"value", "moving_average"}
+    assert list(lm.parameters()) == []  # not optimised by the optimiser
+    lm.update(torch.tensor([1.0, 2.0]))
+    restored = LagrangeMultipliers(["L01", "L02"], mode="dual")
+    restored.load_state_dict(lm.state_dict())
+    torch.testing.assert_close(restored.value, lm.value)
+    lm64 = lm.to(torch.float64)
+    assert lm64.value.dtype == torch.float64 and lm64.moving_average.dtype == torch.float64
+    pen = lm64.penalty(torch.tensor([1.0, 1.0], dtype=torch.float64))
+    assert pen.dtype == torch.float64
+
+
+def test_invalid_arguments_are_rejected():
+    with pytest.raises(ValueError, match="mode"):
+        LagrangeMultipliers(["c"], mode="soft")
+    with pytest.raises(ValueError, match="rule"):
+        LagrangeMultipliers(["c"], rule="adam")
+    with pytest.raises(ValueError):
+        LagrangeMultipliers(["c"], lr=0.0)
