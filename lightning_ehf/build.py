@@ -188,7 +188,9 @@ def make_trainer(cfg: Any, run_dir, run_id: str, extra_callbacks: list | None = 
     callbacks += extra_callbacks or []
     strategy: Any = t.strategy
     if t.strategy == "ddp":
-        strategy = DDPStrategy(timeout=timedelta(seconds=t.ddp_timeout_s))
+        # λ are kept identical by reducing C̄ before each update; not broadcasting buffers lets the
+        # val/lambda_rank_spread check see a divergence instead of masking it
+        strategy = DDPStrategy(timeout=timedelta(seconds=t.ddp_timeout_s), broadcast_buffers=False)
     return L.Trainer(
         default_root_dir=str(run_dir), max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices,
         strategy=strategy, num_nodes=t.num_nodes, precision=t.precision, logger=loggers, callbacks=callbacks,

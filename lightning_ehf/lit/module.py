@@ -12,6 +12,9 @@ from typing_extensions import override
 
 from ..core.constraints import LagrangeMultipliers
 from ..core.metrics import equivariance_error, invariance_error
+from ..data.datasets import stream_seed
+
+RANK_NOISE_STREAM = 7  # seed-stream key of the per-rank encoder noise
 
 __all__ = ["EHFModule"]
 
@@ -82,6 +85,12 @@ class EHFModule(L.LightningModule):
     def test_step(self, batch: Tensor, batch_idx: int) -> None:
         self._shared_step(batch, "test")
 
+    @override
+    def on_fit_start(self) -> None:
+        # seed_everything gives every rank the same stream: offset it so encoder noise differs
+        if self.trainer.world_size > 1:
+            torch.manual_seed(stream_seed(int(self.config["seed"]), RANK_NOISE_STREAM, self.global_rank))
+
     # -- dual ascent ---------------------------------------------------------------------------
 
     @override
@@ -113,6 +122,15 @@ class EHFModule(L.LightningModule):
                      sync_dist=True)
         for name, lam in self.multipliers.as_dict().items():
             self.log(f"{stage}/lambda/{name}", lam, sync_dist=True)
+        self.log(f"{stage}/lambda_rank_spread", self._lambda_rank_spread(), sync_dist=True)
+
+    def _lambda_rank_spread(self) -> float:
+        """max − min of λ across ranks: 0 when every rank applied the same updates. (DDP is built
+        with ``broadcast_buffers=False``, so a divergence would show here instead of being masked.)"""
+        if self.trainer.world_size == 1 or self.multipliers.value.numel() == 0:
+            return 0.0
+        gathered = self.all_gather(self.multipliers.value)
+        return float((gathered.max(0).values - gathered.min(0).values).max())
 
     @override
     def on_validation_epoch_end(self) -> None:
