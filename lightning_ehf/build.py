@@ -113,7 +113,7 @@ def make_datamodule(cfg: Any):
                          seed=cfg.seed)
 
 
-def make_module(cfg: Any, datamodule) -> "Any":
+def make_module(cfg: Any, datamodule, run_id: str = "") -> "Any":
     """The LightningModule for a config and its data (entropy of a known target included)."""
     from .config.load import to_container
     from .lit.module import EHFModule
@@ -122,7 +122,7 @@ def make_module(cfg: Any, datamodule) -> "Any":
     entropy = None
     if datamodule.target is not None:
         entropy = datamodule.target.entropy(200_000, generator=torch.Generator().manual_seed(12345))[0]
-    return EHFModule(to_container(cfg), model, entropy)
+    return EHFModule(to_container(cfg), model, entropy, run_id)
 
 
 def _wandb_logger(cfg: Any, run_dir, run_id: str):
@@ -157,22 +157,24 @@ def _plain(cfg: Any) -> dict:
     return to_container(cfg)
 
 
-def make_trainer(cfg: Any, run_dir, run_id: str, extra_callbacks: list | None = None):
+def make_trainer(cfg: Any, run_dir, run_id: str, extra_callbacks: list | None = None, resume_step: int | None = None):
     """A Lightning Trainer writing into ``run_dir``: CSV (+ W&B) loggers, best/last checkpoints by
-    validation NLL, plots, learning-rate monitor, rich progress bar."""
+    validation NLL, plots, learning-rate monitor, rich progress bar; atomic, finite-only checkpoint
+    writes. ``resume_step``: the step a resumed run restarts from (metrics.csv is appended to)."""
     from datetime import timedelta
     from pathlib import Path
 
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
-    from lightning.pytorch.loggers import CSVLogger
     from lightning.pytorch.strategies import DDPStrategy
 
     from .lit.callbacks import PlotCallback
+    from .lit.checkpointing import SafeCheckpointIO
+    from .lit.loggers import RunCSVLogger
 
     run_dir = Path(run_dir)
     t = cfg.trainer
-    loggers: list = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    loggers: list = [RunCSVLogger(str(run_dir), resume_step)]
     wandb_logger = _wandb_logger(cfg, run_dir, run_id)
     if wandb_logger is not None:
         loggers.append(wandb_logger)
@@ -197,5 +199,5 @@ def make_trainer(cfg: Any, run_dir, run_id: str, extra_callbacks: list | None = 
         val_check_interval=t.val_check_interval, check_val_every_n_epoch=None, log_every_n_steps=t.log_every_n_steps,
         gradient_clip_val=cfg.optim.grad_clip or None, deterministic=t.deterministic,
         inference_mode=False,  # forces need autograd in validation/test (DESIGN.md §6)
-        num_sanity_val_steps=0, enable_model_summary=False, max_epochs=-1,
+        num_sanity_val_steps=0, enable_model_summary=False, max_epochs=-1, plugins=[SafeCheckpointIO()],
     )

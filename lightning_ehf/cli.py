@@ -1,7 +1,7 @@
 """The ``ehf`` command (also ``python -m lightning_ehf``): train, eval, sample, print-config.
 
 Exit codes: 0 success; 2 bad usage / config / data / checkpoint (one line naming the problem);
-1 anything else.
+3 training diverged (non-finite loss or gradient; the last good checkpoint is kept); 1 anything else.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .errors import UserError
+from .errors import NumericalDivergence, UserError
 
 RUN_DIR_ENV = "EHF_RUN_DIR"  # lets DDP child processes (which re-run this command) join rank 0's run
 
@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model; prints the run folder and the final results")
     t.add_argument("-c", "--config", action="append", default=[], metavar="FILE.yaml", help="config files, merged in order")
     t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. trainer.max_steps=500")
+    t.add_argument("--resume", metavar="RUN_DIR|CKPT",
+                   help="continue a killed run from its last checkpoint (only trainer.max_steps may be overridden)")
 
     pc = sub.add_parser("print-config", help="print the resolved config")
     pc.add_argument("-c", "--config", action="append", default=[], metavar="FILE.yaml")
@@ -53,21 +55,55 @@ def _parser() -> argparse.ArgumentParser:
 # -- train --------------------------------------------------------------------------------------
 
 
-def _new_run_dir(cfg: Any) -> tuple[Path, str]:
+def _new_run_dir(cfg: Any, run_id: str) -> Path:
     if os.environ.get(RUN_DIR_ENV):
-        run_dir = Path(os.environ[RUN_DIR_ENV])
-        return run_dir, run_dir.name.split("-")[-1]
-    run_id = secrets.token_hex(4)
+        return Path(os.environ[RUN_DIR_ENV])
     if cfg.run.dir:
         run_dir = Path(cfg.run.dir)
         if run_dir.exists() and any(run_dir.iterdir()):
-            raise UserError(f"run.dir: {run_dir} already exists and is not empty; choose another folder")
+            raise UserError(f"run.dir: {run_dir} already exists and is not empty; choose another folder or --resume it")
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path(cfg.run.root) / cfg.experiment / f"{stamp}-{run_id}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    os.environ[RUN_DIR_ENV] = str(run_dir)
-    return run_dir, run_id
+        if run_dir.exists():  # same second and same random id: never share a folder
+            raise UserError(f"run folder {run_dir} exists already; try again")
+    return run_dir
+
+
+RESUMABLE_KEYS = ("trainer.max_steps",)
+
+
+def _resume_source(path: str, overrides: Sequence[str]) -> tuple[Path, Path, Any, dict[str, Any]]:
+    """(run folder, checkpoint, config, checkpoint dict) of a run to resume."""
+    import tempfile
+
+    from .checkpoints import load_checkpoint
+    from .config.load import load_config
+    from .errors import CheckpointError
+
+    p = Path(path)
+    if p.is_dir():
+        run_dir, ckpt_path = p, p / "checkpoints" / "last.ckpt"
+        if not ckpt_path.is_file():
+            raise CheckpointError(f"--resume: no checkpoints/last.ckpt in {p}: nothing to resume")
+    elif p.is_file():
+        if p.parent.name != "checkpoints":
+            raise CheckpointError(f"--resume: {p} is not inside a run folder's checkpoints/")
+        run_dir, ckpt_path = p.parent.parent, p
+    else:
+        raise CheckpointError(f"--resume: {p} not found")
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key not in RESUMABLE_KEYS:
+            raise UserError(f"{key}: cannot be changed when resuming (only {', '.join(RESUMABLE_KEYS)} can)")
+    ckpt = load_checkpoint(ckpt_path)
+    from omegaconf import OmegaConf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = Path(tmp) / "config.yaml"
+        saved.write_text(OmegaConf.to_yaml(OmegaConf.create(ckpt["hyper_parameters"]["config"])))
+        cfg = load_config([saved], overrides)
+    return run_dir, ckpt_path, cfg, ckpt
 
 
 def _is_rank_zero() -> bool:
@@ -105,26 +141,46 @@ def _print_results(run_dir: Path, metrics: dict[str, Any]) -> None:
     Console().print(table)
 
 
-def cmd_train(config_files: Sequence[str], overrides: Sequence[str]) -> int:
+def cmd_train(config_files: Sequence[str], overrides: Sequence[str], resume: Optional[str] = None) -> int:
     from .build import make_datamodule, make_module, make_trainer
     from .config.load import load_config, save_config, validate
 
-    cfg = load_config(config_files, overrides)
+    ckpt_path: Optional[Path] = None
+    resume_step: Optional[int] = None
+    if resume:
+        if config_files:
+            raise UserError("--resume takes the config from the run; do not pass -c files")
+        run_dir, ckpt_path, cfg, ckpt = _resume_source(resume, overrides)
+        run_id = str(ckpt["hyper_parameters"].get("run_id") or secrets.token_hex(4))
+        resume_step = int(ckpt.get("global_step", 0))
+    else:
+        cfg = load_config(config_files, overrides)
+        run_id = secrets.token_hex(4)
     validate(cfg)
-    datamodule = make_datamodule(cfg)
-    module = make_module(cfg, datamodule)
-    run_dir, run_id = _new_run_dir(cfg)
-    rank_zero = _is_rank_zero()
-    if rank_zero:
-        save_config(cfg, run_dir / "config.yaml")
-        print(f"run folder: {run_dir}", flush=True)
-
     import lightning as L
 
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    trainer = make_trainer(cfg, run_dir, run_id)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # before building: initial weights
+    datamodule = make_datamodule(cfg)
+    module = make_module(cfg, datamodule, run_id)
+    if not resume:
+        run_dir = _new_run_dir(cfg, run_id)
+    os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP children re-run this command: same folder
+    rank_zero = _is_rank_zero()
+    if rank_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        verb = f"resuming from step {resume_step} in" if resume else "run folder:"
+        print(f"{verb} {run_dir}", flush=True)
+
+    trainer = make_trainer(cfg, run_dir, run_id, resume_step=resume_step)
     start = time.time()
-    trainer.fit(module, datamodule=datamodule)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    except NumericalDivergence as e:
+        last = run_dir / "checkpoints" / "last.ckpt"
+        kept = f"; last good checkpoint: {last}" if last.is_file() else "; no checkpoint had been written yet"
+        print(f"ehf train: error: {e}{kept}", file=sys.stderr)
+        return 3
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     metrics = _final_metrics(trainer, module, time.time() - start)
@@ -204,7 +260,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "train":
-            return cmd_train(args.config, args.overrides)
+            return cmd_train(args.config, args.overrides, args.resume)
         if args.command == "print-config":
             from .config.load import load_config, to_yaml, validate
 

@@ -17,3 +17,7 @@ class DataError(UserError, ValueError):
 
 class CheckpointError(UserError, ValueError):
     """A checkpoint is missing, corrupted, or incompatible with the request."""
+
+
+class NumericalDivergence(RuntimeError):
+    """Training produced a non-finite loss or gradient (exit code 3; the last good checkpoint is kept)."""

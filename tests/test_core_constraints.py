@@ -86,7 +86,7 @@ def test_penalty_mode_keeps_lambda_fixed_and_none_keeps_zero():
 def test_multipliers_are_buffers_checkpointed_and_follow_dtype():
     lm = LagrangeMultipliers(["L01", "L02"], mode="dual", init=0.5)
     state = lm.state_dict()
-    assert set(state) == {"value", "moving_average"}
+    assert set(state) == {"value", "moving_average", "updates"}
     assert list(lm.parameters()) == []  # not optimised by the optimiser
     lm.update(torch.tensor([1.0, 2.0]))
     restored = LagrangeMultipliers(["L01", "L02"], mode="dual")

@@ -45,6 +45,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.kind": ("ehf", "nsf"),
     "model.kinetic": ("quadratic", "mlp"),
     "model.encoder": ("auto", "gaussian", "equivariant"),
+    "optim.on_nonfinite": ("stop", "skip"),
     "model.activation": ("softplus", "tanh", "silu"),
     "constraint.mode": ("none", "penalty", "dual"),
     "constraint.rule": ("additive", "geco"),

@@ -69,6 +69,7 @@ class OptimCfg:
     scheduler: str = "cosine"  # cosine|none
     warmup_steps: int = 100
     elbo_samples: int = 1  # momentum samples per data point in the training ELBO
+    on_nonfinite: str = "stop"  # stop (keep the last good checkpoint) | skip (skip the batch, halve the block's step)
 
 
 @dataclass

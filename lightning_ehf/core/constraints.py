@@ -49,7 +49,8 @@ class LagrangeMultipliers(nn.Module):
         if mode == "dual" and rule == "geco":
             start = max(start, 1e-6)
         self.register_buffer("value", torch.full((k,), float(start)))
-        self.register_buffer("moving_average", torch.full((k,), float("nan")))
+        self.register_buffer("moving_average", torch.zeros(k))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
 
     @property
     def active(self) -> bool:
@@ -70,10 +71,11 @@ class LagrangeMultipliers(nn.Module):
         if self.rule == "additive":
             self.value.copy_((self.value + self.lr * (c - self.tolerance)).clamp_min(0.0))
         else:
-            ma = torch.where(torch.isnan(self.moving_average), c, self.ema * self.moving_average + (1 - self.ema) * c)
+            ma = c if int(self.updates) == 0 else self.ema * self.moving_average + (1 - self.ema) * c
             self.moving_average.copy_(ma)
             step = (self.lr * (ma - self.tolerance)).clamp(-math.log(10.0), math.log(10.0))
             self.value.copy_((self.value * step.exp()).clamp(1e-6, 1e6))
+        self.updates += 1
 
     def as_dict(self) -> dict[str, float]:
         return {name: float(v) for name, v in zip(self.names, self.value.tolist())}

@@ -8,18 +8,18 @@ from typing import Optional
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 
 from ..core.symmetries import Symmetry
 from ..core.targets import Target
 from ..errors import ConfigError
-from .datasets import ArrayDataset, TargetStream, stream_seed
+from .datasets import ArrayDataset, ArrayStream, TargetStream, stream_seed
 from .files import load_array
 
 __all__ = ["EHFDataModule"]
 
 # Seed-stream keys of the fixed splits (the training stream is TRAIN_STREAM = 0).
-_SPLIT_STREAM = {"train": 1, "val": 2, "test": 3, "shuffle": 4, "loader": 5}
+_SPLIT_STREAM = {"train": 1, "val": 2, "test": 3, "shuffle": 4}
 
 
 class EHFDataModule(L.LightningDataModule):
@@ -82,26 +82,25 @@ class EHFDataModule(L.LightningDataModule):
             if self.regime == "finite":
                 self.train_data = self._draw("train", self.n_train)
 
-    def _rank(self) -> int:
-        trainer = getattr(self, "trainer", None)
-        return int(trainer.global_rank) if trainer is not None else 0
-
     def train_dataloader(self) -> DataLoader:
+        # Both regimes are step-indexed streams, so a resumed run continues at the batch it had
+        # reached (global_step is restored before this is called) and ranks get distinct batches.
+        trainer = getattr(self, "trainer", None)
+        start = int(trainer.global_step) if trainer is not None else 0
+        rank, world = (int(trainer.global_rank), int(trainer.world_size)) if trainer is not None else (0, 1)
         if self.regime == "infinite":
             assert self.target is not None
-            # a resumed run continues the stream at the batch it had reached
-            trainer = getattr(self, "trainer", None)
-            start = int(trainer.global_step) if trainer is not None else 0
-            stream = TargetStream(self.target, self.batch_size, self.seed, rank=self._rank(), start_index=start)
-            return DataLoader(stream, batch_size=None, num_workers=self.num_workers)
-        assert self.train_data is not None
-        gen = torch.Generator().manual_seed(stream_seed(self.seed, _SPLIT_STREAM["loader"], self._rank()))
-        return DataLoader(ArrayDataset(self.train_data), batch_size=min(self.batch_size, len(self.train_data)),
-                          shuffle=True, drop_last=True, generator=gen, num_workers=self.num_workers)
+            stream: IterableDataset = TargetStream(self.target, self.batch_size, self.seed, rank=rank, start_index=start)
+        else:
+            assert self.train_data is not None
+            stream = ArrayStream(self.train_data, self.batch_size, self.seed, rank=rank, world_size=world, start_index=start)
+        # a private generator: creating the iterator must not draw from the global random stream
+        return DataLoader(stream, batch_size=None, num_workers=self.num_workers, generator=torch.Generator())
 
     def _fixed_loader(self, data: Optional[Tensor]) -> DataLoader:
         assert data is not None
-        return DataLoader(ArrayDataset(data), batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+        return DataLoader(ArrayDataset(data), batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
+                          generator=torch.Generator())
 
     def val_dataloader(self) -> DataLoader:
         return self._fixed_loader(self.val_data)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from typing_extensions import override
@@ -30,8 +31,9 @@ class PlotCallback(Callback):
             return
         dm = trainer.datamodule
         data = dm.val_data if dm.val_data is not None else dm.test_data
-        paths = make_all_plots(pl_module.model, data.to(pl_module.device, pl_module.dtype), self.folder,
-                               dm.target, self.grid)
+        with torch.random.fork_rng(devices=[]):  # plots must not shift the training random stream
+            paths = make_all_plots(pl_module.model, data.to(pl_module.device, pl_module.dtype), self.folder,
+                                   dm.target, self.grid)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 for p in paths:

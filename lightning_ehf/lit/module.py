@@ -6,6 +6,7 @@ import math
 from typing import Any, Optional
 
 import lightning as L
+from lightning.fabric.utilities.rank_zero import rank_zero_warn
 import torch
 from torch import Tensor, nn
 from typing_extensions import override
@@ -13,6 +14,7 @@ from typing_extensions import override
 from ..core.constraints import LagrangeMultipliers
 from ..core.metrics import equivariance_error, invariance_error
 from ..data.datasets import stream_seed
+from ..errors import NumericalDivergence
 
 RANK_NOISE_STREAM = 7  # seed-stream key of the per-rank encoder noise
 
@@ -31,9 +33,9 @@ class EHFModule(L.LightningModule):
     ``{stage}/invariance_noise``, ``{stage}/equivariance_error``.
     """
 
-    def __init__(self, config: dict[str, Any], model: nn.Module, entropy: Optional[float] = None) -> None:
+    def __init__(self, config: dict[str, Any], model: nn.Module, entropy: Optional[float] = None, run_id: str = "") -> None:
         super().__init__()
-        self.save_hyperparameters({"config": config, "entropy": entropy, "dim": int(model.symmetry.dim)})
+        self.save_hyperparameters({"config": config, "entropy": entropy, "dim": int(model.symmetry.dim), "run_id": run_id})
         self.config = config
         self.model = model
         c = config["constraint"]
@@ -44,6 +46,10 @@ class EHFModule(L.LightningModule):
         self.iw_samples = int(config["eval"]["iw_samples"])
         self.nll_key = f"nll_iw{self.iw_samples}"
         self._last_constraint: Optional[Tensor] = None
+        self._last_batch: Optional[Tensor] = None
+        self._last_loss_finite = True
+        self._resume_rng: Optional[dict[str, Any]] = None
+        self.nonfinite_skips = 0
 
     # -- the shared step -----------------------------------------------------------------------
 
@@ -60,6 +66,8 @@ class EHFModule(L.LightningModule):
             self.log(f"{stage}/bracket_rms/{name}", c.clamp_min(0).sqrt(), **log)
         if train:
             self._last_constraint = constraint.detach()
+            self._last_batch = q.detach()
+            self._last_loss_finite = bool(torch.isfinite(loss.detach()))
             for name, lam in self.multipliers.as_dict().items():
                 self.log(f"train/lambda/{name}", lam, on_step=True, batch_size=bs)
             blocks = getattr(getattr(self.model, "flow", None), "blocks", [])
@@ -102,9 +110,89 @@ class EHFModule(L.LightningModule):
         self.multipliers.update(constraint)
         self._last_constraint = None
 
+    # -- numerical blow-ups --------------------------------------------------------------------
+
+    @override
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Gradients are already reduced across ranks here, so every rank takes the same decision.
+        grads_finite = all(bool(torch.isfinite(p.grad).all()) for p in self.parameters() if p.grad is not None)
+        loss_finite = bool(self.trainer.strategy.reduce(
+            torch.tensor(float(self._last_loss_finite), device=self.device), reduce_op="min"))
+        if grads_finite and loss_finite:
+            return
+        what = "gradient" if loss_finite else "loss"
+        block = self._diverging_block()
+        where = f" in flow block {block + 1}" if block is not None else ""
+        if self.config["optim"]["on_nonfinite"] == "stop":
+            eps = f" (its step size is {float(self.model.flow.blocks[block].step_size):.3g})" if block is not None else ""
+            raise NumericalDivergence(
+                f"non-finite {what} at step {self.global_step}{where}{eps}: the leapfrog integration likely "
+                f"diverged; lower model.step_size (or model.leapfrog_steps), or set optim.on_nonfinite=skip")
+        for p in self.parameters():
+            p.grad = None  # Adam skips parameters without gradient: this step changes nothing
+        self._last_constraint = None
+        self.nonfinite_skips += 1
+        if block is not None:
+            with torch.no_grad():
+                self.model.flow.blocks[block].log_step -= math.log(2.0)
+        rank_zero_warn(f"step {self.global_step}: non-finite {what}{where}; batch skipped"
+                       + (f", step size of block {block + 1} halved" if block is not None else ""))
+        self.log("train/nonfinite_skips", float(self.nonfinite_skips), on_step=True)
+
+    @torch.no_grad()
+    def _diverging_block(self) -> Optional[int]:
+        """The first flow block (in the density direction) whose output is non-finite on the last
+        batch, agreed across ranks; None when the blow-up is not in the flow's states."""
+        flow = getattr(self.model, "flow", None)
+        if flow is None or self._last_batch is None:
+            return None
+        n_blocks = len(flow.blocks)
+        flags = torch.zeros(n_blocks, device=self.device)
+        q = self._last_batch
+        p = self.model.encoder(q).sample()
+        for t in reversed(range(n_blocks)):
+            q, p = flow.blocks[t].integrate(q, p, reverse=True, create_graph=False)
+            if not (bool(torch.isfinite(q).all()) and bool(torch.isfinite(p).all())):
+                flags[t] = 1.0
+                break
+        flags = self.trainer.strategy.reduce(flags, reduce_op="sum")
+        hit = [t for t in reversed(range(n_blocks)) if flags[t] > 0]
+        return hit[0] if hit else None
+
+    # -- exact resume: random state ------------------------------------------------------------
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = torch.get_rng_state()
+        if self.trainer.world_size > 1:
+            state = self.all_gather(state.to(self.device)).cpu()
+        else:
+            state = state[None]
+        checkpoint["ehf_rng"] = {"torch": state}  # one row per rank; tensors keep weights_only loading
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            checkpoint["ehf_rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._resume_rng = checkpoint.get("ehf_rng")
+
+    @override
+    def on_train_start(self) -> None:
+        if self._resume_rng is None:
+            return
+        states = self._resume_rng["torch"]
+        torch.set_rng_state(states[self.global_rank if self.global_rank < states.shape[0] else 0].cpu())
+        if "cuda" in self._resume_rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(self._resume_rng["cuda"].cpu(), self.device)
+        self._resume_rng = None
+
     # -- symmetry diagnostics ------------------------------------------------------------------
 
     def _diagnostics(self, stage: str) -> None:
+        with torch.random.fork_rng(devices=[]):  # leave the training random stream untouched
+            self._diagnostics_impl(stage)
+
+    def _diagnostics_impl(self, stage: str) -> None:
         dm = self.trainer.datamodule
         data = dm.val_data if stage == "val" else dm.test_data
         ev = self.config["eval"]

@@ -1,0 +1,45 @@
+"""Checkpoint writing that never loses the previous good checkpoint."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_warn
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from typing_extensions import override
+
+__all__ = ["SafeCheckpointIO", "nonfinite_entries"]
+
+
+def nonfinite_entries(state_dict: dict[str, Any]) -> list[str]:
+    """Names of floating-point tensors holding NaN or ±Inf."""
+    return [k for k, v in state_dict.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Writes checkpoints atomically (a temporary file in the same folder, fsync, then rename), so
+    a kill during a save leaves the previous file intact; refuses to write non-finite weights."""
+
+    @override
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
+        bad = nonfinite_entries(checkpoint.get("state_dict", {}))
+        if bad:
+            rank_zero_warn(f"not writing checkpoint {path}: non-finite values in {', '.join(bad[:5])}; "
+                           "the previous checkpoint is kept")
+            return
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
