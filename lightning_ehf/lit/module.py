@@ -157,7 +157,15 @@ class EHFModule(L.LightningModule):
                 break
         flags = self.trainer.strategy.reduce(flags, reduce_op="sum")
         hit = [t for t in reversed(range(n_blocks)) if flags[t] > 0]
-        return hit[0] if hit else None
+        if hit:
+            return hit[0]
+        # States stayed finite, so the gradient overflowed. The adjoint runs from block 1 up to
+        # block T, so the blow-up is in the lowest block with non-finite gradients (gradients are
+        # already identical on every rank here).
+        for t, block in enumerate(flow.blocks):
+            if any(p.grad is not None and not bool(torch.isfinite(p.grad).all()) for p in block.parameters()):
+                return t
+        return None
 
     # -- exact resume: random state ------------------------------------------------------------
 
