@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from .brackets import momentum_map_bracket
 from .hamiltonians import SeparableHamiltonian
 from .integrators import StateCallback, leapfrog
+from .random import draw
 from .symmetries import Symmetry
 
 __all__ = ["GaussianBase", "HamiltonianBlock", "HamiltonianFlow", "EquivariantHamiltonianFlow", "ConstraintStats", "make_ehf"]
@@ -45,7 +46,7 @@ class GaussianBase(nn.Module):
 
     def sample(self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
                device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
-        z = torch.randn(2, n, self.dim, generator=generator, dtype=dtype, device=device)
+        z = draw(torch.randn, 2, n, self.dim, generator=generator, device=torch.device(device or "cpu"), dtype=dtype)
         return self.sigma_q * z[0], self.sigma_p * z[1]
 
     def check_invariant(self, symmetry: Symmetry, atol: float = 1e-8) -> None:

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from .brackets import momentum_map_bracket
+from .random import draw
 
 __all__ = [
     "GroupElement",
@@ -157,10 +158,10 @@ def _identity_elements(n: int, d: int, dtype: torch.dtype, device: torch.device)
 def _haar_son(n: int, k: int, generator, dtype, device) -> Tensor:
     """Haar-distributed rotations in SO(k) via QR of a Gaussian matrix (Mezzadri 2007)."""
     if k == 2:
-        theta = torch.rand(n, generator=generator, dtype=torch.float64, device=device) * (2 * torch.pi)
+        theta = draw(torch.rand, n, generator=generator, device=device, dtype=torch.float64) * (2 * torch.pi)
         c, s = torch.cos(theta), torch.sin(theta)
         return torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2).to(dtype)
-    z = torch.randn(n, k, k, generator=generator, dtype=torch.float64, device=device)
+    z = draw(torch.randn, n, k, k, generator=generator, device=device, dtype=torch.float64)
     qmat, r = torch.linalg.qr(z)
     qmat = qmat * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
     det = torch.linalg.det(qmat)
@@ -201,7 +202,7 @@ def _exp_sampler(sym: Symmetry) -> Sampler:
         d, k = sym.dim, sym.num_generators
         if k == 0:
             return _identity_elements(n, d, dtype, device)
-        t = torch.randn(n, k, generator=generator, dtype=torch.float64, device=device)
+        t = draw(torch.randn, n, k, generator=generator, device=device, dtype=torch.float64)
         aug = torch.zeros(k, d + 1, d + 1, dtype=torch.float64, device=device)
         aug[:, :d, :d] = sym.matrices.to(device=device, dtype=torch.float64)
         aug[:, :d, d] = sym.offsets.to(device=device, dtype=torch.float64)

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .random import draw
+
 __all__ = ["Target", "RadialMixture", "Particles2D", "GMM8", "TARGETS", "make_target"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -28,13 +30,6 @@ _LOG_2PI = math.log(2.0 * math.pi)
 
 def _resolve_device(device: Any) -> torch.device:
     return torch.device(device) if device is not None else torch.get_default_device()
-
-
-def _draw(fn: Callable[..., Tensor], *args: Any, generator: Optional[torch.Generator], device: torch.device,
-          **kwargs: Any) -> Tensor:
-    """Call a torch random function on the generator's device (so any generator works), then move."""
-    where = generator.device if generator is not None else device
-    return fn(*args, generator=generator, device=where, **kwargs).to(device)
 
 
 def _log_std_normal_cdf(a: float) -> float:
@@ -99,14 +94,14 @@ class RadialMixture(Target):
                device: Any = None) -> Tensor:
         device = _resolve_device(device)
         cum = torch.tensor(np.cumsum(self.weights)[:-1].tolist(), dtype=torch.float64, device=device)
-        k = torch.searchsorted(cum, _draw(torch.rand, n, generator=generator, device=device, dtype=torch.float64),
+        k = torch.searchsorted(cum, draw(torch.rand, n, generator=generator, device=device, dtype=torch.float64),
                                right=True)
         mu = torch.tensor(self.radii, dtype=dtype, device=device)[k]
-        r = mu + self.std * _draw(torch.randn, n, generator=generator, device=device, dtype=dtype)
+        r = mu + self.std * draw(torch.randn, n, generator=generator, device=device, dtype=dtype)
         while bool((bad := r <= 0).any()):  # exact truncation by rejection (rare: μ/s ≥ 6.7 here)
-            r[bad] = mu[bad] + self.std * _draw(torch.randn, int(bad.sum()), generator=generator, device=device,
+            r[bad] = mu[bad] + self.std * draw(torch.randn, int(bad.sum()), generator=generator, device=device,
                                                 dtype=dtype)
-        u = _draw(torch.randn, n, self.dim, generator=generator, device=device, dtype=dtype)
+        u = draw(torch.randn, n, self.dim, generator=generator, device=device, dtype=dtype)
         return r[:, None] * u / torch.linalg.vector_norm(u, dim=-1, keepdim=True)
 
     def log_prob(self, x: Tensor) -> Tensor:
@@ -141,11 +136,11 @@ class Particles2D(Target):
     def sample(self, n: int, generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32,
                device: Any = None) -> Tensor:
         device = _resolve_device(device)
-        theta = 2 * math.pi * _draw(torch.rand, n, generator=generator, device=device, dtype=dtype)
+        theta = 2 * math.pi * draw(torch.rand, n, generator=generator, device=device, dtype=dtype)
         c, s = torch.cos(theta)[:, None], torch.sin(theta)[:, None]
         T = torch.as_tensor(self.template, dtype=dtype, device=device)
         mean = torch.stack([c * T[:, 0] - s * T[:, 1], s * T[:, 0] + c * T[:, 1]], dim=-1).reshape(n, self.dim)
-        return mean + self.sigma * _draw(torch.randn, n, self.dim, generator=generator, device=device, dtype=dtype)
+        return mean + self.sigma * draw(torch.randn, n, self.dim, generator=generator, device=device, dtype=dtype)
 
     def log_prob(self, x: Tensor) -> Tensor:
         xs = x.reshape(*x.shape[:-1], self.n_particles, 2)
@@ -182,9 +177,9 @@ class GMM8(Target):
     def sample(self, n: int, generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32,
                device: Any = None) -> Tensor:
         device = _resolve_device(device)
-        k = _draw(torch.randint, len(self.means), (n,), generator=generator, device=device)
+        k = draw(torch.randint, len(self.means), (n,), generator=generator, device=device)
         mu = torch.as_tensor(self.means, dtype=dtype, device=device)[k]
-        return mu + self.sigma * _draw(torch.randn, n, 2, generator=generator, device=device, dtype=dtype)
+        return mu + self.sigma * draw(torch.randn, n, 2, generator=generator, device=device, dtype=dtype)
 
     def log_prob(self, x: Tensor) -> Tensor:
         mu = torch.as_tensor(self.means, dtype=x.dtype, device=x.device)
