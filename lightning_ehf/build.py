@@ -13,7 +13,7 @@ from .core.symmetries import Symmetry
 from .core.targets import Target, make_target
 from .errors import ConfigError
 
-__all__ = ["make_symmetry", "make_model", "make_datamodule", "make_module", "resolve_encoder"]
+__all__ = ["make_symmetry", "make_model", "make_datamodule", "make_module", "make_trainer", "resolve_encoder", "check_logger"]
 
 
 def _kron_particles(mats: torch.Tensor, n_particles: int) -> torch.Tensor:
@@ -125,21 +125,28 @@ def make_module(cfg: Any, datamodule, run_id: str = "") -> "Any":
     return EHFModule(to_container(cfg), model, entropy, run_id)
 
 
+def check_logger(cfg: Any) -> None:
+    """Refuse, before anything is written, a logger set-up that cannot work here."""
+    import os
+
+    if cfg.logger.wandb.mode == "online" and not (os.environ.get("WANDB_API_KEY") or _netrc_has_wandb()):
+        raise ConfigError("logger.wandb.mode: 'online' needs a W&B API key (run `wandb login` or set WANDB_API_KEY); "
+                          "use offline (default) or disabled")
+
+
 def _wandb_logger(cfg: Any, run_dir, run_id: str):
     import os
 
     w = cfg.logger.wandb
     if w.mode == "disabled":
         return None
-    if w.mode == "online" and not (os.environ.get("WANDB_API_KEY") or _netrc_has_wandb()):
-        raise ConfigError("logger.wandb.mode: 'online' needs a W&B API key (run `wandb login` or set WANDB_API_KEY); "
-                          "use offline (default) or disabled")
+    check_logger(cfg)
     os.environ.setdefault("WANDB_SILENT", "true")
     from lightning.pytorch.loggers import WandbLogger
 
     # mode goes straight to wandb.init: WandbLogger(offline=True) would set WANDB_MODE process-wide
     return WandbLogger(save_dir=str(run_dir), project=w.project, entity=w.entity, name=f"{cfg.experiment}-{run_id}",
-                       id=run_id, resume="allow", tags=list(w.tags), mode=w.mode, config=_plain(cfg))
+                       id=run_id, resume="allow", tags=list(w.tags), mode=w.mode)
 
 
 def _netrc_has_wandb() -> bool:
@@ -149,12 +156,6 @@ def _netrc_has_wandb() -> bool:
         return netrc.netrc().authenticators("api.wandb.ai") is not None
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
         return False
-
-
-def _plain(cfg: Any) -> dict:
-    from .config.load import to_container
-
-    return to_container(cfg)
 
 
 def make_trainer(cfg: Any, run_dir, run_id: str, extra_callbacks: list | None = None, resume_step: int | None = None):

@@ -55,9 +55,17 @@ def _parser() -> argparse.ArgumentParser:
 # -- train --------------------------------------------------------------------------------------
 
 
-def _new_run_dir(cfg: Any, run_id: str) -> Path:
-    if os.environ.get(RUN_DIR_ENV):
+def _inherited_run_dir() -> Optional[Path]:
+    """The run folder of rank 0, for the DDP child processes Lightning launches (LOCAL_RANK > 0)."""
+    if int(os.environ.get("LOCAL_RANK", 0)) > 0 and os.environ.get(RUN_DIR_ENV):
         return Path(os.environ[RUN_DIR_ENV])
+    return None
+
+
+def _new_run_dir(cfg: Any, run_id: str) -> Path:
+    inherited = _inherited_run_dir()
+    if inherited is not None:
+        return inherited
     if cfg.run.dir:
         run_dir = Path(cfg.run.dir)
         if run_dir.exists() and any(run_dir.iterdir()):
@@ -110,10 +118,10 @@ def _is_rank_zero() -> bool:
     return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
 
 
-def _final_metrics(trainer: Any, module: Any, wall_time: float) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def _final_metrics(trainer: Any, module: Any, wall_time: float, last_val: dict[str, float]) -> dict[str, Any]:
+    out: dict[str, Any] = dict(last_val)
     for key, value in trainer.callback_metrics.items():
-        if key.startswith(("test/", "val/")):
+        if key.startswith("test/"):
             out[key] = float(value)
     nll_key = f"test/{module.nll_key}"
     if nll_key in out:
@@ -142,8 +150,8 @@ def _print_results(run_dir: Path, metrics: dict[str, Any]) -> None:
 
 
 def cmd_train(config_files: Sequence[str], overrides: Sequence[str], resume: Optional[str] = None) -> int:
-    from .build import make_datamodule, make_module, make_trainer
-    from .config.load import load_config, save_config, validate
+    from .build import check_logger, make_datamodule, make_module
+    from .config.load import load_config, validate
 
     ckpt_path: Optional[Path] = None
     resume_step: Optional[int] = None
@@ -157,6 +165,9 @@ def cmd_train(config_files: Sequence[str], overrides: Sequence[str], resume: Opt
         cfg = load_config(config_files, overrides)
         run_id = secrets.token_hex(4)
     validate(cfg)
+    if cfg.data.path:  # the saved config must find the file from any working directory
+        cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())
+    check_logger(cfg)
     import lightning as L
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # before building: initial weights
@@ -164,12 +175,25 @@ def cmd_train(config_files: Sequence[str], overrides: Sequence[str], resume: Opt
     module = make_module(cfg, datamodule, run_id)
     if not resume:
         run_dir = _new_run_dir(cfg, run_id)
+    set_env = os.environ.get(RUN_DIR_ENV) != str(run_dir)
     os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP children re-run this command: same folder
+    try:
+        return _train(cfg, module, datamodule, run_dir, run_id, ckpt_path, resume_step)
+    finally:
+        if set_env:
+            os.environ.pop(RUN_DIR_ENV, None)
+
+
+def _train(cfg: Any, module: Any, datamodule: Any, run_dir: Path, run_id: str, ckpt_path: Optional[Path],
+           resume_step: Optional[int]) -> int:
+    from .build import make_trainer
+    from .config.load import save_config
+
     rank_zero = _is_rank_zero()
     if rank_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-        verb = f"resuming from step {resume_step} in" if resume else "run folder:"
+        verb = f"resuming from step {resume_step} in" if ckpt_path else "run folder:"
         print(f"{verb} {run_dir}", flush=True)
 
     trainer = make_trainer(cfg, run_dir, run_id, resume_step=resume_step)
@@ -181,9 +205,10 @@ def cmd_train(config_files: Sequence[str], overrides: Sequence[str], resume: Opt
         kept = f"; last good checkpoint: {last}" if last.is_file() else "; no checkpoint had been written yet"
         print(f"ehf train: error: {e}{kept}", file=sys.stderr)
         return 3
+    last_val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-    metrics = _final_metrics(trainer, module, time.time() - start)
+    metrics = _final_metrics(trainer, module, time.time() - start, last_val)
     if trainer.is_global_zero:
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         _print_results(run_dir, metrics)

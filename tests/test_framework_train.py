@@ -79,8 +79,6 @@ def test_every_experiment_trains_end_to_end(path, tmp_path, ehf_cli, ehf_tiny):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="EHFModule._diagnostics calls equivariance_error when the model has a "
-                   "`flow` attribute; NSFModel has one (its zuko flow) but no `base` -> AttributeError in validation")
 def test_nsf_baseline_trains_on_ring2d(tmp_path, ehf_cli, ehf_tiny):
     run_dir = tmp_path / "run"
     proc = ehf_cli(["train", *ehf_tiny, "model.kind=nsf", "data.target=ring2d", "logger.wandb.mode=disabled",
@@ -92,8 +90,6 @@ def test_nsf_baseline_trains_on_ring2d(tmp_path, ehf_cli, ehf_tiny):
     assert load_config([run_dir / "config.yaml"]).model.kind == "nsf"
 
 
-@pytest.mark.xfail(strict=True, reason="cli._final_metrics reads trainer.callback_metrics after trainer.test, "
-                   "which has dropped the val/* entries: metrics.json holds no final val numbers (DESIGN §4)")
 def test_metrics_json_holds_final_validation_numbers(ehf_tiny_run):
     metrics = json.loads((ehf_tiny_run / "metrics.json").read_text())
     _finite(metrics, "val/nll_iw4")
@@ -134,8 +130,6 @@ def test_trainer_test_without_fit_single_device(tmp_path, ehf_clean_env, ehf_tin
     assert m["test/equivariance_error"] < 1e-3
 
 
-@pytest.mark.xfail(strict=True, reason="cmd_train sets os.environ['EHF_RUN_DIR'] and never removes it: a second "
-                   "in-process `ehf train` (notebook, sweep agent, tests) writes into the first run's folder")
 def test_two_in_process_trainings_get_their_own_folders(tmp_path, ehf_clean_env, ehf_tiny):
     from lightning_ehf import cli
 

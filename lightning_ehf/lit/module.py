@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from ..core.constraints import LagrangeMultipliers
+from ..core.flows import EquivariantHamiltonianFlow
 from ..core.metrics import equivariance_error, invariance_error
 from ..data.datasets import stream_seed
 from ..errors import NumericalDivergence
@@ -213,7 +214,7 @@ class EHFModule(L.LightningModule):
                                       k=int(ev["invariance_iw"]), chunk=int(ev["iw_chunk"]), generator=gen)
         self.log(f"{stage}/invariance_error", err, sync_dist=True)
         self.log(f"{stage}/invariance_noise", noise, sync_dist=True)
-        if hasattr(self.model, "flow"):
+        if isinstance(self.model, EquivariantHamiltonianFlow):
             self.log(f"{stage}/equivariance_error", equivariance_error(self.model, q.shape[0], symmetry, generator=gen),
                      sync_dist=True)
         for name, lam in self.multipliers.as_dict().items():
