@@ -142,11 +142,15 @@ def _wandb_logger(cfg: Any, run_dir, run_id: str):
         return None
     check_logger(cfg)
     os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.setdefault("WANDB_CONSOLE", "off")  # the run's console is ours (and the CSV/metrics files)
     from lightning.pytorch.loggers import WandbLogger
 
     # mode goes straight to wandb.init: WandbLogger(offline=True) would set WANDB_MODE process-wide
-    return WandbLogger(save_dir=str(run_dir), project=w.project, entity=w.entity, name=f"{cfg.experiment}-{run_id}",
-                       id=run_id, resume="allow", tags=list(w.tags), mode=w.mode)
+    logger = WandbLogger(save_dir=str(run_dir), project=w.project, entity=w.entity, name=f"{cfg.experiment}-{run_id}",
+                         id=run_id, resume="allow", tags=list(w.tags), mode=w.mode)
+    # Lightning always passes anonymous=None, which wandb 0.31 answers with a deprecation warning
+    logger._wandb_init.pop("anonymous", None)
+    return logger
 
 
 def _netrc_has_wandb() -> bool:

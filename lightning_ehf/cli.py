@@ -149,8 +149,24 @@ def _print_results(run_dir: Path, metrics: dict[str, Any]) -> None:
     Console().print(table)
 
 
+def _quiet_known_noise() -> None:
+    """Drop third-party messages that say nothing about this run (advertising, internal deprecations)."""
+    import logging
+    import warnings
+
+    class _DropAdverts(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "litlogger" not in record.getMessage()
+
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdverts())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r".*DistributedSampler.*trainer\.test.*")
+
+
 def cmd_train(config_files: Sequence[str], overrides: Sequence[str], resume: Optional[str] = None) -> int:
     from .build import check_logger, make_datamodule, make_module
+
+    _quiet_known_noise()
     from .config.load import load_config, validate
 
     ckpt_path: Optional[Path] = None

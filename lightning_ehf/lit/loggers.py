@@ -24,7 +24,9 @@ class _ResumingWriter(ExperimentWriter):
 
     @override
     def _check_log_dir_exists(self) -> None:
-        if self._resume_step is None or not os.path.isfile(self.metrics_file_path):
+        if not os.path.isfile(self.metrics_file_path):
+            return  # a fresh run folder (config.yaml is already there): nothing to delete, nothing to warn
+        if self._resume_step is None:
             return super()._check_log_dir_exists()
         with open(self.metrics_file_path, newline="") as f:
             reader = csv.DictReader(f)
