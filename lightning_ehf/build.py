@@ -88,8 +88,15 @@ def make_model(cfg: Any, symmetry: Symmetry) -> nn.Module:
             sigma_q=m.sigma_q, sigma_p=m.sigma_p,
         )
     except ValueError as e:
-        key = "model.invariant" if "invariant" in str(e) and "base" not in str(e) else (
-            "model.encoder" if "encoder" in str(e) else "symmetry.group")
+        msg = str(e)
+        if "base density is not invariant" in msg:
+            key = "symmetry.matrices" if cfg.symmetry.group == "matrices" else "symmetry.group"
+        elif "encoder" in msg:
+            key = "model.encoder"
+        elif "invariant" in msg:
+            key = "model.invariant"
+        else:
+            key = "model"
         raise ConfigError(f"{key}: {e}") from None
 
 

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from .errors import CheckpointError
 
-__all__ = ["Run", "load_checkpoint", "load_run", "resolve_checkpoint"]
+__all__ = ["Run", "check_state_dict", "load_checkpoint", "load_run", "resolve_checkpoint"]
 
 
 @dataclass
@@ -61,6 +61,24 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def _mismatch_summary(error: RuntimeError) -> str:
+    """The informative line of a load_state_dict error (which key, which shapes)."""
+    lines = [ln.strip() for ln in str(error).splitlines()]
+    for marker in ("size mismatch", "Missing key", "Unexpected key"):
+        for ln in lines:
+            if marker in ln:
+                return ln.rstrip(".")
+    return lines[0] if lines else type(error).__name__
+
+
+def check_state_dict(module: nn.Module, state_dict: dict[str, Any], path: str | Path) -> None:
+    """Load ``state_dict`` into ``module`` or raise CheckpointError naming what differs."""
+    try:
+        module.load_state_dict(state_dict)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path} does not match the model its config builds: {_mismatch_summary(e)}") from None
+
+
 def load_run(path: str | Path) -> Run:
     """Rebuild the model of a checkpoint and load its weights."""
     from omegaconf import OmegaConf
@@ -79,10 +97,6 @@ def load_run(path: str | Path) -> Run:
     model = make_model(cfg, make_symmetry(cfg.symmetry, dim, target))
     prefix = "model."
     state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {resolve_checkpoint(path)} does not match its config's model: "
-                              f"{str(e).splitlines()[0]}") from None
+    check_state_dict(model, state, resolve_checkpoint(path))
     model.eval()
     return Run(model, config, dim, hp.get("entropy"), resolve_checkpoint(path))

@@ -126,6 +126,7 @@ def _final_metrics(trainer: Any, module: Any, wall_time: float, last_val: dict[s
     nll_key = f"test/{module.nll_key}"
     if nll_key in out:
         out["test/nll"] = out[nll_key]
+    out["train/nonfinite_skips"] = int(module.nonfinite_skips)
     out["wall_time_s"] = round(wall_time, 2)
     out["steps"] = int(trainer.global_step)
     out["iw_samples"] = module.iw_samples
@@ -142,6 +143,8 @@ def _print_results(run_dir: Path, metrics: dict[str, Any]) -> None:
     shown = ["test/nll", "test/kl", "test/elbo", "test/invariance_error", "test/invariance_noise",
              "test/equivariance_error"]
     shown += sorted(k for k in metrics if k.startswith(("test/bracket_rms", "test/lambda")))
+    if metrics.get("train/nonfinite_skips"):
+        shown.append("train/nonfinite_skips")
     for key in shown + ["steps", "wall_time_s"]:
         if key in metrics:
             v = metrics[key]
@@ -165,6 +168,7 @@ def _quiet_known_noise() -> None:
 
 def cmd_train(config_files: Sequence[str], overrides: Sequence[str], resume: Optional[str] = None) -> int:
     from .build import check_logger, make_datamodule, make_module
+    from .checkpoints import check_state_dict
 
     _quiet_known_noise()
     from .config.load import load_config, validate
@@ -189,7 +193,9 @@ def cmd_train(config_files: Sequence[str], overrides: Sequence[str], resume: Opt
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # before building: initial weights
     datamodule = make_datamodule(cfg)
     module = make_module(cfg, datamodule, run_id)
-    if not resume:
+    if resume:
+        check_state_dict(module, ckpt["state_dict"], ckpt_path)
+    else:
         run_dir = _new_run_dir(cfg, run_id)
     set_env = os.environ.get(RUN_DIR_ENV) != str(run_dir)
     os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP children re-run this command: same folder
@@ -205,14 +211,20 @@ def _train(cfg: Any, module: Any, datamodule: Any, run_dir: Path, run_id: str, c
     from .build import make_trainer
     from .config.load import save_config
 
-    rank_zero = _is_rank_zero()
-    if rank_zero:
+    from .errors import ConfigError
+
+    try:  # before anything is written: Lightning refuses some combinations only here
+        trainer = make_trainer(cfg, run_dir, run_id, resume_step=resume_step)
+    except (ValueError, TypeError, RuntimeError) as e:
+        if isinstance(e, UserError):
+            raise
+        raise ConfigError(f"trainer: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if _is_rank_zero():
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         verb = f"resuming from step {resume_step} in" if ckpt_path else "run folder:"
         print(f"{verb} {run_dir}", flush=True)
 
-    trainer = make_trainer(cfg, run_dir, run_id, resume_step=resume_step)
     start = time.time()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)

@@ -448,6 +448,26 @@ def _check_matrices(
             raise _fail(k, f"is {n}×{n} but must be {bound}×{bound}: {where}")
 
 
+# Values Lightning 2.6 accepts; anything else would fail inside Trainer(...) with a traceback.
+TRAINER_CHOICES = {
+    "trainer.accelerator": ("auto", "cpu", "gpu", "cuda", "mps", "tpu"),
+    "trainer.strategy": ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook", "fsdp", "deepspeed", "single_device"),
+    "trainer.precision": ("32-true", "32", "64-true", "64", "16-mixed", "bf16-mixed", "16-true", "bf16-true"),
+}
+
+
+def _check_trainer(cfg: DictConfig) -> None:
+    for key, allowed in TRAINER_CHOICES.items():
+        value = str(_get(cfg, key))
+        if value not in allowed:
+            raise _fail(key, f"unknown value {value!r} (choose from {', '.join(allowed)})")
+    devices = _get(cfg, "trainer.devices")
+    ok = (devices == "auto" or (isinstance(devices, int) and not isinstance(devices, bool) and (devices >= 1 or devices == -1))
+          or (isinstance(devices, list) and devices and all(_is_index(d) for d in devices)))
+    if not ok:
+        raise _fail("trainer.devices", f"must be a positive count, -1 (all), 'auto' or a list of device indices, got {devices!r}")
+
+
 def validate(cfg: DictConfig) -> None:
     """Semantic checks that need no data (enums, sizes, consistency). Raises ConfigError naming the key."""
     for key in CHOICES:
@@ -456,6 +476,12 @@ def validate(cfg: DictConfig) -> None:
     experiment = _get(cfg, "experiment")
     if not isinstance(experiment, str) or not experiment.strip():
         raise _fail("experiment", "must be a non-empty name")
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", experiment):
+        raise _fail("experiment", f"must be a plain folder name (letters, digits, '.', '_', '-'), got {experiment!r}")
+    seed = _get(cfg, "seed")
+    if not 0 <= seed < 2**32:
+        raise _fail("seed", f"must be in [0, 2**32), got {seed!r}")
+    _check_trainer(cfg)
 
     for key in _POSITIVE:
         value = _get(cfg, key)

@@ -71,6 +71,7 @@ class EHFModule(L.LightningModule):
             self._last_loss_finite = bool(torch.isfinite(loss.detach()))
             for name, lam in self.multipliers.as_dict().items():
                 self.log(f"train/lambda/{name}", lam, on_step=True, batch_size=bs)
+            self.log("train/nonfinite_skips", float(self.nonfinite_skips), on_step=True, batch_size=bs)
             blocks = getattr(getattr(self.model, "flow", None), "blocks", [])
             for t, block in enumerate(blocks):
                 self.log(f"train/step_size/{t}", block.step_size.detach(), on_step=True, batch_size=bs)
@@ -125,7 +126,8 @@ class EHFModule(L.LightningModule):
         block = self._diverging_block()
         where = f" in flow block {block + 1}" if block is not None else ""
         if self.config["optim"]["on_nonfinite"] == "stop":
-            eps = f" (its step size is {float(self.model.flow.blocks[block].step_size):.3g})" if block is not None else ""
+            eps = (f" (its step size is {float(self.model.flow.blocks[block].step_size.detach()):.3g})"
+                   if block is not None else "")
             raise NumericalDivergence(
                 f"non-finite {what} at step {self.global_step}{where}{eps}: the leapfrog integration likely "
                 f"diverged; lower model.step_size (or model.leapfrog_steps), or set optim.on_nonfinite=skip")
@@ -138,7 +140,6 @@ class EHFModule(L.LightningModule):
                 self.model.flow.blocks[block].log_step -= math.log(2.0)
         rank_zero_warn(f"step {self.global_step}: non-finite {what}{where}; batch skipped"
                        + (f", step size of block {block + 1} halved" if block is not None else ""))
-        self.log("train/nonfinite_skips", float(self.nonfinite_skips), on_step=True)
 
     @torch.no_grad()
     def _diverging_block(self) -> Optional[int]:
@@ -178,12 +179,14 @@ class EHFModule(L.LightningModule):
         else:
             state = state[None]
         checkpoint["ehf_rng"] = {"torch": state}  # one row per rank; tensors keep weights_only loading
+        checkpoint["ehf_nonfinite_skips"] = self.nonfinite_skips
         if torch.cuda.is_available() and self.device.type == "cuda":
             checkpoint["ehf_rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._resume_rng = checkpoint.get("ehf_rng")
+        self.nonfinite_skips = int(checkpoint.get("ehf_nonfinite_skips", 0))
 
     @override
     def on_train_start(self) -> None:

@@ -1,0 +1,62 @@
+"""Same seed, same numbers (CPU): two runs of one command give identical metrics.json (``wall_time_s``
+aside), metrics.csv and weights; another seed gives another test NLL."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+TINY = [
+    "trainer.max_steps=8", "trainer.val_check_interval=4", "data.n_val=64", "data.n_test=64",
+    "data.batch_size=64", "eval.iw_samples=4", "eval.n_eval=32", "eval.n_group_samples=1",
+    "eval.invariance_iw=4", "plots.enabled=false", "model.hidden=16", "logger.wandb.mode=disabled",
+    "trainer.accelerator=cpu",
+]  # fmt: skip
+
+
+def clean_env() -> dict:
+    drop = ("EHF_RUN_DIR", "WANDB_MODE", "WANDB_API_KEY", "LOCAL_RANK", "NODE_RANK", "RANK", "WORLD_SIZE")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.update(WANDB_SILENT="true", OMP_NUM_THREADS="1")
+    return env
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """Runs ``a`` and ``b`` (seed 0) and ``c`` (seed 1), started together."""
+    work = tmp_path_factory.mktemp("determinism")
+    seeds = {"a": 0, "b": 0, "c": 1}
+    procs = {name: subprocess.Popen([sys.executable, "-m", "lightning_ehf", "train", *TINY, f"seed={seed}",
+                                     f"run.dir={work / name}"], cwd=work, env=clean_env(),
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for name, seed in seeds.items()}
+    for name, p in procs.items():
+        _, err = p.communicate(timeout=180)
+        assert p.returncode == 0, (name, err[-3000:])
+    return {name: work / name for name in seeds}
+
+
+def _metrics(run: Path) -> dict:
+    m = json.loads((run / "metrics.json").read_text())
+    m.pop("wall_time_s")
+    return m
+
+
+def test_same_seed_same_results(runs):
+    a, b = _metrics(runs["a"]), _metrics(runs["b"])
+    assert a == b, {k: (a.get(k), b.get(k)) for k in set(a) | set(b) if a.get(k) != b.get(k)}
+    assert (runs["a"] / "metrics.csv").read_text() == (runs["b"] / "metrics.csv").read_text()
+    wa = torch.load(runs["a"] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    wb = torch.load(runs["b"] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_other_seed_other_results(runs):
+    a, c = _metrics(runs["a"]), _metrics(runs["c"])
+    assert a["test/nll"] != c["test/nll"]
