@@ -73,6 +73,9 @@ def build() -> Callable[..., torch.nn.Module]:
 
 # -- framework (end-to-end) fixtures: tests/test_framework_*.py ----------------------------------
 #
+# (the override lists and the environment cleaning live in ``ehf_testing.py``, shared with the
+# reliability tests)
+#
 # * ``ehf_tiny``: overrides that make a training run take a few seconds (add ``run.dir`` / ``run.root``).
 # * ``ehf_cli``: ``ehf_cli(args, cwd, timeout=..., env=...)`` runs ``python -m lightning_ehf ARGS`` in a
 #   subprocess with a clean environment (no EHF_RUN_DIR / WANDB_MODE / DDP variables leaking in, W&B
@@ -81,55 +84,32 @@ def build() -> Callable[..., torch.nn.Module]:
 #   variables that the CLI and W&B set process-wide.
 # * ``ehf_tiny_run``: one tiny ring2d training run (W&B disabled) shared by the whole session.
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
-EHF_TINY = [
-    "trainer.max_steps=6", "trainer.val_check_interval=3", "data.n_val=64", "data.n_test=64",
-    "data.batch_size=64", "eval.iw_samples=4", "eval.n_eval=32", "eval.n_group_samples=1",
-    "eval.invariance_iw=4", "plots.grid=12", "model.hidden=16",
-]  # fmt: skip
-_EHF_ENV_DROP = (
-    "EHF_RUN_DIR", "WANDB_MODE", "WANDB_API_KEY", "WANDB_RUN_ID", "WANDB_DIR",
-    "LOCAL_RANK", "NODE_RANK", "RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-    "PL_GLOBAL_SEED", "PL_SEED_WORKERS",
-)  # fmt: skip
-
-
-def _ehf_env(scratch: Path, extra: dict | None = None) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in _EHF_ENV_DROP}
-    env.update(
-        WANDB_SILENT="true",
-        WANDB_CONFIG_DIR=str(scratch / "wandb-config"),
-        WANDB_CACHE_DIR=str(scratch / "wandb-cache"),
-        WANDB_DATA_DIR=str(scratch / "wandb-data"),
-        OMP_NUM_THREADS="1",
-    )
-    env.update(extra or {})
-    return env
+from ehf_testing import ENV_DROP, FRAMEWORK_TINY, clean_env, ehf
 
 
 @pytest.fixture(scope="session")
 def ehf_tiny() -> list[str]:
-    return list(EHF_TINY)
+    return list(FRAMEWORK_TINY)
 
 
 @pytest.fixture(scope="session")
 def ehf_cli(tmp_path_factory) -> Callable[..., subprocess.CompletedProcess]:
     scratch = tmp_path_factory.mktemp("ehf-env")
+    wandb_dirs = {"WANDB_CONFIG_DIR": str(scratch / "wandb-config"), "WANDB_CACHE_DIR": str(scratch / "wandb-cache"),
+                  "WANDB_DATA_DIR": str(scratch / "wandb-data")}
 
     def run(args, cwd, timeout: float = 180, env: dict | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "lightning_ehf", *map(str, args)], cwd=str(cwd),
-                              env=_ehf_env(scratch, env), capture_output=True, text=True, timeout=timeout)
+        return ehf(args, cwd, timeout, env=clean_env(**{**wandb_dirs, **(env or {})}))
 
     return run
 
 
 @pytest.fixture
 def ehf_clean_env(monkeypatch):
-    for name in _EHF_ENV_DROP:
+    for name in ENV_DROP:
         monkeypatch.setenv(name, "")  # records the old value (or its absence) for the restore ...
         monkeypatch.delenv(name)  # ... then removes it
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -141,6 +121,6 @@ def ehf_tiny_run(tmp_path_factory, ehf_cli) -> Path:
     """Folder of one tiny ring2d run (default experiment, W&B disabled, trained 6 steps)."""
     root = tmp_path_factory.mktemp("ehf-tiny-run")
     run_dir = root / "run"
-    proc = ehf_cli(["train", *EHF_TINY, "logger.wandb.mode=disabled", f"run.dir={run_dir}"], cwd=root)
+    proc = ehf_cli(["train", *FRAMEWORK_TINY, "logger.wandb.mode=disabled", f"run.dir={run_dir}"], cwd=root)
     assert proc.returncode == 0, f"tiny run failed (rc={proc.returncode}):\n{proc.stderr[-3000:]}"
     return run_dir

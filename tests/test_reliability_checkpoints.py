@@ -26,24 +26,9 @@ import torch
 
 from lightning_ehf.lit.checkpointing import SafeCheckpointIO
 
-TINY = [
-    "trainer.max_steps=6", "trainer.val_check_interval=3", "data.n_val=64", "data.n_test=64",
-    "data.batch_size=64", "eval.iw_samples=4", "eval.n_eval=32", "eval.n_group_samples=1",
-    "eval.invariance_iw=4", "plots.enabled=false", "model.hidden=16", "logger.wandb.mode=disabled",
-]  # fmt: skip
+from ehf_testing import TINY, clean_env, ehf
+
 RUN_NAME = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{8}$")
-
-
-def clean_env() -> dict:
-    drop = ("EHF_RUN_DIR", "WANDB_MODE", "WANDB_API_KEY", "LOCAL_RANK", "NODE_RANK", "RANK", "WORLD_SIZE")
-    env = {k: v for k, v in os.environ.items() if k not in drop}
-    env.update(WANDB_SILENT="true", OMP_NUM_THREADS="1")
-    return env
-
-
-def ehf(args: list, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lightning_ehf", *map(str, args)], cwd=cwd, env=clean_env(),
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def small_checkpoint() -> dict:

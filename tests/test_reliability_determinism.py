@@ -4,7 +4,6 @@ aside), metrics.csv and weights; another seed gives another test NLL."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,19 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-TINY = [
-    "trainer.max_steps=8", "trainer.val_check_interval=4", "data.n_val=64", "data.n_test=64",
-    "data.batch_size=64", "eval.iw_samples=4", "eval.n_eval=32", "eval.n_group_samples=1",
-    "eval.invariance_iw=4", "plots.enabled=false", "model.hidden=16", "logger.wandb.mode=disabled",
-    "trainer.accelerator=cpu",
-]  # fmt: skip
+from ehf_testing import clean_env, tiny
 
-
-def clean_env() -> dict:
-    drop = ("EHF_RUN_DIR", "WANDB_MODE", "WANDB_API_KEY", "LOCAL_RANK", "NODE_RANK", "RANK", "WORLD_SIZE")
-    env = {k: v for k, v in os.environ.items() if k not in drop}
-    env.update(WANDB_SILENT="true", OMP_NUM_THREADS="1")
-    return env
+TINY = tiny("trainer.max_steps=8", "trainer.val_check_interval=4", "trainer.accelerator=cpu")
 
 
 @pytest.fixture(scope="module")

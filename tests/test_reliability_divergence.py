@@ -9,9 +9,7 @@ within a few steps.
 
 from __future__ import annotations
 
-import csv
 import json
-import os
 import re
 import subprocess
 import sys
@@ -20,19 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-DIVERGING = [
-    "trainer.max_steps=40", "trainer.val_check_interval=2", "optim.warmup_steps=0", "model.step_size=50",
-    "optim.lr=1.0", "data.n_val=64", "data.n_test=64", "data.batch_size=64", "eval.iw_samples=4",
-    "eval.n_eval=32", "eval.n_group_samples=1", "eval.invariance_iw=4", "plots.enabled=false",
-    "model.hidden=16", "logger.wandb.mode=disabled",
-]  # fmt: skip
+from ehf_testing import clean_env, csv_rows, tiny
 
-
-def clean_env() -> dict:
-    drop = ("EHF_RUN_DIR", "WANDB_MODE", "WANDB_API_KEY", "LOCAL_RANK", "NODE_RANK", "RANK", "WORLD_SIZE")
-    env = {k: v for k, v in os.environ.items() if k not in drop}
-    env.update(WANDB_SILENT="true", OMP_NUM_THREADS="1")
-    return env
+DIVERGING = tiny("trainer.max_steps=40", "trainer.val_check_interval=2", "optim.warmup_steps=0",
+                 "model.step_size=50", "optim.lr=1.0")
 
 
 @pytest.fixture(scope="module")
@@ -74,11 +63,6 @@ def test_stop_exits_3_and_keeps_a_finite_checkpoint(diverged):
     assert "run folder:" in proc.stdout  # it had started: the folder is where the checkpoint is
 
 
-def _rows(run: Path) -> list[dict]:
-    with open(run / "metrics.csv", newline="") as f:
-        return [{k: v for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
-
-
 def test_skip_finishes_and_shrinks_the_diverging_block(diverged):
     proc, run = diverged["skip"]
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -91,7 +75,7 @@ def test_skip_finishes_and_shrinks_the_diverging_block(diverged):
     assert located, skipped
     blocks = {int(b) - 1 for b in located}  # messages count blocks from 1, metric names from 0
 
-    rows = _rows(run)
+    rows = csv_rows(run)
     counts = [float(r["train/nonfinite_skips"]) for r in rows if "train/nonfinite_skips" in r]
     assert counts and max(counts) >= 1
     assert max(counts) == len(skipped)  # logged every step here: the last value is the total

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import traceback
 from pathlib import Path
 from typing import NamedTuple, Optional
@@ -29,11 +27,8 @@ import torch
 
 from lightning_ehf import cli
 
-TINY = [
-    "trainer.max_steps=6", "trainer.val_check_interval=3", "data.n_val=64", "data.n_test=64",
-    "data.batch_size=64", "eval.iw_samples=4", "eval.n_eval=32", "eval.n_group_samples=1",
-    "eval.invariance_iw=4", "plots.enabled=false", "model.hidden=16", "logger.wandb.mode=disabled",
-]  # fmt: skip
+from ehf_testing import TINY, clean_env, ehf
+
 FILE_DATA = ["data.target=null", "data.regime=finite", "symmetry.group=so2"]  # + data.path=<file> (2-D)
 RUN_VARIANTS = {"root": "run.root=runs", "dir": "run.dir=run"}
 
@@ -209,17 +204,9 @@ def full_argv(case: Case, extra: str) -> list[str]:
 def trained_2d(tmp_path_factory) -> Path:
     """A tiny finished ring2d run (d=2)."""
     root = tmp_path_factory.mktemp("trained2d")
-    proc = subprocess.run([sys.executable, "-m", "lightning_ehf", "train", *TINY, f"run.dir={root / 'run'}"],
-                          cwd=root, env=clean_env(), capture_output=True, text=True, timeout=120)
+    proc = ehf(["train", *TINY, f"run.dir={root / 'run'}"], root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root / "run"
-
-
-def clean_env(**extra: str) -> dict:
-    drop = ("EHF_RUN_DIR", "WANDB_MODE", "WANDB_API_KEY", "LOCAL_RANK", "NODE_RANK", "RANK", "WORLD_SIZE")
-    env = {k: v for k, v in os.environ.items() if k not in drop}
-    env.update(WANDB_SILENT="true", OMP_NUM_THREADS="1", **extra)
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -267,15 +254,10 @@ def inputs(tmp_path_factory, trained_2d) -> Path:
 
 
 @pytest.fixture
-def workdir(inputs, tmp_path, monkeypatch) -> Path:
+def workdir(inputs, tmp_path, monkeypatch, ehf_clean_env) -> Path:
     """The test's folder, holding a copy of every input; cwd, $HOME there; no EHF/W&B env leaks."""
     work = tmp_path / "work"
     shutil.copytree(inputs, work)
-    for name in ("EHF_RUN_DIR", "WANDB_MODE", "WANDB_API_KEY", "PL_GLOBAL_SEED", "PL_SEED_WORKERS",
-                 "LOCAL_RANK", "NODE_RANK"):
-        monkeypatch.setenv(name, "")  # records the previous value (or its absence) for the restore
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("WANDB_SILENT", "true")
     home = tmp_path / "home"  # without ~/.netrc: no W&B key (outside the snapshot: matplotlib caches there)
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
@@ -375,7 +357,6 @@ REAL = {
 def test_real_process(param_id: str, workdir: Path):
     case = next(c for c in ALL_CASES if param_id == c.id or param_id.rsplit("-", 1)[0] == c.id)
     before = snapshot(workdir)
-    proc = subprocess.run([sys.executable, "-m", "lightning_ehf", *full_argv(case, REAL[param_id])], cwd=workdir,
-                          env=clean_env(HOME=os.environ["HOME"]), capture_output=True, text=True, timeout=120)
+    proc = ehf(full_argv(case, REAL[param_id]), workdir, env=clean_env(HOME=os.environ["HOME"]))
     check_error(case.command, proc.returncode, proc.stdout, proc.stderr, case.expect)
     assert diff(before, snapshot(workdir)) == {"new": [], "gone": [], "changed": []}

@@ -9,7 +9,6 @@ and the Lagrange multiplier must equal A's to 1e-6, and B's metrics.csv must hol
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -21,23 +20,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from ehf_testing import clean_env, csv_rows, ehf, tiny
+
 MAX_STEPS = 60
 VAL_EVERY = 10
-BASE = [
-    f"trainer.max_steps={MAX_STEPS}", f"trainer.val_check_interval={VAL_EVERY}", "data.batch_size=256",
-    "model.hidden=32", "data.n_val=64", "data.n_test=64", "eval.iw_samples=4", "eval.n_eval=32",
-    "eval.n_group_samples=1", "eval.invariance_iw=4", "plots.enabled=false", "logger.wandb.mode=disabled",
-]  # fmt: skip
+BASE = tiny(f"trainer.max_steps={MAX_STEPS}", f"trainer.val_check_interval={VAL_EVERY}", "data.batch_size=256",
+            "model.hidden=32")
 REGIMES = {"infinite": [], "finite": ["data.regime=finite", "data.n_train=700"]}
 NLL = "val/nll_iw4"
 TOL = 1e-6
-
-
-def clean_env() -> dict:
-    drop = ("EHF_RUN_DIR", "WANDB_MODE", "WANDB_API_KEY", "LOCAL_RANK", "NODE_RANK", "RANK", "WORLD_SIZE")
-    env = {k: v for k, v in os.environ.items() if k not in drop}
-    env.update(WANDB_SILENT="true", OMP_NUM_THREADS="1")
-    return env
 
 
 def start(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
@@ -74,11 +65,6 @@ def kill_at_first_checkpoint(proc: subprocess.Popen, run_dir: Path, log: Path) -
     return step
 
 
-def csv_rows(run_dir: Path) -> list[dict]:
-    with open(run_dir / "metrics.csv", newline="") as f:
-        return [{k: v for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
-
-
 def val_rows(run_dir: Path) -> list[dict]:
     return [r for r in csv_rows(run_dir) if NLL in r]
 
@@ -101,8 +87,7 @@ def test_resume_after_sigkill_equals_uninterrupted(regime, target, tmp_path_fact
 
     step = kill_at_first_checkpoint(proc_b, run_b, work / "B.log")
     where = run_b if target == "folder" else run_b / "checkpoints" / "last.ckpt"
-    resumed = subprocess.run([sys.executable, "-m", "lightning_ehf", "train", "--resume", str(where)], cwd=work,
-                             env=clean_env(), capture_output=True, text=True, timeout=180)
+    resumed = ehf(["train", "--resume", where], work, timeout=180)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "Traceback" not in resumed.stderr
     assert f"resuming from step {step}" in resumed.stdout, resumed.stdout[-2000:]
