@@ -110,9 +110,10 @@ def plot_potentials(model: nn.Module, data: Tensor, path: Path, grid: int = 80) 
             ax.set_title(f"U_{t + 1}(q){_title_slice(dim)}")
             ax.set_aspect("equal")
             if radial:
-                axes[0][n].plot(r.cpu(), block.hamiltonian.potential(line_pts).cpu(), label=f"U_{t + 1}")
+                profile = block.hamiltonian.potential(line_pts)
+                axes[0][n].plot(r.cpu(), (profile - profile[0]).cpu(), label=f"U_{t + 1}")
     if radial:
-        axes[0][n].set_title("radial profile U_t(r e₀)")
+        axes[0][n].set_title("radial profile U_t(r e₀) − U_t(0)")
         axes[0][n].set_xlabel("r")
         axes[0][n].legend(fontsize=7)
     fig.tight_layout()
