@@ -6,8 +6,8 @@ import math
 from typing import Any, Optional
 
 import lightning as L
-from lightning.fabric.utilities.rank_zero import rank_zero_warn
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -117,7 +117,8 @@ class EHFModule(L.LightningModule):
     @override
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Gradients are already reduced across ranks here, so every rank takes the same decision.
-        grads_finite = all(bool(torch.isfinite(p.grad).all()) for p in self.parameters() if p.grad is not None)
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        grads_finite = not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())  # one sync
         loss_finite = bool(self.trainer.strategy.reduce(
             torch.tensor(float(self._last_loss_finite), device=self.device), reduce_op="min"))
         if grads_finite and loss_finite:
