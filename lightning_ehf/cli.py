@@ -223,7 +223,7 @@ def _train(cfg: Any, module: Any, datamodule: Any, run_dir: Path, run_id: str, c
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         verb = f"resuming from step {resume_step} in" if ckpt_path else "run folder:"
-        print(f"{verb} {run_dir}", flush=True)
+        print(f"{verb} {run_dir}\ndata: {datamodule.describe()}", flush=True)
 
     start = time.time()
     try:
