@@ -60,7 +60,8 @@ def make_symmetry(sym_cfg: Any, dim: int, target: Optional[Target] = None) -> Sy
     except ValueError as e:
         if isinstance(e, ConfigError):
             raise
-        raise ConfigError(f"symmetry.{group if group in ('planes', 'matrices') else 'group'}: {e}") from None
+        key = {"rotations": "symmetry.planes", "matrices": "symmetry.matrices"}.get(group, "symmetry.group")
+        raise ConfigError(f"{key}: {e}") from None
     raise ConfigError(f"symmetry.group: unknown group '{group}'")
 
 
@@ -107,17 +108,19 @@ def make_datamodule(cfg: Any):
 
     d = cfg.data
     target = make_target(d.target) if d.target is not None else None
+    rows = None
     if target is not None:
         dim = target.dim
     else:
         from .data.files import load_array
 
-        dim = load_array(d.path).shape[1]
+        rows = load_array(d.path)
+        dim = rows.shape[1]
     validate_for_dim(cfg, dim)
     symmetry = make_symmetry(cfg.symmetry, dim, target)
-    return EHFDataModule(symmetry, target=target, path=d.path, regime=d.regime, n_train=d.n_train, n_val=d.n_val,
-                         n_test=d.n_test, batch_size=d.batch_size, augment=d.augment, num_workers=d.num_workers,
-                         seed=cfg.seed)
+    return EHFDataModule(symmetry, target=target, path=d.path, rows=rows, regime=d.regime, n_train=d.n_train,
+                         n_val=d.n_val, n_test=d.n_test, batch_size=d.batch_size, augment=d.augment,
+                         num_workers=d.num_workers, seed=cfg.seed)
 
 
 def make_module(cfg: Any, datamodule, run_id: str = "") -> "Any":

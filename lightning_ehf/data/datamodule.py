@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
@@ -36,7 +37,7 @@ class EHFDataModule(L.LightningDataModule):
     """
 
     def __init__(self, symmetry: Symmetry, target: Optional[Target] = None, path: Optional[str] = None,
-                 regime: str = "infinite", n_train: int = 20000, n_val: int = 2000, n_test: int = 5000,
+                 rows: Optional[np.ndarray] = None, regime: str = "infinite", n_train: int = 20000, n_val: int = 2000, n_test: int = 5000,
                  batch_size: int = 512, augment: bool = False, num_workers: int = 0, seed: int = 0) -> None:
         super().__init__()
         if (target is None) == (path is None):
@@ -51,7 +52,9 @@ class EHFDataModule(L.LightningDataModule):
         self.test_data: Optional[Tensor] = None
         self._file_rows: Optional[Tensor] = None
         if path is not None:
-            self._file_rows = torch.from_numpy(load_array(path, expected_dim=symmetry.dim)).float()
+            if rows is None:  # ``rows``: the file's contents when the caller has read it already
+                rows = load_array(path, expected_dim=symmetry.dim)
+            self._file_rows = torch.from_numpy(rows).float()
             n = self._file_rows.shape[0]
             if n_val + n_test >= n:
                 raise ConfigError(
