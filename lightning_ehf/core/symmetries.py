@@ -101,12 +101,6 @@ class Symmetry:
     def num_generators(self) -> int:
         return len(self.generator_names)
 
-    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> "Symmetry":
-        return Symmetry(
-            self.name, self.dim, self.matrices.to(device=device, dtype=dtype), self.offsets.to(device=device, dtype=dtype),
-            list(self.generator_names), self.sampler, self.invariants, self.rotation_blocks,
-        )
-
     def _generators_like(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self.matrices.to(x), self.offsets.to(x)
 
@@ -141,9 +135,6 @@ class Symmetry:
         if self.sampler is not None:
             return self.sampler(n, generator, dtype, device)
         return _exp_sampler(self)(n, generator, dtype, device)
-
-    def is_linear(self) -> bool:
-        return bool(torch.all(self.offsets == 0))
 
 
 # ---------------------------------------------------------------------------------------------
