@@ -132,7 +132,7 @@ class ConstraintStats:
     def callback(self, block: int) -> StateCallback:
         def on_state(q: Tensor, p: Tensor, grad_u: Tensor, grad_k: Tensor) -> None:
             r = momentum_map_bracket(self.matrices, self.offsets, q, p, grad_u, grad_k)
-            sq = r.square().reshape(-1, r.shape[-1]).mean(0)
+            sq = r.square().flatten(0, -2).mean(0)  # (k,); k = 0 for a group without generators
             self.sum_sq = sq if self.sum_sq is None else self.sum_sq + sq
             self.count += 1
             if self.record is not None:

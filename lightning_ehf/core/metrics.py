@@ -46,4 +46,4 @@ def equivariance_error(model: nn.Module, n: int, symmetry: Symmetry, generator: 
 def bracket_rms(model: nn.Module, q: Tensor, p: Tensor) -> Tensor:
     """Root mean square of ``{g_k, H_t}`` over every state the inverse flow visits from (q, p): (k,)."""
     r = model.bracket_residuals(q, p)
-    return r.square().reshape(-1, r.shape[-1]).mean(0).sqrt()
+    return r.square().flatten(0, -2).mean(0).sqrt()
