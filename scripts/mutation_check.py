@@ -94,6 +94,23 @@ MUTATIONS: list[Mutation] = [
              "lightning_ehf/core/metrics.py",
              "q2, p2 = model.flow(*g.act(q0, p0))", "q2, p2 = model.flow(q0, p0)",
              ("tests/test_core_metrics.py",)),
+    Mutation("invariance-floor-same-estimate", "the noise floor compares an estimate with itself (always 0)",
+             "lightning_ehf/core/metrics.py",
+             "float((reference - repeat).abs().mean())", "float((reference - reference).abs().mean())",
+             ("tests/test_core_metrics.py",)),
+    Mutation("equivariance-output-unacted", "equivariance error compares Φ(g·s) with Φ(s) (no action on the output)",
+             "lightning_ehf/core/metrics.py", "gq1, gp1 = g.act(q1, p1)", "gq1, gp1 = q1, p1",
+             ("tests/test_core_metrics.py",)),
+    Mutation("invariants-not-invariant", "invariant features that are not invariant (block sums, not squared norms)",
+             "lightning_ehf/core/symmetries.py",
+             "feats = [x[..., b].square().sum(-1, keepdim=True) for b in self.blocks]",
+             "feats = [x[..., b].sum(-1, keepdim=True) for b in self.blocks]",
+             ("tests/test_core_metrics.py", "tests/test_core_equivariance.py")),
+    Mutation("so3-generators-swapped", "so3 generator matrices in a different order than their names",
+             "lightning_ehf/core/symmetries.py",
+             "mats = torch.stack([_plane_generator(d, a, b) for a, b in planes])",
+             "mats = torch.stack([_plane_generator(d, a, b) for a, b in planes[::-1]])",
+             ("tests/test_core_symmetries.py",)),
     # -- the Lagrangian in the LightningModule ----------------------------------------------------
     Mutation("penalty-subtracted", "the Lagrangian subtracts the penalty instead of adding it",
              "lightning_ehf/lit/module.py",
@@ -131,7 +148,7 @@ MUTATIONS: list[Mutation] = [
     # -- options --------------------------------------------------------------------------------
     Mutation("no-generators-crash", "a group without generators (symmetry.group=none) crashes the constraint statistics",
              "lightning_ehf/core/flows.py",
-             "sq = r.square().flatten(0, -2).mean(0)", "sq = r.square().reshape(-1, r.shape[-1]).mean(0)",
+             "self.add(r.square().flatten(0, -2).mean(0), 1)", "self.add(r.square().reshape(-1, r.shape[-1]).mean(0), 1)",
              ("tests/test_framework_options.py",)),
 ]
 

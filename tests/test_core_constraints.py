@@ -105,3 +105,44 @@ def test_invalid_arguments_are_rejected():
         LagrangeMultipliers(["c"], rule="adam")
     with pytest.raises(ValueError):
         LagrangeMultipliers(["c"], lr=0.0)
+
+
+def test_geco_sequence_with_asymmetric_ema_matches_hand_computation():
+    """GECO with ema α = 0.9 over six updates of two multipliers, against a plain-float reference:
+    ``m₁ = C₁`` (first update), then ``m ← α m + (1 − α) C``; ``step = clip(η (m − ε), ±log 10)``;
+    ``λ ← clip(λ e^step, 1e-6, 1e6)``. Multiplier "a" takes unclipped steps, one clipped step (C = 40)
+    and then hits the upper clamp; "b" shrinks into the lower clamp. α ≠ ½ so swapping the EMA
+    weights changes every average after the first."""
+    alpha, eps, eta = 0.9, 1.0, 0.5
+    lm = LagrangeMultipliers(["a", "b"], mode="dual", rule="geco", tolerance=eps, lr=eta, init=1.0, ema=alpha)
+    lm = lm.to(torch.float64)
+    lm.value.copy_(torch.tensor([2.0e3, 3.0e-6], dtype=torch.float64))
+    constraints = [(3.0, 0.0), (0.0, 5.0), (0.2, 0.0), (40.0, 0.0), (0.0, 0.0), (0.0, 0.0)]
+
+    # hand-written reference, numbers spelled out for the first steps of "a":
+    #   m = 3.0 → step 1.0; m = 2.7 → 0.85; m = 2.45 → 0.725; m = 6.205 → 2.6025 clipped to log 10
+    lam = [2.0e3, 3.0e-6]
+    ma = [0.0, 0.0]
+    expected = []
+    for t, cs in enumerate(constraints):
+        for i, c in enumerate(cs):
+            ma[i] = c if t == 0 else alpha * ma[i] + (1 - alpha) * c
+            step = min(max(eta * (ma[i] - eps), -math.log(10.0)), math.log(10.0))
+            lam[i] = min(max(lam[i] * math.exp(step), 1e-6), 1e6)
+        expected.append((list(ma), list(lam)))
+    assert [e[0][0] for e in expected[:4]] == pytest.approx([3.0, 2.7, 2.45, 6.205], rel=1e-12)
+    assert expected[3][1][0] == pytest.approx(2.0e3 * math.exp(1.0 + 0.85 + 0.725) * 10.0, rel=1e-12)  # clipped step
+    assert expected[4][1][0] == 1e6  # 2.6e5 · e^{2.29} hits the upper clamp
+    assert [e[0][1] for e in expected[:4]] == pytest.approx([0.0, 0.5, 0.45, 0.405], rel=1e-12)
+    assert expected[2][1][1] == pytest.approx(3.0e-6 * math.exp(-0.5 - 0.25 - 0.275), rel=1e-12)
+    assert expected[3][1][1] == 1e-6  # 1.08e-6 · e^{-0.2975} < 1e-6: lower clamp
+
+    for t, cs in enumerate(constraints):
+        lm.update(torch.tensor(cs, dtype=torch.float64))
+        want_ma, want_lam = expected[t]
+        torch.testing.assert_close(lm.moving_average, torch.tensor(want_ma, dtype=torch.float64), rtol=1e-12, atol=1e-12,
+                                   msg=lambda m: f"moving average after update {t + 1}: {m}")
+        torch.testing.assert_close(lm.value, torch.tensor(want_lam, dtype=torch.float64), rtol=1e-12, atol=0.0,
+                                   msg=lambda m: f"λ after update {t + 1}: {m}")
+    assert int(lm.updates) == len(constraints)
+    assert lm.value[0].item() == 1e6 and lm.value[1].item() == 1e-6  # both clamps reached

@@ -3,6 +3,8 @@ features, and the refusal of symmetries the Gaussian base density does not have.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -164,3 +166,45 @@ def test_constructors_validate_arguments():
     model = make_ehf(so2(3), blocks=1, hidden=8)
     with pytest.raises(ValueError, match="dimension 2 but the model has dimension 3"):
         EquivariantHamiltonianFlow(model.base, model.flow, model.encoder, so2(2))
+
+
+def test_so3_generators_signs_order_and_commutators_are_explicit():
+    """The package convention, written out: the plane (i, j) generator is ``A = E_ji − E_ij``
+    (``A[j, i] = 1``, ``A[i, j] = −1``), so ``A e_i = e_j``; so3 lists planes (0,1), (0,2), (1,2) as
+    L01, L02, L12. By hand, with ``E_ab E_cd = δ_bc E_ad``:
+
+        [A01, A02] = −E12 + E21 =  A12
+        [A01, A12] =  E02 − E20 = −A02
+        [A02, A12] = −E01 + E10 =  A01
+    """
+    sym = so3(3)
+    a01 = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]], dtype=F64)
+    a02 = torch.tensor([[0.0, 0.0, -1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]], dtype=F64)
+    a12 = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]], dtype=F64)
+    assert sym.generator_names == ["L01", "L02", "L12"]
+    torch.testing.assert_close(sym.matrices, torch.stack([a01, a02, a12]), rtol=0, atol=0)
+    assert sym.offsets.abs().max() == 0
+
+    def bracket(x, y):
+        return x @ y - y @ x
+
+    m01, m02, m12 = sym.matrices
+    torch.testing.assert_close(bracket(m01, m02), a12, rtol=0, atol=0)
+    torch.testing.assert_close(bracket(m01, m12), -a02, rtol=0, atol=0)
+    torch.testing.assert_close(bracket(m02, m12), a01, rtol=0, atol=0)
+    # the same relations on so3 embedded in other coordinates of R^5: planes (1,3), (1,4), (3,4)
+    emb = so3(5, (1, 3, 4))
+    assert emb.generator_names == ["L13", "L14", "L34"]
+    n13, n14, n34 = emb.matrices
+    assert n13[3, 1] == 1.0 and n13[1, 3] == -1.0 and n13.abs().sum() == 2.0
+    torch.testing.assert_close(bracket(n13, n14), n34, rtol=0, atol=0)
+    torch.testing.assert_close(bracket(n13, n34), -n14, rtol=0, atol=0)
+
+    # sign of the action: exp(t A01) turns e_0 towards e_1 (counter-clockwise in the (0, 1) plane)
+    e0 = torch.tensor([1.0, 0.0, 0.0], dtype=F64)
+    for t in (1e-3, 0.1, 0.5):
+        rotated = torch.linalg.matrix_exp(t * m01) @ e0
+        torch.testing.assert_close(rotated, torch.tensor([math.cos(t), math.sin(t), 0.0], dtype=F64), rtol=0, atol=1e-14)
+        assert rotated[1] > 0
+    # and the vector field of L01 at e_0 points along +e_1
+    torch.testing.assert_close(sym.vector_field_q(e0)[0], torch.tensor([0.0, 1.0, 0.0], dtype=F64), rtol=0, atol=0)

@@ -78,12 +78,14 @@ def test_skip_finishes_and_shrinks_the_diverging_block(diverged):
     rows = csv_rows(run)
     counts = [float(r["train/nonfinite_skips"]) for r in rows if "train/nonfinite_skips" in r]
     assert counts and max(counts) >= 1
-    assert max(counts) == len(skipped)  # logged every step here: the last value is the total
+    # logged every step, before that step's own skip: the last value is the total, or one less when
+    # the final step itself was skipped; metrics.json holds the total
+    assert max(counts) in (len(skipped), len(skipped) - 1), (max(counts), len(skipped))
     for b in blocks:
         sizes = [float(r[f"train/step_size/{b}"]) for r in rows if f"train/step_size/{b}" in r]
         assert sizes and sizes[-1] < 50, (b, sizes[-5:])
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["steps"] == 40
+    assert metrics["steps"] == 40 and metrics["train/nonfinite_skips"] == len(skipped)
     last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert all(bool(torch.isfinite(v).all()) for v in last["state_dict"].values() if v.is_floating_point())
 

@@ -187,7 +187,8 @@ class EHFModule(L.LightningModule):
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._resume_rng = checkpoint.get("ehf_rng")
-        self.nonfinite_skips = int(checkpoint.get("ehf_nonfinite_skips", 0))
+        if self._trainer is None or self.trainer.state.fn == "fit":  # testing the best checkpoint keeps the run's count
+            self.nonfinite_skips = int(checkpoint.get("ehf_nonfinite_skips", 0))
 
     @override
     def on_train_start(self) -> None:
