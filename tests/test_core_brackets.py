@@ -163,19 +163,23 @@ def test_cached_residuals_equal_autograd_bracket_at_visited_states(build, name, 
 
     visited, autograd, closed = [], [], []
 
-    def callback(t):
-        ham = model.flow.blocks[t].hamiltonian
+    class Recorder:  # duck-types ConstraintStats for one block: sees every visited state
+        record = None
 
-        def on_state(qs, ps, grad_u, grad_k):
+        def __init__(self, t):
+            self.ham = model.flow.blocks[t].hamiltonian
+
+        def on_state(self, qs, ps, grad_u, grad_k):
             visited.append((qs.clone(), ps.clone()))
             closed.append(momentum_map_bracket(sym.matrices.to(qs), sym.offsets.to(qs), qs, ps, grad_u, grad_k))
             autograd.append(torch.stack(
-                [poisson_bracket(lambda a, b, j=j: sym.momentum_maps(a, b)[..., j], ham, qs, ps) for j in range(k)], -1))
-
-        return on_state
+                [poisson_bracket(lambda a, b, j=j: sym.momentum_maps(a, b)[..., j], self.ham, qs, ps)
+                 for j in range(k)], -1))
 
     with torch.no_grad():
-        model.flow.inverse(q, p, on_state=callback)
+        qs, ps = q, p
+        for t in reversed(range(n_blocks)):  # the density direction, as log_joint integrates
+            qs, ps = model.flow.blocks[t].integrate(qs, ps, reverse=True, create_graph=False, stats=Recorder(t))
     autograd, closed = torch.stack(autograd), torch.stack(closed)
     assert len(visited) == cached.shape[0]
     # the visited states are distinct (the callback sees the trajectory, not one point repeated)

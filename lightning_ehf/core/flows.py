@@ -13,14 +13,13 @@ its own ``H_t = K_t(p) + U_t(q)``); return ``q_T``. Density: ``log p_θ(q, p) = 
 from __future__ import annotations
 
 import math
-from typing import Callable
-
 import torch
 from torch import Tensor, nn
 
 from .brackets import momentum_map_bracket
 from .hamiltonians import SeparableHamiltonian
-from .integrators import StateCallback, leapfrog
+from .integrators import leapfrog
+from .reversible import reversible_leapfrog
 from .random import draw
 from .symmetries import Symmetry
 
@@ -70,14 +69,20 @@ class GaussianBase(nn.Module):
 
 class HamiltonianBlock(nn.Module):
     """``Φ_t``: L leapfrog steps of ``H_t = K_t(p) + U_t(q)`` with step ``ε_t`` (positive: ``exp`` of a
-    parameter when learnable, a buffer when fixed)."""
+    parameter when learnable, a buffer when fixed).
 
-    def __init__(self, hamiltonian: SeparableHamiltonian, n_steps: int, step_size: float, learn_step_size: bool = True) -> None:
+    ``reversible``: in training, recompute the visited states from the block's output in the backward
+    pass instead of storing them (:mod:`.reversible`): memory flat in L, about a third more time.
+    """
+
+    def __init__(self, hamiltonian: SeparableHamiltonian, n_steps: int, step_size: float, learn_step_size: bool = True,
+                 reversible: bool = False) -> None:
         super().__init__()
         if n_steps < 1 or step_size <= 0:
             raise ValueError(f"need n_steps ≥ 1 and step_size > 0, got {n_steps}, {step_size}")
         self.hamiltonian = hamiltonian
         self.n_steps = int(n_steps)
+        self.reversible = bool(reversible)
         log_step = torch.tensor(math.log(step_size))
         if learn_step_size:
             self.log_step = nn.Parameter(log_step)
@@ -89,14 +94,22 @@ class HamiltonianBlock(nn.Module):
         return self.log_step.exp()
 
     def integrate(self, q: Tensor, p: Tensor, reverse: bool, create_graph: bool,
-                  on_state: StateCallback | None = None) -> tuple[Tensor, Tensor]:
+                  stats: "ConstraintStats | None" = None) -> tuple[Tensor, Tensor]:
+        """L leapfrog steps (backwards in time when ``reverse``); residuals of the visited states go
+        into ``stats``. ``create_graph``: differentiable with respect to the parameters."""
+        if self.reversible and create_graph and (stats is None or stats.record is None):
+            generators = (stats.matrices, stats.offsets) if stats is not None else None
+            q, p, sum_sq = reversible_leapfrog(self, q, p, reverse, generators)
+            if stats is not None:
+                stats.add(sum_sq, 2 * self.n_steps)
+            return q, p
         h = self.hamiltonian
         return leapfrog(
             q, p,
             grad_u=lambda x: h.potential.grad(x, create_graph),
             grad_k=lambda x: h.kinetic.grad(x, create_graph),
             step=self.step_size if create_graph else self.step_size.detach(),
-            n_steps=self.n_steps, reverse=reverse, on_state=on_state,
+            n_steps=self.n_steps, reverse=reverse, on_state=stats.on_state if stats is not None else None,
         )
 
 
@@ -107,16 +120,16 @@ class HamiltonianFlow(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
 
-    def forward(self, q: Tensor, p: Tensor, on_state: Callable[[int], StateCallback] | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, q: Tensor, p: Tensor, stats: "ConstraintStats | None" = None) -> tuple[Tensor, Tensor]:
         graph = torch.is_grad_enabled()
-        for t, block in enumerate(self.blocks):
-            q, p = block.integrate(q, p, reverse=False, create_graph=graph, on_state=on_state(t) if on_state else None)
+        for block in self.blocks:
+            q, p = block.integrate(q, p, reverse=False, create_graph=graph, stats=stats)
         return q, p
 
-    def inverse(self, q: Tensor, p: Tensor, on_state: Callable[[int], StateCallback] | None = None) -> tuple[Tensor, Tensor]:
+    def inverse(self, q: Tensor, p: Tensor, stats: "ConstraintStats | None" = None) -> tuple[Tensor, Tensor]:
         graph = torch.is_grad_enabled()
         for t in reversed(range(len(self.blocks))):
-            q, p = self.blocks[t].integrate(q, p, reverse=True, create_graph=graph, on_state=on_state(t) if on_state else None)
+            q, p = self.blocks[t].integrate(q, p, reverse=True, create_graph=graph, stats=stats)
         return q, p
 
 
@@ -129,16 +142,17 @@ class ConstraintStats:
         self.count = 0
         self.record: list[Tensor] | None = None
 
-    def callback(self, block: int) -> StateCallback:
-        def on_state(q: Tensor, p: Tensor, grad_u: Tensor, grad_k: Tensor) -> None:
-            r = momentum_map_bracket(self.matrices, self.offsets, q, p, grad_u, grad_k)
-            sq = r.square().flatten(0, -2).mean(0)  # (k,); k = 0 for a group without generators
-            self.sum_sq = sq if self.sum_sq is None else self.sum_sq + sq
-            self.count += 1
-            if self.record is not None:
-                self.record.append(r)
+    def on_state(self, q: Tensor, p: Tensor, grad_u: Tensor, grad_k: Tensor) -> None:
+        """The leapfrog's state callback: residuals from the forces it already computed."""
+        r = momentum_map_bracket(self.matrices, self.offsets, q, p, grad_u, grad_k)
+        self.add(r.square().flatten(0, -2).mean(0), 1)  # (k,); k = 0 for a group without generators
+        if self.record is not None:
+            self.record.append(r)
 
-        return on_state
+    def add(self, sum_sq: Tensor, count: int) -> None:
+        """Add ``Σ mean_batch {g_k, H}²`` over ``count`` states, (k,)."""
+        self.sum_sq = sum_sq if self.sum_sq is None else self.sum_sq + sum_sq
+        self.count += count
 
     def mean_square(self) -> Tensor:
         """``C_k = E_s[{g_k, H}(s)²]``, (k,)."""
@@ -186,7 +200,7 @@ class EquivariantHamiltonianFlow(nn.Module):
         """``log p_θ(q, p) = log π(Φ⁻¹(q, p))``; residuals are accumulated into ``stats`` if given."""
         self._check(q)
         self._check(p, "p")
-        q0, p0 = self.flow.inverse(q, p, on_state=stats.callback if stats is not None else None)
+        q0, p0 = self.flow.inverse(q, p, stats)
         return self.base.log_prob(q0, p0)
 
     def bracket_residuals(self, q: Tensor, p: Tensor) -> Tensor:
@@ -198,20 +212,20 @@ class EquivariantHamiltonianFlow(nn.Module):
 
     # -- marginal bounds -----------------------------------------------------------------------
 
-    def elbo_and_constraints(self, q: Tensor, n: int = 1) -> tuple[Tensor, Tensor]:
+    def elbo_and_constraints(self, q: Tensor, n: int = 1, constraints: bool = True) -> tuple[Tensor, Tensor]:
         """ELBO per data point (B,) averaged over ``n`` momentum samples, and ``C_k`` (k,): the mean
-        squared bracket over all visited states (for the Lagrangian)."""
+        squared bracket over all visited states (for the Lagrangian; zeros when ``constraints`` is off)."""
         self._check(q)
         posterior = self.encoder(q)
         p = posterior.rsample((n,))  # (n, B, d)
-        stats = self._stats()
+        stats = self._stats() if constraints else None
         log_joint = self.log_joint(q.expand_as(p), p, stats)
         elbo = (log_joint - posterior.log_prob(p)).mean(0)
-        return elbo, stats.mean_square()
+        return elbo, stats.mean_square() if stats is not None else self.generators.new_zeros(self.generators.shape[0])
 
     def elbo(self, q: Tensor, n: int = 1) -> Tensor:
         """``E_{h}[log p_θ(q, p) − log h(p | q)]`` per data point, Monte Carlo with ``n`` samples."""
-        return self.elbo_and_constraints(q, n)[0]
+        return self.elbo_and_constraints(q, n, constraints=False)[0]
 
     def iwae(self, q: Tensor, k: int = 256, chunk: int = 64) -> Tensor:
         """Importance-weighted bound ``log (1/K) Σ p_θ(q, p_k) / h(p_k | q)`` per data point (B,).
