@@ -85,6 +85,18 @@ MUTATIONS: list[Mutation] = [
     Mutation("step-size-detached", "learnable step sizes cut out of the graph", "lightning_ehf/core/flows.py",
              "step=self.step_size if create_graph else self.step_size.detach(),", "step=self.step_size.detach(),",
              ("tests/test_core_gradients.py",)),
+    Mutation("tanh-slope", "closed-form force: tanh derivative 1 − h instead of 1 − h²", "lightning_ehf/core/hamiltonians.py",
+             "return 1.0 - (torch.tanh(a) if h is None else h).square()", "return 1.0 - (torch.tanh(a) if h is None else h)",
+             ("tests/test_core_fastpaths.py",)),
+    Mutation("pullback-factor", "closed-form force: the squared-norm features' pullback misses its factor 2",
+             "lightning_ehf/core/symmetries.py",
+             "out[..., b] = 2.0 * x[..., b] * g[..., k : k + 1]", "out[..., b] = x[..., b] * g[..., k : k + 1]",
+             ("tests/test_core_fastpaths.py",)),
+    Mutation("reversible-wrong-direction", "reversible backward reconstructs the states in the wrong direction",
+             "lightning_ehf/core/reversible.py",
+             "q, p, _ = _step(block, q, p, -sign * log_step.exp(), False, None)",
+             "q, p, _ = _step(block, q, p, sign * log_step.exp(), False, None)",
+             ("tests/test_core_fastpaths.py",)),
     # -- symmetry metrics -----------------------------------------------------------------------
     Mutation("invariance-without-action", "invariance error compares log p̂(q) with log p̂(q) (no group action)",
              "lightning_ehf/core/metrics.py",
@@ -148,7 +160,8 @@ MUTATIONS: list[Mutation] = [
     # -- options --------------------------------------------------------------------------------
     Mutation("no-generators-crash", "a group without generators (symmetry.group=none) crashes the constraint statistics",
              "lightning_ehf/core/flows.py",
-             "self.add(r.square().flatten(0, -2).mean(0), 1)", "self.add(r.square().reshape(-1, r.shape[-1]).mean(0), 1)",
+             "self.add(r.square().flatten(1, -2).mean(1).sum(0), len(self._pending))",
+             "self.add(r.square().reshape(r.shape[0], -1, r.shape[-1]).mean(1).sum(0), len(self._pending))",
              ("tests/test_framework_options.py",)),
 ]
 

@@ -12,10 +12,16 @@ name starts with ``test_core_``), so their Monte Carlo checks are reproducible.
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import pytest
 import torch
+
+# pytest -n N runs N worker processes: give each cores ÷ N torch threads (oversubscribed OpenMP threads
+# make every in-process training many times slower)
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 DTYPES = [torch.float32, torch.float64]

@@ -1,6 +1,6 @@
 """Lagrange multipliers for the symmetry constraints ``C_k = E[{g_k, H}²] ≤ ε_k``.
 
-Training solves ``min_θ max_{λ ≥ 0} −ELBO + Σ_k λ_k (C_k − ε_k)`` (DESIGN.md §2). The multipliers
+Training solves ``min_θ max_{λ ≥ 0} −ELBO + Σ_k λ_k (C_k − ε_k)`` (docs/design.md §2). The multipliers
 are buffers (checkpointed, follow ``.to``), updated in closed form after each optimiser step from
 ``C̄_k`` — which the caller must already have averaged over all devices, so every rank applies the
 same update and holds the same λ.

@@ -13,17 +13,25 @@ its own ``H_t = K_t(p) + U_t(q)``); return ``q_T``. Density: ``log p_θ(q, p) = 
 from __future__ import annotations
 
 import math
+import warnings
+from typing import Callable
+
 import torch
 from torch import Tensor, nn
 
 from .brackets import momentum_map_bracket
-from .hamiltonians import SeparableHamiltonian
+from .hamiltonians import SeparableHamiltonian, set_force_path
 from .integrators import leapfrog
-from .reversible import reversible_leapfrog
 from .random import draw
+from .reversible import reversible_leapfrog
 from .symmetries import Symmetry
 
-__all__ = ["GaussianBase", "HamiltonianBlock", "HamiltonianFlow", "EquivariantHamiltonianFlow", "ConstraintStats", "make_ehf"]
+#: ``reversible="auto"`` turns the memory-flat backward on from this many leapfrog steps per block:
+#: below it the stored states are small and storing them is faster (see docs/benchmarks.md).
+REVERSIBLE_AUTO_STEPS = 32
+
+__all__ = ["GaussianBase", "HamiltonianBlock", "HamiltonianFlow", "EquivariantHamiltonianFlow", "ConstraintStats", "make_ehf",
+           "REVERSIBLE_AUTO_STEPS"]
 
 
 class GaussianBase(nn.Module):
@@ -72,7 +80,8 @@ class HamiltonianBlock(nn.Module):
     parameter when learnable, a buffer when fixed).
 
     ``reversible``: in training, recompute the visited states from the block's output in the backward
-    pass instead of storing them (:mod:`.reversible`): memory flat in L, about a third more time.
+    pass instead of storing them (:mod:`.reversible`): memory flat in L, at about 2.3× the step time
+    (measured on a CPU, docs/benchmarks.md).
     """
 
     def __init__(self, hamiltonian: SeparableHamiltonian, n_steps: int, step_size: float, learn_step_size: bool = True,
@@ -134,35 +143,54 @@ class HamiltonianFlow(nn.Module):
 
 
 class ConstraintStats:
-    """Accumulates ``{g_k, H_t}(s)²`` over the states the flow visits (all blocks, all sub-steps)."""
+    """Accumulates ``{g_k, H_t}(s)²`` over the states the flow visits (all blocks, all sub-steps).
+
+    States are collected as the leapfrog reports them and their residuals computed in one batched
+    call when the statistic is read: a few tensor operations per flow instead of per state."""
 
     def __init__(self, matrices: Tensor, offsets: Tensor) -> None:
         self.matrices, self.offsets = matrices, offsets
         self.sum_sq: Tensor | None = None
         self.count = 0
         self.record: list[Tensor] | None = None
+        self._pending: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
 
     def on_state(self, q: Tensor, p: Tensor, grad_u: Tensor, grad_k: Tensor) -> None:
-        """The leapfrog's state callback: residuals from the forces it already computed."""
-        r = momentum_map_bracket(self.matrices, self.offsets, q, p, grad_u, grad_k)
-        self.add(r.square().flatten(0, -2).mean(0), 1)  # (k,); k = 0 for a group without generators
+        """The leapfrog's state callback: the state and the forces it already computed there."""
+        self._pending.append((q, p, grad_u, grad_k))
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        q, p, grad_u, grad_k = (torch.stack(parts) for parts in zip(*self._pending))  # (S, ..., d)
+        r = momentum_map_bracket(self.matrices, self.offsets, q, p, grad_u, grad_k)  # (S, ..., k)
+        # mean over the batch, summed over the S states; k = 0 for a group without generators
+        self.add(r.square().flatten(1, -2).mean(1).sum(0), len(self._pending))
         if self.record is not None:
-            self.record.append(r)
+            self.record.extend(r.unbind(0))
+        self._pending = []
 
     def add(self, sum_sq: Tensor, count: int) -> None:
         """Add ``Σ mean_batch {g_k, H}²`` over ``count`` states, (k,)."""
         self.sum_sq = sum_sq if self.sum_sq is None else self.sum_sq + sum_sq
         self.count += count
 
+    def residuals(self) -> list[Tensor]:
+        """``{g_k, H}`` at every recorded state, in visiting order (needs ``record`` set before)."""
+        self._flush()
+        assert self.record is not None, "set stats.record = [] before integrating"
+        return self.record
+
     def mean_square(self) -> Tensor:
         """``C_k = E_s[{g_k, H}(s)²]``, (k,)."""
+        self._flush()
         if self.sum_sq is None:
             return self.matrices.new_zeros(self.matrices.shape[0])
         return self.sum_sq / self.count
 
 
 class EquivariantHamiltonianFlow(nn.Module):
-    """The EHF model (DESIGN.md §2): Gaussian base, Hamiltonian flow, momentum encoder, symmetry.
+    """The EHF model (docs/design.md §2): Gaussian base, Hamiltonian flow, momentum encoder, symmetry.
 
     Public methods validate shapes, then delegate. All tensors follow the model's dtype/device.
     """
@@ -208,7 +236,7 @@ class EquivariantHamiltonianFlow(nn.Module):
         stats = self._stats()
         stats.record = []
         self.log_joint(q, p, stats)
-        return torch.stack(stats.record)
+        return torch.stack(stats.residuals())
 
     # -- marginal bounds -----------------------------------------------------------------------
 
@@ -236,14 +264,37 @@ class EquivariantHamiltonianFlow(nn.Module):
         if k < 1 or chunk < 1:
             raise ValueError(f"need k ≥ 1 and chunk ≥ 1, got k={k}, chunk={chunk}")
         posterior = self.encoder(q)
+        log_joint = self._density() if not torch.is_grad_enabled() else self.log_joint
         log_w = []
         done = 0
         while done < k:
             m = min(chunk, k - done)
             p = posterior.sample((m,))
-            log_w.append(self.log_joint(q.expand_as(p), p) - posterior.log_prob(p))
+            log_w.append(log_joint(q.expand_as(p), p) - posterior.log_prob(p))
             done += m
         return torch.logsumexp(torch.cat(log_w, 0), 0) - math.log(k)
+
+    def compile_density(self, enabled: bool = True) -> "EquivariantHamiltonianFlow":
+        """Evaluate densities without autograd through ``torch.compile`` (when enabled): about 1.5× faster
+        per call on a CPU once compiled, at tens of seconds of compilation per new input shape, so it
+        pays off only for large evaluations. Falls back to eager evaluation if compilation fails."""
+        self._compiled_log_joint = torch.compile(self.log_joint, dynamic=True) if enabled else None
+        return self
+
+    def _density(self) -> Callable[[Tensor, Tensor], Tensor]:
+        compiled = getattr(self, "_compiled_log_joint", None)
+        if compiled is None:
+            return self.log_joint
+
+        def guarded(q: Tensor, p: Tensor) -> Tensor:
+            try:
+                return compiled(q, p)
+            except Exception as err:  # compilation can fail on a platform without a compiler: stay eager
+                warnings.warn(f"torch.compile of the density failed ({type(err).__name__}: {err}); evaluating eagerly")
+                self._compiled_log_joint = None
+                return self.log_joint(q, p)
+
+        return guarded
 
     # -- sampling ------------------------------------------------------------------------------
 
@@ -272,12 +323,17 @@ def make_ehf(
     encoder: str = "gaussian",
     sigma_q: float = 1.0,
     sigma_p: float = 1.0,
+    forces: str = "analytic",
+    reversible: bool | str = "auto",
 ) -> EquivariantHamiltonianFlow:
     """Assemble an EHF from plain arguments (``build`` maps the config onto these).
 
     ``kinetic``: ``quadratic`` (``½|p|²/m``, learnable mass) or ``mlp`` (``½|p|² + MLP(p)``).
     ``invariant``: U and K are MLPs of the symmetry's invariant features, so ``{g_k, H} ≡ 0``.
     ``encoder``: ``gaussian`` (diagonal) or ``equivariant`` (polar frame per rotation plane).
+    ``forces``: ``analytic`` (closed form) or ``autograd`` (the reference path).
+    ``reversible``: memory-flat backward in every block (True/False), or ``auto``: when
+    ``leapfrog_steps ≥ REVERSIBLE_AUTO_STEPS``.
     """
     from .encoders import EquivariantMomentumEncoder, GaussianMomentumEncoder
     from .hamiltonians import MLPEnergy, QuadraticKinetic
@@ -292,6 +348,9 @@ def make_ehf(
         if symmetry.invariants is None:
             raise ValueError(f"symmetry '{symmetry.name}' has no invariant features; invariant Hamiltonians need a rotation group")
         features = symmetry.invariants
+    if reversible not in (True, False, "auto"):
+        raise ValueError(f"reversible must be True, False or 'auto', got {reversible!r}")
+    use_reversible = leapfrog_steps >= REVERSIBLE_AUTO_STEPS if reversible == "auto" else bool(reversible)
     base = GaussianBase(d, sigma_q, sigma_p)
     flow_blocks = []
     for _ in range(blocks):
@@ -300,7 +359,8 @@ def make_ehf(
             kin = QuadraticKinetic(d)
         else:
             kin = MLPEnergy(d, hidden, depth, activation, features=features, quadratic_part=True)
-        flow_blocks.append(HamiltonianBlock(SeparableHamiltonian(potential, kin), leapfrog_steps, step_size, learn_step_size))
+        flow_blocks.append(HamiltonianBlock(SeparableHamiltonian(potential, kin), leapfrog_steps, step_size, learn_step_size,
+                                            reversible=use_reversible))
     if encoder == "equivariant":
         planes = symmetry.rotation_blocks
         if not planes or any(len(b) != 2 for b in planes) or symmetry.invariants is None:
@@ -308,4 +368,4 @@ def make_ehf(
         enc: nn.Module = EquivariantMomentumEncoder(d, planes, symmetry.invariants, hidden, depth, activation, sigma_p)
     else:
         enc = GaussianMomentumEncoder(d, hidden, depth, activation, sigma_p)
-    return EquivariantHamiltonianFlow(base, HamiltonianFlow(flow_blocks), enc, symmetry)
+    return set_force_path(EquivariantHamiltonianFlow(base, HamiltonianFlow(flow_blocks), enc, symmetry), forces)

@@ -101,7 +101,7 @@ class MLPEnergy(Energy):
 
     ``features`` φ defaults to the identity; with group-invariant features (squared norms of
     rotated blocks, or the particles' Gram matrix) ``E(g·x) = E(x)`` exactly, so ``{g_k, H} ≡ 0``:
-    the invariant-by-construction model (DESIGN.md §2). The last layer has no bias (a constant
+    the invariant-by-construction model (docs/design.md §2). The last layer has no bias (a constant
     shift has no force, and an unused bias breaks DDP) and starts at zero, so the flow starts as
     free motion. ``quadratic_part`` adds a fixed ``½|x|²`` (a kinetic energy must grow at infinity).
     """

@@ -3,7 +3,7 @@
     p½ = p − ε/2 ∇U(q);   q' = q + ε ∇K(p½);   p' = p½ − ε/2 ∇U(q')
 
 Each sub-step is a shear, so the map is exactly volume preserving (det J = 1) and its inverse is the
-same scheme with −ε (DESIGN.md §2). Consecutive half-kicks share one ∇U evaluation, so L steps cost
+same scheme with −ε (docs/design.md §2). Consecutive half-kicks share one ∇U evaluation, so L steps cost
 L + 1 potential gradients and L kinetic gradients.
 """
 

@@ -1,4 +1,4 @@
-"""Pure diagnostics of how symmetric a learned density is (DESIGN.md §4 metric names)."""
+"""Pure diagnostics of how symmetric a learned density is (docs/design.md §4 metric names)."""
 
 from __future__ import annotations
 

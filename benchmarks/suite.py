@@ -1,0 +1,421 @@
+"""Speed and memory of the EHF, measured as ratios against baselines in the same process.
+
+Run through ``ehf bench [--quick] [--quality] [--out DIR]`` (or ``python benchmarks/suite.py …``).
+Every figure is a median over repeats after warm-up, on the same data (ring2d) and batch size:
+
+* **training throughput** (samples/s of one optimiser step: ELBO, Lagrangian, backward, Adam) of the
+  default EHF with the constraint off and on, of its *reference path* (forces by autograd, so training
+  differentiates a double backward), and of zuko's NSF with a matched parameter count;
+* **constraint overhead**: dual ÷ none;
+* **evaluation throughput** (IWAE log-likelihoods/s at K = 128, no autograd) for the EHF, its
+  reference path, and the NSF's exact log-likelihood;
+* **peak memory of one training step** at L = 4, 16, 64 leapfrog steps per block, with states stored
+  and with the reversible (memory-flat) backward (CPU: the allocator's record through the profiler;
+  CUDA: ``max_memory_allocated``);
+* **step time against dimension** and against blocks × leapfrog steps;
+* with ``--quality``: **time to quality** (wall-clock of training until validation KL ≤ 0.05 on
+  ring2d with infinite data, through the real training pipeline, evaluation time excluded) for the
+  default EHF and NSF, and the **default run** (``ehf train``: training, validation and test) of both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from lightning_ehf.core import make_ehf, particle_rotations, so2
+from lightning_ehf.core.constraints import LagrangeMultipliers
+from lightning_ehf.core.hamiltonians import set_force_path
+from lightning_ehf.core.targets import make_target
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT = dict(blocks=6, leapfrog_steps=3, hidden=64, depth=2, kinetic="mlp")  # the shipped defaults
+
+
+def hardware() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "device": "cpu"}
+    if torch.cuda.is_available():
+        info["device"] = "cuda"
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_time(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int = 2) -> float:
+    """Median wall time of ``fn`` over ``repeats`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _data(n: int, device: torch.device, dim: int = 2) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    if dim == 2:
+        return make_target("ring2d").sample(n, generator=gen).to(device)
+    return torch.randn(n, dim, generator=gen).to(device)
+
+
+def _ehf(device: torch.device, symmetry=None, path: str = "analytic", reversible: bool = False, **kwargs) -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = {**DEFAULT, **kwargs}
+    model = make_ehf(symmetry if symmetry is not None else so2(2), encoder=_encoder(symmetry),
+                     **config)
+    with torch.no_grad():  # away from the zero-initialised start, where every force vanishes
+        for name, prm in model.named_parameters():
+            if prm.ndim > 0 and "encoder" not in name:
+                prm.normal_(0.0, 0.1)
+    for block in model.flow.blocks:
+        block.reversible = reversible
+    return set_force_path(model, path).to(device)
+
+
+def _encoder(symmetry) -> str:
+    if symmetry is None:
+        return "equivariant"
+    planes = symmetry.rotation_blocks
+    ok = bool(planes) and all(len(b) == 2 for b in planes) and symmetry.invariants is not None
+    return "equivariant" if ok else "gaussian"
+
+
+def _nsf(device: torch.device, dim: int, n_params: int) -> torch.nn.Module:
+    """zuko NSF (4 transforms, 8 bins, 2 hidden layers) whose width gives about ``n_params`` parameters."""
+    from lightning_ehf.baselines import NSFModel
+    from lightning_ehf.core import no_symmetry
+
+    best = None
+    for hidden in range(16, 513, 4):
+        model = NSFModel(no_symmetry(dim), transforms=4, bins=8, hidden=hidden, depth=2)
+        size = sum(p.numel() for p in model.parameters())
+        if best is None or abs(size - n_params) < abs(best[1] - n_params):
+            best = (hidden, size)
+        if size > n_params:
+            break
+    torch.manual_seed(0)
+    return NSFModel(no_symmetry(dim), transforms=4, bins=8, hidden=best[0], depth=2).to(device)
+
+
+def _n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _train_step_fn(model: torch.nn.Module, q: torch.Tensor, mode: str) -> Callable[[], None]:
+    """One optimiser step of ``−ELBO + Σ λ (C − ε)`` (``mode`` none: the ELBO alone)."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-6)  # tiny steps: the model stays where it was measured
+    names = list(getattr(model, "generator_names", []))
+    multipliers = LagrangeMultipliers(names, mode="dual", init=1.0).to(q.device)
+
+    def step() -> None:
+        if mode == "none" or not names:
+            loss = -model.elbo(q).mean()
+            constraint = None
+        else:
+            elbo, constraint = model.elbo_and_constraints(q)
+            loss = -elbo.mean() + multipliers.penalty(constraint)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if constraint is not None:
+            multipliers.update(constraint.detach())
+
+    return step
+
+
+def bench_training(device: torch.device, quick: bool) -> dict[str, Any]:
+    batch, repeats = 512, (5 if quick else 15)
+    q = _data(batch, device)
+    ehf = _ehf(device)
+    nsf = _nsf(device, 2, _n_params(ehf))
+    rows = {}
+    for name, model, mode in (("ehf_none", ehf, "none"), ("ehf_dual", ehf, "dual"),
+                              ("reference_none", _ehf(device, path="autograd"), "none"),
+                              ("reference_dual", _ehf(device, path="autograd"), "dual"),
+                              ("nsf", nsf, "none")):
+        seconds = median_time(_train_step_fn(model, q, mode), device, repeats)
+        rows[name] = {"samples_per_s": batch / seconds, "ms_per_step": 1e3 * seconds, "params": _n_params(model)}
+    ratios = {
+        "ehf_over_reference": rows["ehf_dual"]["samples_per_s"] / rows["reference_dual"]["samples_per_s"],
+        "constraint_overhead": rows["ehf_none"]["samples_per_s"] / rows["ehf_dual"]["samples_per_s"],
+        "nsf_over_ehf": rows["nsf"]["samples_per_s"] / rows["ehf_dual"]["samples_per_s"],
+    }
+    return {"batch": batch, "rows": rows, "ratios": ratios}
+
+
+def bench_eval(device: torch.device, quick: bool) -> dict[str, Any]:
+    points, k, repeats = (128, 128, 3) if quick else (256, 128, 7)
+    q = _data(points, device)
+    ehf = _ehf(device)
+    rows = {}
+    with torch.no_grad():
+        for name, model in (("ehf", ehf), ("reference", _ehf(device, path="autograd")),
+                            ("nsf", _nsf(device, 2, _n_params(ehf)))):
+            seconds = median_time(lambda m=model: m.iwae(q, k, k), device, repeats, warmup=1)
+            rows[name] = {"loglik_per_s": points / seconds}
+    ratios = {"ehf_over_reference": rows["ehf"]["loglik_per_s"] / rows["reference"]["loglik_per_s"],
+              "nsf_over_ehf": rows["nsf"]["loglik_per_s"] / rows["ehf"]["loglik_per_s"]}
+    return {"points": points, "iw_samples": k, "rows": rows, "ratios": ratios}
+
+
+def step_peak_memory(device: torch.device, steps: int, reversible: bool, batch: int) -> float:
+    """Peak memory (MB) allocated during one training step, above what was allocated before it.
+
+    CUDA: ``max_memory_allocated``. CPU: the allocator's own record (``torch.profiler`` with
+    ``profile_memory``: every allocation and free in order; the peak of their running sum)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    q = _data(batch, device)
+    model = _ehf(device, leapfrog_steps=steps, reversible=reversible)
+    step = _train_step_fn(model, q, "dual")
+    step()  # optimiser state exists before the measured step
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    current = peak = 0
+    for e in events:
+        current += e.nbytes()
+        peak = max(peak, current)
+    return peak / 2**20
+
+
+def bench_memory(device: torch.device, quick: bool) -> dict[str, Any]:
+    batch = 256
+    rows = {}
+    for steps in (4, 16, 64):
+        for reversible in (False, True):
+            rows[f"L{steps}_{'reversible' if reversible else 'stored'}"] = {
+                "peak_mb": step_peak_memory(device, steps, reversible, batch)}
+    ratios = {"reversible_L64_over_L4": rows["L64_reversible"]["peak_mb"] / rows["L4_reversible"]["peak_mb"],
+              "stored_L64_over_L4": rows["L64_stored"]["peak_mb"] / rows["L4_stored"]["peak_mb"]}
+    return {"batch": batch, "blocks": DEFAULT["blocks"], "rows": rows, "ratios": ratios}
+
+
+def bench_scaling(device: torch.device, quick: bool) -> dict[str, Any]:
+    batch, repeats = 256, (3 if quick else 7)
+    by_dim = {}
+    cases = [("d=2", so2(2)), ("d=8", so2(8)), ("d=32", so2(32)), ("d=128", so2(128)),
+             ("3 particles × 2-D", particle_rotations(3, 2)), ("16 particles × 3-D", particle_rotations(16, 3))]
+    for name, sym in cases:
+        q = _data(batch, device, sym.dim)
+        seconds = median_time(_train_step_fn(_ehf(device, symmetry=sym), q, "dual"), device, repeats)
+        by_dim[name] = {"dim": sym.dim, "ms_per_step": 1e3 * seconds}
+    by_depth = {}
+    q = _data(batch, device)
+    for blocks, steps in ((2, 3), (6, 3), (12, 3), (6, 8)):
+        seconds = median_time(_train_step_fn(_ehf(device, blocks=blocks, leapfrog_steps=steps), q, "dual"), device,
+                              repeats)
+        by_depth[f"T={blocks} × L={steps}"] = {"ms_per_step": 1e3 * seconds}
+    return {"batch": batch, "by_dim": by_dim, "by_depth": by_depth}
+
+
+# -- quality: through the real training pipeline -------------------------------------------------
+
+
+def _time_to_quality(overrides: list[str], threshold: float, max_steps: int, workdir: Path) -> dict[str, Any]:
+    import lightning as L
+
+    from lightning_ehf.build import make_datamodule, make_module
+    from lightning_ehf.config.load import load_config, validate
+
+    import logging
+
+    from lightning_ehf.cli import _quiet_known_noise
+
+    _quiet_known_noise()
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no device banners in the report
+    cfg = load_config([], [*overrides, f"trainer.max_steps={max_steps}", "trainer.val_check_interval=50",
+                           "data.n_val=1000", "eval.iw_samples=128", "plots.enabled=false",
+                           "logger.wandb.mode=disabled", f"run.dir={workdir}"])
+    validate(cfg)
+    L.seed_everything(cfg.seed, verbose=False)
+    dm = make_datamodule(cfg)
+    module = make_module(cfg, dm)
+
+    class Clock(L.Callback):
+        def __init__(self) -> None:
+            self.start = self.eval_seconds = 0.0
+            self.reached: dict[str, float] | None = None
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            self.start = time.perf_counter()
+
+        def on_validation_start(self, trainer, pl_module) -> None:
+            self._t = time.perf_counter()
+
+        def on_validation_end(self, trainer, pl_module) -> None:
+            self.eval_seconds += time.perf_counter() - self._t
+            kl = float(trainer.callback_metrics["val/kl"])
+            if self.reached is None and kl <= threshold:
+                wall = time.perf_counter() - self.start
+                self.reached = {"step": trainer.global_step, "val_kl": kl, "train_seconds": wall - self.eval_seconds,
+                                "wall_seconds": wall}
+                trainer.should_stop = True
+
+    clock = Clock()
+    trainer = L.Trainer(max_steps=max_steps, val_check_interval=50, check_val_every_n_epoch=None, max_epochs=-1,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, inference_mode=False, callbacks=[clock],
+                        accelerator="cuda" if torch.cuda.is_available() else "cpu", devices=1)
+    trainer.fit(module, datamodule=dm)
+    result: dict[str, Any] = dict(clock.reached or {"step": None, "note": f"not reached in {max_steps} steps"})
+    test = trainer.test(module, datamodule=dm, verbose=False)[0]
+    result["test_kl"] = float(test["test/kl"])
+    return result
+
+
+def _default_run(extra: list[str], workdir: Path) -> dict[str, Any]:
+    run_dir = workdir / ("nsf" if extra else "ehf")
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "lightning_ehf", "train", *extra, "logger.wandb.mode=disabled",
+                           f"run.dir={run_dir}"], capture_output=True, text=True, cwd=workdir)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"ehf train {' '.join(extra)} failed:\n{proc.stderr[-2000:]}")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return {"wall_time_s": metrics["wall_time_s"], "process_s": seconds, "test_kl": metrics["test/kl"]}
+
+
+def bench_quality(workdir: Path) -> dict[str, Any]:
+    ttq = {"ehf": _time_to_quality([], 0.05, 3000, workdir / "ttq-ehf"),
+           "nsf": _time_to_quality(["model.kind=nsf"], 0.05, 3000, workdir / "ttq-nsf")}
+    ratios = {}
+    if "train_seconds" in ttq["ehf"] and "train_seconds" in ttq["nsf"]:
+        ratios["time_to_quality_ehf_over_nsf"] = ttq["ehf"]["train_seconds"] / ttq["nsf"]["train_seconds"]
+    runs = {"ehf": _default_run([], workdir), "nsf": _default_run(["model.kind=nsf"], workdir)}
+    ratios["default_run_ehf_over_nsf"] = runs["ehf"]["wall_time_s"] / runs["nsf"]["wall_time_s"]
+    return {"time_to_quality": ttq, "default_run": runs, "ratios": ratios}
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+
+def to_markdown(res: dict[str, Any]) -> str:
+    hw = res["hardware"]
+    lines = [f"Measured {res['date']} with `{res['command']}` on {hw['cpu']} ({hw['cores']} cores, "
+             f"{hw['torch_threads']} torch threads, device {hw.get('gpu', hw['device'])}), torch {hw['torch']}.", ""]
+    t = res["training"]
+    lines += [f"**Training** (one optimiser step, batch {t['batch']}, ring2d; default model: 6 blocks × 3 leapfrog "
+              "steps, MLP 64×64):", "", "| model | samples/s | ms/step | parameters |", "|---|---|---|---|"]
+    labels = {"ehf_none": "EHF, constraint off", "ehf_dual": "EHF, dual constraint",
+              "reference_none": "EHF reference path (autograd forces), off",
+              "reference_dual": "EHF reference path (autograd forces), dual", "nsf": "zuko NSF, matched parameters"}
+    for key, row in t["rows"].items():
+        lines.append(f"| {labels[key]} | {row['samples_per_s']:.0f} | {row['ms_per_step']:.1f} | {row['params']:,} |")
+    r = t["ratios"]
+    lines += ["", f"EHF ÷ reference: **{r['ehf_over_reference']:.2f}×**; constraint overhead (dual ÷ none time): "
+              f"**{r['constraint_overhead']:.3f}**; NSF ÷ EHF: {r['nsf_over_ehf']:.1f}×.", ""]
+    e = res["eval"]
+    lines += [f"**Evaluation** (IWAE log-likelihoods/s, K = {e['iw_samples']}, {e['points']} points, no autograd):", "",
+              "| model | log-likelihoods/s |", "|---|---|"]
+    for key, row in e["rows"].items():
+        lines.append(f"| {key} | {row['loglik_per_s']:.1f} |")
+    lines += ["", f"EHF ÷ reference: **{e['ratios']['ehf_over_reference']:.2f}×**; NSF (exact) ÷ EHF: "
+              f"{e['ratios']['nsf_over_ehf']:.1f}×.", ""]
+    if "memory" in res:
+        m = res["memory"]
+        lines += [f"**Peak memory of one training step** (batch {m['batch']}, {m['blocks']} blocks, MB allocated "
+                  "during the step above what was allocated before it):", "", "| leapfrog steps per block | states stored | reversible backward |",
+                  "|---|---|---|"]
+        for steps in (4, 16, 64):
+            lines.append(f"| {steps} | {m['rows'][f'L{steps}_stored']['peak_mb']:.1f} | "
+                         f"{m['rows'][f'L{steps}_reversible']['peak_mb']:.1f} |")
+        lines += ["", f"L = 64 ÷ L = 4: stored {m['ratios']['stored_L64_over_L4']:.2f}×, reversible "
+                  f"**{m['ratios']['reversible_L64_over_L4']:.2f}×**.", ""]
+    s = res["scaling"]
+    lines += [f"**Step time** (dual constraint, batch {s['batch']}):", "", "| case | dimension | ms/step |", "|---|---|---|"]
+    for key, row in s["by_dim"].items():
+        lines.append(f"| {key} | {row['dim']} | {row['ms_per_step']:.1f} |")
+    for key, row in s["by_depth"].items():
+        lines.append(f"| {key} | 2 | {row['ms_per_step']:.1f} |")
+    if "quality" in res:
+        qd = res["quality"]
+        lines += ["", "**Time to quality** (ring2d, infinite data, validation every 50 steps on 1,000 points at "
+                  "K = 128; seconds of training, evaluation excluded):", "",
+                  "| model | steps | training s | wall s | val KL then | test KL then |", "|---|---|---|---|---|---|"]
+        for key, row in qd["time_to_quality"].items():
+            lines.append(f"| {key} | {row.get('step')} | {row.get('train_seconds', float('nan')):.1f} | "
+                         f"{row.get('wall_seconds', float('nan')):.1f} | {row.get('val_kl', float('nan')):.4f} | "
+                         f"{row['test_kl']:.4f} |")
+        lines += ["", "**Default run** (`ehf train`, 2,000 steps, validation and test included):", "",
+                  "| model | wall_time_s | whole process s | test KL |", "|---|---|---|---|"]
+        for key, row in qd["default_run"].items():
+            lines.append(f"| {key} | {row['wall_time_s']:.1f} | {row['process_s']:.1f} | {row['test_kl']:.4f} |")
+        lines += [""] + [f"- {k}: **{v:.2f}**" for k, v in qd["ratios"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def run(quick: bool = False, quality: bool = False, out: Path | None = None, memory: bool = True,
+        command: str = "ehf bench") -> dict[str, Any]:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    res: dict[str, Any] = {"date": datetime.now().strftime("%Y-%m-%d %H:%M"), "command": command, "quick": quick,
+                           "hardware": hardware()}
+    steps = [("training", lambda: bench_training(device, quick)), ("eval", lambda: bench_eval(device, quick))]
+    if memory:
+        steps.append(("memory", lambda: bench_memory(device, quick)))
+    steps.append(("scaling", lambda: bench_scaling(device, quick)))
+    out = Path(out) if out is not None else REPO / "runs" / "bench" / datetime.now().strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    if quality:
+        steps.append(("quality", lambda: bench_quality(out)))
+    for name, fn in steps:
+        start = time.perf_counter()
+        print(f"[bench] {name} ...", end="", flush=True)
+        res[name] = fn()
+        print(f" {time.perf_counter() - start:.0f} s", flush=True)
+    (out / "bench.json").write_text(json.dumps(res, indent=2) + "\n")
+    (out / "bench.md").write_text(to_markdown(res))
+    res["out"] = str(out)
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="ehf bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repeats (about 2 minutes on 2 CPU cores)")
+    ap.add_argument("--quality", action="store_true", help="also time-to-quality and the default runs (minutes)")
+    ap.add_argument("--out", type=Path, help="folder for bench.json and bench.md (default runs/bench/<time>)")
+    args = ap.parse_args(argv)
+    res = run(args.quick, args.quality, args.out, command="ehf bench " + " ".join(argv or sys.argv[1:]))
+    print(Path(res["out"], "bench.md").read_text())
+    print(f"written: {res['out']}/bench.json, bench.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
