@@ -82,12 +82,15 @@ def make_model(cfg: Any, symmetry: Symmetry) -> nn.Module:
 
         return NSFModel(symmetry, transforms=m.nsf_transforms, bins=m.nsf_bins, hidden=m.hidden, depth=m.depth)
     try:
-        return make_ehf(
+        # .get: configs saved in checkpoints by earlier versions lack the newer keys
+        model = make_ehf(
             symmetry, blocks=m.blocks, leapfrog_steps=m.leapfrog_steps, step_size=m.step_size,
             learn_step_size=m.learn_step_size, hidden=m.hidden, depth=m.depth, activation=m.activation,
             kinetic=m.kinetic, invariant=m.invariant, encoder=resolve_encoder(m, symmetry),
-            sigma_q=m.sigma_q, sigma_p=m.sigma_p,
+            sigma_q=m.sigma_q, sigma_p=m.sigma_p, forces=m.get("forces", "analytic"),
+            reversible={"auto": "auto", "always": True, "never": False}[m.get("reversible", "auto")],
         )
+        return model.compile_density(bool(cfg.eval.get("compile", False)))
     except ValueError as e:
         msg = str(e)
         if "base density is not invariant" in msg:
@@ -172,18 +175,27 @@ def _netrc_has_wandb() -> bool:
         return False
 
 
+def _show_bar(mode: str) -> bool:
+    """``progress.mode``: the rich bar on a terminal (``auto``) or when asked for (``bar``)."""
+    import sys
+
+    return mode == "bar" or (mode == "auto" and sys.stdout.isatty())
+
+
 def make_trainer(cfg: Any, run_dir, run_id: str, extra_callbacks: list | None = None, resume_step: int | None = None):
-    """A Lightning Trainer writing into ``run_dir``: CSV (+ W&B) loggers, best/last checkpoints by
-    validation NLL, plots, learning-rate monitor, rich progress bar; atomic, finite-only checkpoint
-    writes. ``resume_step``: the step a resumed run restarts from (metrics.csv is appended to)."""
+    """A Lightning Trainer writing into ``run_dir``: CSV (+ W&B) loggers; ``best.ckpt`` (lowest validation
+    NLL) and an always-current ``last.ckpt``; a clean stop on SIGTERM; plots; learning-rate monitor;
+    a progress bar on terminals and progress lines elsewhere (``progress.*``); atomic, finite-only
+    checkpoint writes. ``resume_step``: the step a resumed run restarts from (metrics.csv is appended to)."""
     from datetime import timedelta
     from pathlib import Path
 
     import lightning as L
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.strategies import DDPStrategy
 
-    from .lit.callbacks import PlotCallback
+    from .lit.callbacks import LastCheckpoint, PlotCallback, Preemption, ProgressLines, StepProgressBar
     from .lit.checkpointing import SafeCheckpointIO
     from .lit.loggers import RunCSVLogger
 
@@ -194,12 +206,19 @@ def make_trainer(cfg: Any, run_dir, run_id: str, extra_callbacks: list | None = 
     if wandb_logger is not None:
         loggers.append(wandb_logger)
     monitor = f"val/nll_iw{cfg.eval.iw_samples}"
+    last = LastCheckpoint(run_dir / "checkpoints")
     callbacks: list = [
         ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best", monitor=monitor, mode="min",
-                        save_last=True, save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False),
+                        save_last=False, save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False),
+        last,
+        Preemption(last),
         LearningRateMonitor(logging_interval="step"),
-        RichProgressBar(leave=True),
     ]
+    show_bar = _show_bar(cfg.progress.mode)
+    if show_bar:
+        callbacks.append(StepProgressBar(leave=True))
+    elif cfg.progress.mode != "none":
+        callbacks.append(ProgressLines(cfg.progress.every_n_steps, cfg.progress.every_s))
     if cfg.plots.enabled:
         callbacks.append(PlotCallback(run_dir / "plots", cfg.plots.every_n_val, cfg.plots.grid))
     callbacks += extra_callbacks or []
@@ -208,11 +227,16 @@ def make_trainer(cfg: Any, run_dir, run_id: str, extra_callbacks: list | None = 
         # λ are kept identical by reducing C̄ before each update; not broadcasting buffers lets the
         # val/lambda_rank_spread check see a divergence instead of masking it
         strategy = DDPStrategy(timeout=timedelta(seconds=t.ddp_timeout_s), broadcast_buffers=False)
+    plugins: list = [SafeCheckpointIO()]
+    if SLURMEnvironment.detect():  # SIGTERM is handled by Preemption; no second, requeueing handler
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     return L.Trainer(
         default_root_dir=str(run_dir), max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices,
         strategy=strategy, num_nodes=t.num_nodes, precision=t.precision, logger=loggers, callbacks=callbacks,
         val_check_interval=t.val_check_interval, check_val_every_n_epoch=None, log_every_n_steps=t.log_every_n_steps,
         gradient_clip_val=cfg.optim.grad_clip or None, deterministic=t.deterministic,
-        inference_mode=False,  # forces need autograd in validation/test (DESIGN.md §6)
-        num_sanity_val_steps=0, enable_model_summary=False, max_epochs=-1, plugins=[SafeCheckpointIO()],
+        inference_mode=False,  # the reference (autograd) force path needs autograd in validation/test (docs/design.md §6)
+        num_sanity_val_steps=0, enable_model_summary=False, max_epochs=-1, plugins=plugins,
+        enable_progress_bar=show_bar,
+        use_distributed_sampler=False,  # the data module shards validation/test rows itself, without padding
     )

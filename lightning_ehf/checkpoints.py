@@ -24,16 +24,21 @@ class Run:
     entropy: Optional[float]
     path: Path
 
-    def test_data(self) -> Tensor:
-        """The run's fixed test set, regenerated from its config (targets) or its data file."""
+    def split_data(self, split: str = "test") -> Tensor:
+        """The run's fixed ``test`` or ``val`` set, regenerated from its config (targets) or its data file."""
         from omegaconf import OmegaConf
 
         from .build import make_datamodule
 
         dm = make_datamodule(OmegaConf.create(self.config))
         dm.setup("test")
-        assert dm.test_data is not None
-        return dm.test_data
+        data = {"test": dm.test_data, "val": dm.val_data}[split]
+        assert data is not None
+        return data
+
+    def test_data(self) -> Tensor:
+        """The run's fixed test set (``split_data("test")``)."""
+        return self.split_data("test")
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

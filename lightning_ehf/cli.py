@@ -1,7 +1,9 @@
 """The ``ehf`` command (also ``python -m lightning_ehf``): train, eval, sample, print-config.
 
 Exit codes: 0 success; 2 bad usage / config / data / checkpoint (one line naming the problem);
-3 training diverged (non-finite loss or gradient; the last good checkpoint is kept); 1 anything else.
+3 training diverged (non-finite loss or gradient; the last good checkpoint is kept); 75 stopped by
+SIGTERM (preempted: ``checkpoints/last.ckpt`` holds the step reached, ``--resume`` continues);
+1 anything else.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, Optional, Sequence
 from .errors import NumericalDivergence, UserError
 
 RUN_DIR_ENV = "EHF_RUN_DIR"  # lets DDP child processes (which re-run this command) join rank 0's run
+EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: a temporary failure, retry later (here: --resume)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,7 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("-c", "--config", action="append", default=[], metavar="FILE.yaml", help="config files, merged in order")
     t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. trainer.max_steps=500")
     t.add_argument("--resume", metavar="RUN_DIR|CKPT",
-                   help="continue a killed run from its last checkpoint (only trainer.max_steps may be overridden)")
+                   help="continue a stopped run from its last checkpoint; -c files and overrides may repeat the "
+                        "run's original command, but only trainer.max_steps and progress.* may change")
 
     pc = sub.add_parser("print-config", help="print the resolved config")
     pc.add_argument("-c", "--config", action="append", default=[], metavar="FILE.yaml")
@@ -37,7 +41,9 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="per-row IWAE log-likelihoods of a data file (or the run's test set)")
     e.add_argument("--ckpt", required=True, help="checkpoint (.ckpt) or run folder")
-    e.add_argument("--data", help="data file (.npy, .npz, .csv); default: the run's test set")
+    e.add_argument("--data", help="data file (.npy, .npz, .csv); default: the run's test set (see --split)")
+    e.add_argument("--split", choices=("test", "val"),
+                   help="instead of --data: the run's test set (the default) or its validation set")
     e.add_argument("--n", type=int, help="use only the first N rows")
     e.add_argument("--iw", type=int, help="importance samples K (default: the run's eval.iw_samples)")
     e.add_argument("--out", help="write log p(q) per row, float64 shape (N,), to this .npy")
@@ -49,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, required=True)
     s.add_argument("--out", required=True, help="output .npy, shape (N, d)")
     s.add_argument("--seed", type=int, default=0)
+
+    b = sub.add_parser("bench", help="speed and memory against the reference path and NSF (benchmarks/)")
+    b.add_argument("--quick", action="store_true", help="fewer repeats: about 2 minutes on 2 CPU cores")
+    b.add_argument("--quality", action="store_true", help="also time to quality and the default runs (minutes)")
+    b.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
+    b.add_argument("--out", help="folder for bench.json and bench.md (default runs/bench/<time>)")
     return p
 
 
@@ -78,11 +90,48 @@ def _new_run_dir(cfg: Any, run_id: str) -> Path:
     return run_dir
 
 
-RESUMABLE_KEYS = ("trainer.max_steps",)
+RESUMABLE_KEYS = ("trainer.max_steps", "progress.mode", "progress.every_n_steps", "progress.every_s")
 
 
-def _resume_source(path: str, overrides: Sequence[str]) -> tuple[Path, Path, Any, dict[str, Any]]:
-    """(run folder, checkpoint, config, checkpoint dict) of a run to resume."""
+def _same_as_saved(key: str, given: Any, saved: Any, run_dir: Path) -> bool:
+    """Whether an override repeated on ``--resume`` names the value the run already has. Paths are
+    compared resolved: the run stored ``data.path`` absolute, and ``run.dir`` is the folder resumed."""
+    if given == saved:
+        return True
+    if key == "data.path" and given and saved:
+        return Path(given).expanduser().resolve() == Path(saved).expanduser().resolve()
+    if key == "run.dir" and given:
+        return Path(given).expanduser().resolve() == run_dir.resolve()
+    return False
+
+
+def _resumable_overrides(files: Sequence[str], overrides: Sequence[str], saved_yaml: Path, run_dir: Path) -> list[str]:
+    """What applies to a resumed run: the ``RESUMABLE_KEYS`` that ``files`` and ``overrides`` set, as
+    overrides. Every other key they set must keep the run's value, so that a job script can rerun its
+    original command with ``--resume``; a changed one raises UserError naming the key and both values."""
+    from omegaconf import OmegaConf
+
+    from .config.load import explicit_keys, load_config
+
+    def value(cfg: Any, key: str) -> Any:
+        node = OmegaConf.select(cfg, key)
+        return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+    saved, given = load_config([saved_yaml]), load_config(files, overrides)
+    keep = []
+    for key, where in explicit_keys(files, overrides).items():
+        new = value(given, key)
+        if key in RESUMABLE_KEYS:
+            keep.append(f"{key}={new}")
+        elif not _same_as_saved(key, new, value(saved, key), run_dir):
+            raise UserError(f"{key}: cannot be changed when resuming (the run has {value(saved, key)!r}, {where} sets "
+                            f"{new!r}; only {', '.join(RESUMABLE_KEYS)} can)")
+    return keep
+
+
+def _resume_source(path: str, files: Sequence[str], overrides: Sequence[str]) -> tuple[Path, Path, Any, dict[str, Any]]:
+    """(run folder, checkpoint, config, checkpoint dict) of a run to resume; ``files`` and ``overrides``
+    may repeat the run's original command (see :func:`_resumable_overrides`)."""
     import tempfile
 
     from .checkpoints import load_checkpoint
@@ -100,17 +149,13 @@ def _resume_source(path: str, overrides: Sequence[str]) -> tuple[Path, Path, Any
         run_dir, ckpt_path = p.parent.parent, p
     else:
         raise CheckpointError(f"--resume: {p} not found")
-    for item in overrides:
-        key = item.split("=", 1)[0].strip()
-        if key not in RESUMABLE_KEYS:
-            raise UserError(f"{key}: cannot be changed when resuming (only {', '.join(RESUMABLE_KEYS)} can)")
     ckpt = load_checkpoint(ckpt_path)
     from omegaconf import OmegaConf
 
     with tempfile.TemporaryDirectory() as tmp:
         saved = Path(tmp) / "config.yaml"
         saved.write_text(OmegaConf.to_yaml(OmegaConf.create(ckpt["hyper_parameters"]["config"])))
-        cfg = load_config([saved], overrides)
+        cfg = load_config([saved], _resumable_overrides(files, overrides, saved, run_dir))
     return run_dir, ckpt_path, cfg, ckpt
 
 
@@ -131,6 +176,17 @@ def _final_metrics(trainer: Any, module: Any, wall_time: float, last_val: dict[s
     out["steps"] = int(trainer.global_step)
     out["iw_samples"] = module.iw_samples
     return dict(sorted(out.items()))
+
+
+def _last_validation(metrics_csv: Path) -> dict[str, float]:
+    """The ``val/*`` values of the last validation row of a run's metrics.csv (empty if none)."""
+    import csv
+
+    if not metrics_csv.is_file():
+        return {}
+    with open(metrics_csv, newline="") as f:
+        rows = [{k: float(v) for k, v in r.items() if k.startswith("val/") and v != ""} for r in csv.DictReader(f)]
+    return next((r for r in reversed(rows) if r), {})
 
 
 def _print_results(run_dir: Path, metrics: dict[str, Any]) -> None:
@@ -166,7 +222,9 @@ def _quiet_known_noise() -> None:
     warnings.filterwarnings("ignore", message=r".*DistributedSampler.*trainer\.test.*")
 
 
-def cmd_train(config_files: Sequence[str], overrides: Sequence[str], resume: Optional[str] = None) -> int:
+def cmd_train(config_files: Sequence[str], overrides: Sequence[str], resume: Optional[str] = None,
+              extra_callbacks: Sequence[Any] = ()) -> int:
+    """``ehf train``; ``extra_callbacks``: Lightning callbacks added to the trainer (programmatic use)."""
     from .build import check_logger, make_datamodule, make_module
     from .checkpoints import check_state_dict
 
@@ -176,9 +234,7 @@ def cmd_train(config_files: Sequence[str], overrides: Sequence[str], resume: Opt
     ckpt_path: Optional[Path] = None
     resume_step: Optional[int] = None
     if resume:
-        if config_files:
-            raise UserError("--resume takes the config from the run; do not pass -c files")
-        run_dir, ckpt_path, cfg, ckpt = _resume_source(resume, overrides)
+        run_dir, ckpt_path, cfg, ckpt = _resume_source(resume, config_files, overrides)
         run_id = str(ckpt["hyper_parameters"].get("run_id") or secrets.token_hex(4))
         resume_step = int(ckpt.get("global_step", 0))
     else:
@@ -200,21 +256,21 @@ def cmd_train(config_files: Sequence[str], overrides: Sequence[str], resume: Opt
     set_env = os.environ.get(RUN_DIR_ENV) != str(run_dir)
     os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP children re-run this command: same folder
     try:
-        return _train(cfg, module, datamodule, run_dir, run_id, ckpt_path, resume_step)
+        return _train(cfg, module, datamodule, run_dir, run_id, ckpt_path, resume_step, list(extra_callbacks))
     finally:
         if set_env:
             os.environ.pop(RUN_DIR_ENV, None)
 
 
 def _train(cfg: Any, module: Any, datamodule: Any, run_dir: Path, run_id: str, ckpt_path: Optional[Path],
-           resume_step: Optional[int]) -> int:
+           resume_step: Optional[int], extra_callbacks: Optional[list] = None) -> int:
     from .build import make_trainer
     from .config.load import save_config
-
     from .errors import ConfigError
+    from .lit.callbacks import Preemption
 
     try:  # before anything is written: Lightning refuses some combinations only here
-        trainer = make_trainer(cfg, run_dir, run_id, resume_step=resume_step)
+        trainer = make_trainer(cfg, run_dir, run_id, extra_callbacks=extra_callbacks, resume_step=resume_step)
     except (ValueError, TypeError, RuntimeError) as e:
         if isinstance(e, UserError):
             raise
@@ -225,17 +281,49 @@ def _train(cfg: Any, module: Any, datamodule: Any, run_dir: Path, run_id: str, c
         verb = f"resuming from step {resume_step} in" if ckpt_path else "run folder:"
         print(f"{verb} {run_dir}\ndata: {datamodule.describe()}", flush=True)
 
+    preemption = next(c for c in trainer.callbacks if isinstance(c, Preemption))
+    preemption.install()  # a SIGTERM from now on stops the run at its next step boundary
+    try:
+        return _fit_and_test(trainer, module, datamodule, run_dir, ckpt_path, preemption)
+    finally:
+        preemption.restore()
+
+
+def _fit_and_test(trainer: Any, module: Any, datamodule: Any, run_dir: Path, ckpt_path: Optional[Path],
+                  preemption: Any) -> int:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from .errors import Preempted
+
     start = time.time()
+    last = run_dir / "checkpoints" / "last.ckpt"
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        if trainer.strategy.reduce_boolean_decision(preemption.requested, all=False):
+            # the signal came during the last step: training is complete, the test is left for --resume
+            raise Preempted(trainer.global_step, str(last))
+        last_val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        if not last_val and trainer.is_global_zero:  # resumed after its last validation
+            last_val = _last_validation(run_dir / "metrics.csv")
+        best = next((c.best_model_path for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), "")
+        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     except NumericalDivergence as e:
-        last = run_dir / "checkpoints" / "last.ckpt"
         kept = f"; last good checkpoint: {last}" if last.is_file() else "; no checkpoint had been written yet"
         print(f"ehf train: error: {e}{kept}", file=sys.stderr)
         return 3
-    last_val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    except (Preempted, SIGTERMException) as e:
+        # SIGTERMException: Lightning's own handler stopped fit() before ours was installed, or test()
+        if isinstance(e, Preempted):
+            saved = str(e)
+        elif last.is_file():
+            saved = f"stopped by SIGTERM at step {trainer.global_step}; last checkpoint: {last}"
+        else:
+            saved = "stopped by SIGTERM before the first checkpoint: nothing to resume, start the run again"
+        resume = f"; continue with: ehf train --resume {run_dir}" if last.is_file() else ""
+        if trainer.is_global_zero:
+            print(f"ehf train: preempted: {saved}{resume}", file=sys.stderr, flush=True)
+        return EXIT_PREEMPTED
     metrics = _final_metrics(trainer, module, time.time() - start, last_val)
     if trainer.is_global_zero:
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -256,12 +344,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     run = load_run(args.ckpt)
     model, cfg = run.model, run.config
+    if args.data and args.split:
+        raise UserError("--data and --split: give one of them (--split picks a set of the run instead of a file)")
     if args.data:
         q = torch.from_numpy(load_array(args.data, expected_dim=run.dim, against="the checkpoint's model"))
         source = str(args.data)
     else:
-        q = run.test_data()
-        source = "test set of the run's config"
+        split = args.split or "test"
+        q = run.split_data(split)
+        source = f"{split} set of the run's config"
     if args.n is not None:
         if args.n < 1:
             raise UserError(f"--n must be positive, got {args.n}")
@@ -309,6 +400,23 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> int:
+    import importlib.util
+
+    suite_path = Path(__file__).resolve().parents[1] / "benchmarks" / "suite.py"
+    if not suite_path.is_file():
+        raise UserError(f"ehf bench needs the benchmark definitions of a source checkout ({suite_path} not found)")
+    spec = importlib.util.spec_from_file_location("ehf_benchmarks", suite_path)
+    suite = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(suite)
+    words = list(argv) if argv is not None else sys.argv[1:]
+    res = suite.run(quick=args.quick, quality=args.quality, out=Path(args.out) if args.out else None,
+                    memory=not args.no_memory, command="ehf " + " ".join(words))
+    print(Path(res["out"], "bench.md").read_text())
+    print(f"written: {res['out']}/bench.json and bench.md")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -325,6 +433,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_eval(args)
         if args.command == "sample":
             return cmd_sample(args)
+        if args.command == "bench":
+            return cmd_bench(args, argv)
     except UserError as e:
         print(f"ehf {args.command}: error: {e}", file=sys.stderr)
         return 2

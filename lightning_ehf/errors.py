@@ -21,3 +21,13 @@ class CheckpointError(UserError, ValueError):
 
 class NumericalDivergence(RuntimeError):
     """Training produced a non-finite loss or gradient (exit code 3; the last good checkpoint is kept)."""
+
+
+class Preempted(Exception):
+    """Training was stopped by SIGTERM after a complete step; ``checkpoint`` holds that step
+    (exit code 75, EX_TEMPFAIL: resume later with ``ehf train --resume``)."""
+
+    def __init__(self, step: int, checkpoint: str) -> None:
+        super().__init__(f"stopped by SIGTERM at step {step}; saved {checkpoint}")
+        self.step = step
+        self.checkpoint = checkpoint

@@ -1,4 +1,4 @@
-"""The ``ehf`` command's usage contract (DESIGN.md §4): bad config → exit 2 with one line naming the
+"""The ``ehf`` command's usage contract (docs/design.md §4): bad config → exit 2 with one line naming the
 key, no traceback and no run folder; ``print-config``; ``--help``."""
 
 from __future__ import annotations

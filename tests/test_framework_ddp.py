@@ -1,4 +1,4 @@
-"""Two-process CPU DDP through the ``ehf`` command (DESIGN.md §6: run as a subprocess, never inside
+"""Two-process CPU DDP through the ``ehf`` command (docs/design.md §6: run as a subprocess, never inside
 pytest; λ must stay identical on every rank; the DDP children join rank 0's run folder)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``ehf eval`` and ``ehf sample`` on a trained run (DESIGN.md §4), called in-process through
+"""``ehf eval`` and ``ehf sample`` on a trained run (docs/design.md §4), called in-process through
 ``lightning_ehf.cli.main`` (they train nothing and set no environment variables)."""
 
 from __future__ import annotations

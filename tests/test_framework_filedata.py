@@ -1,4 +1,4 @@
-"""Training on a user data file whose symmetry comes from the config (DESIGN.md §3, §4):
+"""Training on a user data file whose symmetry comes from the config (docs/design.md §3, §4):
 4-D data invariant under independent rotations of the planes (0,1) and (2,3)."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """End-to-end training through the ``ehf`` command: every shipped experiment, the nsf baseline, the
-run-folder contract (DESIGN.md §4), and a single-device ``trainer.test`` without fitting (§6)."""
+run-folder contract (docs/design.md §4), and a single-device ``trainer.test`` without fitting (§6)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def _finite(metrics: dict, key: str) -> float:
 
 
 def _check_run_folder(run_dir: Path, experiment: str, steps: int, known_target: bool = True) -> dict:
-    """The DESIGN.md §4 run-folder contract; returns metrics.json."""
+    """The docs/design.md §4 run-folder contract; returns metrics.json."""
     for name in ("config.yaml", "metrics.csv", "metrics.json", "checkpoints/last.ckpt", "checkpoints/best.ckpt"):
         assert (run_dir / name).is_file(), f"{name} missing in {run_dir}: {sorted(p.name for p in run_dir.iterdir())}"
     assert sorted(p.name for p in (run_dir / "plots").glob("*.png")), "no plots/*.png"
@@ -110,7 +110,7 @@ def test_shared_tiny_run_folder(ehf_tiny_run):
 
 
 def test_trainer_test_without_fit_single_device(tmp_path, ehf_clean_env, ehf_tiny):
-    """DESIGN.md §6: forces need autograd in val/test; CPU DDP hides a missing ``inference_mode=False``."""
+    """docs/design.md §6: forces need autograd in val/test; CPU DDP hides a missing ``inference_mode=False``."""
     from lightning_ehf import build
 
     cfg = load_config(overrides=[*ehf_tiny, "logger.wandb.mode=disabled", "plots.enabled=false"])

@@ -1,4 +1,4 @@
-"""W&B logging (DESIGN.md §4: ``wandb/`` holds an offline run by default; §6: W&B pitfalls).
+"""W&B logging (docs/design.md §4: ``wandb/`` holds an offline run by default; §6: W&B pitfalls).
 
 The offline run's transaction log (``run-<id>.wandb``) is read back with wandb's own reader,
 ``wandb leet inspect`` (wandb ≥ 0.31; the old Python ``DataStore`` reader is gone from this version).
@@ -95,7 +95,7 @@ def test_offline_run_records_metrics_and_images(offline_run):
 
 
 def test_offline_logger_does_not_set_wandb_mode(tmp_path, ehf_clean_env):
-    """DESIGN.md §6: WandbLogger(offline=True) would set WANDB_MODE for the whole process (and leak
+    """docs/design.md §6: WandbLogger(offline=True) would set WANDB_MODE for the whole process (and leak
     into later runs); the mode must go to wandb.init instead."""
     import os
 

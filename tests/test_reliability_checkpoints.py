@@ -1,4 +1,4 @@
-"""Checkpoints survive kills and travel (DESIGN.md §4, §6).
+"""Checkpoints survive kills and travel (docs/design.md §4, §6).
 
 * ``SafeCheckpointIO`` (atomic: temporary file + fsync + rename): a process SIGKILLed while writing a
   300 MB checkpoint leaves the previous ``last.ckpt`` loadable and unchanged; a checkpoint holding

@@ -1,4 +1,4 @@
-"""Numerical blow-ups (DESIGN.md §6 "NaNs"): a leapfrog step size of 50 with lr=1 makes the flow diverge
+"""Numerical blow-ups (docs/design.md §6 "Non-finite values"): a leapfrog step size of 50 with lr=1 makes the flow diverge
 within a few steps.
 
 * ``optim.on_nonfinite=stop`` (default): exit code 3, one stderr line naming the step and the kept

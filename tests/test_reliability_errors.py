@@ -1,4 +1,4 @@
-"""Bad input never crashes and never leaves files behind (DESIGN.md §4, docs/errors.md).
+"""Bad input never crashes and never leaves files behind (docs/design.md §4, docs/errors.md).
 
 Every row of the table below is one thing a user can get wrong: a config key, a data file, or a
 command-line argument / checkpoint. For each, ``ehf <command>`` must exit with code 2, print exactly
@@ -147,6 +147,8 @@ CLI_CASES = [
          what="`eval --ckpt` a checkpoint whose weights do not fit the model its config builds"),
     Case("eval-n-zero", "eval", ["--ckpt", "run2d", "--n", "0", "--out", "out/logp.npy"], ["--n must be positive"],
          what="`eval --n 0`"),
+    Case("eval-data-and-split", "eval", ["--ckpt", "run2d", "--data", "x3.npy", "--split", "val", "--out", "out/logp.npy"],
+         ["--data and --split: give one of them"], what="`eval --data FILE --split val`"),
     Case("eval-iw-zero", "eval", ["--ckpt", "run2d", "--iw", "0", "--out", "out/logp.npy"], ["--iw must be positive"],
          what="`eval --iw 0`"),
     Case("sample-n-zero", "sample", ["--ckpt", "run2d", "--n", "0", "--out", "out/s.npy"], ["--n must be positive, got 0"],
@@ -171,8 +173,9 @@ CLI_CASES = [
     Case("resume-forbidden-override", "train", ["--resume", "run2d", "model.hidden=8"],
          ["model.hidden", "cannot be changed when resuming", "trainer.max_steps"],
          what="`--resume RUN model.hidden=8`"),
-    Case("resume-with-config-file", "train", ["-c", "x.yaml", "--resume", "run2d"], ["--resume", "-c"],
-         what="`--resume` together with `-c FILE`"),
+    Case("resume-with-config-file", "train", ["-c", "x.yaml", "--resume", "run2d"],
+         ["seed", "cannot be changed when resuming", "-c x.yaml sets 1"],
+         what="`--resume` together with `-c FILE` that changes a value (`seed: 1`)"),
     Case("resume-mismatched-ckpt", "train", ["--resume", "mismatch"], ["mismatch", "does not match"],
          what="`--resume` a run whose last.ckpt weights do not fit the model its config builds"),
 ]

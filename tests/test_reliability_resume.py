@@ -1,5 +1,5 @@
 """A run killed with SIGKILL and resumed with ``ehf train --resume`` ends exactly where the same run,
-uninterrupted, ends (DESIGN.md §6: RNG state in checkpoints, step-indexed data streams, appending CSV).
+uninterrupted, ends (docs/design.md §6: RNG state in checkpoints, step-indexed data streams, appending CSV).
 
 For each case: run A (uninterrupted) and run B (same command) start together; B is SIGKILLed as soon as
 its first ``checkpoints/last.ckpt`` appears (step 10 of 60), then resumed. Final validation NLL, test NLL

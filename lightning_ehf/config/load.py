@@ -29,6 +29,7 @@ from lightning_ehf.errors import ConfigError
 __all__ = [
     "CHOICES",
     "ROTATION_GROUPS",
+    "explicit_keys",
     "load_config",
     "validate",
     "validate_for_dim",
@@ -45,12 +46,15 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.kind": ("ehf", "nsf"),
     "model.kinetic": ("quadratic", "mlp"),
     "model.encoder": ("auto", "gaussian", "equivariant"),
+    "model.forces": ("analytic", "autograd"),
+    "model.reversible": ("auto", "always", "never"),
     "optim.on_nonfinite": ("stop", "skip"),
     "model.activation": ("softplus", "tanh", "silu"),
     "constraint.mode": ("none", "penalty", "dual"),
     "constraint.rule": ("additive", "geco"),
     "optim.scheduler": ("cosine", "none"),
     "logger.wandb.mode": ("offline", "online", "disabled"),
+    "progress.mode": ("auto", "bar", "lines", "none"),
 }
 _NULLABLE = {"data.target"}
 
@@ -332,6 +336,26 @@ def load_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = ())
     return cfg
 
 
+def explicit_keys(files: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> dict[str, str]:
+    """The dotted keys that ``files`` (with their ``defaults:``) and ``overrides`` set, each with where
+    it was set last: ``-c FILE`` or ``override 'key=value'``. Raises ConfigError like :func:`load_config`."""
+    out: dict[str, str] = {}
+
+    def walk(raw: Mapping[str, Any], prefix: str, where: str) -> None:
+        for key, value in raw.items():
+            if isinstance(value, Mapping):
+                walk(value, _join(prefix, key), where)
+            else:
+                out[_join(prefix, key)] = where
+
+    for file in files:
+        for _, raw in _file_chain(Path(file).expanduser()):
+            walk(raw, "", f"-c {file}")
+    for item in overrides:
+        walk(_parse_override(item), "", f"override '{item}'")
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # semantic checks
 
@@ -381,7 +405,7 @@ _POSITIVE = (
     "trainer.max_steps", "trainer.val_check_interval", "trainer.log_every_n_steps",
     "trainer.num_nodes", "trainer.ddp_timeout_s",
     "eval.iw_samples", "eval.iw_chunk", "eval.n_group_samples", "eval.n_eval", "eval.invariance_iw",
-    "plots.every_n_val", "plots.grid",
+    "plots.every_n_val", "plots.grid", "progress.every_n_steps", "progress.every_s",
 )  # fmt: skip
 _NON_NEGATIVE = (
     "data.num_workers", "constraint.tolerance", "constraint.init",

@@ -1,6 +1,7 @@
 """Typed configuration schema. Every default of every knob lives here; YAML files only override.
 
-The keys marked *contract* are public (DESIGN.md §4): scripts and users rely on their names.
+The keys marked *contract* are public (docs/design.md, "Public contracts"): scripts and users rely on
+their names.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class ModelCfg:
     encoder: str = "auto"  # auto (equivariant when the group is rotations of 2-D planes) | gaussian (diagonal) | equivariant
     sigma_q: float = 1.0  # base N(0, σ_q² I) on q
     sigma_p: float = 1.0  # base N(0, σ_p² I) on p
+    forces: str = "analytic"  # analytic (closed-form MLP gradients) | autograd (the reference path, slower)
+    reversible: str = "auto"  # memory-flat backward: auto (when leapfrog_steps >= 16) | always | never
     # nsf baseline (zuko)
     nsf_transforms: int = 4
     nsf_bins: int = 8
@@ -106,6 +109,7 @@ class EvalCfg:
     n_group_samples: int = 4  # group elements for the invariance error
     n_eval: int = 512  # data points used for the invariance / equivariance errors
     invariance_iw: int = 32  # K of the IWAE estimates compared in the invariance error
+    compile: bool = False  # torch.compile the density evaluation (pays off only for large evaluations)
 
 
 @dataclass
@@ -113,6 +117,13 @@ class PlotCfg:
     enabled: bool = True
     every_n_val: int = 4  # plot every N validation rounds (and always at the end)
     grid: int = 80  # resolution of density images
+
+
+@dataclass
+class ProgressCfg:
+    mode: str = "auto"  # contract: auto (a bar on a terminal, plain lines otherwise) | bar | lines | none
+    every_n_steps: int = 100  # contract: lines mode: a line at least every this many training steps ...
+    every_s: float = 30.0  # contract: ... and at least every this many seconds
 
 
 @dataclass
@@ -134,4 +145,5 @@ class Config:
     logger: LoggerCfg = field(default_factory=LoggerCfg)
     eval: EvalCfg = field(default_factory=EvalCfg)
     plots: PlotCfg = field(default_factory=PlotCfg)
+    progress: ProgressCfg = field(default_factory=ProgressCfg)
     run: RunCfg = field(default_factory=RunCfg)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
+from typing_extensions import override
 
 from ..core.symmetries import Symmetry
 from ..core.targets import Target
@@ -19,8 +20,8 @@ from .files import load_array
 
 __all__ = ["EHFDataModule"]
 
-# Seed-stream keys of the fixed splits (the training stream is TRAIN_STREAM = 0).
-_SPLIT_STREAM = {"train": 1, "val": 2, "test": 3, "shuffle": 4}
+# Seed-stream keys of the fixed splits and of augmentation (the training stream is TRAIN_STREAM = 0).
+_SPLIT_STREAM = {"train": 1, "val": 2, "test": 3, "shuffle": 4, "augment": 5}
 
 
 class EHFDataModule(L.LightningDataModule):
@@ -33,7 +34,11 @@ class EHFDataModule(L.LightningDataModule):
       and (at most ``n_train`` of) the rest for training.
 
     With ``augment`` every training batch is acted on by random group elements (one per row),
-    after it reaches the device.
+    after it reaches the device; the elements of step ``i`` on rank ``r`` are drawn from ``(seed, r, i)``.
+
+    Under DDP, rank ``r`` of ``W`` validates and tests rows ``r, r + W, r + 2W, …``: every row exactly
+    once (Lightning's distributed sampler would pad with repeated rows), and the logged means, which
+    Lightning weights by batch size across ranks, are means over the whole set.
     """
 
     def __init__(self, symmetry: Symmetry, target: Optional[Target] = None, path: Optional[str] = None,
@@ -70,6 +75,7 @@ class EHFDataModule(L.LightningDataModule):
         gen = torch.Generator().manual_seed(stream_seed(self.seed, _SPLIT_STREAM[split]))
         return self.target.sample(n, generator=gen, dtype=torch.float32)
 
+    @override
     def setup(self, stage: Optional[str] = None) -> None:
         if self.val_data is not None:
             return
@@ -85,12 +91,13 @@ class EHFDataModule(L.LightningDataModule):
             if self.regime == "finite":
                 self.train_data = self._draw("train", self.n_train)
 
+    @override
     def train_dataloader(self) -> DataLoader:
         # Both regimes are step-indexed streams, so a resumed run continues at the batch it had
         # reached (global_step is restored before this is called) and ranks get distinct batches.
         trainer = getattr(self, "trainer", None)
         start = int(trainer.global_step) if trainer is not None else 0
-        rank, world = (int(trainer.global_rank), int(trainer.world_size)) if trainer is not None else (0, 1)
+        rank, world = self._rank_and_world()
         if self.regime == "infinite":
             assert self.target is not None
             stream: IterableDataset = TargetStream(self.target, self.batch_size, self.seed, rank=rank, start_index=start)
@@ -100,21 +107,43 @@ class EHFDataModule(L.LightningDataModule):
         # a private generator: creating the iterator must not draw from the global random stream
         return DataLoader(stream, batch_size=None, num_workers=self.num_workers, generator=torch.Generator())
 
+    def _rank_and_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        return (int(trainer.global_rank), int(trainer.world_size)) if trainer is not None else (0, 1)
+
     def _fixed_loader(self, data: Optional[Tensor]) -> DataLoader:
         assert data is not None
-        return DataLoader(ArrayDataset(data), batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
+        rank, world = self._rank_and_world()
+        return DataLoader(ArrayDataset(data[rank::world]), batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
                           generator=torch.Generator())
 
+    @override
     def val_dataloader(self) -> DataLoader:
         return self._fixed_loader(self.val_data)
 
+    @override
     def test_dataloader(self) -> DataLoader:
         return self._fixed_loader(self.test_data)
 
+    @override
+    def on_before_batch_transfer(self, batch: Tensor, dataloader_idx: int) -> Tensor:
+        # Lightning's one hook between two training steps (the previous one complete, the next one not
+        # yet counted): callbacks that stop a run there (lit.callbacks.Preemption) get their turn
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.training:
+            for callback in trainer.callbacks:
+                if hasattr(callback, "between_steps"):
+                    callback.between_steps(trainer)
+        return batch
+
+    @override
     def on_after_batch_transfer(self, batch: Tensor, dataloader_idx: int) -> Tensor:
         trainer = getattr(self, "trainer", None)
         if self.augment and trainer is not None and trainer.training:
-            g = self.symmetry.sample(batch.shape[0], dtype=batch.dtype, device=batch.device)
+            # indexed by step (not the global random stream), so a run resumed at any step sees the same
+            gen = torch.Generator().manual_seed(
+                stream_seed(self.seed, _SPLIT_STREAM["augment"], trainer.global_rank, trainer.global_step))
+            g = self.symmetry.sample(batch.shape[0], generator=gen, dtype=batch.dtype, device=batch.device)
             batch = g.act_q(batch)
         return batch
 

@@ -1,6 +1,6 @@
 """User data files → a float64 array ``N×d``.
 
-Formats (DESIGN.md §4): ``.npy`` (N×d numbers), ``.npz`` (array ``x``, else the only array),
+Formats (docs/design.md §4): ``.npy`` (N×d numbers), ``.npz`` (array ``x``, else the only array),
 ``.csv`` (numbers separated by commas, optionally one header row of column names).
 Every problem raises :class:`~lightning_ehf.errors.DataError` with a one-line message naming the file.
 """

@@ -1,19 +1,27 @@
-"""Callbacks: figures during/after training, logged to W&B as images."""
+"""Callbacks: figures during/after training (logged to W&B as images), the always-current
+``last.ckpt``, a clean stop on SIGTERM, and progress output for terminals and log files."""
 
 from __future__ import annotations
 
+import signal
+import sys
+import threading
+import time
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import Any, Optional, TextIO
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, Checkpoint, RichProgressBar
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from typing_extensions import override
 
+from ..errors import Preempted
 from .plots import make_all_plots
 
-__all__ = ["PlotCallback"]
+__all__ = ["LastCheckpoint", "PlotCallback", "Preemption", "ProgressLines", "StepProgressBar"]
 
 
 class PlotCallback(Callback):
@@ -50,3 +58,164 @@ class PlotCallback(Callback):
     @override
     def on_test_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         self._plot(trainer, pl_module)
+
+
+class LastCheckpoint(Checkpoint):
+    """``checkpoints/last.ckpt``, rewritten after every validation, at the end of training and when the
+    run is preempted, so it always holds the latest step. (``ModelCheckpoint(monitor=..., save_last=True)``
+    refreshes ``last.ckpt`` only together with a new best, so it lags once validation stops improving.)
+
+    A subclass of ``Checkpoint`` so that Lightning runs it after the best-checkpoint callback: the file
+    then carries that callback's updated state."""
+
+    def __init__(self, dirpath: Path) -> None:
+        self.path = Path(dirpath) / "last.ckpt"
+        self._saved_step: Optional[int] = None
+
+    def save(self, trainer: L.Trainer) -> None:
+        """Write ``last.ckpt`` unless it holds this step already (every rank must call this, and all take
+        the same decision: the module gathers the random states of all ranks)."""
+        if self._saved_step == trainer.global_step:
+            return
+        trainer.save_checkpoint(self.path, weights_only=False)
+        self._saved_step = trainer.global_step
+
+    @override
+    def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        self.save(trainer)
+
+    @override
+    def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self.save(trainer)
+
+
+class Preemption(Callback):
+    """Turns SIGTERM (what SLURM, Kubernetes and most schedulers send before killing a job) into a clean
+    stop: the step being trained (and a validation that is running) completes, every rank stops before
+    the same next step, ``last.ckpt`` is written at the step reached and :class:`~lightning_ehf.errors.Preempted`
+    is raised (the CLI exits 75). ``ehf train --resume`` then continues exactly where the run stopped.
+
+    Lightning's own SIGTERM handling stops the loop at points that depend on the rank and exits 0, so
+    a preempted run would look finished; this callback replaces it for the training loop.
+    """
+
+    def __init__(self, last: LastCheckpoint, signals: tuple[signal.Signals, ...] = (signal.SIGTERM,)) -> None:
+        self.last = last
+        self.signals = signals
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        """Route the signals to this callback (main thread only). The handlers found the first time are
+        kept for :meth:`restore`."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in self.signals:
+            previous = signal.signal(signum, self._handle)
+            self._previous.setdefault(signum, previous)
+
+    def restore(self) -> None:
+        """Put back the handlers that :meth:`install` replaced first."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
+        self.requested = True
+
+    @override
+    def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self.install()  # fit() has registered Lightning's handler by now: ours replaces it
+
+    def between_steps(self, trainer: L.Trainer) -> None:
+        """Called by the data module between two training steps (``EHFDataModule.on_before_batch_transfer``),
+        where the previous step is complete, validation and scheduler included, and Lightning has not
+        yet counted the next one: a checkpoint written here restores exactly. Ranks receive the signal
+        at different moments (or not at all), so they agree first."""
+        if trainer.strategy.reduce_boolean_decision(self.requested, all=False):
+            self.last.save(trainer)
+            raise Preempted(trainer.global_step, str(self.last.path))
+
+
+class StepProgressBar(RichProgressBar):
+    """The rich progress bar, labelled "Training": a run is one endless epoch counted in steps, so
+    Lightning's ``Epoch 0/<max_epochs - 1>`` label would read ``Epoch 0/-2``."""
+
+    @override
+    def _get_train_description(self, current_epoch: int) -> str:
+        return f"{'Training':{len(self.validation_description)}}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+class ProgressLines(Callback):
+    """Plain progress lines (rank 0) for logs and batch jobs, where a redrawn progress bar shows
+    nothing until the end: one line at least every ``every_n_steps`` training steps and at least every
+    ``every_s`` seconds (checked after every training and validation batch), one line with the
+    results of each validation.
+
+    ``step 1200/2000  train/elbo -2.712  train/lambda/L01 3.2  5.3 steps/s  elapsed 3m46s  left 2m31s``
+    """
+
+    SHOWN = ("train/elbo", "train/lambda/")
+    SHOWN_VAL = ("val/nll", "val/kl", "val/elbo", "val/invariance_error", "val/lambda/")
+
+    def __init__(self, every_n_steps: int, every_s: float, stream: Optional[TextIO] = None) -> None:
+        self.every_n_steps = every_n_steps
+        self.every_s = every_s
+        self.stream = stream
+        self._start = self._last_time = 0.0
+        self._start_step = self._last_step = 0
+
+    def _print(self, trainer: L.Trainer, text: str, training: bool = False) -> None:
+        self._last_time = time.monotonic()
+        if training:  # the step cadence counts training lines only: they stay at multiples of N
+            self._last_step = trainer.global_step
+        if trainer.is_global_zero:
+            print(f"step {trainer.global_step}/{trainer.max_steps}  {text}", file=self.stream or sys.stdout, flush=True)
+
+    @staticmethod
+    def _metrics(trainer: L.Trainer, prefixes: tuple[str, ...]) -> str:
+        """``name value`` of the logged metrics starting with ``prefixes``, in the order of the prefixes."""
+        metrics = sorted(trainer.callback_metrics.items())
+        return "  ".join(f"{k} {float(v):.4g}" for p in prefixes for k, v in metrics if k.startswith(p))
+
+    @override
+    def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self._start = self._last_time = time.monotonic()
+        self._start_step = self._last_step = trainer.global_step
+
+    @override
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step, now = trainer.global_step, time.monotonic()
+        due = (step - self._last_step >= self.every_n_steps or now - self._last_time >= self.every_s
+               or step >= trainer.max_steps)
+        if not due:
+            return
+        elapsed = now - self._start
+        rate = (step - self._start_step) / elapsed if elapsed > 0 else 0.0
+        left = f"  left {_duration((trainer.max_steps - step) / rate)}" if rate > 0 else ""
+        self._print(trainer, f"{self._metrics(trainer, self.SHOWN)}  {rate:.3g} steps/s  "
+                             f"elapsed {_duration(elapsed)}{left}", training=True)
+
+    @override
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+                                dataloader_idx: int = 0) -> None:
+        if trainer.state.fn == TrainerFn.FITTING and time.monotonic() - self._last_time >= self.every_s:
+            total = trainer.num_val_batches[dataloader_idx] if trainer.num_val_batches else "?"
+            self._print(trainer, f"validating: batch {batch_idx + 1}/{total}")
+
+    @override
+    def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        self._print(trainer, f"validation: {self._metrics(trainer, self.SHOWN_VAL)}")

@@ -23,7 +23,7 @@ __all__ = ["EHFModule"]
 
 
 class EHFModule(L.LightningModule):
-    """Trains a density model on −ELBO + Σ_k λ_k (C_k − ε) (DESIGN.md §2).
+    """Trains a density model on −ELBO + Σ_k λ_k (C_k − ε) (docs/design.md §2).
 
     ``model`` is an :class:`~lightning_ehf.core.flows.EquivariantHamiltonianFlow` or a baseline with
     the same interface (``elbo_and_constraints``, ``iwae``, ``sample``, ``generator_names``,
@@ -60,7 +60,9 @@ class EHFModule(L.LightningModule):
         elbo, constraint = self.model.elbo_and_constraints(q, n)
         loss = -elbo.mean() + self.multipliers.penalty(constraint)
         bs = q.shape[0]
-        log = dict(on_step=train, on_epoch=not train, batch_size=bs, sync_dist=not train)
+        # a float weight: Lightning averages the summed weights over ranks in the weights' dtype, and an
+        # integer average truncates (1001 + 1000 rows → 1000), which biases every val/test mean under DDP
+        log = dict(on_step=train, on_epoch=not train, batch_size=float(bs), sync_dist=not train)
         self.log(f"{stage}/elbo", elbo.mean(), prog_bar=train, **log)
         self.log(f"{stage}/loss", loss, **log)
         for name, c in zip(self.multipliers.names, constraint.detach()):
@@ -107,7 +109,7 @@ class EHFModule(L.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self._last_constraint is None:
             return
-        # average over ranks first, so every rank applies the identical update (DESIGN.md §6)
+        # average over ranks first, so every rank applies the identical update (docs/design.md §6)
         constraint = self.trainer.strategy.reduce(self._last_constraint, reduce_op="mean")
         self.multipliers.update(constraint)
         self._last_constraint = None
@@ -174,31 +176,48 @@ class EHFModule(L.LightningModule):
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = torch.get_rng_state()
-        if self.trainer.world_size > 1:
-            state = self.all_gather(state.to(self.device)).cpu()
-        else:
-            state = state[None]
-        checkpoint["ehf_rng"] = {"torch": state}  # one row per rank; tensors keep weights_only loading
+        # one row per rank; tensors keep weights_only loading
+        checkpoint["ehf_rng"] = {"torch": self._per_rank(torch.get_rng_state())}
         checkpoint["ehf_nonfinite_skips"] = self.nonfinite_skips
         if torch.cuda.is_available() and self.device.type == "cuda":
-            checkpoint["ehf_rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
+            checkpoint["ehf_rng"]["cuda"] = self._per_rank(torch.cuda.get_rng_state(self.device))
+
+    def _per_rank(self, state: Tensor) -> Tensor:
+        """A random state of every rank, stacked (on every rank: all_gather is collective)."""
+        if self.trainer.world_size > 1:
+            return self.all_gather(state.to(self.device)).cpu()
+        return state[None]
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._resume_rng = checkpoint.get("ehf_rng")
         if self._trainer is None or self.trainer.state.fn == "fit":  # testing the best checkpoint keeps the run's count
+            self._resume_rng = checkpoint.get("ehf_rng")  # ... and the run's random state
             self.nonfinite_skips = int(checkpoint.get("ehf_nonfinite_skips", 0))
 
     @override
     def on_train_start(self) -> None:
+        self._restore_rng()
+
+    @override
+    def on_test_start(self) -> None:
+        # a run resumed after its last step trains nothing (on_train_start never runs): the test
+        # then starts from the random state the uninterrupted run had at this point
+        self._restore_rng()
+
+    def _restore_rng(self) -> None:
         if self._resume_rng is None:
             return
-        states = self._resume_rng["torch"]
-        torch.set_rng_state(states[self.global_rank if self.global_rank < states.shape[0] else 0].cpu())
+        torch.set_rng_state(self._own_row(self._resume_rng["torch"]))
         if "cuda" in self._resume_rng and self.device.type == "cuda":
-            torch.cuda.set_rng_state(self._resume_rng["cuda"].cpu(), self.device)
+            torch.cuda.set_rng_state(self._own_row(self._resume_rng["cuda"]), self.device)
         self._resume_rng = None
+
+    def _own_row(self, states: Tensor) -> Tensor:
+        """This rank's state from :meth:`_per_rank`'s stack (rank 0's for ranks the run did not have)."""
+        if states.ndim == 1:  # a single state (CUDA states of older checkpoints)
+            return states.cpu()
+        # a copy: a row of the stack is a view at an offset, which set_rng_state misreads (crash)
+        return states[self.global_rank if self.global_rank < states.shape[0] else 0].cpu().clone()
 
     # -- symmetry diagnostics ------------------------------------------------------------------
 
@@ -217,14 +236,15 @@ class EHFModule(L.LightningModule):
         gen = torch.Generator(device="cpu").manual_seed(int(self.config["seed"]) + 17)
         err, noise = invariance_error(self.model, q, symmetry, n_group=int(ev["n_group_samples"]),
                                       k=int(ev["invariance_iw"]), chunk=int(ev["iw_chunk"]), generator=gen)
-        self.log(f"{stage}/invariance_error", err, sync_dist=True)
-        self.log(f"{stage}/invariance_noise", noise, sync_dist=True)
+        log = dict(sync_dist=True, batch_size=1.0)  # one estimate per rank, equally weighted
+        self.log(f"{stage}/invariance_error", err, **log)
+        self.log(f"{stage}/invariance_noise", noise, **log)
         if isinstance(self.model, EquivariantHamiltonianFlow):
             self.log(f"{stage}/equivariance_error", equivariance_error(self.model, q.shape[0], symmetry, generator=gen),
-                     sync_dist=True)
+                     **log)
         for name, lam in self.multipliers.as_dict().items():
-            self.log(f"{stage}/lambda/{name}", lam, sync_dist=True)
-        self.log(f"{stage}/lambda_rank_spread", self._lambda_rank_spread(), sync_dist=True)
+            self.log(f"{stage}/lambda/{name}", lam, **log)
+        self.log(f"{stage}/lambda_rank_spread", self._lambda_rank_spread(), **log)
 
     def _lambda_rank_spread(self) -> float:
         """max − min of λ across ranks: 0 when every rank applied the same updates. (DDP is built
