@@ -184,7 +184,8 @@ def _show_bar(mode: str) -> bool:
 
 def make_trainer(cfg: Any, run_dir, run_id: str, extra_callbacks: list | None = None, resume_step: int | None = None):
     """A Lightning Trainer writing into ``run_dir``: CSV (+ W&B) loggers; ``best.ckpt`` (lowest validation
-    NLL) and an always-current ``last.ckpt``; a clean stop on SIGTERM; plots; learning-rate monitor;
+    NLL) and an always-current ``last.ckpt`` (also every ``checkpoint.every_n_minutes``); a clean stop on
+    SIGTERM or SIGUSR1; plots; learning-rate monitor;
     a progress bar on terminals and progress lines elsewhere (``progress.*``); atomic, finite-only
     checkpoint writes. ``resume_step``: the step a resumed run restarts from (metrics.csv is appended to)."""
     from datetime import timedelta
@@ -206,7 +207,7 @@ def make_trainer(cfg: Any, run_dir, run_id: str, extra_callbacks: list | None = 
     if wandb_logger is not None:
         loggers.append(wandb_logger)
     monitor = f"val/nll_iw{cfg.eval.iw_samples}"
-    last = LastCheckpoint(run_dir / "checkpoints")
+    last = LastCheckpoint(run_dir / "checkpoints", cfg.checkpoint.every_n_minutes)
     callbacks: list = [
         ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best", monitor=monitor, mode="min",
                         save_last=False, save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False),
@@ -228,7 +229,7 @@ def make_trainer(cfg: Any, run_dir, run_id: str, extra_callbacks: list | None = 
         # val/lambda_rank_spread check see a divergence instead of masking it
         strategy = DDPStrategy(timeout=timedelta(seconds=t.ddp_timeout_s), broadcast_buffers=False)
     plugins: list = [SafeCheckpointIO()]
-    if SLURMEnvironment.detect():  # SIGTERM is handled by Preemption; no second, requeueing handler
+    if SLURMEnvironment.detect():  # SIGTERM and SIGUSR1 are handled by Preemption; no second, requeueing handler
         plugins.append(SLURMEnvironment(auto_requeue=False))
     return L.Trainer(
         default_root_dir=str(run_dir), max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices,

@@ -2,7 +2,7 @@
 
 Exit codes: 0 success; 2 bad usage / config / data / checkpoint (one line naming the problem);
 3 training diverged (non-finite loss or gradient; the last good checkpoint is kept); 75 stopped by
-SIGTERM (preempted: ``checkpoints/last.ckpt`` holds the step reached, ``--resume`` continues);
+SIGTERM or SIGUSR1 (preempted: ``checkpoints/last.ckpt`` holds the step reached, ``--resume`` continues);
 1 anything else.
 """
 
@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .errors import NumericalDivergence, UserError
+from .errors import ConfigError, NumericalDivergence, UserError
 
 RUN_DIR_ENV = "EHF_RUN_DIR"  # lets DDP child processes (which re-run this command) join rank 0's run
 EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: a temporary failure, retry later (here: --resume)
@@ -74,13 +74,34 @@ def _inherited_run_dir() -> Optional[Path]:
     return None
 
 
+def _external_launch() -> Optional[tuple[str, int, int]]:
+    """(launcher, global rank, number of processes) when torchrun or SLURM's srun started this process as
+    one of several (the environments Lightning detects the same way), else None."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    if TorchElasticEnvironment.detect():
+        launch = ("torchrun", int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+    elif SLURMEnvironment.detect():
+        launch = ("srun", int(os.environ.get("SLURM_PROCID", 0)), int(os.environ.get("SLURM_NTASKS", 1)))
+    else:
+        return None
+    return launch if launch[2] > 1 else None
+
+
 def _new_run_dir(cfg: Any, run_id: str) -> Path:
     inherited = _inherited_run_dir()
     if inherited is not None:
         return inherited
+    launch = _external_launch()
+    if launch is not None and not cfg.run.dir:
+        # each process would name its own timestamped folder: checkpoints and the test would disagree
+        name, _, world = launch
+        raise ConfigError(f"run.dir: must be set when {name} starts {world} processes, so that all of them use "
+                          f"the same run folder (on a file system every node sees), e.g. run.dir=/shared/runs/<name>")
     if cfg.run.dir:
         run_dir = Path(cfg.run.dir)
-        if run_dir.exists() and any(run_dir.iterdir()):
+        # other ranks may already see the files rank 0 writes at start: only rank 0 checks
+        if (launch is None or launch[1] == 0) and run_dir.exists() and any(run_dir.iterdir()):
             raise UserError(f"run.dir: {run_dir} already exists and is not empty; choose another folder or --resume it")
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -157,10 +178,6 @@ def _resume_source(path: str, files: Sequence[str], overrides: Sequence[str]) ->
         saved.write_text(OmegaConf.to_yaml(OmegaConf.create(ckpt["hyper_parameters"]["config"])))
         cfg = load_config([saved], _resumable_overrides(files, overrides, saved, run_dir))
     return run_dir, ckpt_path, cfg, ckpt
-
-
-def _is_rank_zero() -> bool:
-    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
 
 
 def _final_metrics(trainer: Any, module: Any, wall_time: float, last_val: dict[str, float]) -> dict[str, Any]:
@@ -266,7 +283,6 @@ def _train(cfg: Any, module: Any, datamodule: Any, run_dir: Path, run_id: str, c
            resume_step: Optional[int], extra_callbacks: Optional[list] = None) -> int:
     from .build import make_trainer
     from .config.load import save_config
-    from .errors import ConfigError
     from .lit.callbacks import Preemption
 
     try:  # before anything is written: Lightning refuses some combinations only here
@@ -275,18 +291,29 @@ def _train(cfg: Any, module: Any, datamodule: Any, run_dir: Path, run_id: str, c
         if isinstance(e, UserError):
             raise
         raise ConfigError(f"trainer: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    if _is_rank_zero():
+    if trainer.global_rank == 0:  # the launcher's rank (Lightning, torchrun, srun), known before fit()
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         verb = f"resuming from step {resume_step} in" if ckpt_path else "run folder:"
-        print(f"{verb} {run_dir}\ndata: {datamodule.describe()}", flush=True)
+        print(f"{verb} {run_dir}\ndata: {datamodule.describe()}\n{_global_batch(cfg, trainer)}", flush=True)
 
     preemption = next(c for c in trainer.callbacks if isinstance(c, Preemption))
-    preemption.install()  # a SIGTERM from now on stops the run at its next step boundary
+    preemption.install()  # a SIGTERM or SIGUSR1 from now on stops the run at its next step boundary
     try:
         return _fit_and_test(trainer, module, datamodule, run_dir, ckpt_path, preemption)
     finally:
         preemption.restore()
+
+
+def _global_batch(cfg: Any, trainer: Any) -> str:
+    """``global batch: 1024 = 128 per device × 4 devices × 2 nodes`` (``data.batch_size`` is per process)."""
+    batch, devices, nodes = int(cfg.data.batch_size), int(trainer.num_devices), int(trainer.num_nodes)
+
+    def count(n: int, word: str) -> str:
+        return f"{n} {word}{'s' if n != 1 else ''}"
+
+    return (f"global batch: {batch * devices * nodes} = {batch} per device × {count(devices, 'device')} "
+            f"× {count(nodes, 'node')}")
 
 
 def _fit_and_test(trainer: Any, module: Any, datamodule: Any, run_dir: Path, ckpt_path: Optional[Path],
@@ -302,7 +329,7 @@ def _fit_and_test(trainer: Any, module: Any, datamodule: Any, run_dir: Path, ckp
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
         if trainer.strategy.reduce_boolean_decision(preemption.requested, all=False):
             # the signal came during the last step: training is complete, the test is left for --resume
-            raise Preempted(trainer.global_step, str(last))
+            raise Preempted(trainer.global_step, str(last), preemption.cause)
         last_val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         if not last_val and trainer.is_global_zero:  # resumed after its last validation
             last_val = _last_validation(run_dir / "metrics.csv")

@@ -24,10 +24,11 @@ class NumericalDivergence(RuntimeError):
 
 
 class Preempted(Exception):
-    """Training was stopped by SIGTERM after a complete step; ``checkpoint`` holds that step
-    (exit code 75, EX_TEMPFAIL: resume later with ``ehf train --resume``)."""
+    """Training was stopped by ``cause`` (SIGTERM or SIGUSR1) after a complete step; ``checkpoint`` holds
+    that step (exit code 75, EX_TEMPFAIL: resume later with ``ehf train --resume``)."""
 
-    def __init__(self, step: int, checkpoint: str) -> None:
-        super().__init__(f"stopped by SIGTERM at step {step}; saved {checkpoint}")
+    def __init__(self, step: int, checkpoint: str, cause: str = "SIGTERM") -> None:
+        super().__init__(f"stopped by {cause} at step {step}; saved {checkpoint}")
         self.step = step
+        self.cause = cause
         self.checkpoint = checkpoint

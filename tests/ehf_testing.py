@@ -4,7 +4,7 @@
 * ``TINY`` / ``tiny(...)``: overrides that make a training run take a few seconds (no plots, W&B off);
   ``FRAMEWORK_TINY``: the same run with plots on a coarse grid and the W&B mode left to the test.
 * ``clean_env(**extra)``: an environment for ``python -m lightning_ehf`` subprocesses, without the EHF /
-  W&B / DDP / seed variables in ``ENV_DROP``.
+  W&B / DDP / launcher (torchrun, srun) / seed variables in ``ENV_DROP``.
 * ``ehf(args, cwd)``: runs ``python -m lightning_ehf ARGS`` and captures its output.
 * ``csv_rows(run_dir)``: the rows of a run's metrics.csv, empty cells left out.
 """
@@ -28,7 +28,7 @@ FRAMEWORK_TINY = [*_SHORT_RUN, "plots.grid=12", "model.hidden=16"]
 ENV_DROP = (
     "EHF_RUN_DIR", "WANDB_MODE", "WANDB_API_KEY", "WANDB_RUN_ID", "WANDB_DIR",
     "LOCAL_RANK", "NODE_RANK", "RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-    "PL_GLOBAL_SEED", "PL_SEED_WORKERS",
+    "PL_GLOBAL_SEED", "PL_SEED_WORKERS", "TORCHELASTIC_RUN_ID", "SLURM_NTASKS",
 )  # fmt: skip
 
 

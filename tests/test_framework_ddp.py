@@ -20,6 +20,8 @@ def test_cpu_ddp_two_ranks_keep_identical_multipliers(tmp_path, ehf_cli, ehf_tin
             "logger.wandb.mode=disabled", "experiment=ddp", f"run.root={root}"]
     proc = ehf_cli(args, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, f"rc={proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-5000:]}"
+    assert "global batch: 128 = 64 per device × 2 devices × 1 node" in proc.stdout  # printed once, by rank 0
+    assert proc.stdout.count("global batch:") == 1, proc.stdout[-2000:]
 
     folders = list((root / "ddp").iterdir())
     assert len(folders) == 1, folders  # rank 1 wrote into rank 0's folder, not a second one

@@ -167,3 +167,39 @@ def test_logged_validation_nll_equals_single_process_eval(pair):
     assert abs(nll_ddp - nll_single) <= tolerance, (nll_ddp, nll_single, tolerance)
     # ... and it would see a rank's rows missing
     assert abs(float(-np.mean(logp[0][0::2] + logp[1][0::2]) / 2) - nll_single) > tolerance
+
+
+@pytest.mark.slow
+def test_torchrun_starts_one_run_in_the_given_run_dir(tmp_path):
+    """torchrun (what multi-node jobs without SLURM use) launches every rank itself; with ``run.dir`` they
+    all join one run folder, and rank 0 alone prints and writes."""
+    run = tmp_path / "run"
+    args = [*tiny(f"data.batch_size={BATCH}"), *DDP, f"run.dir={run}"]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           "-m", "lightning_ehf", "train", *args], cwd=tmp_path, env=clean_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, _tail(proc)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert proc.stdout.count(f"run folder: {run}") == 2, _tail(proc)  # at the start and at the end, rank 0 only
+    assert proc.stdout.count(f"global batch: {2 * BATCH} = {BATCH} per device × 2 devices × 1 node") == 1, _tail(proc)
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 6
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
+LAUNCHERS = {"torchrun": {"TORCHELASTIC_RUN_ID": "x", "RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2",
+                          "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "0"},
+             "srun": {"SLURM_NTASKS": "2", "SLURM_PROCID": "0", "SLURM_JOB_NAME": "ehf", "SLURM_JOB_ID": "7"}}
+
+
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+def test_external_launcher_without_run_dir_exits_2(launcher, tmp_path, ehf_clean_env, capsys):
+    """Each process would name its own timestamped run folder: refused, one line, nothing written."""
+    from lightning_ehf import cli
+
+    for name, value in LAUNCHERS[launcher].items():
+        ehf_clean_env.setenv(name, value)
+    ehf_clean_env.chdir(tmp_path)
+    assert cli.main(["train", *tiny()]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"ehf train: error: run.dir: must be set when {launcher} starts 2 processes"), err
+    assert len(err.splitlines()) == 1 and list(tmp_path.iterdir()) == []

@@ -127,7 +127,7 @@ def test_job_scripts_parse(script):
 def test_preemption_exit_code_is_the_same_everywhere():
     assert EXIT_PREEMPTED == 75
     sbatch = (REPO / "scripts" / "slurm" / "train.sbatch").read_text()
-    assert "#SBATCH --signal=TERM@" in sbatch and "#SBATCH --requeue" in sbatch
+    assert "#SBATCH --signal=USR1@" in sbatch and "#SBATCH --requeue" in sbatch
     assert re.search(r'if \[ "\$rc" -eq 75 \]; then\n.*\n\s+scontrol requeue', sbatch)
     assert "| 75 | preempted" in (REPO / "docs" / "errors.md").read_text()
     assert re.search(r"\b75 preempted \(SIGTERM", (REPO / "README.md").read_text())

@@ -3,7 +3,9 @@
 * SIGTERM mid-training (what SLURM and Kubernetes send before killing a job): the run finishes the step
   it is in, writes ``last.ckpt`` at that step and exits 75 within 30 s with one stderr line; ``ehf train
   --resume`` then ends with exactly the metrics (metrics.json and every metrics.csv row) of the same run
-  uninterrupted.
+  uninterrupted. SIGUSR1 (SLURM's early warning, ``#SBATCH --signal=USR1@120``) stops a run the same way.
+* ``checkpoint.every_n_minutes`` refreshes ``last.ckpt`` on a timer, between two steps (where a preemption
+  saves), through the atomic checkpoint writer.
 * ``last.ckpt`` always holds the final step, also when validation stopped improving long before and the
   last step is not a validation step (``ModelCheckpoint(save_last=True)`` would leave it at the last best).
 * ``--resume RUN`` with the run's original overrides repeated (relative paths included) is accepted;
@@ -71,8 +73,7 @@ def test_sigterm_saves_the_step_reached_exits_75_and_resume_equals_uninterrupted
     assert "Traceback" not in err, err[-3000:]
     lines = [ln for ln in err.splitlines() if ln.startswith("ehf train:")]
     assert len(lines) == 1, err[-3000:]
-    match = re.fullmatch(rf"ehf train: preempted: stopped by SIGTERM at step (\d+); saved {re.escape(str(run_b))}"
-                         rf"/checkpoints/last\.ckpt; continue with: ehf train --resume {re.escape(str(run_b))}", lines[0])
+    match = _stop_message("SIGTERM", run_b).fullmatch(lines[0])
     assert match, lines[0]
     step = int(match.group(1))
     assert seen <= step < MAX_STEPS, (seen, step)
@@ -93,6 +94,65 @@ def test_sigterm_saves_the_step_reached_exits_75_and_resume_equals_uninterrupted
             assert abs(b[key] - a[key]) <= TOL, (key, a[key], b[key])
     assert a["steps"] == MAX_STEPS and a["test/lambda/L01"] > 0
     assert csv_rows(run_b) == csv_rows(run_a)  # every logged value, once, at the same step
+
+
+def _stop_message(sig: str, run: Path) -> re.Pattern:
+    return re.compile(rf"ehf train: preempted: stopped by {sig} at step (\d+); saved {re.escape(str(run))}"
+                      rf"/checkpoints/last\.ckpt; continue with: ehf train --resume {re.escape(str(run))}")
+
+
+def test_sigusr1_stops_like_sigterm(tmp_path):
+    """The same stop as SIGTERM (the test above proves that resuming from it is exact): exit 75, one
+    line naming the signal, ``last.ckpt`` at the step reached."""
+    run = tmp_path / "run"
+    proc = _start(["train", *BASE, f"run.dir={run}"], tmp_path, tmp_path / "run.log")
+    seen = _wait_for_step(proc, tmp_path / "run.log", 3)
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_PREEMPTED, f"rc={proc.returncode}\n{err[-3000:]}"
+    lines = [ln for ln in err.splitlines() if ln.startswith("ehf train:")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    match = _stop_message("SIGUSR1", run).fullmatch(lines[0])
+    assert match, lines[0]
+    step = int(match.group(1))
+    assert seen <= step < MAX_STEPS, (seen, step)
+    assert torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == step
+
+
+@pytest.mark.parametrize("minutes, expected", [(None, {3, 6}), (60.0, {3, 6}), (1e-6, {1, 2, 3, 4, 5, 6})],
+                         ids=["off", "not-due", "every-step"])
+def test_every_n_minutes_refreshes_last_checkpoint_on_a_timer(tmp_path, ehf_clean_env, monkeypatch, minutes, expected):
+    """Validation at steps 3 and 6 saves ``last.ckpt`` anyway; a timer of 60 µs is due between any two
+    steps (a training step takes longer), one of 60 minutes never in this run. The writes are recorded
+    at the atomic writer, so the timed save goes through it too."""
+    from lightning_ehf import cli
+    from lightning_ehf.lit.checkpointing import SafeCheckpointIO
+
+    written: list[int] = []
+    save = SafeCheckpointIO.save_checkpoint
+
+    def recording(self, checkpoint, path, storage_options=None):
+        if Path(path).name == "last.ckpt":
+            written.append(int(checkpoint["global_step"]))
+        return save(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(SafeCheckpointIO, "save_checkpoint", recording)
+    run = tmp_path / "run"
+    timer = [] if minutes is None else [f"checkpoint.every_n_minutes={minutes}"]
+    assert cli.main(["train", *tiny(*timer), f"run.dir={run}"]) == 0
+    assert written == sorted(set(written)), written  # never the same step twice
+    # step 0 (before the first step) depends on how long the first batch took to draw
+    assert set(written) - {0} == expected, written
+    assert torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 6
+
+
+def test_every_n_minutes_must_be_positive(tmp_path, ehf_clean_env, capsys):
+    from lightning_ehf import cli
+
+    assert cli.main(["train", *tiny("checkpoint.every_n_minutes=0"), f"run.dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "ehf train: error: checkpoint.every_n_minutes: must be > 0 (minutes) or null (off), got 0.0", err
+    assert not (tmp_path / "run").exists()
 
 
 def test_last_checkpoint_holds_the_final_step_when_validation_stops_improving(tmp_path, ehf_clean_env, monkeypatch):
@@ -160,7 +220,8 @@ def test_resume_accepts_the_original_config_file_repeated(file_run):
 
 
 def test_under_slurm_lightnings_requeue_handler_is_off(tmp_path, monkeypatch):
-    """Inside a SLURM job Lightning would add its own SIGUSR1 requeue; SIGTERM handling stays ours alone."""
+    """Inside a SLURM job Lightning would add its own SIGUSR1 requeue; SIGTERM and SIGUSR1 handling stay
+    ours alone."""
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
     from lightning_ehf.build import make_trainer

@@ -515,6 +515,9 @@ def validate(cfg: DictConfig) -> None:
         value = _get(cfg, key)
         if not _is_number(value) or value < 0:
             raise _fail(key, f"must be >= 0, got {value!r}")
+    minutes = _get(cfg, "checkpoint.every_n_minutes")
+    if minutes is not None and (not _is_number(minutes) or minutes <= 0):
+        raise _fail("checkpoint.every_n_minutes", f"must be > 0 (minutes) or null (off), got {minutes!r}")
     ema = _get(cfg, "constraint.ema")
     if not _is_number(ema) or not 0 <= ema < 1:
         raise _fail("constraint.ema", f"must be in [0, 1), got {ema!r}")

@@ -127,6 +127,11 @@ class ProgressCfg:
 
 
 @dataclass
+class CheckpointCfg:
+    every_n_minutes: Optional[float] = None  # contract: also refresh last.ckpt after this many minutes of training (null: off)
+
+
+@dataclass
 class RunCfg:
     root: str = "runs"
     dir: Optional[str] = None  # contract: exact run folder (default runs/<experiment>/<timestamp>-<id>)
@@ -146,4 +151,5 @@ class Config:
     eval: EvalCfg = field(default_factory=EvalCfg)
     plots: PlotCfg = field(default_factory=PlotCfg)
     progress: ProgressCfg = field(default_factory=ProgressCfg)
+    checkpoint: CheckpointCfg = field(default_factory=CheckpointCfg)
     run: RunCfg = field(default_factory=RunCfg)

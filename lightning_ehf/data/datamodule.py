@@ -37,8 +37,8 @@ class EHFDataModule(L.LightningDataModule):
     after it reaches the device; the elements of step ``i`` on rank ``r`` are drawn from ``(seed, r, i)``.
 
     Under DDP, rank ``r`` of ``W`` validates and tests rows ``r, r + W, r + 2W, …``: every row exactly
-    once (Lightning's distributed sampler would pad with repeated rows), and the logged means, which
-    Lightning weights by batch size across ranks, are means over the whole set.
+    once (Lightning's distributed sampler would pad with repeated rows), and the logged means (the
+    module's ``MeanMetric``\ s, weighted by rows and reduced across ranks) are means over the whole set.
     """
 
     def __init__(self, symmetry: Symmetry, target: Optional[Target] = None, path: Optional[str] = None,

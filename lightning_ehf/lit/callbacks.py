@@ -1,5 +1,6 @@
 """Callbacks: figures during/after training (logged to W&B as images), the always-current
-``last.ckpt``, a clean stop on SIGTERM, and progress output for terminals and log files."""
+``last.ckpt`` (also on a timer), a clean stop on SIGTERM or SIGUSR1, and progress output for terminals
+and log files."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from typing_extensions import override
 from ..errors import Preempted
 from .plots import make_all_plots
 
-__all__ = ["LastCheckpoint", "PlotCallback", "Preemption", "ProgressLines", "StepProgressBar"]
+__all__ = ["PREEMPTION_SIGNALS", "LastCheckpoint", "PlotCallback", "Preemption", "ProgressLines", "StepProgressBar"]
 
 
 class PlotCallback(Callback):
@@ -61,16 +62,19 @@ class PlotCallback(Callback):
 
 
 class LastCheckpoint(Checkpoint):
-    """``checkpoints/last.ckpt``, rewritten after every validation, at the end of training and when the
-    run is preempted, so it always holds the latest step. (``ModelCheckpoint(monitor=..., save_last=True)``
-    refreshes ``last.ckpt`` only together with a new best, so it lags once validation stops improving.)
+    """``checkpoints/last.ckpt``, rewritten after every validation, at the end of training, when the
+    run is preempted and, with ``every_n_minutes``, whenever that long has passed since the last write,
+    so it always holds the latest step. (``ModelCheckpoint(monitor=..., save_last=True)`` refreshes
+    ``last.ckpt`` only together with a new best, so it lags once validation stops improving.)
 
     A subclass of ``Checkpoint`` so that Lightning runs it after the best-checkpoint callback: the file
     then carries that callback's updated state."""
 
-    def __init__(self, dirpath: Path) -> None:
+    def __init__(self, dirpath: Path, every_n_minutes: Optional[float] = None) -> None:
         self.path = Path(dirpath) / "last.ckpt"
+        self.every_s = every_n_minutes * 60.0 if every_n_minutes else None
         self._saved_step: Optional[int] = None
+        self._saved_at = time.monotonic()
 
     def save(self, trainer: L.Trainer) -> None:
         """Write ``last.ckpt`` unless it holds this step already (every rank must call this, and all take
@@ -79,6 +83,22 @@ class LastCheckpoint(Checkpoint):
             return
         trainer.save_checkpoint(self.path, weights_only=False)
         self._saved_step = trainer.global_step
+        self._saved_at = time.monotonic()
+
+    def between_steps(self, trainer: L.Trainer) -> None:
+        """The timed save (``checkpoint.every_n_minutes``). It is taken here, where a preemption saves too
+        (see :meth:`Preemption.between_steps`), rather than after a training batch like Lightning's
+        ``ModelCheckpoint(train_time_interval=...)``, because only here does the file resume exactly.
+        Ranks whose clocks disagree agree first: the first rank that is due decides for all."""
+        if self.every_s is None:
+            return
+        due = time.monotonic() - self._saved_at >= self.every_s
+        if trainer.strategy.reduce_boolean_decision(due, all=False):
+            self.save(trainer)
+
+    @override
+    def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self._saved_at = time.monotonic()  # the interval counts training time, not model building
 
     @override
     def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
@@ -91,20 +111,26 @@ class LastCheckpoint(Checkpoint):
         self.save(trainer)
 
 
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
 class Preemption(Callback):
-    """Turns SIGTERM (what SLURM, Kubernetes and most schedulers send before killing a job) into a clean
-    stop: the step being trained (and a validation that is running) completes, every rank stops before
-    the same next step, ``last.ckpt`` is written at the step reached and :class:`~lightning_ehf.errors.Preempted`
-    is raised (the CLI exits 75). ``ehf train --resume`` then continues exactly where the run stopped.
+    """Turns SIGTERM or SIGUSR1 into a clean stop. SIGTERM is what SLURM, Kubernetes, ``docker stop``
+    and most schedulers send before killing a job; SIGUSR1 is the early warning a SLURM job asks for with
+    ``#SBATCH --signal=USR1@<seconds>``. The step being trained (and a validation that is running)
+    completes, every rank stops before the same next step, ``last.ckpt`` is written at the step reached
+    and :class:`~lightning_ehf.errors.Preempted` is raised (the CLI exits 75). ``ehf train --resume``
+    then continues exactly where the run stopped.
 
     Lightning's own SIGTERM handling stops the loop at points that depend on the rank and exits 0, so
     a preempted run would look finished; this callback replaces it for the training loop.
     """
 
-    def __init__(self, last: LastCheckpoint, signals: tuple[signal.Signals, ...] = (signal.SIGTERM,)) -> None:
+    def __init__(self, last: LastCheckpoint, signals: tuple[signal.Signals, ...] = PREEMPTION_SIGNALS) -> None:
         self.last = last
         self.signals = signals
         self.requested = False
+        self.received: Optional[str] = None  # the name of the signal this process received
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -126,6 +152,12 @@ class Preemption(Callback):
 
     def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
         self.requested = True
+        self.received = self.received or signal.Signals(signum).name
+
+    @property
+    def cause(self) -> str:
+        """What stopped the run, for messages: the signal's name, or that another rank received it."""
+        return self.received or "a signal to another rank"
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
@@ -138,7 +170,7 @@ class Preemption(Callback):
         at different moments (or not at all), so they agree first."""
         if trainer.strategy.reduce_boolean_decision(self.requested, all=False):
             self.last.save(trainer)
-            raise Preempted(trainer.global_step, str(self.last.path))
+            raise Preempted(trainer.global_step, str(self.last.path), self.cause)
 
 
 class StepProgressBar(RichProgressBar):

@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
+from torchmetrics import Metric
 from typing_extensions import override
 
 from ..core.constraints import LagrangeMultipliers
@@ -19,7 +20,32 @@ from ..errors import NumericalDivergence
 
 RANK_NOISE_STREAM = 7  # seed-stream key of the per-rank encoder noise
 
-__all__ = ["EHFModule"]
+__all__ = ["EHFModule", "RowMean"]
+
+
+class RowMean(Metric):
+    """The mean over the rows of a split, from the means of its batches: the sums of ``mean × rows`` and of
+    ``rows``, in float64, added across ranks when computed. A non-finite batch mean makes the result
+    non-finite (it is not dropped).
+
+    ``torchmetrics.MeanMetric(nan_strategy="disable")`` would be this, but torchmetrics 1.9 replaces the
+    weights by ones under that strategy, and its other strategies drop or replace NaN."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("rows", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    @override
+    def update(self, mean: Tensor, rows: int) -> None:
+        self.total += mean.detach().to(torch.float64) * rows
+        self.rows += rows
+
+    @override
+    def compute(self) -> Tensor:
+        return self.total / self.rows
 
 
 class EHFModule(L.LightningModule):
@@ -31,7 +57,9 @@ class EHFModule(L.LightningModule):
 
     Metrics: ``{stage}/elbo``, ``{stage}/nll_iw{K}``, ``{stage}/kl`` (known target),
     ``{stage}/bracket_rms/{g}``, ``{stage}/lambda/{g}``, ``{stage}/invariance_error`` with
-    ``{stage}/invariance_noise``, ``{stage}/equivariance_error``.
+    ``{stage}/invariance_noise``, ``{stage}/equivariance_error``. The validation and test means over
+    rows are torchmetrics metrics (:class:`RowMean`) weighted by batch size and reduced across ranks, so they
+    are means over the whole split on any number of ranks.
     """
 
     def __init__(self, config: dict[str, Any], model: nn.Module, entropy: Optional[float] = None, run_id: str = "") -> None:
@@ -46,6 +74,10 @@ class EHFModule(L.LightningModule):
         self.entropy = entropy
         self.iw_samples = int(config["eval"]["iw_samples"])
         self.nll_key = f"nll_iw{self.iw_samples}"
+        per_row = ["elbo", "loss", *(f"bracket_rms/{g}" for g in names), self.nll_key]
+        per_row += ["kl"] if entropy is not None else []
+        # metric states are not persistent: checkpoints (and their strict loading) are unchanged
+        self.eval_means = nn.ModuleDict({f"{stage}/{name}": RowMean() for stage in ("val", "test") for name in per_row})
         self._last_constraint: Optional[Tensor] = None
         self._last_batch: Optional[Tensor] = None
         self._last_loss_finite = True
@@ -60,14 +92,12 @@ class EHFModule(L.LightningModule):
         elbo, constraint = self.model.elbo_and_constraints(q, n)
         loss = -elbo.mean() + self.multipliers.penalty(constraint)
         bs = q.shape[0]
-        # a float weight: Lightning averages the summed weights over ranks in the weights' dtype, and an
-        # integer average truncates (1001 + 1000 rows → 1000), which biases every val/test mean under DDP
-        log = dict(on_step=train, on_epoch=not train, batch_size=float(bs), sync_dist=not train)
-        self.log(f"{stage}/elbo", elbo.mean(), prog_bar=train, **log)
-        self.log(f"{stage}/loss", loss, **log)
-        for name, c in zip(self.multipliers.names, constraint.detach()):
-            self.log(f"{stage}/bracket_rms/{name}", c.clamp_min(0).sqrt(), **log)
+        means = {"elbo": elbo.mean(), "loss": loss}
+        means.update({f"bracket_rms/{name}": c.clamp_min(0).sqrt()
+                      for name, c in zip(self.multipliers.names, constraint.detach())})
         if train:
+            for name, value in means.items():
+                self.log(f"train/{name}", value, prog_bar=name == "elbo", on_step=True, batch_size=bs)
             self._last_constraint = constraint.detach()
             self._last_batch = q.detach()
             self._last_loss_finite = bool(torch.isfinite(loss.detach()))
@@ -79,11 +109,19 @@ class EHFModule(L.LightningModule):
                 self.log(f"train/step_size/{t}", block.step_size.detach(), on_step=True, batch_size=bs)
         else:
             chunk = int(self.config["eval"]["iw_chunk"])
-            nll = -self.model.iwae(q, self.iw_samples, chunk).mean()
-            self.log(f"{stage}/{self.nll_key}", nll, prog_bar=True, **log)
+            means[self.nll_key] = nll = -self.model.iwae(q, self.iw_samples, chunk).mean()
             if self.entropy is not None:
-                self.log(f"{stage}/kl", nll - self.entropy, prog_bar=True, **log)
+                means["kl"] = nll - self.entropy
+            for name, value in means.items():
+                self._log_mean(f"{stage}/{name}", value, bs, prog_bar=name in (self.nll_key, "kl"))
         return loss
+
+    def _log_mean(self, key: str, value: Tensor, rows: int, prog_bar: bool = False) -> None:
+        """Add a batch mean to its split's mean, weighted by the batch's rows; Lightning logs that mean
+        (computed across ranks) at the end of the validation or test, and resets it."""
+        metric = self.eval_means[key]
+        metric.update(value, rows)
+        self.log(key, metric, on_step=False, on_epoch=True, prog_bar=prog_bar, batch_size=rows)
 
     @override
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
