@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -38,26 +36,10 @@ from lightning_ehf.core import make_ehf, particle_rotations, so2
 from lightning_ehf.core.constraints import LagrangeMultipliers
 from lightning_ehf.core.hamiltonians import set_force_path
 from lightning_ehf.core.targets import make_target
+from lightning_ehf.system import hardware
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = dict(blocks=6, leapfrog_steps=3, hidden=64, depth=2, kinetic="mlp")  # the shipped defaults
-
-
-def hardware() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "device": "cpu"}
-    if torch.cuda.is_available():
-        info["device"] = "cuda"
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def _sync(device: torch.device) -> None:

@@ -33,6 +33,8 @@ def make_symmetry(sym_cfg: Any, dim: int, target: Optional[Target] = None) -> Sy
             return S.particle_rotations(dim // spec["particle_dim"], spec["particle_dim"])
         if spec["group"] in ("so2", "so3"):
             return S.son(dim, spec["coords"])
+        if spec["group"] == "rotations":
+            return S.product(*[S.rotation_plane(dim, a, b) for a, b in spec["planes"]])
         return S.no_symmetry(dim)
     try:
         if group == "none":
@@ -123,7 +125,9 @@ def make_datamodule(cfg: Any):
     symmetry = make_symmetry(cfg.symmetry, dim, target)
     return EHFDataModule(symmetry, target=target, path=d.path, rows=rows, regime=d.regime, n_train=d.n_train,
                          n_val=d.n_val, n_test=d.n_test, batch_size=d.batch_size, augment=d.augment,
-                         num_workers=d.num_workers, seed=cfg.seed)
+                         num_workers=d.num_workers, seed=cfg.seed, val_fraction=d.val_fraction,
+                         # .get: configs saved before these keys have counts in data.n_val / n_test
+                         file_val_fraction=d.get("file_val_fraction"), file_test_fraction=d.get("file_test_fraction"))
 
 
 def make_module(cfg: Any, datamodule, run_id: str = "") -> "Any":
@@ -193,7 +197,7 @@ def make_trainer(cfg: Any, run_dir, run_id: str, extra_callbacks: list | None = 
 
     import lightning as L
     from lightning.fabric.plugins.environments import SLURMEnvironment
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.strategies import DDPStrategy
 
     from .lit.callbacks import LastCheckpoint, PlotCallback, Preemption, ProgressLines, StepProgressBar
@@ -206,7 +210,7 @@ def make_trainer(cfg: Any, run_dir, run_id: str, extra_callbacks: list | None = 
     wandb_logger = _wandb_logger(cfg, run_dir, run_id)
     if wandb_logger is not None:
         loggers.append(wandb_logger)
-    monitor = f"val/nll_iw{cfg.eval.iw_samples}"
+    monitor = f"val/nll_iw{cfg.eval.val_iw_samples or cfg.eval.iw_samples}"
     last = LastCheckpoint(run_dir / "checkpoints", cfg.checkpoint.every_n_minutes)
     callbacks: list = [
         ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best", monitor=monitor, mode="min",
@@ -222,6 +226,9 @@ def make_trainer(cfg: Any, run_dir, run_id: str, extra_callbacks: list | None = 
         callbacks.append(ProgressLines(cfg.progress.every_n_steps, cfg.progress.every_s))
     if cfg.plots.enabled:
         callbacks.append(PlotCallback(run_dir / "plots", cfg.plots.every_n_val, cfg.plots.grid))
+    if t.patience is not None:
+        callbacks.append(EarlyStopping(monitor=monitor, mode="min", patience=int(t.patience), min_delta=float(t.min_delta),
+                                       check_on_train_epoch_end=False, strict=True))
     callbacks += extra_callbacks or []
     strategy: Any = t.strategy
     if t.strategy == "ddp":

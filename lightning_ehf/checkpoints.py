@@ -30,7 +30,10 @@ class Run:
 
         from .build import make_datamodule
 
-        dm = make_datamodule(OmegaConf.create(self.config))
+        from .config.schema import Config
+
+        # onto the schema: a checkpoint written before a key existed gets the key's default
+        dm = make_datamodule(OmegaConf.merge(OmegaConf.structured(Config), self.config))
         dm.setup("test")
         data = {"test": dm.test_data, "val": dm.val_data}[split]
         assert data is not None

@@ -56,6 +56,32 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output .npy, shape (N, d)")
     s.add_argument("--seed", type=int, default=0)
 
+    st = sub.add_parser("study", help="grids of runs: run, status, report (configs/study/)")
+    ss = st.add_subparsers(dest="study_command", required=True)
+    r = ss.add_parser("run", help="run (or continue) a study: every cell is an ordinary run folder")
+    r.add_argument("-c", "--config", required=True, metavar="STUDY.yaml", help="the study file (configs/study/)")
+    r.add_argument("overrides", nargs="*", metavar="profile=NAME|key=value",
+                   help="profile=quick|full|... picks a profile; other key=value overrides go to every cell")
+    r.add_argument("--dir", help="study folder (default runs/study/<study>-<profile>; a rerun continues it)")
+    r.add_argument("--launcher", choices=("local", "slurm", "wandb"), default="local",
+                   help="local: worker processes here; slurm: a job array (submitit); wandb: write a grid sweep")
+    r.add_argument("--workers", type=int, default=1, help="local: cells at once (torch threads = cores ÷ workers)")
+    r.add_argument("--cores", type=int, help="local: cores to share among the workers (default: all)")
+    r.add_argument("--cluster", choices=("slurm", "local"), default="slurm",
+                   help="slurm launcher: submit with sbatch (slurm) or try the path with submitit's local executor")
+    r.add_argument("--no-wait", action="store_true", help="slurm launcher: submit and return (then: ehf study status)")
+    for flag, key, typ in (("--partition", "partition", str), ("--time-min", "time_min", int),
+                           ("--cpus-per-cell", "cpus_per_cell", int), ("--gpus-per-cell", "gpus_per_cell", int)):
+        r.add_argument(flag, dest=f"slurm_{key}", type=typ, help=f"slurm launcher: overrides the study file's slurm.{key}")
+    r.add_argument("--dry-run", action="store_true", help="list the cells, their state and commands; run nothing")
+    for name, text in (("status", "done / running / failed / pending cells of a study folder"),
+                       ("report", "results.csv, results.md and plots of a study folder")):
+        x = ss.add_parser(name, help=text)
+        x.add_argument("dir", metavar="DIR")
+    c = ss.add_parser("cell", help="run one cell of a study folder (what a W&B sweep agent calls)")
+    c.add_argument("dir", metavar="DIR")
+    c.add_argument("cell", metavar="cell=NAME")
+
     b = sub.add_parser("bench", help="speed and memory against the reference path and NSF (benchmarks/)")
     b.add_argument("--quick", action="store_true", help="fewer repeats: about 2 minutes on 2 CPU cores")
     b.add_argument("--quality", action="store_true", help="also time to quality and the default runs (minutes)")
@@ -180,7 +206,11 @@ def _resume_source(path: str, files: Sequence[str], overrides: Sequence[str]) ->
     return run_dir, ckpt_path, cfg, ckpt
 
 
-def _final_metrics(trainer: Any, module: Any, wall_time: float, last_val: dict[str, float]) -> dict[str, Any]:
+def _final_metrics(trainer: Any, module: Any, wall_time: float, last_val: dict[str, float],
+                   best_step: Optional[int]) -> dict[str, Any]:
+    """metrics.json: the last validation's ``val/*``, the ``test/*`` of the best checkpoint, and
+    ``best_step`` (the step of that checkpoint), ``max_steps`` (the cap), ``stopped_early`` (by
+    ``trainer.patience``), ``steps``, ``params`` (trainable parameters), ``wall_time_s``."""
     out: dict[str, Any] = dict(last_val)
     for key, value in trainer.callback_metrics.items():
         if key.startswith("test/"):
@@ -188,11 +218,25 @@ def _final_metrics(trainer: Any, module: Any, wall_time: float, last_val: dict[s
     nll_key = f"test/{module.nll_key}"
     if nll_key in out:
         out["test/nll"] = out[nll_key]
+        if "test/train_nll" in out:
+            out["test/nll_gap"] = out["test/nll"] - out["test/train_nll"]
     out["train/nonfinite_skips"] = int(module.nonfinite_skips)
     out["wall_time_s"] = round(wall_time, 2)
     out["steps"] = int(trainer.global_step)
+    out["max_steps"] = int(trainer.max_steps)
+    out["best_step"] = best_step
+    out["stopped_early"] = bool(trainer.global_step < trainer.max_steps)
+    out["params"] = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
     out["iw_samples"] = module.iw_samples
     return dict(sorted(out.items()))
+
+
+def _checkpoint_step(path: str) -> Optional[int]:
+    if not path or not Path(path).is_file():
+        return None
+    from .checkpoints import load_checkpoint
+
+    return int(load_checkpoint(path).get("global_step", 0))
 
 
 def _last_validation(metrics_csv: Path) -> dict[str, float]:
@@ -351,7 +395,7 @@ def _fit_and_test(trainer: Any, module: Any, datamodule: Any, run_dir: Path, ckp
         if trainer.is_global_zero:
             print(f"ehf train: preempted: {saved}{resume}", file=sys.stderr, flush=True)
         return EXIT_PREEMPTED
-    metrics = _final_metrics(trainer, module, time.time() - start, last_val)
+    metrics = _final_metrics(trainer, module, time.time() - start, last_val, _checkpoint_step(best))
     if trainer.is_global_zero:
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         _print_results(run_dir, metrics)
@@ -462,8 +506,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_sample(args)
         if args.command == "bench":
             return cmd_bench(args, argv)
+        if args.command == "study":
+            from .study.command import cmd_study
+
+            return cmd_study(args, argv)
     except UserError as e:
-        print(f"ehf {args.command}: error: {e}", file=sys.stderr)
+        sub = f" {args.study_command}" if args.command == "study" else ""
+        print(f"ehf {args.command}{sub}: error: {e}", file=sys.stderr)
         return 2
     return 1
 

@@ -15,7 +15,7 @@ from lightning_ehf.config.load import (
     validate,
     validate_for_dim,
 )
-from lightning_ehf.config.schema import Config
+from lightning_ehf.config.schema import FILE_DEFAULTS, Config
 from lightning_ehf.errors import ConfigError, UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -268,8 +268,82 @@ def test_enum_suggestion() -> None:
     assert "offline" in validate_error("logger.wandb.mode=offlin")
 
 
-def test_target_and_path_both_set() -> None:
-    assert "data.path" in validate_error("data.path=x.npy")
+def test_target_and_path_both_set_explicitly() -> None:
+    msg = validate_error("data.target=ring2d", "data.path=x.npy")
+    assert msg.startswith("data.path:") and "data.target=ring2d" in msg
+
+
+def test_target_from_a_yaml_file_and_path_are_refused(tmp_path: Path) -> None:
+    exp = write(tmp_path / "exp.yaml", "data:\n  target: gmm8\n")
+    msg = error_of(validate, load_config([exp], ["data.path=x.npy"]))
+    assert msg.startswith("data.path:") and "data.target=gmm8" in msg
+
+
+# ---------------------------------------------------------------------------------------------------
+# data.path implies FILE_DEFAULTS for the keys nobody set (schema.py)
+
+
+def test_path_alone_means_file_data() -> None:
+    cfg = load_config(overrides=["data.path=x.npy"])
+    validate(cfg)
+    assert (cfg.data.target, cfg.data.regime, cfg.symmetry.group) == (None, "finite", "none")
+    assert (cfg.data.n_val, cfg.data.n_test) == (None, None)  # fractions of the file's rows ...
+    assert (cfg.data.file_val_fraction, cfg.data.file_test_fraction) == (0.1, 0.1)  # ... 10 % each
+    assert {k.split(".", 1)[1] for k in FILE_DEFAULTS if k.startswith("data.")} <= set(cfg.data)
+
+
+def test_without_path_the_schema_defaults_hold() -> None:
+    cfg = load_config()
+    assert (cfg.data.target, cfg.data.regime, cfg.symmetry.group) == ("ring2d", "infinite", "auto")
+    assert (cfg.data.n_val, cfg.data.n_test) == (1000, 5000)
+
+
+def test_explicit_keys_win_over_what_a_path_implies(tmp_path: Path) -> None:
+    exp = write(tmp_path / "exp.yaml", "data:\n  n_test: 30\nsymmetry:\n  group: so2\n")
+    cfg = load_config([exp], ["data.path=x.npy", "data.n_val=20"])
+    validate(cfg)
+    assert (cfg.data.n_val, cfg.data.n_test, cfg.symmetry.group) == (20, 30, "so2")
+    assert cfg.data.target is None and cfg.data.regime == "finite"
+
+
+def test_explicit_infinite_regime_with_a_file_is_refused() -> None:
+    msg = validate_error("data.path=x.npy", "data.regime=infinite")
+    assert msg.startswith("data.regime:") and "finite" in msg
+
+
+def test_explicit_auto_group_with_a_file_is_refused() -> None:
+    msg = validate_error("data.path=x.npy", "symmetry.group=auto")
+    assert msg.startswith("symmetry.group:") and "set symmetry.group" in msg
+
+
+@pytest.mark.parametrize("key", ["data.n_val", "data.n_test"])
+def test_null_split_size_needs_a_file(key: str) -> None:
+    msg = validate_error(f"{key}=null")
+    assert msg.startswith(key + ":") and "data.path" in msg
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["data.file_val_fraction=0"], "data.file_val_fraction"),
+        (["data.file_test_fraction=1.5"], "data.file_test_fraction"),
+        (["data.file_val_fraction=0.5", "data.file_test_fraction=0.5"], "data.file_test_fraction"),
+    ],
+)
+def test_bad_file_fractions(overrides: list, key: str) -> None:
+    assert validate_error("data.path=x.npy", *overrides).startswith(key + ":")
+
+
+def test_file_data_config_round_trips_through_print_config_and_config_yaml(tmp_path: Path, capsys) -> None:
+    from lightning_ehf import cli
+
+    assert cli.main(["print-config", "data.path=x.npy"]) == 0
+    printed = capsys.readouterr().out
+    assert "  target: null\n" in printed and "  n_val: null\n" in printed and "  group: none\n" in printed
+    cfg = load_config(overrides=["data.path=x.npy"])
+    again = load_config([write(tmp_path / "printed.yaml", printed)])  # e.g. a run's config.yaml: every key set
+    assert to_container(again) == to_container(cfg)
+    assert to_yaml(load_config([save_config(again, tmp_path / "config.yaml")])) == to_yaml(cfg)
 
 
 def test_no_data() -> None:
@@ -329,7 +403,7 @@ def test_matrices_not_square() -> None:
 
 
 def test_auto_needs_target() -> None:
-    msg = validate_error("data.target=null", "data.path=x.npy")
+    msg = validate_error("data.target=null", "data.path=x.npy", "symmetry.group=auto")
     assert msg.startswith("symmetry.group:") and "set symmetry.group" in msg
 
 

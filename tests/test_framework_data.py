@@ -19,6 +19,8 @@ import torch
 from ehf_testing import tiny
 from lightning_ehf.build import make_datamodule, make_module
 from lightning_ehf.config.load import load_config, validate
+from lightning_ehf.data.datamodule import file_split_sizes
+from lightning_ehf.errors import ConfigError
 
 
 def _datamodule(*overrides: str):
@@ -97,6 +99,48 @@ def test_file_splits_are_disjoint_and_account_for_every_row(unique_rows_file):
     assert _rows(every) == _rows(torch.from_numpy(np.load(unique_rows_file)))
     seen = torch.cat(_train_batches(dm, 12))
     assert _rows(seen) <= _rows(dm.train_data)
+
+
+@pytest.mark.parametrize("n_rows, sizes", [(256, (26, 26, 204)), (500, (50, 50, 400)), (3, (1, 1, 1)), (12, (1, 1, 10))])
+def test_file_default_split_is_ten_percent_each_at_least_one_row(tmp_path, n_rows, sizes):
+    """``data.path`` alone: n_val = n_test = null, so max(1, round(10 % of the rows)) each, the rest trains."""
+    x = np.stack([np.arange(n_rows), np.ones(n_rows)], axis=1).astype(np.float32)  # distinct rows
+    np.save(tmp_path / "x.npy", x)
+    cfg = load_config([], [f"data.path={tmp_path / 'x.npy'}"])
+    validate(cfg)
+    dm = make_datamodule(cfg)
+    dm.setup("fit")
+    assert (dm.val_data.shape[0], dm.test_data.shape[0], dm.train_data.shape[0]) == sizes
+    _assert_disjoint(train=dm.train_data, val=dm.val_data, test=dm.test_data)
+    assert _rows(torch.cat([dm.train_data, dm.val_data, dm.test_data])) == _rows(torch.from_numpy(x))
+    assert dm.describe().endswith(f"{n_rows} rows: {sizes[2]} train, {sizes[0]} validate, {sizes[1]} test")
+
+
+def test_file_split_sizes():
+    assert file_split_sizes(256, None, None, 0.1, 0.1) == (26, 26)
+    assert file_split_sizes(256, 10, None, 0.1, 0.2) == (10, 51)  # a count where given, a fraction where null
+    assert file_split_sizes(256, None, 7, 0.25, 0.1) == (64, 7)
+    assert file_split_sizes(5, None, None, 0.01, 0.01) == (1, 1)  # at least one row each
+    with pytest.raises(ConfigError, match=r"^data.file_val_fraction \+ data.file_test_fraction: 1 validation \+ 1 test rows"):
+        file_split_sizes(2, None, None, 0.1, 0.1, "x2.npy")
+    with pytest.raises(ConfigError, match=r"^data.n_val \+ data.file_test_fraction: .* in x.npy \(20 rows\)"):
+        file_split_sizes(20, 18, None, 0.1, 0.1, "x.npy")
+    with pytest.raises(ConfigError, match=r"^data.n_val \+ data.n_test = 20 leaves no training rows"):
+        file_split_sizes(20, 10, 10, 0.1, 0.1, "x.npy")
+
+
+def test_eval_split_rebuilds_the_default_file_split(tmp_path):
+    """``ehf eval --split`` (Run.split_data, from the saved config) gets the rows the run validated and tested on."""
+    from lightning_ehf.checkpoints import Run
+    from lightning_ehf.config.load import to_container
+
+    np.save(tmp_path / "x.npy", np.random.default_rng(1).normal(size=(256, 3)).astype(np.float32))
+    cfg = load_config([], [f"data.path={tmp_path / 'x.npy'}", "seed=3"])
+    dm = make_datamodule(cfg)
+    dm.setup("fit")
+    run = Run(model=torch.nn.Identity(), config=to_container(cfg), dim=3, entropy=None, path=tmp_path)
+    assert torch.equal(run.split_data("val"), dm.val_data) and torch.equal(run.split_data("test"), dm.test_data)
+    assert dm.val_data.shape[0] == dm.test_data.shape[0] == 26
 
 
 def test_file_training_split_is_capped_by_n_train(unique_rows_file):

@@ -1,17 +1,21 @@
 """Training on a user data file whose symmetry comes from the config (docs/design.md §3, §4):
-4-D data invariant under independent rotations of the planes (0,1) and (2,3)."""
+4-D data invariant under independent rotations of the planes (0,1) and (2,3); and ``data.path`` given
+alone (README "Your own data"): file data, no symmetry, split 10 % / 10 % / the rest by default."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
+import torch
 
+from ehf_testing import TINY
 from lightning_ehf import cli
-from lightning_ehf.config.load import load_config
+from lightning_ehf.config.load import load_config, to_container
 
 GENERATORS = ("L01", "L23")
 
@@ -79,3 +83,67 @@ def test_eval_of_a_file_run_uses_the_files_test_split(file_run, tmp_path, capsys
 
     rc = cli.main(["sample", "--ckpt", str(file_run), "--n", "5", "--out", str(tmp_path / "s.npy")])
     assert rc == 0 and np.load(tmp_path / "s.npy").shape == (5, 4)
+
+
+# -- data.path alone: the file is the data, split 10 % / 10 % / the rest (schema.py FILE_DEFAULTS) -----------
+
+
+@pytest.fixture(scope="module")
+def path_only_run(tmp_path_factory, ehf_cli):
+    """``ehf train data.path=ring256.npy`` and nothing else about the data (256 rows, 2-D): no
+    data.target, data.regime, data.n_val / n_test or symmetry.* (the tiny overrides set no data key but
+    data.batch_size)."""
+    tmp = tmp_path_factory.mktemp("path-only")
+    np.save(tmp / "ring256.npy", _two_rings(256, seed=1)[:, :2])
+    overrides = [o for o in TINY if not o.startswith(("data.n_val=", "data.n_test="))]
+    assert not [o for o in overrides if o.startswith("data.") and not o.startswith("data.batch_size=")]
+    argv = [*overrides, "data.path=ring256.npy", f"run.dir={tmp / 'run'}"]
+    proc = ehf_cli(["train", *argv], cwd=tmp)
+    assert proc.returncode == 0, f"rc={proc.returncode}\n{proc.stderr[-4000:]}"
+    return tmp, argv, proc
+
+
+def test_data_path_alone_trains_on_the_file_with_the_default_split(path_only_run):
+    tmp, _, proc = path_only_run
+    run = tmp / "run"
+    assert "data: ring256.npy (d=2, finite, symmetry none); 256 rows: 204 train, 26 validate, 26 test" in proc.stdout
+    cfg = load_config([run / "config.yaml"])
+    assert cfg.data.target is None and cfg.data.path == str(tmp / "ring256.npy")
+    assert (cfg.data.regime, cfg.data.n_val, cfg.data.n_test, cfg.symmetry.group) == ("finite", None, None, "none")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert math.isfinite(metrics["test/nll"]) and "test/kl" not in metrics
+
+
+def test_eval_splits_of_a_path_only_run_are_the_26_validation_and_test_rows(path_only_run, capsys):
+    run = path_only_run[0] / "run"
+    for split in ("val", "test"):
+        assert cli.main(["eval", "--ckpt", str(run), "--split", split, "--iw", "2"]) == 0
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n"] == 26
+
+
+def test_saved_config_of_a_path_only_run_reloads_identically(path_only_run):
+    tmp, argv, _ = path_only_run
+    run = tmp / "run"
+    saved = to_container(load_config([run / "config.yaml"]))
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved == ckpt["hyper_parameters"]["config"]  # what --resume and ehf eval rebuild the run from
+    # the same as the original command (ehf train resolves data.path)
+    given = [a if not a.startswith("data.path=") else f"data.path={tmp / 'ring256.npy'}" for a in argv]
+    assert saved == to_container(load_config([], given))
+
+
+def test_path_only_run_resumes_with_its_original_command(path_only_run, ehf_cli):
+    tmp, argv, _ = path_only_run
+    copy = tmp / "resumed"
+    shutil.copytree(tmp / "run", copy)  # leaves the shared run as it was
+    proc = ehf_cli(["train", "--resume", str(copy), *argv[:-1], "trainer.max_steps=8"], cwd=tmp)
+    assert proc.returncode == 0, f"rc={proc.returncode}\n{proc.stderr[-4000:]}"
+    assert json.loads((copy / "metrics.json").read_text())["steps"] == 8
+
+
+def test_explicit_target_with_a_path_exits_2_naming_data_path(tmp_path, ehf_cli):
+    np.save(tmp_path / "x.npy", _two_rings(50)[:, :2])
+    proc = ehf_cli(["train", *TINY, "data.target=ring2d", "data.path=x.npy", "run.dir=run"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("ehf train: error: data.path: both data.target=ring2d and data.path are set")
+    assert not (tmp_path / "run").exists()

@@ -59,6 +59,16 @@ CONFIG_CASES = [
          what="`model.step_size=-0.1`"),
     Case("n-val-exceeds-file", "train", [*FILE_DATA, "data.path=x50.npy", "data.n_val=60", "data.n_test=10"],
          ["data.n_val", "x50.npy", "50 rows"], what="`data.n_val=60` on a data file of 50 rows"),
+    Case("target-and-path", "train", ["data.target=ring2d", "data.path=x50.npy"],
+         ["data.path", "both data.target=ring2d and data.path are set", "data.target=null"],
+         what="`data.target=ring2d data.path=x50.npy` (a target set explicitly, in an override or a `-c` file, together with a data file)"),
+    Case("file-too-small-for-split", "train", ["data.path=x2.npy", "data.n_val=null", "data.n_test=null"],
+         ["data.file_val_fraction + data.file_test_fraction", "x2.npy", "2 rows"],
+         what="`data.path=x2.npy` (2 rows) with the default split of a file (`n_val`, `n_test` null: 10 % each, at least one row)"),
+    Case("file-infinite-regime", "train", ["data.path=x50.npy", "data.regime=infinite"],
+         ["data.regime", "fixed sample"], what="`data.regime=infinite` with `data.path=x50.npy`"),
+    Case("null-n-val-on-target", "train", ["data.n_val=null"], ["data.n_val", "needs data.path"],
+         what="`data.n_val=null` on a target (ring2d)"),
     Case("unknown-target", "train", ["data.target=ring9"], ["data.target", "'ring9'", "did you mean 'ring2d'"],
          what="`data.target=ring9`"),
     Case("unknown-group", "train", ["symmetry.group=so7"], ["symmetry.group", "'so7'"],
@@ -218,6 +228,7 @@ def inputs(tmp_path_factory, trained_2d) -> Path:
     d = tmp_path_factory.mktemp("inputs")
     rng = np.random.default_rng(0)
     np.save(d / "x50.npy", rng.normal(size=(50, 2)))
+    np.save(d / "x2.npy", rng.normal(size=(2, 2)))
     np.save(d / "x3.npy", rng.normal(size=(200, 3)))
     np.save(d / "x1d.npy", rng.normal(size=20))
     (d / "garbage.npy").write_bytes(rng.bytes(400))

@@ -11,7 +11,7 @@ import torch
 from lightning_ehf.core.targets import TARGETS, Particles2D, make_target
 
 F64 = torch.float64
-NAMES = ["ring2d", "rings2d", "shell3d", "particles2d", "gmm8"]
+NAMES = ["ring2d", "rings2d", "shell3d", "particles2d", "gmm8", "two_rings4d"]
 PLANAR = ["ring2d", "rings2d", "gmm8"]
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -69,6 +69,7 @@ def test_registry_and_specs() -> None:
         "shell3d": (3, {"group": "so3", "coords": [0, 1, 2]}),
         "particles2d": (6, {"group": "particles", "particle_dim": 2}),
         "gmm8": (2, {"group": "none"}),
+        "two_rings4d": (4, {"group": "rotations", "planes": [[0, 1], [2, 3]]}),
     }
     for name, (dim, spec) in expected.items():
         t = make_target(name)
@@ -94,6 +95,25 @@ def test_normalised_shell3d_radial() -> None:
         e = torch.tensor(e, dtype=F64)
         z = float((4 * math.pi * r**2 * t.log_prob(r[:, None] * e).exp()).sum() * h)
         assert abs(z - 1) <= 1e-3, z
+
+
+def _two_rings_radial_grid(n: int = 1500, top: float = 5.0) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Midpoint grid of (r₁, r₂) on (0, top]², the points (r₁ e, r₂ e') for fixed unit vectors e, e' of the
+    planes (0,1) and (2,3), and the cell area."""
+    h = top / n
+    r = h * (torch.arange(n, dtype=F64) + 0.5)
+    r1, r2 = torch.meshgrid(r, r, indexing="ij")
+    e, e2 = torch.tensor([0.6, -0.8], dtype=F64), torch.tensor([-0.28, 0.96], dtype=F64)
+    x = torch.cat([r1[..., None] * e, r2[..., None] * e2], dim=-1)
+    return torch.stack([r1, r2], dim=-1), x, h * h
+
+
+def test_normalised_two_rings4d_radial() -> None:
+    """∫ p = ∫∫ p(r₁e, r₂e′) (2π r₁)(2π r₂) dr₁ dr₂ (the density is isotropic in each plane: tested below)."""
+    t = make_target("two_rings4d")
+    r, x, area = _two_rings_radial_grid()
+    z = float((t.log_prob(x).exp() * (2 * math.pi) ** 2 * r[..., 0] * r[..., 1]).sum() * area)
+    assert abs(z - 1) <= 1e-3, z
 
 
 def test_normalised_particles2d_importance_sampling() -> None:
@@ -134,6 +154,21 @@ def test_invariant_under_declared_symmetry(name: str) -> None:
             xr = rotate_particles(x, R)
         assert (xr - x).abs().max() > 0.1  # really moved
         assert (t.log_prob(xr) - lp).abs().max() <= 1e-6
+
+
+def test_two_rings4d_invariant_under_independent_plane_rotations_only() -> None:
+    t, x, g = make_target("two_rings4d"), _probe_points("two_rings4d"), gen(3)
+    lp = t.log_prob(x)
+    assert torch.isfinite(lp).all()
+    for _ in range(5):
+        a, b = (float(2 * math.pi * torch.rand((), generator=g, dtype=F64)) for _ in range(2))
+        xr = torch.cat([x[:, :2] @ rot2(a).T, x[:, 2:] @ rot2(b).T], dim=-1)
+        assert (xr - x).abs().max() > 0.1
+        assert (t.log_prob(xr) - lp).abs().max() <= 1e-6
+    # a rotation mixing the planes (coordinates 0 and 2) is not a symmetry: the two rings differ
+    xm = x.clone()
+    xm[:, [0, 2]] = x[:, [0, 2]] @ rot2(0.7).T
+    assert (t.log_prob(xm) - lp).abs().max() > 0.1
 
 
 def test_particles2d_not_invariant_under_single_particle_rotation() -> None:
@@ -208,6 +243,26 @@ def test_sampler_matches_density_shell3d_histogram() -> None:
     feats = np.stack([rr, xs[:, 2] / rr, np.arctan2(xs[:, 1], xs[:, 0])], axis=1)
     counts, _ = np.histogramdd(feats, bins=[edges, np.linspace(-1, 1, 7), np.linspace(-np.pi, np.pi, 7)])
     chi2, bound = _chi2_ok(counts.ravel(), probs.ravel(), n)
+    assert chi2 <= bound, (chi2, bound)
+
+
+def test_sampler_matches_density_two_rings4d_histogram() -> None:
+    """Joint histogram of the two radii (r₁, r₂) vs quadrature of log_prob, and of the two angles vs uniform
+    (independent of the radii: the joint (r₁, φ₁, φ₂) histogram is tested too)."""
+    t, n = make_target("two_rings4d"), 200_000
+    r, x, area = _two_rings_radial_grid(1500, 5.0)
+    dens = t.log_prob(x).exp() * (2 * math.pi) ** 2 * r[..., 0] * r[..., 1] * area
+    probs = dens.reshape(30, 50, 30, 50).sum(dim=(1, 3)).numpy()  # 30×30 bins of width 1/6 on (0, 5]²
+    xs = t.sample(n, gen(5), dtype=F64).numpy()
+    r1, r2 = np.linalg.norm(xs[:, :2], axis=1), np.linalg.norm(xs[:, 2:], axis=1)
+    counts, _, _ = np.histogram2d(r1, r2, bins=30, range=[[0, 5], [0, 5]])
+    chi2, bound = _chi2_ok(counts.ravel(), probs.ravel(), n)
+    assert chi2 <= bound, (chi2, bound)
+    p1 = probs.sum(1)
+    phi1, phi2 = np.arctan2(xs[:, 1], xs[:, 0]), np.arctan2(xs[:, 3], xs[:, 2])
+    counts3, _ = np.histogramdd(np.stack([r1, phi1, phi2], 1),
+                                bins=[np.linspace(0, 5, 31), np.linspace(-np.pi, np.pi, 7), np.linspace(-np.pi, np.pi, 7)])
+    chi2, bound = _chi2_ok(counts3.ravel(), np.einsum("i,j,k->ijk", p1, np.full(6, 1 / 6), np.full(6, 1 / 6)).ravel(), n)
     assert chi2 <= bound, (chi2, bound)
 
 

@@ -23,7 +23,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lightning_ehf.config.schema import Config
+from lightning_ehf.config.schema import FILE_DEFAULTS, Config
 from lightning_ehf.errors import ConfigError
 
 __all__ = [
@@ -40,7 +40,7 @@ __all__ = [
 
 #: Allowed values of the enum-like string keys (``None`` allowed only where listed in ``_NULLABLE``).
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.target": ("ring2d", "rings2d", "shell3d", "particles2d", "gmm8"),
+    "data.target": ("ring2d", "rings2d", "shell3d", "particles2d", "gmm8", "two_rings4d"),
     "data.regime": ("finite", "infinite"),
     "symmetry.group": ("auto", "none", "so2", "so3", "rotations", "matrices"),
     "model.kind": ("ehf", "nsf"),
@@ -314,15 +314,18 @@ def load_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = ())
     cfg = OmegaConf.structured(Config)
     OmegaConf.set_struct(cfg, True)
     experiment_set = False
+    explicit: set[str] = set()
 
     for file in files:
         for path, raw in _file_chain(Path(file).expanduser()):
             experiment_set |= "experiment" in raw
+            explicit |= _leaf_keys(raw)
             cfg = _merge(cfg, raw, f" (in {path})")
 
     for item in overrides:
         raw = _parse_override(item)
         experiment_set |= "experiment" in raw
+        explicit |= _leaf_keys(raw)
         cfg = _merge(cfg, raw, f" (in override '{item}')")
 
     if not experiment_set and files:
@@ -332,8 +335,23 @@ def load_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = ())
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as err:
         raise _omegaconf_error(err, "") from None
+    if cfg.data.path is not None:  # a data file implies FILE_DEFAULTS for the keys nobody set (schema.py)
+        for key, value in FILE_DEFAULTS.items():
+            if key not in explicit:
+                OmegaConf.update(cfg, key, value, merge=False)
     OmegaConf.set_struct(cfg, True)
     return cfg
+
+
+def _leaf_keys(raw: Mapping[str, Any], prefix: str = "") -> set[str]:
+    """The dotted keys a parsed YAML mapping or override sets (nested mappings walked, lists are values)."""
+    out: set[str] = set()
+    for key, value in raw.items():
+        if isinstance(value, Mapping):
+            out |= _leaf_keys(value, _join(prefix, key))
+        else:
+            out.add(_join(prefix, key))
+    return out
 
 
 def explicit_keys(files: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> dict[str, str]:
@@ -398,7 +416,7 @@ def _check_choice(cfg: Any, key: str) -> None:
 
 
 _POSITIVE = (
-    "data.n_train", "data.n_val", "data.n_test", "data.batch_size",
+    "data.n_train", "data.batch_size",
     "model.blocks", "model.leapfrog_steps", "model.step_size", "model.hidden", "model.depth",
     "model.sigma_q", "model.sigma_p", "model.nsf_transforms", "model.nsf_bins",
     "constraint.lr", "optim.lr", "optim.elbo_samples",
@@ -515,6 +533,22 @@ def validate(cfg: DictConfig) -> None:
         value = _get(cfg, key)
         if not _is_number(value) or value < 0:
             raise _fail(key, f"must be >= 0, got {value!r}")
+    for key in ("eval.val_iw_samples", "trainer.patience"):
+        value = _get(cfg, key)
+        if value is not None and (not _is_number(value) or value <= 0):
+            raise _fail(key, f"must be > 0 or null (off), got {value!r}")
+    if not _is_number(_get(cfg, "trainer.min_delta")) or _get(cfg, "trainer.min_delta") < 0:
+        raise _fail("trainer.min_delta", f"must be >= 0 (nats), got {_get(cfg, 'trainer.min_delta')!r}")
+    fraction = _get(cfg, "data.val_fraction")
+    if fraction is not None:
+        if not _is_number(fraction) or not 0 < fraction < 1:
+            raise _fail("data.val_fraction", f"must be in (0, 1) or null, got {fraction!r}")
+        if _get(cfg, "data.regime") != "finite" or _get(cfg, "data.target") is None:
+            raise _fail("data.val_fraction", "applies to a finite training set of a target (data.regime=finite); "
+                                             "an infinite stream or a file has its own validation rows (data.n_val)")
+        if round(fraction * _get(cfg, "data.n_train")) < 1 or round(fraction * _get(cfg, "data.n_train")) >= _get(cfg, "data.n_train"):
+            raise _fail("data.val_fraction", f"{fraction} of data.n_train={_get(cfg, 'data.n_train')} leaves no validation "
+                                             "or no training rows")
     minutes = _get(cfg, "checkpoint.every_n_minutes")
     if minutes is not None and (not _is_number(minutes) or minutes <= 0):
         raise _fail("checkpoint.every_n_minutes", f"must be > 0 (minutes) or null (off), got {minutes!r}")
@@ -528,10 +562,27 @@ def validate(cfg: DictConfig) -> None:
     if target is not None and path:
         raise _fail(
             "data.path",
-            f"both data.target={target} and data.path are set; add data.target=null to use the file",
+            f"both data.target={target} and data.path are set; remove data.target (or set data.target=null) to use the file",
         )
     if path is not None and not str(path).strip():
         raise _fail("data.path", "is empty")
+    if path is not None and _get(cfg, "data.regime") != "finite":
+        raise _fail("data.regime", "file data (data.path) is a fixed sample: data.regime must be finite (what "
+                                   "data.path implies when data.regime is not set)")
+    for key in ("data.n_val", "data.n_test"):
+        value = _get(cfg, key)
+        if value is None and path is None:
+            raise _fail(key, f"null (a fraction of a data file's rows, data.file_{key[7:]}_fraction) needs data.path; "
+                             f"a target needs a number of samples")
+        if value is not None and (not _is_number(value) or value <= 0):
+            raise _fail(key, f"must be > 0, got {value!r}")
+    for key in ("data.file_val_fraction", "data.file_test_fraction"):
+        value = _get(cfg, key)
+        if not _is_number(value) or not 0 < value < 1:
+            raise _fail(key, f"must be in (0, 1), got {value!r}")
+    if _get(cfg, "data.file_val_fraction") + _get(cfg, "data.file_test_fraction") >= 1:
+        raise _fail("data.file_test_fraction", "data.file_val_fraction + data.file_test_fraction must be < 1 "
+                                               "(the rest of a data file's rows train)")
     # validation/test sets of a target are drawn apart from the training set; for file data the
     # split sizes are checked against the file's rows when it is read (data module)
 

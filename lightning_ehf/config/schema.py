@@ -12,12 +12,15 @@ from typing import Any, Optional
 
 @dataclass
 class DataCfg:
-    target: Optional[str] = "ring2d"  # contract: ring2d|rings2d|shell3d|particles2d|gmm8 or null
-    path: Optional[str] = None  # contract: user data file (.npy/.npz/.csv); needs target=null
-    regime: str = "infinite"  # contract: finite|infinite
-    n_train: int = 20000  # contract: training set size (finite regime)
-    n_val: int = 1000  # contract
-    n_test: int = 5000  # contract
+    target: Optional[str] = "ring2d"  # contract: ring2d|rings2d|shell3d|particles2d|gmm8|two_rings4d or null
+    path: Optional[str] = None  # contract: user data file (.npy/.npz/.csv); implies FILE_DEFAULTS (below)
+    regime: str = "infinite"  # contract: finite|infinite (file data: finite)
+    n_train: int = 20000  # contract: training set size (finite regime; file data: at most this many rows train)
+    n_val: Optional[int] = 1000  # contract: validation samples / rows of the file; null (files only): file_val_fraction of the rows
+    val_fraction: Optional[float] = None  # contract: finite targets: validation rows come out of n_train (e.g. 0.2); null: n_val fresh samples
+    n_test: Optional[int] = 5000  # contract: test samples / rows of the file; null (files only): file_test_fraction of the rows
+    file_val_fraction: float = 0.1  # contract: file data with n_val=null: this fraction of its rows validates (at least 1)
+    file_test_fraction: float = 0.1  # contract: file data with n_test=null: this fraction of its rows tests (at least 1)
     batch_size: int = 512  # contract
     augment: bool = False  # contract: random group element applied to every training batch
     num_workers: int = 0
@@ -84,6 +87,8 @@ class TrainerCfg:
     num_nodes: int = 1  # contract
     precision: str = "32-true"  # contract: 32-true|64-true|bf16-mixed…
     val_check_interval: int = 500  # validate every this many training steps
+    patience: Optional[int] = None  # contract: stop after this many validations without improvement of the validation NLL (null: off)
+    min_delta: float = 0.0  # contract: an improvement must lower the validation NLL by more than this (nats)
     log_every_n_steps: int = 25
     deterministic: bool = True
     ddp_timeout_s: int = 300
@@ -104,7 +109,8 @@ class LoggerCfg:
 
 @dataclass
 class EvalCfg:
-    iw_samples: int = 256  # contract: K of the IWAE estimate for val/test NLL
+    iw_samples: int = 256  # contract: K of the IWAE estimate for the test NLL (and validation, unless val_iw_samples)
+    val_iw_samples: Optional[int] = None  # contract: K of the validation NLL (null: iw_samples); small K makes frequent validation cheap
     iw_chunk: int = 64  # momentum samples evaluated at once (memory bound)
     n_group_samples: int = 4  # group elements for the invariance error
     n_eval: int = 512  # data points used for the invariance / equivariance errors
@@ -153,3 +159,19 @@ class Config:
     progress: ProgressCfg = field(default_factory=ProgressCfg)
     checkpoint: CheckpointCfg = field(default_factory=CheckpointCfg)
     run: RunCfg = field(default_factory=RunCfg)
+
+
+#: What ``data.path`` implies for every key of this table that no config file (``-c``, with its
+#: ``defaults:``) and no override sets: the file is the data (no analytic target), a fixed sample
+#: (finite regime) without a declared symmetry (set ``symmetry.group`` to constrain one), split into
+#: ``data.file_val_fraction`` / ``data.file_test_fraction`` of its rows for validation and test. A key
+#: set explicitly keeps its value (``data.n_val=100``: 100 rows; ``data.target=ring2d``: refused, exit 2).
+#: :func:`~lightning_ehf.config.load.load_config` applies it, so ``ehf print-config`` and a run's
+#: ``config.yaml`` show the values used, and the saved config reloads to the same config.
+FILE_DEFAULTS: dict[str, Any] = {
+    "data.target": None,
+    "data.regime": "finite",
+    "data.n_val": None,
+    "data.n_test": None,
+    "symmetry.group": "none",
+}

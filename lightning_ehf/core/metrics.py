@@ -5,9 +5,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .symmetries import Symmetry
+from typing import Callable
 
-__all__ = ["invariance_error", "equivariance_error", "bracket_rms"]
+from .symmetries import GroupElement, Symmetry
+
+__all__ = ["invariance_error", "equivariance_error", "relative_equivariance_errors", "bracket_rms"]
+
+PhaseMap = Callable[[Tensor, Tensor], "tuple[Tensor, Tensor]"]
 
 
 @torch.no_grad()
@@ -34,12 +38,19 @@ def equivariance_error(model: nn.Module, n: int, symmetry: Symmetry, generator: 
     q0, p0 = model.base.sample(n, generator, dtype=ref.dtype, device="cpu")
     q0, p0 = q0.to(ref.device), p0.to(ref.device)
     g = symmetry.sample(n, generator, dtype=ref.dtype, device=ref.device)
-    q1, p1 = model.flow(q0, p0)
-    q2, p2 = model.flow(*g.act(q0, p0))
+    return float(relative_equivariance_errors(model.flow, q0, p0, g).mean())
+
+
+@torch.no_grad()
+def relative_equivariance_errors(flow: PhaseMap, q: Tensor, p: Tensor, g: GroupElement) -> Tensor:
+    """``‖F(g·s) − g·F(s)‖ / ‖g·F(s)‖`` for each state ``s = (q, p)`` (one group element per row) and a
+    phase-space map ``F`` (a flow's ``forward`` or ``inverse``): (n,)."""
+    q1, p1 = flow(q, p)
+    q2, p2 = flow(*g.act(q, p))
     gq1, gp1 = g.act(q1, p1)
     diff = torch.cat([q2 - gq1, p2 - gp1], -1).norm(dim=-1)
     scale = torch.cat([gq1, gp1], -1).norm(dim=-1).clamp_min(1e-12)
-    return float((diff / scale).mean())
+    return diff / scale
 
 
 @torch.no_grad()

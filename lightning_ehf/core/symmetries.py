@@ -35,6 +35,7 @@ __all__ = [
     "translation",
     "from_matrices",
     "product",
+    "one_parameter_subgroup",
 ]
 
 
@@ -384,3 +385,31 @@ def product(*parts: Symmetry) -> Symmetry:
         names, sampler=_product_sampler(parts), invariants=_BlockInvariants(d, blocks) if disjoint else None,
         rotation_blocks=blocks if disjoint else [],
     )
+
+
+def one_parameter_subgroup(symmetry: Symmetry, k: int) -> Symmetry:
+    """The subgroup ``{exp(t X_k)}`` of one generator ``X_k = (A_k, b_k)`` of ``symmetry``, as a symmetry of
+    its own (one generator, the same name). Elements: ``t ~ U(0, 2π)`` for a rotation generator whose
+    ``exp(2π A)`` is the identity (Haar on that circle, e.g. every plane rotation), else ``t ~ N(0, 1)``."""
+    if not 0 <= k < symmetry.num_generators:
+        raise ValueError(f"generator index {k} out of range for {symmetry.num_generators} generators")
+    a = symmetry.matrices[k].to(torch.float64)
+    b = symmetry.offsets[k].to(torch.float64)
+    d = symmetry.dim
+    periodic = bool((b.abs() < 1e-12).all() and ((a + a.T).abs() < 1e-12).all()
+                    and torch.allclose(torch.linalg.matrix_exp(2 * torch.pi * a), torch.eye(d, dtype=torch.float64),
+                                       atol=1e-9))
+    aug = torch.zeros(d + 1, d + 1, dtype=torch.float64)
+    aug[:d, :d], aug[:d, d] = a, b
+
+    def sample(n, generator, dtype, device):
+        if periodic:
+            t = draw(torch.rand, n, generator=generator, device=device, dtype=torch.float64) * (2 * torch.pi)
+        else:
+            t = draw(torch.randn, n, generator=generator, device=device, dtype=torch.float64)
+        e = torch.linalg.matrix_exp(t[:, None, None] * aug.to(device))
+        return GroupElement(e[:, :d, :d].to(dtype), e[:, :d, d].to(dtype))
+
+    name = symmetry.generator_names[k]
+    return Symmetry(f"{symmetry.name}/{name}", d, symmetry.matrices[k : k + 1].clone(),
+                    symmetry.offsets[k : k + 1].clone(), [name], sampler=sample)

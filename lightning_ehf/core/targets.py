@@ -10,6 +10,8 @@ Targets (``make_target(name)``):
 * ``shell3d``     radius ~ N(2, 0.25²) truncated at r > 0, uniform direction in R³; so3.
 * ``particles2d`` 3 particles in 2D: randomly rotated equilateral triangle + N(0, 0.2² I₆); particles.
 * ``gmm8``        8 Gaussians (σ = 0.3) on a circle of radius 2; only discrete C₈ symmetry: none.
+* ``two_rings4d`` q ∈ R⁴: (q₀, q₁) a ring of radius ~ N(2, 0.25²), independently (q₂, q₃) a ring of radius
+                  ~ N(1, 0.2²) (both truncated at r > 0), uniform angles; rotations of the planes (0,1), (2,3).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from torch import Tensor
 
 from .random import draw
 
-__all__ = ["Target", "RadialMixture", "Particles2D", "GMM8", "TARGETS", "make_target"]
+__all__ = ["Target", "RadialMixture", "PlaneProduct", "Particles2D", "GMM8", "TARGETS", "make_target"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -110,6 +112,32 @@ class RadialMixture(Target):
         return torch.logsumexp(comps, dim=0) - self._log_sphere - (self.dim - 1) * torch.log(r)
 
 
+class PlaneProduct(Target):
+    """Independent 2-D radial densities on consecutive coordinate planes: q = (x₁, …, x_m), x_i ∈ R².
+
+    p(q) = Π_i p_i(x_i), each p_i a 2-D :class:`RadialMixture`; invariant under an independent rotation
+    of every plane (2i, 2i+1), declared as ``{"group": "rotations", "planes": [[0, 1], [2, 3], …]}``.
+    Sampling draws the planes one after the other from the same generator.
+    """
+
+    def __init__(self, name: str, parts: Sequence[RadialMixture]) -> None:
+        if not parts or any(p.dim != 2 for p in parts):
+            raise ValueError("PlaneProduct needs one or more 2-D radial densities")
+        self.name, self.parts, self.dim = name, list(parts), 2 * len(parts)
+        self.planes = [[2 * i, 2 * i + 1] for i in range(len(self.parts))]
+        self.symmetry_spec = {"group": "rotations", "planes": [list(pl) for pl in self.planes]}
+
+    def sample(self, n: int, generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32,
+               device: Any = None) -> Tensor:
+        return torch.cat([p.sample(n, generator, dtype, device) for p in self.parts], dim=-1)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        out = self.parts[0].log_prob(x[..., 0:2])
+        for i, part in enumerate(self.parts[1:], start=1):
+            out = out + part.log_prob(x[..., 2 * i : 2 * i + 2])
+        return out
+
+
 class Particles2D(Target):
     """``n_particles`` particles in 2D: a randomly rotated template plus isotropic Gaussian noise.
 
@@ -194,6 +222,8 @@ TARGETS: dict[str, Callable[[], Target]] = {
     "shell3d": lambda: RadialMixture("shell3d", 3, radii=[2.0], std=0.25),
     "particles2d": lambda: Particles2D("particles2d", n_particles=3, radius=1.5, sigma=0.2),
     "gmm8": lambda: GMM8("gmm8"),
+    "two_rings4d": lambda: PlaneProduct("two_rings4d", [RadialMixture("ring_a", 2, radii=[2.0], std=0.25),
+                                                        RadialMixture("ring_b", 2, radii=[1.0], std=0.2)]),
 }
 
 

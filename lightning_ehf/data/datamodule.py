@@ -18,20 +18,42 @@ from ..errors import ConfigError
 from .datasets import ArrayDataset, ArrayStream, TargetStream, stream_seed
 from .files import load_array
 
-__all__ = ["EHFDataModule"]
+__all__ = ["EHFDataModule", "file_split_sizes"]
 
 # Seed-stream keys of the fixed splits and of augmentation (the training stream is TRAIN_STREAM = 0).
 _SPLIT_STREAM = {"train": 1, "val": 2, "test": 3, "shuffle": 4, "augment": 5}
+
+
+def file_split_sizes(n_rows: int, n_val: Optional[int], n_test: Optional[int], val_fraction: Optional[float] = None,
+                     test_fraction: Optional[float] = None, path: object = "the data file") -> tuple[int, int]:
+    """Validation and test rows of a data file of ``n_rows`` rows: ``n_val`` / ``n_test`` rows as given,
+    or, where null (the default for files), ``max(1, round(fraction · n_rows))``: 26 + 26 of 256 rows at
+    10 % each. Raises ConfigError naming the keys when no training row would be left."""
+    v = n_val if n_val is not None else max(1, round(float(val_fraction) * n_rows))  # type: ignore[arg-type]
+    t = n_test if n_test is not None else max(1, round(float(test_fraction) * n_rows))  # type: ignore[arg-type]
+    if v + t >= n_rows:
+        if n_val is not None and n_test is not None:
+            raise ConfigError(f"data.n_val + data.n_test = {v + t} leaves no training rows in {path} ({n_rows} rows); lower them")
+        keys = (f"{'data.n_val' if n_val is not None else 'data.file_val_fraction'} + "
+                f"{'data.n_test' if n_test is not None else 'data.file_test_fraction'}")
+        raise ConfigError(f"{keys}: {v} validation + {t} test rows (at least 1 each) leave no training rows in {path} "
+                          f"({n_rows} rows); lower them or use a larger file")
+    return v, t
 
 
 class EHFDataModule(L.LightningDataModule):
     """Data for one run. Declares ``dim``, ``symmetry`` and (for analytic data) ``target``.
 
     * Target, ``regime='finite'``: ``n_train`` samples drawn once from the seed; fixed val/test sets.
+      With ``val_fraction`` the validation rows are the first ``round(val_fraction · n_train)`` of those
+      samples and training uses the rest, so the run sees ``n_train`` samples in all (an honest data
+      budget); otherwise validation is ``n_val`` fresh samples.
     * Target, ``regime='infinite'``: a fresh batch every step (:class:`TargetStream`), distinct per
       rank and worker and reproducible from the seed; fixed val/test sets.
     * File (``path``): rows shuffled with the seed, then ``n_val`` for validation, ``n_test`` for test,
-      and (at most ``n_train`` of) the rest for training.
+      and (at most ``n_train`` of) the rest for training. ``n_val`` / ``n_test`` null (the default for
+      files): ``file_val_fraction`` / ``file_test_fraction`` of the rows, at least one each
+      (:func:`file_split_sizes`; ``self.n_val`` and ``self.n_test`` hold the row counts).
 
     With ``augment`` every training batch is acted on by random group elements (one per row),
     after it reaches the device; the elements of step ``i`` on rank ``r`` are drawn from ``(seed, r, i)``.
@@ -42,16 +64,24 @@ class EHFDataModule(L.LightningDataModule):
     """
 
     def __init__(self, symmetry: Symmetry, target: Optional[Target] = None, path: Optional[str] = None,
-                 rows: Optional[np.ndarray] = None, regime: str = "infinite", n_train: int = 20000, n_val: int = 2000, n_test: int = 5000,
-                 batch_size: int = 512, augment: bool = False, num_workers: int = 0, seed: int = 0) -> None:
+                 rows: Optional[np.ndarray] = None, regime: str = "infinite", n_train: int = 20000,
+                 n_val: Optional[int] = 2000, n_test: Optional[int] = 5000,
+                 batch_size: int = 512, augment: bool = False, num_workers: int = 0, seed: int = 0,
+                 val_fraction: Optional[float] = None, file_val_fraction: Optional[float] = None,
+                 file_test_fraction: Optional[float] = None) -> None:
         super().__init__()
         if (target is None) == (path is None):
             raise ConfigError("data: set exactly one of data.target and data.path")
+        if target is not None and (n_val is None or n_test is None):
+            raise ConfigError("data.n_val, data.n_test: a target needs numbers of samples (null is for data files)")
         if path is not None and regime != "finite":
             raise ConfigError("data.regime: file data (data.path) is a fixed sample; set data.regime=finite")
         self.symmetry, self.target, self.path = symmetry, target, path
         self.regime, self.n_train, self.n_val, self.n_test = regime, n_train, n_val, n_test
         self.batch_size, self.augment, self.num_workers, self.seed = batch_size, augment, num_workers, seed
+        if val_fraction is not None and (target is None or regime != "finite"):
+            raise ConfigError("data.val_fraction: applies to the finite training set of a target (data.regime=finite)")
+        self.val_fraction = val_fraction
         self.train_data: Optional[Tensor] = None
         self.val_data: Optional[Tensor] = None
         self.test_data: Optional[Tensor] = None
@@ -60,11 +90,8 @@ class EHFDataModule(L.LightningDataModule):
             if rows is None:  # ``rows``: the file's contents when the caller has read it already
                 rows = load_array(path, expected_dim=symmetry.dim)
             self._file_rows = torch.from_numpy(rows).float()
-            n = self._file_rows.shape[0]
-            if n_val + n_test >= n:
-                raise ConfigError(
-                    f"data.n_val + data.n_test = {n_val + n_test} leaves no training rows in {path} ({n} rows); lower them"
-                )
+            self.n_val, self.n_test = file_split_sizes(self._file_rows.shape[0], n_val, n_test, file_val_fraction,
+                                                       file_test_fraction, path)
 
     @property
     def dim(self) -> int:
@@ -85,6 +112,11 @@ class EHFDataModule(L.LightningDataModule):
             self.val_data = rows[: self.n_val]
             self.test_data = rows[self.n_val : self.n_val + self.n_test]
             self.train_data = rows[self.n_val + self.n_test :][: self.n_train]
+        elif self.val_fraction is not None:
+            rows = self._draw("train", self.n_train)
+            n_val = round(self.val_fraction * self.n_train)
+            self.val_data, self.train_data = rows[:n_val], rows[n_val:]
+            self.test_data = self._draw("test", self.n_test)
         else:
             self.val_data = self._draw("val", self.n_val)
             self.test_data = self._draw("test", self.n_test)
@@ -149,4 +181,12 @@ class EHFDataModule(L.LightningDataModule):
 
     def describe(self) -> str:
         source = self.target.name if self.target is not None else Path(str(self.path)).name
-        return f"{source} (d={self.dim}, {self.regime}, symmetry {self.symmetry.name})"
+        text = f"{source} (d={self.dim}, {self.regime}, symmetry {self.symmetry.name})"
+        if self._file_rows is not None:
+            n_train = min(self.n_train, self._file_rows.shape[0] - self.n_val - self.n_test)
+            text += (f"; {self._file_rows.shape[0]} rows: {n_train} train, {self.n_val} validate, "
+                     f"{self.n_test} test")
+        if self.val_fraction is not None:
+            n_val = round(self.val_fraction * self.n_train)
+            text += f"; of n_train={self.n_train} samples, {self.n_train - n_val} train and {n_val} validate"
+        return text

@@ -11,6 +11,8 @@ from lightning.fabric.utilities.rank_zero import rank_zero_warn
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from typing_extensions import override
 
+from ..system import pid_alive
+
 __all__ = ["SafeCheckpointIO", "nonfinite_entries"]
 
 
@@ -20,21 +22,11 @@ def nonfinite_entries(state_dict: dict[str, Any]) -> list[str]:
             if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_stale_temporaries(path: Path) -> None:
     """Delete ``.NAME.tmp-<pid>`` files left by writers that were killed mid-save."""
     for tmp in path.parent.glob(f".{path.name}.tmp-*"):
         pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             tmp.unlink(missing_ok=True)
 
 

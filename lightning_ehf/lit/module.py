@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, Optional
 
 import lightning as L
@@ -73,16 +74,24 @@ class EHFModule(L.LightningModule):
                                                lr=c["lr"], init=c["init"], ema=c["ema"])
         self.entropy = entropy
         self.iw_samples = int(config["eval"]["iw_samples"])
-        self.nll_key = f"nll_iw{self.iw_samples}"
-        per_row = ["elbo", "loss", *(f"bracket_rms/{g}" for g in names), self.nll_key]
+        self.nll_key = f"nll_iw{self.iw_samples}"  # the test NLL's name
+        val_k = config["eval"].get("val_iw_samples")
+        self.stage_iw = {"val": int(val_k) if val_k else self.iw_samples, "test": self.iw_samples}
+        per_row = ["elbo", "loss", *(f"bracket_rms/{g}" for g in names)]
         per_row += ["kl"] if entropy is not None else []
         # metric states are not persistent: checkpoints (and their strict loading) are unchanged
-        self.eval_means = nn.ModuleDict({f"{stage}/{name}": RowMean() for stage in ("val", "test") for name in per_row})
+        self.eval_means = nn.ModuleDict({f"{stage}/{name}": RowMean() for stage in ("val", "test")
+                                         for name in [*per_row, f"nll_iw{self.stage_iw[stage]}"]})
         self._last_constraint: Optional[Tensor] = None
         self._last_batch: Optional[Tensor] = None
         self._last_loss_finite = True
         self._resume_rng: Optional[dict[str, Any]] = None
         self.nonfinite_skips = 0
+        # training seconds (wall time of fit, validations excluded) before this process: restored on resume
+        self._elapsed_before = 0.0
+        self._fit_t0: Optional[float] = None
+        self._val_seconds = 0.0  # time spent validating in this process
+        self._val_t0: Optional[float] = None
 
     # -- the shared step -----------------------------------------------------------------------
 
@@ -108,12 +117,12 @@ class EHFModule(L.LightningModule):
             for t, block in enumerate(blocks):
                 self.log(f"train/step_size/{t}", block.step_size.detach(), on_step=True, batch_size=bs)
         else:
-            chunk = int(self.config["eval"]["iw_chunk"])
-            means[self.nll_key] = nll = -self.model.iwae(q, self.iw_samples, chunk).mean()
+            chunk, k = int(self.config["eval"]["iw_chunk"]), self.stage_iw[stage]
+            means[f"nll_iw{k}"] = nll = -self.model.iwae(q, k, chunk).mean()
             if self.entropy is not None:
                 means["kl"] = nll - self.entropy
             for name, value in means.items():
-                self._log_mean(f"{stage}/{name}", value, bs, prog_bar=name in (self.nll_key, "kl"))
+                self._log_mean(f"{stage}/{name}", value, bs, prog_bar=name in (f"nll_iw{k}", "kl"))
         return loss
 
     def _log_mean(self, key: str, value: Tensor, rows: int, prog_bar: bool = False) -> None:
@@ -210,6 +219,28 @@ class EHFModule(L.LightningModule):
                 return t
         return None
 
+    # -- training time -------------------------------------------------------------------------
+
+    def training_seconds(self) -> float:
+        """Wall-clock seconds of training so far, summed over the run's resumes: the time since fit started
+        in this process without the time spent validating, plus what the checkpoint resumed from had."""
+        if self._fit_t0 is None:
+            return self._elapsed_before
+        now = time.monotonic()
+        validating = now - self._val_t0 if self._val_t0 is not None else 0.0
+        return self._elapsed_before + (now - self._fit_t0) - self._val_seconds - validating
+
+    @override
+    def on_validation_start(self) -> None:
+        if self._fit_t0 is not None:
+            self._val_t0 = time.monotonic()
+
+    @override
+    def on_validation_end(self) -> None:
+        if self._val_t0 is not None:
+            self._val_seconds += time.monotonic() - self._val_t0
+            self._val_t0 = None
+
     # -- exact resume: random state ------------------------------------------------------------
 
     @override
@@ -217,6 +248,7 @@ class EHFModule(L.LightningModule):
         # one row per rank; tensors keep weights_only loading
         checkpoint["ehf_rng"] = {"torch": self._per_rank(torch.get_rng_state())}
         checkpoint["ehf_nonfinite_skips"] = self.nonfinite_skips
+        checkpoint["ehf_elapsed_s"] = float(self.training_seconds())
         if torch.cuda.is_available() and self.device.type == "cuda":
             checkpoint["ehf_rng"]["cuda"] = self._per_rank(torch.cuda.get_rng_state(self.device))
 
@@ -231,10 +263,12 @@ class EHFModule(L.LightningModule):
         if self._trainer is None or self.trainer.state.fn == "fit":  # testing the best checkpoint keeps the run's count
             self._resume_rng = checkpoint.get("ehf_rng")  # ... and the run's random state
             self.nonfinite_skips = int(checkpoint.get("ehf_nonfinite_skips", 0))
+            self._elapsed_before = float(checkpoint.get("ehf_elapsed_s", 0.0))
 
     @override
     def on_train_start(self) -> None:
         self._restore_rng()
+        self._fit_t0, self._val_seconds, self._val_t0 = time.monotonic(), 0.0, None
 
     @override
     def on_test_start(self) -> None:
@@ -295,11 +329,34 @@ class EHFModule(L.LightningModule):
     @override
     def on_validation_epoch_end(self) -> None:
         if not self.trainer.sanity_checking:
+            # val/elapsed_s: training seconds (validations excluded) when this validation started, over all
+            # resumes; the slowest rank's. A wall-clock value: it differs between two identical runs.
+            self.log("val/elapsed_s", self.training_seconds(), sync_dist=True, reduce_fx="max", batch_size=1)
             self._diagnostics("val")
 
     @override
     def on_test_epoch_end(self) -> None:
         self._diagnostics("test")
+        if getattr(self.trainer.datamodule, "train_data", None) is not None:
+            with torch.random.fork_rng(devices=[]):
+                self._train_set_nll()
+
+    def _train_set_nll(self) -> None:
+        """``test/train_nll``: the test's NLL estimator (same K) on the training rows (at most as many as
+        the test set has), so ``test/nll − test/train_nll`` measures overfitting. Rows are split across
+        ranks like the test set and the sums are reduced, so the mean is over the same rows on any world size."""
+        dm = self.trainer.datamodule
+        rows = dm.train_data[: dm.test_data.shape[0]] if dm.test_data is not None else dm.train_data
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        torch.manual_seed(stream_seed(int(self.config["seed"]), RANK_NOISE_STREAM, rank, 1))
+        q = rows[rank::world].to(self.device, self.dtype)
+        chunk, batch = int(self.config["eval"]["iw_chunk"]), int(self.config["data"]["batch_size"])
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        for i in range(0, q.shape[0], batch):
+            logp = self.model.iwae(q[i : i + batch], self.iw_samples, chunk).detach()
+            total += torch.stack([-logp.double().sum(), logp.new_tensor(logp.shape[0], dtype=torch.float64)])
+        total = self.trainer.strategy.reduce(total, reduce_op="sum")
+        self.log("test/train_nll", float(total[0] / total[1].clamp_min(1)), batch_size=1)
 
     # -- optimisation --------------------------------------------------------------------------
 

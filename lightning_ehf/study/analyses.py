@@ -1,0 +1,624 @@
+"""Study-specific analyses that ``ehf study report`` runs when a study file names them under
+``report.analyses``. Each takes the study folder, the report's rows (one per cell) and the output folder,
+and returns (markdown section, files written).
+
+* ``learning_curves``: validation KL (or NLL) against samples seen and against training time, per target
+  and method (mean over seeds, min–max band).
+* ``potentials``: radial profiles of every block's potential ``U_t`` and of ``Σ_t U_t``, the located minima
+  of the sum, and whether a minimum lies within ``RING_TOLERANCE`` of each ring radius of the target.
+* ``representation``: per-subgroup equivariance error of the learned flow and conservation of every
+  generator's charge ``g_k = pᵀA_k q`` along it, constrained against unconstrained EHF.
+
+Only cells in state ``done`` are used. Heavy imports (torch, matplotlib) happen inside the functions:
+``spec.load_study`` imports this module to check the names.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+__all__ = ["ANALYSES", "RING_TOLERANCE", "local_minima", "radial_profiles", "representation_measures"]
+
+Analysis = Callable[[Any, list[dict[str, Any]], Path], tuple[str, list[Path]]]
+
+#: a ring counts as found when a located minimum of the summed potential lies this close to its radius
+RING_TOLERANCE = 0.3
+_R_MAX, _N_R, _N_THETA = 4.0, 401, 64  # radial profile: r ∈ [0, 4] in steps of 0.01, 64 angles
+_N_STATES = 256  # test points for the representation measures
+_N_GROUP_DRAWS = 4  # group elements per point and generator
+
+
+# -- shared helpers ------------------------------------------------------------------------------
+
+
+def _done(folder: Any, rows: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], Any, Path]]:
+    """(row, cell, cell folder) of every done cell, in the folder's cell order."""
+    cells = {c.name: c for c in folder.cells}
+    out = []
+    for row in rows:
+        cell = cells.get(row.get("cell"))
+        if row.get("state") == "done" and cell is not None:
+            out.append((row, cell, Path(folder.cell_dir(cell))))
+    return out
+
+
+def _method(row: dict[str, Any], cell: Any) -> str:
+    """The value on the ``method`` axis, else every axis value but the seed."""
+    if "method" in cell.values:
+        return str(cell.values["method"])
+    return "-".join(str(v) for k, v in cell.values.items() if k != "seed") or cell.name
+
+
+def _seed(cell: Any) -> str:
+    return str(cell.values.get("seed", "-"))
+
+
+def _config(cell_dir: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        return yaml.safe_load((cell_dir / "config.yaml").read_text()) or {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _kind(cfg: dict[str, Any]) -> str:
+    """``invariant`` (by construction), ``constrained`` (penalty or dual), ``unconstrained`` or ``nsf``."""
+    model, mode = cfg.get("model") or {}, (cfg.get("constraint") or {}).get("mode")
+    if model.get("kind") == "nsf":
+        return "nsf"
+    if model.get("invariant"):
+        return "invariant"
+    return "unconstrained" if mode == "none" else f"constrained ({mode})"
+
+
+def _load(cell_dir: Path) -> Any:
+    from .. import checkpoints
+
+    best = cell_dir / "checkpoints" / "best.ckpt"
+    return checkpoints.load_run(best if best.is_file() else cell_dir)
+
+
+def _fmt(x: Optional[float], digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:.{digits}g}"
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return "–"
+    mean = sum(vals) / len(vals)
+    if len(vals) == 1:
+        return f"{mean:.3g}"
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+    return f"{mean:.3g} ± {std:.2g}"
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _plain(x: Any) -> Any:
+    """JSON-safe: NaN and infinities as null, numpy scalars as Python numbers."""
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if hasattr(x, "item") and not hasattr(x, "__len__"):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _write_json(path: Path, data: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_plain(data), indent=2) + "\n")
+    return path
+
+
+# -- potentials ----------------------------------------------------------------------------------
+
+
+def radial_profiles(model: Any, r_max: float = _R_MAX, n_r: int = _N_R, n_theta: int = _N_THETA):
+    """``(r, U)``: radii (n_r,) and the angular mean of every block's potential on the plane (0, 1), other
+    coordinates 0: ``U[t, i] = (1/n_θ) Σ_j U_t(r_i (cos θ_j, sin θ_j, 0, …))`` (float64 numpy, (T, n_r))."""
+    import copy
+
+    import torch
+
+    m = copy.deepcopy(model).to(torch.float64)
+    r = torch.linspace(0.0, r_max, n_r, dtype=torch.float64)
+    theta = 2 * math.pi * torch.arange(n_theta, dtype=torch.float64) / n_theta
+    pts = torch.zeros(n_r, n_theta, m.dim, dtype=torch.float64)
+    pts[..., 0] = r[:, None] * torch.cos(theta)
+    pts[..., 1] = r[:, None] * torch.sin(theta)
+    with torch.no_grad():
+        u = torch.stack([block.hamiltonian.potential(pts).mean(-1) for block in m.flow.blocks])
+    return r.numpy(), u.numpy()
+
+
+def local_minima(r: Any, u: Any, rel_prominence: float = 1e-3) -> list[float]:
+    """Local minima of a sampled profile ``u(r)``, refined by a parabola through the three grid points.
+    ``r = 0`` counts when ``u`` rises from it (a radial profile is even in r there); the far end never does.
+    Minima shallower than ``rel_prominence`` × (max − min of u) on either side are wiggles, not wells."""
+    import numpy as np
+
+    u = np.asarray(u, dtype=float)
+    r = np.asarray(r, dtype=float)
+    span = float(u.max() - u.min())
+    if span <= 0 or len(u) < 3:
+        return []
+    floor = rel_prominence * span
+    found = []
+    for i in range(len(u) - 1):
+        if i == 0:
+            if u[1] <= u[0]:
+                continue
+            left_rise = math.inf
+        else:
+            if not (u[i] < u[i - 1] and u[i] <= u[i + 1]):
+                continue
+            j = i - 1  # it must be a real well: the profile rises on both sides
+            while j > 0 and u[j - 1] >= u[j]:
+                j -= 1
+            left_rise = float(u[j:i].max() - u[i])
+        k = i + 1
+        while k < len(u) - 1 and u[k + 1] >= u[k]:
+            k += 1
+        right_rise = float(u[i + 1 : k + 1].max() - u[i])
+        if min(left_rise, right_rise) < floor:
+            continue
+        x = float(r[i])
+        if 0 < i:
+            denom = u[i + 1] - 2 * u[i] + u[i - 1]
+            if denom > 0:
+                x = float(r[i] - 0.5 * (r[1] - r[0]) * (u[i + 1] - u[i - 1]) / denom)
+        found.append(x)
+    return found
+
+
+def _ring_radii(target_name: Optional[str]) -> list[float]:
+    """Ring radii of the target in the plane (0, 1): ``radii`` of a radial target, or of its first plane."""
+    if not target_name:
+        return []
+    from ..core.targets import make_target
+
+    t = make_target(target_name)
+    radii = getattr(t, "radii", None)
+    if radii is None and getattr(t, "parts", None):
+        radii = getattr(t.parts[0], "radii", None)
+    return [float(x) for x in radii or []]
+
+
+def _target_of(cell: Any, cfg: dict[str, Any]) -> str:
+    return str(cell.values.get("target") or (cfg.get("data") or {}).get("target") or "data")
+
+
+def potentials(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tuple[str, list[Path]]:
+    import numpy as np
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results, skipped = [], []
+    for row, cell, cell_dir in _done(folder, rows):
+        cfg = _config(cell_dir)
+        if (cfg.get("model") or {}).get("kind") == "nsf":
+            skipped.append(cell.name)
+            continue
+        run = _load(cell_dir)
+        r, u = radial_profiles(run.model)
+        minima = local_minima(r, u.sum(0))
+        rings = []
+        for radius in _ring_radii((run.config.get("data") or {}).get("target")):
+            near = min(minima, key=lambda m: abs(m - radius)) if minima else None
+            dist = abs(near - radius) if near is not None else None
+            rings.append({"radius": radius, "nearest_minimum": near, "distance": dist,
+                          "within": dist is not None and dist <= RING_TOLERANCE})
+        results.append({"cell": cell.name, "target": _target_of(cell, run.config), "method": _method(row, cell),
+                        "seed": _seed(cell), "minima": minima, "block_minima": [local_minima(r, ut) for ut in u],
+                        "rings": rings, "rings_matched": sum(x["within"] for x in rings), "r": r, "u": u})
+    if not results:
+        return ("## Potentials\n\nNo done EHF cell to analyse" + (f" (nsf cells have no potentials: "
+                f"{', '.join(skipped)})" if skipped else "") + ".\n"), []
+
+    files: list[Path] = []
+    plt = _plt()
+    targets = list(dict.fromkeys(x["target"] for x in results))
+    for target in targets:
+        for method in dict.fromkeys(x["method"] for x in results if x["target"] == target):
+            mine = [x for x in results if x["method"] == method and x["target"] == target]
+            fig, axes = plt.subplots(1, len(mine), figsize=(max(6.5, 4.2 * len(mine)), 3.6), squeeze=False)
+            for ax, x in zip(axes[0], mine):
+                r, u = x["r"], x["u"]
+                for t, ut in enumerate(u):
+                    ax.plot(r, ut - ut[0], lw=0.8, alpha=0.6, label=f"U_{t + 1}")
+                total = u.sum(0)
+                ax.plot(r, total - total[0], color="black", lw=2, label="Σ_t U_t")
+                for ring in x["rings"]:
+                    ax.axvline(ring["radius"], color="grey", ls="--", lw=0.8)
+                for m in x["minima"]:
+                    ax.plot([m], [np.interp(m, r, total) - total[0]], "rv", ms=8)
+                ax.set_title(f"{method} {x['seed']}", fontsize=9)
+                ax.set_xlabel("r")
+            axes[0][0].set_ylabel("angular mean of U(r), minus U(0)")
+            axes[0][0].legend(fontsize=6, ncol=2)
+            fig.suptitle(f"{target}, {method}: U_t and Σ_t U_t (dashed: ring radii; ▼: minima of the sum)", fontsize=9)
+            fig.tight_layout()
+            path = out_dir / (f"potentials_{method}.png" if len(targets) == 1 else f"potentials_{target}_{method}.png")
+            fig.savefig(path, dpi=90)
+            plt.close(fig)
+            files.append(path)
+
+    md = [
+        "## Potentials",
+        "",
+        f"Radial profile of each block's potential, U_t(r) = mean over {_N_THETA} angles θ of "
+        f"U_t(r cos θ, r sin θ) (other coordinates 0) on r ∈ [0, {_R_MAX:g}] (step {_R_MAX / (_N_R - 1):g}), and of "
+        "their sum; local minima of the sum (parabolic refinement; wells shallower than 0.1 % of the profile's range "
+        f"are ignored). A ring counts as found when a minimum lies within {RING_TOLERANCE} of its radius. The summed "
+        "potential is not the model's log density (each block acts on the state the previous ones produced, and "
+        "momenta and kinetic energies shape the flow too); the paper looks at the potentials because the flow's "
+        "Hamiltonians carry its structure.",
+        "",
+    ]
+    for target in targets:
+        group = [x for x in results if x["target"] == target]
+        radii = [ring["radius"] for ring in group[0]["rings"]]
+        header = ["cell", "method", "seed", "minima of Σ_t U_t (r)"]
+        for radius in radii:
+            header += [f"r={radius:g}: nearest", "distance", f"within {RING_TOLERANCE}"]
+        table = []
+        for x in group:
+            line = [x["cell"], x["method"], x["seed"], ", ".join(f"{m:.2f}" for m in x["minima"]) or "none"]
+            for ring in x["rings"]:
+                line += [_fmt(ring["nearest_minimum"]), _fmt(ring["distance"]), "yes" if ring["within"] else "no"]
+            table.append(line)
+        summary = []
+        for method in dict.fromkeys(x["method"] for x in group):
+            mine = [x for x in group if x["method"] == method]
+            per_ring = [f"{sum(x['rings'][i]['within'] for x in mine)}/{len(mine)}" for i in range(len(radii))]
+            summary.append([method, str(len(mine)),
+                            f"{sum(x['rings_matched'] for x in mine) / len(mine):.2f} / {len(radii)}", *per_ring])
+        md += [f"### {target}" + (f" (ring radii {', '.join(f'{x:g}' for x in radii)})" if radii else
+                                   " (no ring radii known for this target)"), "", _table(header, table), "",
+               "Rings found per method: the mean over seeds of the number of rings matched, and per ring the seeds "
+               "that match it:", "", _table(["method", "seeds", "rings matched (mean)", *[f"r={x:g}" for x in radii]],
+                                             summary), ""]
+        for x in group:
+            for ring in x["rings"]:
+                if ring["within"]:
+                    md.append(f"- {x['cell']}: ring r = {ring['radius']:g}: a minimum lies within {RING_TOLERANCE} "
+                              f"(at {ring['nearest_minimum']:.2f}).")
+                else:
+                    where = (f"the nearest is at {ring['nearest_minimum']:.2f}, {ring['distance']:.2f} away"
+                             if ring["nearest_minimum"] is not None else "no minimum was located")
+                    md.append(f"- {x['cell']}: ring r = {ring['radius']:g}: no minimum within {RING_TOLERANCE} "
+                              f"({where}).")
+        md.append("")
+    if skipped:
+        md.append(f"Skipped (nsf: no Hamiltonians): {', '.join(skipped)}.\n")
+    md += [f"![{p.stem}]({p.name})" for p in files]
+    data = [{k: v for k, v in x.items() if k not in ("r", "u")} for x in results]
+    files.append(_write_json(out_dir / "potentials.json", {"tolerance": RING_TOLERANCE, "cells": data}))
+    return "\n".join(md) + "\n", files
+
+
+# -- representation ------------------------------------------------------------------------------
+
+
+def representation_measures(model: Any, q: Any, seed: int = 0, n_draws: int = _N_GROUP_DRAWS) -> dict[str, Any]:
+    """Per-generator measures of an EHF ``model`` (evaluated in float64) at data ``q`` (n, d), with momenta
+    ``p ~ h(p | q)`` from its encoder and the flow in the density direction ``Φ⁻¹`` (data → base):
+
+    * ``equivariance[k]``: mean over states and ``n_draws`` elements ``g = exp(t A_k)`` of the k-th generator's
+      subgroup of ``‖Φ⁻¹(g·s) − g·Φ⁻¹(s)‖ / ‖g·Φ⁻¹(s)‖`` (``core.metrics.relative_equivariance_errors``);
+    * ``charge_change[k]``: ``RMS(g_k(Φ⁻¹(s)) − g_k(s)) / RMS(g_k(s))``, ``g_k = pᵀ(A_k q + b_k)``;
+      ``charge_change_blocks[k][t]``: the same after the first t + 1 blocks (in the density direction);
+    * ``cross[k][j]``: ``RMS(g_j(Φ⁻¹(g·s)) − g_j(Φ⁻¹(s))) / RMS(g_j(Φ⁻¹(s)))`` for ``g`` in subgroup k: how much
+      acting with generator k's subgroup on the data changes the base-space charge j (0 for an equivariant flow:
+      commuting generators, and a group element keeps its own charge).
+    """
+    import copy
+
+    import torch
+
+    from ..core.metrics import relative_equivariance_errors
+    from ..core.symmetries import one_parameter_subgroup
+
+    m = copy.deepcopy(model).to(torch.float64).eval()
+    sym = m.symmetry
+    q = q.to(torch.float64)
+    gen = torch.Generator().manual_seed(int(seed))
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(int(seed))
+        p = m.encoder(q).sample()
+        charges = lambda a, b: sym.momentum_maps(a, b)  # noqa: E731  (..., k)
+        g0 = charges(q, p)
+        qt, pt = q, p
+        steps = []  # the charges after each block, in the density direction (the inverse flow's order)
+        for t in reversed(range(len(m.flow.blocks))):
+            qt, pt = m.flow.blocks[t].integrate(qt, pt, reverse=True, create_graph=False)
+            steps.append(charges(qt, pt))
+        g_base = steps[-1]
+
+        def rms(x: torch.Tensor) -> torch.Tensor:
+            return x.square().mean(0).sqrt()
+
+        scale = rms(g0).clamp_min(1e-300)
+        out: dict[str, Any] = {"generators": list(sym.generator_names), "n": int(q.shape[0])}
+        out["charge_change"] = (rms(g_base - g0) / scale).tolist()
+        out["charge_change_blocks"] = torch.stack([rms(gt - g0) / scale for gt in steps], 1).tolist()
+        out["charge_rms"] = scale.tolist()
+        eq, cross = [], []
+        for k in range(sym.num_generators):
+            sub = one_parameter_subgroup(sym, k)
+            errs, moved = [], []
+            for _ in range(n_draws):
+                g = sub.sample(q.shape[0], gen, dtype=torch.float64)
+                errs.append(relative_equivariance_errors(m.flow.inverse, q, p, g))
+                moved.append(charges(*m.flow.inverse(*g.act(q, p))) - g_base)
+            eq.append(float(torch.cat(errs).mean()))
+            cross.append((rms(torch.cat(moved)) / rms(g_base).clamp_min(1e-300)).tolist())
+        out["equivariance"] = eq
+        out["cross"] = cross
+    return out
+
+
+def representation(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tuple[str, list[Path]]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results, skipped = [], []
+    for row, cell, cell_dir in _done(folder, rows):
+        cfg = _config(cell_dir)
+        if _kind(cfg) == "nsf":
+            skipped.append(cell.name)
+            continue
+        run = _load(cell_dir)
+        if run.model.symmetry.num_generators == 0:
+            skipped.append(cell.name)
+            continue
+        q = run.split_data("test")[:_N_STATES]
+        measures = representation_measures(run.model, q, seed=int(run.config.get("seed", 0)))
+        results.append({"cell": cell.name, "target": _target_of(cell, run.config), "method": _method(row, cell),
+                        "seed": _seed(cell), "kind": _kind(run.config), **measures})
+    if not results:
+        return ("## Representation\n\nNo done EHF cell with a symmetry to analyse"
+                + (f" (skipped: {', '.join(skipped)})" if skipped else "") + ".\n"), []
+    md = [
+        "## Representation",
+        "",
+        f"On {_N_STATES} test points q of each cell's target, with momenta p ~ h(p | q) from the cell's encoder, and the "
+        "learned flow in the density direction Φ⁻¹ (data → base), evaluated in float64:",
+        "",
+        f"- equivariance error of generator k: mean of ‖Φ⁻¹(g·s) − g·Φ⁻¹(s)‖ / ‖g·Φ⁻¹(s)‖ over states s = (q, p) "
+        f"and {_N_GROUP_DRAWS} draws per state of g = exp(t A_k) from that generator's subgroup alone (t uniform on "
+        "[0, 2π) for a plane rotation);",
+        "- charge change of generator k: RMS(g_k(Φ⁻¹(s)) − g_k(s)) / RMS(g_k(s)) with the charge g_k = pᵀA_k q "
+        "(0 when {g_k, H_t} = 0 for every block: Noether; leapfrog keeps these charges exactly too);",
+        "- rotating k → change of j: RMS(g_j(Φ⁻¹(g·s)) − g_j(Φ⁻¹(s))) / RMS(g_j(Φ⁻¹(s))) for g in subgroup k: does "
+        "acting on the data with one subgroup move the latent charge of another (0 for an equivariant flow).",
+        "",
+        "Rows: unconstrained (ehf_none), constrained (penalty, dual), invariant by construction; mean ± std over seeds.",
+        "",
+    ]
+    files: list[Path] = []
+    targets = list(dict.fromkeys(x["target"] for x in results))
+    order = {"unconstrained": 0, "invariant": 2}
+    for target in targets:
+        group = [x for x in results if x["target"] == target]
+        names = group[0]["generators"]
+        methods = sorted(dict.fromkeys(x["method"] for x in group),
+                         key=lambda mth: order.get(next(x["kind"] for x in group if x["method"] == mth), 1))
+        cross_pairs = [(k, j) for k in range(len(names)) for j in range(len(names)) if k != j]
+        header = ["method", "kind", "seeds", *[f"equivariance error {n}" for n in names],
+                  *[f"charge change {n}" for n in names], *[f"rotating {names[k]} → change of {names[j]}"
+                                                            for k, j in cross_pairs]]
+        table = []
+        for method in methods:
+            mine = [x for x in group if x["method"] == method]
+            line = [method, mine[0]["kind"], str(len(mine))]
+            line += [_mean_std([x["equivariance"][k] for x in mine]) for k in range(len(names))]
+            line += [_mean_std([x["charge_change"][k] for x in mine]) for k in range(len(names))]
+            line += [_mean_std([x["cross"][k][j] for x in mine]) for k, j in cross_pairs]
+            table.append(line)
+        per_cell = [[x["cell"], *[_fmt(v) for v in x["equivariance"]], *[_fmt(v) for v in x["charge_change"]],
+                     *[_fmt(x["cross"][k][j]) for k, j in cross_pairs]] for x in group]
+        png = out_dir / ("representation.png" if len(targets) == 1 else f"representation_{target}.png")
+        _representation_bars(group, methods, names, png, target)
+        files.append(png)
+        md += [f"### {target} (generators {', '.join(names)})", "", _table(header, table), "", "Per cell:", "",
+               _table(["cell", *header[3:]], per_cell), "", f"![representation {target}]({png.name})", ""]
+    if skipped:
+        md.append(f"Skipped (nsf, or no generators: nothing to measure): {', '.join(skipped)}.\n")
+    files.append(_write_json(out_dir / "representation.json", {"cells": results}))
+    return "\n".join(md) + "\n", files
+
+
+def _representation_bars(group: list[dict[str, Any]], methods: list[str], names: list[str], png: Path,
+                         target: str) -> None:
+    """Bars per measure (equivariance and charge change per generator), one bar per method: mean over seeds,
+    whiskers ± std (clipped at the log axis' floor)."""
+    import numpy as np
+
+    plt = _plt()
+    labels = [f"equiv. {n}" for n in names] + [f"Δcharge {n}" for n in names]
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(labels) * max(1, len(methods))), 3.8))
+    width = 0.8 / max(1, len(methods))
+    floor = 1e-17
+    for i, method in enumerate(methods):
+        mine = [x for x in group if x["method"] == method]
+        vals = np.array([[*x["equivariance"], *x["charge_change"]] for x in mine], dtype=float)
+        mean = np.maximum(vals.mean(0), floor)
+        std = vals.std(0, ddof=1) if len(mine) > 1 else np.zeros_like(mean)
+        ax.bar(np.arange(len(labels)) + (i - (len(methods) - 1) / 2) * width, mean, width,
+               yerr=[np.minimum(std, mean - floor / 2), std], capsize=2, label=f"{method} ({mine[0]['kind']})")
+    ax.set_xticks(np.arange(len(labels)))
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("relative error (mean ± std over seeds)")
+    ax.set_title(f"{target}: per-subgroup equivariance and charge conservation of Φ⁻¹", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+
+
+# -- learning curves -----------------------------------------------------------------------------
+
+
+def _curve(cell_dir: Path) -> Optional[dict[str, Any]]:
+    """Validation rows of a cell's metrics.csv: step, samples seen, training seconds, the metric."""
+    path = cell_dir / "metrics.csv"
+    if not path.is_file():
+        return None
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields = list(reader.fieldnames or [])
+        rows = list(reader)
+    key = "val/kl" if "val/kl" in fields else next((k for k in fields if k.startswith("val/nll_iw")), None)
+    if key is None:
+        return None
+    cfg = _config(cell_dir)
+    data, trainer = cfg.get("data") or {}, cfg.get("trainer") or {}
+    devices = trainer.get("devices", 1)
+    devices = devices if isinstance(devices, int) and devices > 0 else len(devices) if isinstance(devices, list) else 1
+    batch = int(data.get("batch_size", 512)) * devices * int(trainer.get("num_nodes", 1) or 1)
+    steps, values, seconds = [], [], []
+    for r in rows:
+        if r.get(key, "") == "" or r.get("step", "") == "":
+            continue
+        # Lightning logs a validation after N optimiser steps at step N − 1
+        steps.append(int(float(r["step"])) + 1)
+        values.append(float(r[key]))
+        t = r.get("val/elapsed_s", "")
+        seconds.append(float(t) if t != "" else math.nan)
+    if not steps:
+        return None
+    return {"metric": key, "steps": steps, "samples": [s * batch for s in steps], "seconds": seconds,
+            "values": values, "batch": batch}
+
+
+def _band(xs: Sequence[Sequence[float]], ys: Sequence[Sequence[float]], on_grid: bool):
+    """Mean, min and max over curves: at shared x values (samples), or interpolated on a common grid (time)."""
+    import numpy as np
+
+    if not on_grid:
+        grid = sorted({x for c in xs for x in c})
+        table = np.full((len(xs), len(grid)), np.nan)
+        index = {x: i for i, x in enumerate(grid)}
+        for row, (cx, cy) in enumerate(zip(xs, ys)):
+            for x, y in zip(cx, cy):
+                table[row, index[x]] = y
+        grid = np.asarray(grid, dtype=float)
+    else:
+        pairs = [(np.asarray(cx, float), np.asarray(cy, float)) for cx, cy in zip(xs, ys)]
+        pairs = [(cx[np.isfinite(cx)], cy[np.isfinite(cx)]) for cx, cy in pairs]
+        pairs = [(cx, cy) for cx, cy in pairs if len(cx)]
+        if not pairs:
+            return None
+        grid = np.linspace(min(cx.min() for cx, _ in pairs), max(cx.max() for cx, _ in pairs), 200)
+        table = np.stack([np.where((grid >= cx.min()) & (grid <= cx.max()), np.interp(grid, cx, cy), np.nan)
+                          for cx, cy in pairs])
+    keep = np.isfinite(table).any(0)
+    table, grid = table[:, keep], grid[keep]
+    return grid, np.nanmean(table, 0), np.nanmin(table, 0), np.nanmax(table, 0)
+
+
+def learning_curves(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tuple[str, list[Path]]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    curves, missing = [], []
+    for row, cell, cell_dir in _done(folder, rows):
+        c = _curve(cell_dir)
+        if c is None:
+            missing.append(cell.name)
+            continue
+        panel = str(cell.values.get("target", (_config(cell_dir).get("data") or {}).get("target") or "all"))
+        curves.append({"cell": cell.name, "method": _method(row, cell), "seed": _seed(cell), "panel": panel, **c})
+    if not curves:
+        return "## Learning curves\n\nNo done cell with validation rows in metrics.csv.\n", []
+    panels = list(dict.fromkeys(c["panel"] for c in curves))
+    methods = list(dict.fromkeys(c["method"] for c in curves))
+    no_clock = sorted({c["cell"] for c in curves if all(math.isnan(s) for s in c["seconds"])})
+    metric_names = sorted({c["metric"] for c in curves})
+    ylabel = "validation KL (nats)" if metric_names == ["val/kl"] else f"validation {', '.join(metric_names)}"
+
+    plt = _plt()
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.6 * len(panels), 7.0), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    summary = []
+    for col, panel in enumerate(panels):
+        for i, method in enumerate(methods):
+            mine = [c for c in curves if c["panel"] == panel and c["method"] == method]
+            if not mine:
+                continue
+            colour = colours[i % len(colours)]
+            for ax, xkey, on_grid in ((axes[0][col], "samples", False), (axes[1][col], "seconds", True)):
+                band = _band([c[xkey] for c in mine], [c["values"] for c in mine], on_grid)
+                if band is None:
+                    continue
+                x, mean, lo, hi = band
+                ax.plot(x, mean, color=colour, label=f"{method} ({len(mine)})")
+                ax.fill_between(x, lo, hi, color=colour, alpha=0.2, lw=0)
+            finals = [c["values"][-1] for c in mine]
+            bests = [min(c["values"]) for c in mine]
+            secs = [c["seconds"][-1] for c in mine]
+            per_k = [1000 * c["seconds"][-1] / c["steps"][-1] for c in mine if not math.isnan(c["seconds"][-1])]
+            summary.append([panel, method, str(len(mine)), _mean_std(finals), _mean_std(bests),
+                            _fmt(sum(c["samples"][-1] for c in mine) / len(mine)), _mean_std(secs), _mean_std(per_k)])
+        positive = all(v > 0 for c in curves if c["panel"] == panel for v in c["values"])
+        for row_i, xlabel in enumerate(("samples seen", "training time (s, validation excluded)")):
+            ax = axes[row_i][col]
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            if positive:
+                ax.set_yscale("log")
+            ax.set_title(panel, fontsize=10)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    png = out_dir / "learning_curves.png"
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+    js = _write_json(out_dir / "learning_curves.json", {"cells": curves})
+    md = [
+        "## Learning curves",
+        "",
+        f"{ylabel} at every validation against samples seen (optimiser steps × global batch) and against training "
+        "time (`val/elapsed_s`: wall-clock seconds of training so far, validation excluded, carried across resumes). "
+        "Lines: mean over seeds; bands: min–max (on the time axis, curves are interpolated onto a common grid).",
+        "",
+        _table(["target", "method", "seeds", "final", "best", "samples seen", "training s", "s per 1000 steps"], summary),
+        "",
+    ]
+    if no_clock:
+        md.append(f"No `val/elapsed_s` in metrics.csv (runs from before it was logged): {', '.join(no_clock)}; "
+                  "they are missing from the time axis.\n")
+    if missing:
+        md.append(f"No validation rows: {', '.join(missing)}.\n")
+    md.append(f"![learning curves]({png.name})")
+    return "\n".join(md) + "\n", [png, js]
+
+
+ANALYSES: dict[str, Analysis] = {
+    "learning_curves": learning_curves,
+    "potentials": potentials,
+    "representation": representation,
+}

@@ -1,0 +1,131 @@
+"""``ehf study run | status | report | cell``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ..errors import UserError
+from .runner import (EXIT_PREEMPTED, StudyFolder, cell_command, export_wandb_sweep, open_folder, require_sbatch, run_cell,
+                     run_local, run_slurm)
+from .spec import load_study
+
+__all__ = ["cmd_study"]
+
+
+def _split_overrides(items: Sequence[str]) -> tuple[Optional[str], list[str]]:
+    profile, rest = None, []
+    for item in items:
+        if item.startswith("profile="):
+            profile = item.split("=", 1)[1]
+        else:
+            rest.append(item)
+    return profile, rest
+
+
+def _print_states(folder: StudyFolder) -> Counter:
+    from rich.console import Console
+    from rich.table import Table
+
+    states = folder.states()
+    counts = Counter(s.state for s in states)
+    table = Table(title=f"study {folder.study.name} ({folder.study.profile}): {folder.root}")
+    table.add_column("cell", no_wrap=True)
+    table.add_column("state")
+    table.add_column("detail")
+    for s in states:
+        table.add_row(s.cell.name, s.state, s.detail)
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    console.print(table)
+    console.print(", ".join(f"{counts.get(k, 0)} {k}" for k in ("done", "running", "failed", "interrupted", "pending")))
+    return counts
+
+
+def _run(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> int:
+    profile, overrides = _split_overrides(args.overrides)
+    study = load_study(args.config, profile, overrides)
+    for key in ("partition", "time_min", "cpus_per_cell", "gpus_per_cell"):
+        value = getattr(args, f"slurm_{key}")
+        if value is not None:
+            study.slurm[key] = value
+    if args.workers < 1:
+        raise UserError(f"--workers must be >= 1, got {args.workers}")
+    root = Path(args.dir) if args.dir else Path("runs") / "study" / f"{study.name}-{study.profile}"
+    folder = StudyFolder(root, study)
+    for cell in folder.cells:  # every cell's config is valid before anything runs
+        folder.config(cell)
+    folder.check_configs()
+    states = folder.states()
+    counts = Counter(s.state for s in states)
+    todo = [s.cell for s in states if s.state in ("pending", "interrupted", "failed")]
+    print(f"study {study.name} ({study.profile}): {len(states)} cells in {folder.root}; "
+          f"{counts.get('done', 0)} done (skipped), {counts.get('running', 0)} running elsewhere, {len(todo)} to run "
+          f"({counts.get('interrupted', 0)} resume from a checkpoint, {counts.get('failed', 0)} failed before)", flush=True)
+    if args.dry_run:
+        for s in states:
+            print(f"[{s.state}] {s.cell.name}" + ("" if s.state in ("done", "running") else
+                                                  f"\n    {' '.join(cell_command(folder, s.cell, 'python'))}"))
+        return 0
+    if todo and args.launcher == "slurm" and args.cluster == "slurm":
+        require_sbatch()  # before anything is written
+    words = list(argv) if argv is not None else sys.argv[1:]
+    folder.write_manifest("ehf " + " ".join(words))
+    if not todo:
+        print(f"nothing to run; tables and plots: ehf study report {folder.root}")
+        return 0
+    t0 = time.time()
+    if args.launcher == "wandb":
+        path = export_wandb_sweep(folder, todo)
+        print(f"wrote {path} (grid over {len(todo)} cells). Start it with:\n"
+              f"    wandb sweep {path}\n    wandb agent <entity>/<project>/<sweep id>   # on every machine that sees "
+              f"{folder.root}\nthen: ehf study status {folder.root}")
+        return 0
+    if args.launcher == "slurm":
+        results = run_slurm(folder, todo, cluster=args.cluster, wait=not args.no_wait)
+        if args.no_wait:
+            print(f"follow with: ehf study status {folder.root}")
+            return 0
+    else:
+        results = run_local(folder, todo, args.workers, args.cores)
+    codes = list(results.values())
+    print(f"{sum(c == 0 for c in codes)} of {len(todo)} cells finished in {time.time() - t0:.0f} s")
+    counts = _print_states(folder)
+    if counts.get("done", 0) == len(folder.cells):
+        print(f"all cells done; tables and plots: ehf study report {folder.root}")
+    if any(c not in (0, EXIT_PREEMPTED) for c in codes):
+        return 1
+    return EXIT_PREEMPTED if any(c == EXIT_PREEMPTED for c in codes) else 0
+
+
+def _cell(args: argparse.Namespace) -> int:
+    folder = open_folder(args.dir)
+    name = args.cell.split("=", 1)[1] if args.cell.startswith("cell=") else args.cell
+    cell = next((c for c in folder.cells if c.name == name), None)
+    if cell is None:
+        raise UserError(f"cell {name!r} is not a cell of {folder.root}")
+    folder.check_configs()
+    rc = run_cell(folder, cell)
+    print(f"cell {name}: exit {rc}; run folder {folder.cell_dir(cell)}; log {folder.log_path(cell)}")
+    return rc
+
+
+def cmd_study(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> int:
+    if args.study_command == "run":
+        return _run(args, argv)
+    if args.study_command == "status":
+        counts = _print_states(open_folder(args.dir))
+        return 0 if not counts.get("failed") else 1
+    if args.study_command == "cell":
+        return _cell(args)
+    if args.study_command == "report":
+        from .report import write_report
+
+        out = write_report(open_folder(args.dir))
+        print(Path(out["md"]).read_text())
+        print(f"written: {', '.join(str(p) for p in out['files'])}")
+        return 0
+    raise UserError(f"unknown study command {args.study_command!r}")

@@ -1,0 +1,268 @@
+"""Study files: a grid of ordinary runs (cells) over named axes, with profiles that shrink it.
+
+A study file (YAML)::
+
+    study: data_efficiency              # name (default: the file's stem)
+    config: [../experiment/x.yaml]      # optional config files every cell starts from (relative to this file)
+    base:                               # overrides every cell gets (dotted keys)
+      data.regime: finite
+    axes:                               # the grid: the product of the axes, in this order
+      method: [ehf_none, ehf_dual, nsf] # a list of names: the method presets (METHODS)
+      target:                           # a mapping: value name -> overrides
+        ring2d: {data.target: ring2d}
+      n_train: {key: data.n_train, values: [128, 1024]}   # one config key, plain values
+      seed: {key: seed, values: [0, 1, 2]}
+    profiles:                           # profile=NAME on the command line; the first is the default
+      quick:
+        axes: {n_train: [128]}          # keep only these values (by name)
+        base: {trainer.max_steps: 3000} # extra overrides, after base
+    report:                             # `ehf study report`
+      x: n_train                        # plots: x axis (log scale when numeric) ...
+      panel: target                     # ... one panel per value of this axis ...
+      compare: method                   # ... one line per value of this axis
+      pairs: [[ehf_dual, ehf_none]]     # seed-by-seed comparisons of two values of `compare`
+      analyses: [potentials]            # study-specific sections (study/analyses.py)
+    slurm: {partition: null, time_min: 60, cpus_per_cell: 2, gpus_per_cell: 0}
+
+Each cell is a plain run folder made by ``ehf train`` with the cell's overrides. The cell's name joins
+its value names with ``-`` (``ehf_dual-ring2d-n_train128-seed0``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+
+from ..errors import ConfigError
+
+__all__ = ["METHODS", "Cell", "Study", "load_study"]
+
+#: The named methods every study compares, as config overrides. They differ only in what is named here;
+#: data, budget and stopping rule come from the study.
+METHODS: dict[str, dict[str, Any]] = {
+    "ehf_none": {"model.kind": "ehf", "model.invariant": False, "constraint.mode": "none"},
+    "ehf_penalty": {"model.kind": "ehf", "model.invariant": False, "constraint.mode": "penalty", "constraint.init": 10.0},
+    "ehf_dual": {"model.kind": "ehf", "model.invariant": False, "constraint.mode": "dual"},
+    "ehf_invariant": {"model.kind": "ehf", "model.invariant": True, "constraint.mode": "none"},
+    "nsf": {"model.kind": "nsf", "constraint.mode": "none", "data.augment": False},
+    "nsf_aug": {"model.kind": "nsf", "constraint.mode": "none", "data.augment": True},
+}
+
+_TOP_KEYS = {"study", "description", "config", "base", "axes", "profiles", "report", "slurm"}
+_SLURM_KEYS = {"partition": None, "time_min": 60, "cpus_per_cell": 2, "gpus_per_cell": 0, "mem_gb": None,
+               "parallelism": None}
+_NAME = re.compile(r"[A-Za-z0-9_.]+")
+_KEY_VALUE_NAME = re.compile(r"[A-Za-z0-9_.+-]+")  # plain values of a key axis: also signs and exponents (lr1e-05)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid: its name, the value name it takes on every axis, and its overrides."""
+
+    name: str
+    values: dict[str, str]
+    overrides: tuple[str, ...]
+
+
+@dataclass
+class Axis:
+    name: str
+    values: dict[str, dict[str, Any]]  # value name -> overrides
+
+
+@dataclass
+class Study:
+    name: str
+    profile: str
+    source: Path
+    config_files: list[str]
+    base: dict[str, Any]
+    axes: list[Axis]
+    report: dict[str, Any] = field(default_factory=dict)
+    slurm: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def cells(self) -> list[Cell]:
+        out = []
+        for combo in itertools.product(*[list(a.values.items()) for a in self.axes]):
+            overrides = dict(self.base)
+            for _, ov in combo:
+                overrides.update(ov)
+            values = {a.name: name for a, (name, _) in zip(self.axes, combo)}
+            out.append(Cell("-".join(values.values()), values, tuple(_dotlist(overrides))))
+        return out
+
+
+def _dotlist(overrides: dict[str, Any]) -> list[str]:
+    return [f"{k}={_yaml_value(v)}" for k, v in overrides.items()]
+
+
+def _yaml_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    return str(value)
+
+
+def _fail(where: str, message: str) -> ConfigError:
+    return ConfigError(f"{where}: {message}")
+
+
+def _overrides(raw: Any, where: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw):
+        raise _fail(where, f"must be a mapping of config keys to values (e.g. data.n_train: 128), got {raw!r}")
+    return dict(raw)
+
+
+def _axis(name: str, raw: Any, where: str) -> Axis:
+    if isinstance(raw, list):
+        if name != "method":
+            raise _fail(where, "a plain list of names is only for the method axis (the presets "
+                               f"{', '.join(METHODS)}); give {{key: ..., values: [...]}} or a mapping of names to overrides")
+        unknown = [v for v in raw if v not in METHODS]
+        if unknown:
+            raise _fail(where, f"unknown method {unknown[0]!r} (choose from {', '.join(METHODS)}, or give a mapping)")
+        if len(set(raw)) != len(raw):
+            raise _fail(where, f"method {next(v for v in raw if raw.count(v) > 1)!r} is listed twice")
+        return Axis(name, {v: dict(METHODS[v]) for v in raw})
+    if isinstance(raw, dict) and "key" in raw:
+        if set(raw) != {"key", "values"} or not isinstance(raw["values"], list) or not raw["values"]:
+            raise _fail(where, "a key axis is {key: some.config.key, values: [v1, v2, ...]}")
+        key = str(raw["key"])
+        short = key.rsplit(".", 1)[-1]
+        values = {}
+        for v in raw["values"]:
+            value_name = f"{short}{v}"
+            if not _KEY_VALUE_NAME.fullmatch(value_name):
+                raise _fail(where, f"value {v!r} cannot be part of a cell's folder name ({value_name!r}); give the axis "
+                                   "as a mapping of names to overrides")
+            if value_name in values:
+                raise _fail(where, f"value {v!r} is listed twice")
+            values[value_name] = {key: v}
+        return Axis(name, values)
+    if isinstance(raw, dict) and raw:
+        values = {}
+        for value_name, ov in raw.items():
+            value_name = str(value_name)
+            if not _NAME.fullmatch(value_name):
+                raise _fail(f"{where}.{value_name}", "value names may use letters, digits, '_' and '.' only")
+            if name == "method" and ov is None and value_name in METHODS:
+                ov = METHODS[value_name]
+            values[value_name] = _overrides(ov, f"{where}.{value_name}")
+        return Axis(name, values)
+    raise _fail(where, f"must be a list of method names, {{key: ..., values: [...]}} or a mapping of names to overrides, "
+                       f"got {raw!r}")
+
+
+def load_study(path: str | Path, profile: Optional[str] = None, extra: Sequence[str] = ()) -> Study:
+    """Read and check a study file; ``profile`` (default: the file's first) shrinks it; ``extra``
+    overrides (``key=value``) go after the study's own for every cell. Raises ConfigError naming the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"study file {path} not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a study file is a mapping (study, base, axes, profiles, ...)")
+    unknown = set(raw) - _TOP_KEYS
+    if unknown:
+        raise _fail(f"{path}", f"unknown key {sorted(unknown)[0]!r} (allowed: {', '.join(sorted(_TOP_KEYS))})")
+    name = str(raw.get("study") or path.stem)
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", name):
+        raise _fail(f"{path}: study", f"must be a plain folder name, got {name!r}")
+    files = raw.get("config") or []
+    files = [files] if isinstance(files, str) else files
+    config_files = []
+    for f in files:
+        p = (path.parent / str(f)).resolve()
+        if not p.is_file():
+            raise _fail(f"{path}: config", f"file {f} not found (paths are relative to the study file)")
+        config_files.append(str(p))
+    base = _overrides(raw.get("base"), f"{path}: base")
+    axes_raw = raw.get("axes")
+    if not isinstance(axes_raw, dict) or not axes_raw:
+        raise _fail(f"{path}: axes", "needs at least one axis (e.g. method: [ehf_dual, nsf])")
+    axes = [_axis(str(n), a, f"{path}: axes.{n}") for n, a in axes_raw.items()]
+    unshrunk = {a.name: list(a.values) for a in axes}  # before a profile keeps some of the values
+
+    profiles = raw.get("profiles") or {}
+    if not isinstance(profiles, dict):
+        raise _fail(f"{path}: profiles", "must be a mapping of profile names to {axes, base}")
+    if profile is None:
+        profile = next(iter(profiles), "default")
+    elif profile not in profiles:
+        raise _fail("profile", f"{profile!r} is not a profile of {path} (choose from {', '.join(profiles) or 'none'})")
+    prof = profiles.get(profile) or {}
+    if not isinstance(prof, dict) or set(prof) - {"axes", "base"}:
+        raise _fail(f"{path}: profiles.{profile}", "a profile holds axes (value names to keep) and base (overrides)")
+    for axis_name, keep in (prof.get("axes") or {}).items():
+        axis = next((a for a in axes if a.name == str(axis_name)), None)
+        if axis is None:
+            raise _fail(f"{path}: profiles.{profile}.axes.{axis_name}", "no such axis")
+        keep = [keep] if not isinstance(keep, list) else keep
+        names = []
+        for k in keep:
+            # plain values of a key axis may be given as values (128) or as names (n_train128)
+            match = [n for n, ov in axis.values.items() if n == str(k) or (len(ov) == 1 and list(ov.values())[0] == k)]
+            if not match:
+                raise _fail(f"{path}: profiles.{profile}.axes.{axis_name}",
+                            f"{k!r} is not a value of the axis (values: {', '.join(axis.values)})")
+            names.append(match[0])
+        axis.values = {n: axis.values[n] for n in axis.values if n in names}
+    base.update(_overrides(prof.get("base"), f"{path}: profiles.{profile}.base"))
+    for item in extra:
+        if "=" not in item:
+            raise _fail("override", f"{item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        axis = next((a.name for a in axes if any(key in ov for ov in a.values.values())), None)
+        if axis is not None:
+            # the axis would silently win over the command line: say so instead
+            raise _fail(key, f"is set by the study's axis {axis!r}; change the axis (or a profile) in the study file")
+        base[key] = yaml.safe_load(value) if value.strip() else ""
+    if "run.dir" in base or "run.root" in base:
+        raise _fail("run.dir", "is set by the study for each cell (DIR/cells/<cell>); do not set it")
+    base.setdefault("experiment", name)
+
+    slurm = dict(_SLURM_KEYS)
+    slurm_raw = raw.get("slurm") or {}
+    if not isinstance(slurm_raw, dict) or set(slurm_raw) - set(_SLURM_KEYS):
+        raise _fail(f"{path}: slurm", f"allowed keys: {', '.join(_SLURM_KEYS)}")
+    slurm.update(slurm_raw)
+    report = raw.get("report") or {}
+    if not isinstance(report, dict):
+        raise _fail(f"{path}: report", "must be a mapping (x, panel, compare)")
+    unknown = set(report) - {"x", "panel", "compare", "analyses", "pairs"}
+    if unknown:
+        raise _fail(f"{path}: report", f"unknown key {sorted(unknown)[0]!r} (allowed: x, panel, compare, analyses, pairs)")
+    for pair in report.get("pairs") or []:
+        compare = next((a for a in axes if a.name == report.get("compare")), None)
+        if compare is None:
+            raise _fail(f"{path}: report.pairs", "needs report.compare (the axis whose values are paired)")
+        if not (isinstance(pair, list) and len(pair) == 2 and all(p in unshrunk[compare.name] for p in pair)):
+            raise _fail(f"{path}: report.pairs", f"{pair!r} is not a pair of values of the axis {compare.name!r}")
+    for key in ("x", "panel", "compare"):
+        if report.get(key) is not None and report[key] not in [a.name for a in axes]:
+            raise _fail(f"{path}: report.{key}", f"{report[key]!r} is not an axis")
+    from .analyses import ANALYSES
+
+    for analysis in report.get("analyses") or []:
+        if analysis not in ANALYSES:
+            raise _fail(f"{path}: report.analyses", f"unknown analysis {analysis!r} (choose from {', '.join(ANALYSES)})")
+    study = Study(name, profile, path.resolve(), config_files, base, axes, report, slurm, str(raw.get("description") or ""))
+    names = [c.name for c in study.cells()]
+    if len(set(names)) != len(names):
+        raise _fail(f"{path}: axes", "two cells get the same name; give the axes' values distinct names")
+    return study
