@@ -116,7 +116,7 @@ SHIPPED = ROOT / "configs" / "study" / "data_efficiency.yaml"
 def test_shipped_study_profiles_shrink_the_grid_and_name_cells():
     full = load_study(SHIPPED)  # the first profile (full) is the default
     assert full.profile == "full" and full.name == "data_efficiency"
-    assert len(full.cells()) == 6 * 5 * 6 * 3
+    assert len(full.cells()) == 6 * 6 * 6 * 3  # methods × targets × n_train × seeds
     quick = load_study(SHIPPED, "quick")
     cells = {c.name: c for c in quick.cells()}
     assert len(cells) == 5 * 2 * 2 * 3
@@ -308,7 +308,11 @@ def test_report_marks_under_trained_cells_and_leaves_them_out_of_means(e2e):
     table = [line for line in md.splitlines() if line.startswith("| ")]
     head = [c.strip() for c in table[0].strip("|").split("|")]
     body = {r[0]: dict(zip(head, r)) for r in ([c.strip() for c in line.strip("|").split("|")] for line in table[1:])}
-    assert body["ehf_dual"]["seeds"] == "1/1" and body["ehf_dual"]["test NLL"] == f"{dual['test/nll']:.3f}"
+    # a best step at the first validation (step 10) is counted, but flagged
+    first = dual["best_step"] <= 10
+    assert rows["ehf_dual-seed0"]["first_validation_best"] == str(first)
+    assert body["ehf_dual"]["seeds"] == "1/1" + (" (1 best at the 1st validation)" if first else "")
+    assert body["ehf_dual"]["test NLL"] == f"{dual['test/nll']:.3f}"
     assert body["nsf_aug"]["seeds"] == "0/1 (1 under-trained)"
     assert body["nsf_aug"]["test NLL"] == "—" and body["nsf_aug"]["test KL"] == "—"  # not in any mean
     assert body["nsf_aug"]["params"] == str(metrics(e2e.dir / "cells" / "nsf_aug-seed0")["params"])
@@ -561,3 +565,37 @@ def test_seed_by_seed_comparison_counts_wins_and_mean_differences(tmp_path):
     with pytest.raises(ConfigError, match="report.pairs"):
         load_study(write_study(tmp_path / "u.yaml", "bad", {"method": ["ehf_dual"]},
                                report={"compare": "method", "pairs": [["ehf_dual", "nsf_aug"]]}))
+
+
+@pytest.mark.slow
+def test_report_writes_one_wandb_summary_table_when_wandb_is_on(e2e, monkeypatch):
+    """With the study's W&B mode on (here offline), the report also writes one W&B run holding the results table."""
+    from lightning_ehf.study.report import write_report
+    from lightning_ehf.study.runner import open_folder
+
+    for key, value in clean_env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    folder = open_folder(e2e.dir)
+    folder.study.base["logger.wandb.mode"] = "offline"
+    out = write_report(folder)
+    runs = list((e2e.dir / "report" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb")), runs
+    assert f"W&B summary table (`results`, offline): `{runs[0]}`" in out["md"].read_text()
+
+
+def test_cell_rows_flag_under_trained_and_first_validation_best(tmp_path):
+    """under_trained: best step in the last 10 % of the cap; first_validation_best: best at the first validation."""
+    from lightning_ehf.study.report import cell_rows
+    from lightning_ehf.study.runner import StudyFolder
+
+    path = write_study(tmp_path / "s.yaml", "flags", {"seed": {"key": "seed", "values": [0, 1, 2, 3]}})
+    folder = StudyFolder(tmp_path / "out", load_study(path))
+    for cell, best in zip(folder.cells, (10, 11, 900, 901)):
+        run = folder.cell_dir(cell)
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text("trainer:\n  val_check_interval: 10\n")
+        (run / "metrics.json").write_text(json.dumps({"best_step": best, "max_steps": 1000, "steps": 1000}))
+    rows = cell_rows(folder)
+    assert [r["first_validation_best"] for r in rows] == [True, False, False, False]
+    assert [r["under_trained"] for r in rows] == [False, False, False, True]

@@ -214,8 +214,9 @@ def _omegaconf_error(err: Exception, where: str) -> ConfigError:
 
 def _merge(cfg: DictConfig, raw: Mapping[str, Any], where: str) -> DictConfig:
     _check_value(raw, Config, "", where)
-    try:
-        return typing.cast(DictConfig, OmegaConf.merge(cfg, OmegaConf.create(dict(raw))))
+    try:  # in place: OmegaConf.merge would deep-copy the whole config for every file and override
+        cfg.merge_with(OmegaConf.create(dict(raw)))
+        return cfg
     except OmegaConfBaseException as err:
         raise _omegaconf_error(err, where) from None
 

@@ -591,6 +591,8 @@ def learning_curves(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> t
             ax.set_ylabel(ylabel)
             if positive:
                 ax.set_yscale("log")
+            if row_i == 0:
+                ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
             ax.set_title(panel, fontsize=10)
             ax.legend(fontsize=7)
     fig.tight_layout()

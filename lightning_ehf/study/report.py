@@ -41,8 +41,18 @@ def cell_rows(folder: StudyFolder) -> list[dict[str, Any]]:
             row.update(json.loads(path.read_text()))
             best, cap = row.get("best_step"), row.get("max_steps")
             row["under_trained"] = bool(best is not None and cap and best > UNDER_TRAINED_FRACTION * cap)
+            row["first_validation_best"] = bool(best is not None and best <= _val_interval(folder.cell_dir(cell)))
         rows.append(row)
     return rows
+
+
+def _val_interval(run: Path) -> int:
+    import yaml
+
+    try:
+        return int(yaml.safe_load((run / "config.yaml").read_text())["trainer"]["val_check_interval"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return 0
 
 
 def _fmt(x: Optional[float], digits: int) -> str:
@@ -89,6 +99,9 @@ def _markdown_table(folder: StudyFolder, rows: list[dict[str, Any]]) -> list[str
         seeds = f"{len(good)}/{len(group)}"
         if len(done) > len(good):
             seeds += f" ({len(done) - len(good)} under-trained)"
+        early = sum(bool(r.get("first_validation_best")) for r in good)
+        if early:
+            seeds += f" ({early} best at the 1st validation)"
         cells = []
         for metric, _, digits in COLUMNS:
             vals = [float(r[metric]) for r in good if r.get(metric) is not None]
@@ -162,6 +175,7 @@ def _plot(folder: StudyFolder, rows: list[dict[str, Any]], metric: str, ylabel: 
     numeric = all((_axis_number(folder, x_axis, v) or 0) > 0 for v in xs)
     fig, axs = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     for ax, panel in zip(axs[0], panels):
+        positive = True  # a log axis only when every point of the panel is above 0
         for line in lines:
             px, py, pe, open_x, open_y = [], [], [], [], []
             for i, xv in enumerate(xs):
@@ -177,15 +191,18 @@ def _plot(folder: StudyFolder, rows: list[dict[str, Any]], metric: str, ylabel: 
                     if r["under_trained"]:
                         open_x.append(x), open_y.append(float(r[metric]))
             if px:
-                bar = ax.errorbar(px, py, yerr=pe, marker="o", ms=4, capsize=3, label=str(line) if line else None)
+                positive &= all(y > 0 for y in py + open_y)
+                # on a log axis a bar reaching 0 or below is cut at a tenth of the mean
+                low = [min(e, 0.9 * y) if log_y and y > 0 else e for y, e in zip(py, pe)]
+                bar = ax.errorbar(px, py, yerr=[low, pe], marker="o", ms=4, capsize=3, label=str(line) if line else None)
                 if open_x:
                     ax.scatter(open_x, open_y, facecolors="none", edgecolors=bar[0].get_color(), s=30)
         if numeric:
             ax.set_xscale("log", base=2)
         else:
             ax.set_xticks(range(len(xs)), xs, rotation=30)
-        if log_y:
-            ax.set_yscale("symlog", linthresh=1e-2)
+        if log_y and positive:
+            ax.set_yscale("log")
         ax.set_xlabel(x_axis)
         ax.set_ylabel(ylabel)
         if panel is not None:
@@ -285,7 +302,8 @@ def write_report(folder: StudyFolder) -> dict[str, Any]:
            f"- mean ± std over seeds of the cells that are done and not under-trained; a cell is "
            f"*under-trained* when its best validation step lies in the last "
            f"{100 * (1 - UNDER_TRAINED_FRACTION):.0f} % of its step cap (it may still have been improving): "
-           f"such cells are counted in `seeds` but left out of every mean and drawn as open circles",
+           f"such cells are counted in `seeds` but left out of every mean and drawn as open circles. A cell whose "
+           f"best step is its first validation is counted but flagged: its optimum may lie before that validation",
            ""]
     md += _markdown_table(folder, rows)
     if under:

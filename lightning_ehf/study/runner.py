@@ -59,6 +59,7 @@ class StudyFolder:
         self.root = Path(root).resolve()
         self.study = study
         self.cells = study.cells()
+        self._configs: dict[str, dict[str, Any]] = {}  # resolved configs, by cell name
 
     def cell_dir(self, cell: Cell) -> Path:
         return self.root / "cells" / cell.name
@@ -76,12 +77,14 @@ class StudyFolder:
         """The resolved config ``ehf train`` will give the cell (validated; ConfigError names the cell)."""
         from ..config.load import load_config, to_container, validate
 
-        try:
-            cfg = load_config(self.study.config_files, self.overrides(cell))
-            validate(cfg)
-        except ConfigError as e:
-            raise ConfigError(f"cell {cell.name}: {e}") from None
-        return to_container(cfg)
+        if cell.name not in self._configs:
+            try:
+                cfg = load_config(self.study.config_files, self.overrides(cell))
+                validate(cfg)
+            except ConfigError as e:
+                raise ConfigError(f"cell {cell.name}: {e}") from None
+            self._configs[cell.name] = to_container(cfg)
+        return self._configs[cell.name]
 
     def write_manifest(self, command: str) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -99,13 +102,17 @@ class StudyFolder:
     def check_configs(self) -> None:
         """Exit-2 error (UserError) if a cell that has started would now get a different config:
         results of two configs are never mixed in one cell."""
-        from ..config.load import load_config, to_container
+        from omegaconf import OmegaConf
 
+        from ..config.schema import Config
+
+        # a saved config holds every key of its day; keys added since then take their schema default
+        defaults = _flat(OmegaConf.to_container(OmegaConf.structured(Config)))
         for cell in self.cells:
             saved_path = self.cell_dir(cell) / "config.yaml"
             if not saved_path.is_file():
                 continue
-            saved = _flat(to_container(load_config([saved_path])))
+            saved = {**defaults, **_flat(OmegaConf.to_container(OmegaConf.load(saved_path)))}
             wanted = _flat(self.config(cell))
             for key in sorted(set(saved) | set(wanted)):
                 if key.startswith(_IGNORED_KEYS) or key == "data.path" and _same_path(saved.get(key), wanted.get(key)):
