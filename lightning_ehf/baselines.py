@@ -30,7 +30,7 @@ class NSFModel(nn.Module):
             raise ValueError(f"q must have shape (..., {self.dim}), got {tuple(q.shape)}")
         return self.flow().log_prob(q)
 
-    def elbo_and_constraints(self, q: Tensor, n: int = 1) -> tuple[Tensor, Tensor]:
+    def elbo_and_constraints(self, q: Tensor, n: int = 1, iwae: bool = False) -> tuple[Tensor, Tensor]:
         return self.log_prob(q), q.new_zeros(0)
 
     def elbo(self, q: Tensor, n: int = 1) -> Tensor:

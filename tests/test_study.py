@@ -599,3 +599,20 @@ def test_cell_rows_flag_under_trained_and_first_validation_best(tmp_path):
     rows = cell_rows(folder)
     assert [r["first_validation_best"] for r in rows] == [True, False, False, False]
     assert [r["under_trained"] for r in rows] == [False, False, False, True]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "study").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_study_and_profile_gives_valid_cell_configs(path, tmp_path):
+    """Each shipped study file loads under every profile, and its cells' configs validate (about a dozen
+    cells spread over each profile's grid)."""
+    from lightning_ehf.study.runner import StudyFolder
+
+    raw = yaml.safe_load(path.read_text())
+    for profile in raw.get("profiles") or [None]:
+        study = load_study(path, profile)
+        folder = StudyFolder(tmp_path / str(profile), study)
+        cells = folder.cells[:: max(1, len(folder.cells) // 12)]  # about a dozen per profile, first and spread
+        assert cells
+        for cell in cells:
+            cfg = folder.config(cell)
+            assert cfg["run"]["dir"] == str(folder.cell_dir(cell))

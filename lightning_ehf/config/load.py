@@ -49,6 +49,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.forces": ("analytic", "autograd"),
     "model.reversible": ("auto", "always", "never"),
     "optim.on_nonfinite": ("stop", "skip"),
+    "optim.objective": ("elbo", "iwae"),
     "model.activation": ("softplus", "tanh", "silu"),
     "constraint.mode": ("none", "penalty", "dual"),
     "constraint.rule": ("additive", "geco"),

@@ -74,7 +74,8 @@ class OptimCfg:
     grad_clip: float = 10.0
     scheduler: str = "cosine"  # cosine|none
     warmup_steps: int = 100
-    elbo_samples: int = 1  # momentum samples per data point in the training ELBO
+    elbo_samples: int = 1  # contract: momentum samples per data point in the training objective (K of iwae)
+    objective: str = "elbo"  # contract: elbo (the mean over the samples) | iwae (log-mean-exp: the IWAE_K bound, K = elbo_samples)
     on_nonfinite: str = "stop"  # stop (keep the last good checkpoint) | skip (skip the batch, halve the block's step)
 
 

@@ -240,16 +240,20 @@ class EquivariantHamiltonianFlow(nn.Module):
 
     # -- marginal bounds -----------------------------------------------------------------------
 
-    def elbo_and_constraints(self, q: Tensor, n: int = 1, constraints: bool = True) -> tuple[Tensor, Tensor]:
-        """ELBO per data point (B,) averaged over ``n`` momentum samples, and ``C_k`` (k,): the mean
-        squared bracket over all visited states (for the Lagrangian; zeros when ``constraints`` is off)."""
+    def elbo_and_constraints(self, q: Tensor, n: int = 1, constraints: bool = True,
+                             iwae: bool = False) -> tuple[Tensor, Tensor]:
+        """A lower bound on ``log p_θ(q)`` per data point (B,) from ``n`` reparameterised momentum samples,
+        and ``C_k`` (k,): the mean squared bracket over all visited states (for the Lagrangian; zeros when
+        ``constraints`` is off). The bound is the ELBO, the mean of the log-weights
+        ``log p_θ(q, p_i) − log h(p_i | q)``, or with ``iwae`` their log-mean-exp, the IWAE bound
+        (Burda et al. 2016), which is tighter (≥ the ELBO of the same samples) and equals it at ``n = 1``."""
         self._check(q)
         posterior = self.encoder(q)
         p = posterior.rsample((n,))  # (n, B, d)
         stats = self._stats() if constraints else None
-        log_joint = self.log_joint(q.expand_as(p), p, stats)
-        elbo = (log_joint - posterior.log_prob(p)).mean(0)
-        return elbo, stats.mean_square() if stats is not None else self.generators.new_zeros(self.generators.shape[0])
+        log_w = self.log_joint(q.expand_as(p), p, stats) - posterior.log_prob(p)
+        bound = torch.logsumexp(log_w, 0) - math.log(n) if iwae else log_w.mean(0)
+        return bound, stats.mean_square() if stats is not None else self.generators.new_zeros(self.generators.shape[0])
 
     def elbo(self, q: Tensor, n: int = 1) -> Tensor:
         """``E_{h}[log p_θ(q, p) − log h(p | q)]`` per data point, Monte Carlo with ``n`` samples."""

@@ -198,7 +198,7 @@ class ProgressLines(Callback):
     ``step 1200/2000  train/elbo -2.712  train/lambda/L01 3.2  5.3 steps/s  elapsed 3m46s  left 2m31s``
     """
 
-    SHOWN = ("train/elbo", "train/lambda/")
+    SHOWN = ("train/elbo", "train/iwae", "train/lambda/")
     SHOWN_VAL = ("val/nll", "val/kl", "val/elbo", "val/invariance_error", "val/lambda/")
 
     def __init__(self, every_n_steps: int, every_s: float, stream: Optional[TextIO] = None) -> None:

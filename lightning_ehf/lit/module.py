@@ -56,7 +56,8 @@ class EHFModule(L.LightningModule):
     the same interface (``elbo_and_constraints``, ``iwae``, ``sample``, ``generator_names``,
     ``symmetry``). ``config`` is the resolved config as plain containers (checkpoint-safe).
 
-    Metrics: ``{stage}/elbo``, ``{stage}/nll_iw{K}``, ``{stage}/kl`` (known target),
+    Metrics: ``{stage}/elbo`` (``train/iwae`` instead when training on ``optim.objective=iwae``),
+    ``{stage}/nll_iw{K}``, ``{stage}/kl`` (known target),
     ``{stage}/bracket_rms/{g}``, ``{stage}/lambda/{g}``, ``{stage}/invariance_error`` with
     ``{stage}/invariance_noise``, ``{stage}/equivariance_error``. The validation and test means over
     rows are torchmetrics metrics (:class:`RowMean`) weighted by batch size and reduced across ranks, so they
@@ -98,15 +99,17 @@ class EHFModule(L.LightningModule):
     def _shared_step(self, q: Tensor, stage: str) -> Tensor:
         train = stage == "train"
         n = int(self.config["optim"]["elbo_samples"]) if train else 1
-        elbo, constraint = self.model.elbo_and_constraints(q, n)
+        # the training objective: the ELBO, or the IWAE bound over the n samples; val/test report the ELBO
+        iwae = train and self.config["optim"].get("objective", "elbo") == "iwae"
+        elbo, constraint = self.model.elbo_and_constraints(q, n, iwae=True) if iwae else self.model.elbo_and_constraints(q, n)
         loss = -elbo.mean() + self.multipliers.penalty(constraint)
         bs = q.shape[0]
-        means = {"elbo": elbo.mean(), "loss": loss}
+        means = {"iwae" if iwae else "elbo": elbo.mean(), "loss": loss}
         means.update({f"bracket_rms/{name}": c.clamp_min(0).sqrt()
                       for name, c in zip(self.multipliers.names, constraint.detach())})
         if train:
             for name, value in means.items():
-                self.log(f"train/{name}", value, prog_bar=name == "elbo", on_step=True, batch_size=bs)
+                self.log(f"train/{name}", value, prog_bar=name in ("elbo", "iwae"), on_step=True, batch_size=bs)
             self._last_constraint = constraint.detach()
             self._last_batch = q.detach()
             self._last_loss_finite = bool(torch.isfinite(loss.detach()))
