@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Optional
 
 import torch
@@ -9,11 +10,12 @@ from torch import nn
 
 from .core import symmetries as S
 from .core.flows import make_ehf
+from .core.frames import CentreOfMassFrame, FramedTarget, PairDistanceFeatures
 from .core.symmetries import Symmetry
 from .core.targets import Target, make_target
 from .errors import ConfigError
 
-__all__ = ["make_symmetry", "make_model", "make_datamodule", "make_module", "make_trainer", "resolve_encoder", "check_logger"]
+__all__ = ["make_symmetry", "make_data_symmetry", "particle_dim_of", "resolve_translation", "make_model", "make_datamodule", "make_module", "make_trainer", "resolve_encoder", "check_logger"]
 
 
 def _kron_particles(mats: torch.Tensor, n_particles: int) -> torch.Tensor:
@@ -67,6 +69,60 @@ def make_symmetry(sym_cfg: Any, dim: int, target: Optional[Target] = None) -> Sy
     raise ConfigError(f"symmetry.group: unknown group '{group}'")
 
 
+def particle_dim_of(cfg: Any, target: Optional[Target] = None) -> Optional[int]:
+    """Coordinates per particle: ``symmetry.particle_dim`` (set by hand or by an N×n×D data file), else
+    the particles the target declares, else None (the data are not particles)."""
+    if cfg.symmetry.particle_dim:
+        return int(cfg.symmetry.particle_dim)
+    if target is not None and target.symmetry_spec.get("group") == "particles":
+        return int(target.symmetry_spec["particle_dim"])
+    return None
+
+
+def resolve_translation(cfg: Any, target: Optional[Target] = None) -> str:
+    """``symmetry.translation``: ``auto`` → what the target declares (``com`` for translation-invariant
+    particle targets such as dw4), ``none`` for file data. Refuses combinations that cannot be right."""
+    declared = target.symmetry_spec.get("translation", "none") if target is not None else "none"
+    translation = cfg.symmetry.get("translation", "auto")  # .get: configs saved before the key
+    if translation == "auto":
+        return declared
+    if target is not None and translation != declared:
+        if declared == "com":
+            raise ConfigError(f"symmetry.translation: target {target.name} is translation invariant, so its density "
+                              "lives on the centre-of-mass-free subspace; use com (or auto)")
+        raise ConfigError(f"symmetry.translation: com needs a translation-invariant density, and target {target.name} "
+                          "is not (its density fixes the centre of mass); com is for dw4 and particle data files")
+    return translation
+
+
+def make_data_symmetry(cfg: Any, data_dim: int, target: Optional[Target] = None
+                       ) -> tuple[Symmetry, Optional[CentreOfMassFrame]]:
+    """The symmetry the model sees, and the centre-of-mass frame when ``symmetry.translation`` is com.
+
+    Starts from :func:`make_symmetry` on the data's own coordinates. ``symmetry.permutations`` gives a
+    group that rotates every particle alike pair-distance invariants (:class:`PairDistanceFeatures`,
+    unchanged by relabelling the particles). ``com`` then restricts the group to the orthonormal
+    coordinates of the centre-of-mass-free subspace, where the model lives."""
+    symmetry = make_symmetry(cfg.symmetry, data_dim, target)
+    particle_dim = particle_dim_of(cfg, target)
+    if cfg.symmetry.get("permutations", False):
+        if particle_dim is None:
+            raise ConfigError("symmetry.permutations: needs particles: set symmetry.particle_dim (or use an N×n×D data file)")
+        if symmetry.particles is not None:
+            symmetry = replace(symmetry, name=f"{symmetry.name}+perm",
+                               invariants=PairDistanceFeatures(*symmetry.particles))
+    frame = None
+    if resolve_translation(cfg, target) == "com":
+        if particle_dim is None:
+            raise ConfigError("symmetry.translation: com needs particles: set symmetry.particle_dim (or use an N×n×D data file)")
+        try:
+            frame = CentreOfMassFrame(data_dim // particle_dim, particle_dim)
+            symmetry = frame.restrict(symmetry)
+        except ValueError as e:
+            raise ConfigError(f"symmetry.translation: {e}") from None
+    return symmetry, frame
+
+
 def resolve_encoder(model_cfg: Any, symmetry: Symmetry) -> str:
     """``auto`` → ``equivariant`` when the group rotates disjoint 2-D planes, else ``gaussian``."""
     if model_cfg.encoder != "auto":
@@ -107,7 +163,8 @@ def make_model(cfg: Any, symmetry: Symmetry) -> nn.Module:
 
 
 def make_datamodule(cfg: Any):
-    """Data module with its declared dimension and symmetry (validated against the config)."""
+    """Data module with its declared dimension and symmetry (validated against the config). With
+    ``symmetry.translation=com`` the data module holds the data in centre-of-mass-free coordinates."""
     from .config.load import validate_for_dim
     from .data.datamodule import EHFDataModule
 
@@ -117,17 +174,29 @@ def make_datamodule(cfg: Any):
     if target is not None:
         dim = target.dim
     else:
-        from .data.files import load_array
+        from .data.files import load_array, particle_shape
 
         rows = load_array(d.path)
         dim = rows.shape[1]
+        shape = particle_shape(d.path)
+        if shape is not None and cfg.symmetry.particle_dim and int(cfg.symmetry.particle_dim) != shape[1]:
+            raise ConfigError(f"symmetry.particle_dim: {cfg.symmetry.particle_dim}, but {d.path} holds particles of "
+                              f"{shape[1]} coordinates (shape N×{shape[0]}×{shape[1]})")
     validate_for_dim(cfg, dim)
-    symmetry = make_symmetry(cfg.symmetry, dim, target)
+    symmetry, frame = make_data_symmetry(cfg, dim, target)
+    if frame is not None:
+        if target is not None:
+            target = FramedTarget(target, frame)
+        if rows is not None:
+            rows = frame.to_subspace(torch.from_numpy(rows)).numpy()
+    particle_dim = particle_dim_of(cfg, target)
+    permute = dim // particle_dim if cfg.symmetry.get("permutations", False) and particle_dim else None
     return EHFDataModule(symmetry, target=target, path=d.path, rows=rows, regime=d.regime, n_train=d.n_train,
                          n_val=d.n_val, n_test=d.n_test, batch_size=d.batch_size, augment=d.augment,
                          num_workers=d.num_workers, seed=cfg.seed, val_fraction=d.val_fraction,
                          # .get: configs saved before these keys have counts in data.n_val / n_test
-                         file_val_fraction=d.get("file_val_fraction"), file_test_fraction=d.get("file_test_fraction"))
+                         file_val_fraction=d.get("file_val_fraction"), file_test_fraction=d.get("file_test_fraction"),
+                         frame=frame, permute_particles=permute)
 
 
 def make_module(cfg: Any, datamodule, run_id: str = "") -> "Any":

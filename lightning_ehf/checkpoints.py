@@ -23,6 +23,7 @@ class Run:
     dim: int
     entropy: Optional[float]
     path: Path
+    frame: Any = None  # the CentreOfMassFrame when the model lives in centre-of-mass-free coordinates
 
     def split_data(self, split: str = "test") -> Tensor:
         """The run's fixed ``test`` or ``val`` set, regenerated from its config (targets) or its data file."""
@@ -91,7 +92,7 @@ def load_run(path: str | Path) -> Run:
     """Rebuild the model of a checkpoint and load its weights."""
     from omegaconf import OmegaConf
 
-    from .build import make_model, make_symmetry
+    from .build import make_data_symmetry, make_model, particle_dim_of, resolve_translation
     from .core.targets import make_target
 
     ckpt = load_checkpoint(path)
@@ -102,9 +103,14 @@ def load_run(path: str | Path) -> Run:
     dim = int(hp.get("dim") or (target.dim if target is not None else 0))
     if dim <= 0:
         raise CheckpointError(f"checkpoint {resolve_checkpoint(path)} does not record the data dimension")
-    model = make_model(cfg, make_symmetry(cfg.symmetry, dim, target))
+    # the model's dimension; centre-of-mass-free coordinates have one particle's fewer than the data
+    data_dim = target.dim if target is not None else dim
+    if target is None and resolve_translation(cfg) == "com":
+        data_dim = dim + (particle_dim_of(cfg) or 0)
+    symmetry, frame = make_data_symmetry(cfg, data_dim, target)
+    model = make_model(cfg, symmetry)
     prefix = "model."
     state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     check_state_dict(model, state, resolve_checkpoint(path))
     model.eval()
-    return Run(model, config, dim, hp.get("entropy"), resolve_checkpoint(path))
+    return Run(model, config, dim, hp.get("entropy"), resolve_checkpoint(path), frame)

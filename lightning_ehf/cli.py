@@ -418,7 +418,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.data and args.split:
         raise UserError("--data and --split: give one of them (--split picks a set of the run instead of a file)")
     if args.data:
-        q = torch.from_numpy(load_array(args.data, expected_dim=run.dim, against="the checkpoint's model"))
+        if run.frame is not None:  # particles as given; the model sees their centre-of-mass-free coordinates
+            rows = load_array(args.data, expected_dim=run.frame.full_dim, against="the checkpoint's particles")
+            q = run.frame.to_subspace(torch.from_numpy(rows))
+        else:
+            q = torch.from_numpy(load_array(args.data, expected_dim=run.dim, against="the checkpoint's model"))
         source = str(args.data)
     else:
         split = args.split or "test"
@@ -464,10 +468,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
     run = load_run(args.ckpt)
     torch.manual_seed(args.seed)
     with torch.no_grad():
-        x = run.model.sample(args.n).double().cpu().numpy()
+        x = run.model.sample(args.n).double().cpu()
+    note = ""
+    if run.frame is not None:
+        x = run.frame.from_subspace(x)
+        note = f" ({run.frame.n_particles} particles × {run.frame.particle_dim}, centre of mass at the origin)"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    np.save(args.out, x)
-    print(f"wrote {x.shape[0]}×{x.shape[1]} samples to {args.out}")
+    np.save(args.out, x.numpy())
+    print(f"wrote {x.shape[0]}×{x.shape[1]} samples to {args.out}{note}")
     return 0
 
 

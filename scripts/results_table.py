@@ -11,6 +11,7 @@ runs = [
     ("shell3d", "`-c configs/experiment/shell3d.yaml`"),
     ("particles2d", "`-c configs/experiment/particles2d.yaml`"),
     ("rings2d", "`-c configs/experiment/rings2d.yaml`"),
+    ("dw4", "`-c configs/experiment/dw4.yaml`"),
 ]
 def f(x, nd=3):
     if x is None:

@@ -15,5 +15,6 @@ run gmm8_none -c configs/experiment/gmm8.yaml constraint.mode=none
 run shell3d -c configs/experiment/shell3d.yaml
 run particles2d -c configs/experiment/particles2d.yaml
 run rings2d -c configs/experiment/rings2d.yaml
+run dw4 -c configs/experiment/dw4.yaml
 
 .venv/bin/python scripts/results_table.py "$OUT"

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lightning_ehf.data.files import check_dim, load_array
+from lightning_ehf.data.files import check_dim, load_array, particle_shape
 from lightning_ehf.errors import DataError, UserError
 
 X = np.arange(12, dtype=np.float32).reshape(6, 2) / 7.0
@@ -170,12 +170,24 @@ def test_csv_binary(tmp_path: Path) -> None:
 
 def test_one_dimensional(tmp_path: Path) -> None:
     np.save(tmp_path / "v.npy", np.zeros(7))
-    assert "expected a 2-D array N×d, got shape (7,)" in data_error(tmp_path / "v.npy")
+    assert "expected a 2-D array N×d (or N×n×D particles), got shape (7,)" in data_error(tmp_path / "v.npy")
 
 
-def test_three_dimensional(tmp_path: Path) -> None:
-    np.save(tmp_path / "t.npy", np.zeros((2, 3, 4)))
-    assert "(2, 3, 4)" in data_error(tmp_path / "t.npy")
+def test_three_dimensional_is_particles_particle_by_particle(tmp_path: Path) -> None:
+    x = np.arange(24.0).reshape(2, 3, 4)  # 2 rows of 3 particles in 4-D
+    np.save(tmp_path / "t.npy", x)
+    np.savez(tmp_path / "t.npz", x=x)
+    for name in ("t.npy", "t.npz"):
+        rows = load_array(tmp_path / name)
+        assert rows.shape == (2, 12) and rows[1, 4:8].tolist() == x[1, 1].tolist()
+        assert particle_shape(tmp_path / name) == (3, 4)
+    np.save(tmp_path / "flat.npy", x.reshape(2, 12))
+    assert particle_shape(tmp_path / "flat.npy") is None
+
+
+def test_four_dimensional(tmp_path: Path) -> None:
+    np.save(tmp_path / "t.npy", np.zeros((2, 3, 4, 1)))
+    assert "(2, 3, 4, 1)" in data_error(tmp_path / "t.npy")
 
 
 def test_zero_rows(tmp_path: Path) -> None:

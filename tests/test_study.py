@@ -116,7 +116,7 @@ SHIPPED = ROOT / "configs" / "study" / "data_efficiency.yaml"
 def test_shipped_study_profiles_shrink_the_grid_and_name_cells():
     full = load_study(SHIPPED)  # the first profile (full) is the default
     assert full.profile == "full" and full.name == "data_efficiency"
-    assert len(full.cells()) == 6 * 6 * 6 * 3  # methods × targets × n_train × seeds
+    assert len(full.cells()) == 6 * 7 * 6 * 3  # methods × targets × n_train × seeds
     quick = load_study(SHIPPED, "quick")
     cells = {c.name: c for c in quick.cells()}
     assert len(cells) == 5 * 2 * 2 * 3
@@ -149,6 +149,18 @@ def test_profile_keeps_key_axis_values_by_value_or_by_name(tmp_path):
     assert len(load_study(f, "big").cells()) == 2 * 3 * 2
     with pytest.raises(ConfigError, match="'huge' is not a profile"):
         load_study(f, "huge")
+
+
+def test_profile_gives_a_key_axis_new_values(tmp_path):
+    axes = {"method": ["ehf_dual", "nsf"], "n": {"key": "data.n_train", "values": [64, 128]}}
+    f = write_study(tmp_path / "p.yaml", "p", axes,
+                    profiles={"big": {}, "sizes": {"axes": {"method": ["nsf"], "n": {"values": [100, 1000]}}},
+                              "bad": {"axes": {"method": {"values": ["nsf"]}}}})
+    cells = load_study(f, "sizes").cells()
+    assert [c.name for c in cells] == ["nsf-n_train100", "nsf-n_train1000"]
+    assert "data.n_train=1000" in cells[1].overrides
+    with pytest.raises(ConfigError, match="profiles.bad.axes.method: a profile gives a key axis new values"):
+        load_study(f, "bad")
 
 
 BAD_STUDIES = {

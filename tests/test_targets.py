@@ -62,7 +62,7 @@ def test_make_target_unknown_names_choices() -> None:
 
 
 def test_registry_and_specs() -> None:
-    assert sorted(TARGETS) == sorted(NAMES)
+    assert sorted(TARGETS) == sorted([*NAMES, "dw4"])  # dw4: a pool of MCMC samples (tests/test_targets_dw4.py)
     expected = {
         "ring2d": (2, {"group": "so2", "coords": [0, 1]}),
         "rings2d": (2, {"group": "so2", "coords": [0, 1]}),
@@ -70,6 +70,7 @@ def test_registry_and_specs() -> None:
         "particles2d": (6, {"group": "particles", "particle_dim": 2}),
         "gmm8": (2, {"group": "none"}),
         "two_rings4d": (4, {"group": "rotations", "planes": [[0, 1], [2, 3]]}),
+        "dw4": (8, {"group": "particles", "particle_dim": 2, "translation": "com"}),
     }
     for name, (dim, spec) in expected.items():
         t = make_target(name)

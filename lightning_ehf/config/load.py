@@ -40,9 +40,10 @@ __all__ = [
 
 #: Allowed values of the enum-like string keys (``None`` allowed only where listed in ``_NULLABLE``).
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.target": ("ring2d", "rings2d", "shell3d", "particles2d", "gmm8", "two_rings4d"),
+    "data.target": ("ring2d", "rings2d", "shell3d", "particles2d", "gmm8", "two_rings4d", "dw4"),
     "data.regime": ("finite", "infinite"),
     "symmetry.group": ("auto", "none", "so2", "so3", "rotations", "matrices"),
+    "symmetry.translation": ("auto", "none", "com"),
     "model.kind": ("ehf", "nsf"),
     "model.kinetic": ("quadratic", "mlp"),
     "model.encoder": ("auto", "gaussian", "equivariant"),
@@ -341,6 +342,12 @@ def load_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = ())
         for key, value in FILE_DEFAULTS.items():
             if key not in explicit:
                 OmegaConf.update(cfg, key, value, merge=False)
+        if "symmetry.particle_dim" not in explicit:  # an (N, n, D) file says how many coordinates a particle has
+            from lightning_ehf.data.files import particle_shape
+
+            shape = particle_shape(cfg.data.path)
+            if shape is not None:
+                cfg.symmetry.particle_dim = shape[1]
     OmegaConf.set_struct(cfg, True)
     return cfg
 
@@ -631,7 +638,12 @@ def validate(cfg: DictConfig) -> None:
             "the equivariant encoder needs a rotation group (so2, so3, rotations), "
             f"not symmetry.group={group}",
         )
-    if _get(cfg, "data.augment") and group == "none":
+    for key, on in (("symmetry.translation", _get(sym, "translation") == "com"),
+                    ("symmetry.permutations", bool(_get(sym, "permutations")))):
+        if on and particle_dim is None and target is None:
+            raise _fail(key, "needs particles: set symmetry.particle_dim (coordinates per particle), or use an "
+                             "N×n×D data file")
+    if _get(cfg, "data.augment") and group == "none" and not _get(sym, "permutations"):
         raise _fail(
             "data.augment", "needs a symmetry to sample group elements from, but symmetry.group=none"
         )

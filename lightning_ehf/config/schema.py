@@ -12,8 +12,8 @@ from typing import Any, Optional
 
 @dataclass
 class DataCfg:
-    target: Optional[str] = "ring2d"  # contract: ring2d|rings2d|shell3d|particles2d|gmm8|two_rings4d or null
-    path: Optional[str] = None  # contract: user data file (.npy/.npz/.csv); implies FILE_DEFAULTS (below)
+    target: Optional[str] = "ring2d"  # contract: ring2d|rings2d|shell3d|particles2d|gmm8|two_rings4d|dw4 or null
+    path: Optional[str] = None  # contract: user data file (.npy/.npz/.csv; N×d, or N×n×D particles); implies FILE_DEFAULTS (below)
     regime: str = "infinite"  # contract: finite|infinite (file data: finite)
     n_train: int = 20000  # contract: training set size (finite regime; file data: at most this many rows train)
     n_val: Optional[int] = 1000  # contract: validation samples / rows of the file; null (files only): file_val_fraction of the rows
@@ -33,6 +33,8 @@ class SymmetryCfg:
     coords: Optional[list[int]] = None  # coordinates so2/so3 act on (default: the first 2 / 3)
     particle_dim: Optional[int] = None  # contract: q holds particles of this many coordinates
     matrices: Optional[list[Any]] = None  # contract: explicit generators, each d×d (list of lists)
+    translation: str = "auto"  # contract: auto (the target's: com for dw4, else none) | none | com (particles: model the centre-of-mass-free coordinates)
+    permutations: bool = False  # contract: identical particles: augmentation relabels them; invariant Hamiltonians use pair-distance features
 
 
 @dataclass

@@ -80,6 +80,8 @@ class Symmetry:
         generator_names: one short name per generator (used in metric names).
         sampler: draws group elements; Haar measure for compact rotation groups.
         invariants: optional map ``x (..., d) → (..., m)`` of invariant features (rotation groups).
+        rotation_blocks: the disjoint coordinate blocks a block-rotation group rotates.
+        particles: ``(n, D)`` when the group rotates n particles of D coordinates all alike.
     """
 
     name: str
@@ -90,6 +92,7 @@ class Symmetry:
     sampler: Sampler | None = None
     invariants: Invariants | None = None
     rotation_blocks: list[list[int]] = field(default_factory=list)
+    particles: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         k = len(self.generator_names)
@@ -340,6 +343,7 @@ def particle_rotations(n_particles: int, particle_dim: int) -> Symmetry:
         f"particles{n_particles}x{particle_dim}", d, mats, torch.zeros(len(planes), d, dtype=torch.float64),
         [f"L{a}{b}" for a, b in planes],
         sampler=_particle_sampler(n_particles, particle_dim), invariants=_GramInvariants(n_particles, particle_dim),
+        particles=(n_particles, particle_dim),
     )
 
 

@@ -12,11 +12,17 @@ Targets (``make_target(name)``):
 * ``gmm8``        8 Gaussians (σ = 0.3) on a circle of radius 2; only discrete C₈ symmetry: none.
 * ``two_rings4d`` q ∈ R⁴: (q₀, q₁) a ring of radius ~ N(2, 0.25²), independently (q₂, q₃) a ring of radius
                   ~ N(1, 0.2²) (both truncated at r > 0), uniform angles; rotations of the planes (0,1), (2,3).
+* ``dw4``         4 particles in 2D with the double-well pair energy Σ_{i<j} 0.9(d_ij − 4)⁴ − 4(d_ij − 4)², kT = 1,
+                  on the centre-of-mass-free subspace; particles + translations. Not analytic: a pool target
+                  (``finite_pool``) whose train/val/test samples are fixed pools from a seeded MCMC and whose
+                  log Z is an importance-sampling estimate with a standard error, both read from
+                  ``lightning_ehf/assets/dw4.npz`` (written by ``scripts/make_dw4.py``).
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -25,9 +31,11 @@ from torch import Tensor
 
 from .random import draw
 
-__all__ = ["Target", "RadialMixture", "PlaneProduct", "Particles2D", "GMM8", "TARGETS", "make_target"]
+__all__ = ["Target", "RadialMixture", "PlaneProduct", "Particles2D", "GMM8", "DoubleWellParticles",
+           "double_well_pair_energy", "TARGETS", "make_target"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
+_ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
 def _resolve_device(device: Any) -> torch.device:
@@ -44,16 +52,28 @@ class Target:
     """Base class: an analytic density on R^dim with exact sampling.
 
     Subclasses set ``name``, ``dim``, ``symmetry_spec`` and implement ``sample`` and ``log_prob``.
+    A target whose samples are a fixed, finite pool per split (``finite_pool = True``) also overrides
+    ``sample_split``.
     """
 
     name: str
     dim: int
     symmetry_spec: dict[str, Any]
+    finite_pool: bool = False
 
     def sample(self, n: int, generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32,
                device: Any = None) -> Tensor:
         """Draw ``n`` exact samples, shape ``(n, dim)``; all randomness comes from ``generator``."""
         raise NotImplementedError
+
+    def sample_split(self, split: str, n: int, generator: Optional[torch.Generator] = None,
+                     dtype: torch.dtype = torch.float32, device: Any = None) -> Tensor:
+        """``n`` samples for the data split ``split`` (``"train"``, ``"val"`` or ``"test"``), shape ``(n, dim)``.
+
+        An analytic target draws fresh exact samples for every split, so this is ``sample(n, …)`` and the
+        split name is ignored; a pool target (``finite_pool``) returns ``n`` rows of that split's pool.
+        """
+        return self.sample(n, generator, dtype, device)
 
     def log_prob(self, x: Tensor) -> Tensor:
         """Normalised log density of ``x`` (shape ``(..., dim)``) -> shape ``(...)``; differentiable."""
@@ -216,6 +236,135 @@ class GMM8(Target):
         return torch.logsumexp(-sq / (2 * var), dim=-1) - math.log(len(self.means)) - math.log(2 * math.pi * var)
 
 
+def double_well_pair_energy(x: Tensor, n_particles: int, particle_dim: int, a: float = 0.9, b: float = -4.0,
+                            d0: float = 4.0) -> Tensor:
+    """Double-well pair energy of ``n_particles`` particles in R^D, x of shape (..., n·D) -> shape (...):
+
+        E(x) = Σ_{i<j} a (d_ij − d₀)⁴ + b (d_ij − d₀)²,   d_ij = |x_i − x_j|,
+
+    particles stored one after the other, x = (x_1, …, x_n). For a > 0 > b every pair has its minima at
+    d = d₀ ± √(−b/(2a)) and a barrier of b²/(4a) at d = d₀ (defaults: d = 2.509 and 5.491, barrier 4.44).
+    Invariant under translations, rotations, reflections and relabellings of the particles. Differentiable;
+    the gradient of a pair of coincident particles is 0 (its direction is undefined there).
+    """
+    xs = x.reshape(*x.shape[:-1], n_particles, particle_dim)
+    i, j = torch.triu_indices(n_particles, n_particles, 1, device=x.device)
+    d2 = (xs[..., i, :] - xs[..., j, :]).square().sum(dim=-1)
+    d = torch.sqrt(torch.clamp(d2, min=torch.finfo(x.dtype).tiny))  # safe sqrt: finite gradients at d = 0
+    u = d - d0
+    return (a * u**4 + b * u**2).sum(dim=-1)
+
+
+class DoubleWellParticles(Target):
+    """``dw4``: 4 particles in 2D with the double-well pair energy (:func:`double_well_pair_energy`), at kT = 1.
+
+    The density is translation invariant, so it lives on the centre-of-mass-free subspace
+    S = {x ∈ R^{nD}: Σ_i x_i = 0} (dimension (n−1)D = 6), with Lebesgue measure in any orthonormal
+    coordinates of S (all give the same measure, so log Z does not depend on the basis):
+
+        p(x) = exp(−E(x)/kT) / Z,   Z = ∫_S exp(−E(x)/kT) dx,   log_prob(x) = −E(x)/kT − log Z.
+
+    ``log_prob`` evaluates E of x as given: for an x with a non-zero centroid that is the density of its
+    projection onto S (E is translation invariant), not a density on R^{nD}, which has none.
+
+    There is no exact sampler. The samples are fixed pools, one per split (``finite_pool``): ``train``
+    (10000), ``val`` (2000) and ``test`` (5000) rows, each centre-of-mass free, drawn from disjoint sets of
+    independent chains of a seeded parallel-tempering MCMC; log Z is an importance-sampling estimate with
+    standard error ``log_z_se``. Both are read, on first use, from ``lightning_ehf/assets/dw4.npz``,
+    written once by ``scripts/make_dw4.py`` (and never fetched).
+    """
+
+    finite_pool = True
+    splits = ("train", "val", "test")
+
+    def __init__(self, name: str = "dw4", n_particles: int = 4, particle_dim: int = 2, a: float = 0.9,
+                 b: float = -4.0, d0: float = 4.0, kT: float = 1.0, path: Optional[Path] = None) -> None:
+        self.name, self.n_particles, self.particle_dim = name, n_particles, particle_dim
+        self.dim = n_particles * particle_dim
+        self.a, self.b, self.d0, self.kT = float(a), float(b), float(d0), float(kT)
+        self.path = Path(path) if path is not None else _ASSETS / f"{name}.npz"
+        self.symmetry_spec = {"group": "particles", "particle_dim": particle_dim, "translation": "com"}
+        self._pools: Optional[dict[str, Tensor]] = None
+        self._log_z = self._log_z_se = math.nan
+
+    def _load(self) -> dict[str, Tensor]:
+        """The pools (float32 CPU tensors, by split), read from ``self.path`` on first use."""
+        if self._pools is None:
+            if not self.path.is_file():
+                raise FileNotFoundError(f"the {self.name} samples file {self.path} is missing; write it with "
+                                        f"`python scripts/make_dw4.py`")
+            with np.load(self.path) as data:
+                stored = {k: float(data[k]) for k in ("a", "b", "d0", "kT")}
+                ours = {"a": self.a, "b": self.b, "d0": self.d0, "kT": self.kT}
+                if stored != ours:  # log Z belongs to the energy it was computed for
+                    raise ValueError(f"{self.path} holds samples for {stored}, the target is {ours}")
+                pools = {s: torch.from_numpy(np.ascontiguousarray(data[s], dtype=np.float32)) for s in self.splits}
+                log_z, log_z_se = float(data["log_z"]), float(data["log_z_se"])
+            for split, pool in pools.items():
+                if pool.ndim != 2 or pool.shape[1] != self.dim:
+                    raise ValueError(f"{self.path}: the '{split}' pool has shape {tuple(pool.shape)}, "
+                                     f"expected (n, {self.dim})")
+            self._pools, self._log_z, self._log_z_se = pools, log_z, log_z_se
+        return self._pools
+
+    @property
+    def log_z(self) -> float:
+        """log Z over the centre-of-mass-free subspace (importance-sampling estimate)."""
+        self._load()
+        return self._log_z
+
+    @property
+    def log_z_se(self) -> float:
+        """Standard error of ``log_z``."""
+        self._load()
+        return self._log_z_se
+
+    def pool_size(self, split: str) -> int:
+        """Number of samples in the pool of ``split``."""
+        return len(self._pool(split))
+
+    def _pool(self, split: str) -> Tensor:
+        if split not in self.splits:
+            raise ValueError(f"unknown split '{split}' for {self.name}; choose from {', '.join(self.splits)}")
+        return self._load()[split]
+
+    def sample_split(self, split: str, n: int, generator: Optional[torch.Generator] = None,
+                     dtype: torch.dtype = torch.float32, device: Any = None) -> Tensor:
+        """``n`` distinct rows of the ``split`` pool, shape ``(n, dim)``: the first n of a random permutation
+        drawn from ``generator`` (so the seed picks the rows, and for one seed a smaller n takes a subset of
+        the rows of a larger one). Raises ``ValueError`` if n exceeds the pool."""
+        pool = self._pool(split)
+        if not 0 <= n <= len(pool):
+            raise ValueError(f"{self.name} has {len(pool)} '{split}' samples; asked for {n}")
+        rows = draw(torch.randperm, len(pool), generator=generator, device=torch.device("cpu"))[:n]
+        return pool[rows].to(device=_resolve_device(device), dtype=dtype)
+
+    def sample(self, n: int, generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32,
+               device: Any = None) -> Tensor:
+        """``n`` distinct rows of the ``test`` pool (see ``sample_split``)."""
+        return self.sample_split("test", n, generator, dtype, device)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        energy = double_well_pair_energy(x, self.n_particles, self.particle_dim, self.a, self.b, self.d0)
+        return -energy / self.kT - self.log_z
+
+    def entropy(self, n: int = 100_000, generator: Optional[torch.Generator] = None) -> tuple[float, float]:
+        """H = −mean log p(x) = mean E(x)/kT + log Z over the ``test`` pool (float64), and its standard error.
+
+        Uses the whole pool when ``n`` ≥ its size (the default), else n rows chosen by ``generator``. The
+        second value is the combined standard error √(se_MC² + se_logZ²), se_MC = std(log p)/√n: the
+        uncertainty of H, and so the uncertainty H adds to KL(p‖q) = −H − E_p[log q]. (The log Z part is
+        the same for every model, so it cancels in differences of KLs; evaluating E_p[log q] on the same
+        test pool pairs the Monte-Carlo parts.)
+        """
+        pool = self._pool("test")
+        x = (pool.to(torch.float64) if n >= len(pool)
+             else self.sample_split("test", n, generator, dtype=torch.float64, device="cpu"))
+        lp = self.log_prob(x)
+        se_mc = float(lp.std() / math.sqrt(len(x)))
+        return float(-lp.mean()), math.hypot(se_mc, self.log_z_se)
+
+
 TARGETS: dict[str, Callable[[], Target]] = {
     "ring2d": lambda: RadialMixture("ring2d", 2, radii=[2.0], std=0.25),
     "rings2d": lambda: RadialMixture("rings2d", 2, radii=[1.0, 2.0, 3.0], std=0.15),
@@ -224,6 +373,7 @@ TARGETS: dict[str, Callable[[], Target]] = {
     "gmm8": lambda: GMM8("gmm8"),
     "two_rings4d": lambda: PlaneProduct("two_rings4d", [RadialMixture("ring_a", 2, radii=[2.0], std=0.25),
                                                         RadialMixture("ring_b", 2, radii=[1.0], std=0.2)]),
+    "dw4": lambda: DoubleWellParticles("dw4", n_particles=4, particle_dim=2, a=0.9, b=-4.0, d0=4.0, kT=1.0),
 }
 
 

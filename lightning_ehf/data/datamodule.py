@@ -12,6 +12,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 from typing_extensions import override
 
+from ..core.frames import CentreOfMassFrame, permute_particles
 from ..core.symmetries import Symmetry
 from ..core.targets import Target
 from ..errors import ConfigError
@@ -57,6 +58,10 @@ class EHFDataModule(L.LightningDataModule):
 
     With ``augment`` every training batch is acted on by random group elements (one per row),
     after it reaches the device; the elements of step ``i`` on rank ``r`` are drawn from ``(seed, r, i)``.
+    With ``permute_particles = n`` augmentation also relabels the n particles of every row at random.
+
+    With a centre-of-mass ``frame`` every row is held in the frame's coordinates (the target is a
+    :class:`~lightning_ehf.core.frames.FramedTarget`, file rows are mapped by the caller).
 
     Under DDP, rank ``r`` of ``W`` validates and tests rows ``r, r + W, r + 2W, …``: every row exactly
     once (Lightning's distributed sampler would pad with repeated rows), and the logged means (the
@@ -68,7 +73,8 @@ class EHFDataModule(L.LightningDataModule):
                  n_val: Optional[int] = 2000, n_test: Optional[int] = 5000,
                  batch_size: int = 512, augment: bool = False, num_workers: int = 0, seed: int = 0,
                  val_fraction: Optional[float] = None, file_val_fraction: Optional[float] = None,
-                 file_test_fraction: Optional[float] = None) -> None:
+                 file_test_fraction: Optional[float] = None, frame: Optional[CentreOfMassFrame] = None,
+                 permute_particles: Optional[int] = None) -> None:
         super().__init__()
         if (target is None) == (path is None):
             raise ConfigError("data: set exactly one of data.target and data.path")
@@ -82,6 +88,17 @@ class EHFDataModule(L.LightningDataModule):
         if val_fraction is not None and (target is None or regime != "finite"):
             raise ConfigError("data.val_fraction: applies to the finite training set of a target (data.regime=finite)")
         self.val_fraction = val_fraction
+        if target is not None and regime == "infinite" and getattr(target, "finite_pool", False):
+            raise ConfigError(f"data.regime: target {target.name} is a fixed pool of samples, not a sampler; "
+                              "set data.regime=finite")
+        self.frame, self.permute_particles = frame, permute_particles
+        if target is not None and getattr(target, "finite_pool", False):  # checked before any file is written
+            wanted = {"train": ("data.n_train", n_train), "test": ("data.n_test", n_test)}
+            if val_fraction is None:
+                wanted["val"] = ("data.n_val", n_val)
+            for split, (key, n) in wanted.items():
+                if n is not None and n > target.pool_size(split):
+                    raise ConfigError(f"{key}: {target.name} has {target.pool_size(split)} '{split}' samples; asked for {n}")
         self.train_data: Optional[Tensor] = None
         self.val_data: Optional[Tensor] = None
         self.test_data: Optional[Tensor] = None
@@ -100,7 +117,7 @@ class EHFDataModule(L.LightningDataModule):
     def _draw(self, split: str, n: int) -> Tensor:
         assert self.target is not None
         gen = torch.Generator().manual_seed(stream_seed(self.seed, _SPLIT_STREAM[split]))
-        return self.target.sample(n, generator=gen, dtype=torch.float32)
+        return self.target.sample_split(split, n, generator=gen, dtype=torch.float32)
 
     @override
     def setup(self, stage: Optional[str] = None) -> None:
@@ -177,11 +194,18 @@ class EHFDataModule(L.LightningDataModule):
                 stream_seed(self.seed, _SPLIT_STREAM["augment"], trainer.global_rank, trainer.global_step))
             g = self.symmetry.sample(batch.shape[0], generator=gen, dtype=batch.dtype, device=batch.device)
             batch = g.act_q(batch)
+            if self.permute_particles:
+                x = batch if self.frame is None else self.frame.from_subspace(batch)
+                x = permute_particles(x, self.permute_particles, generator=gen)
+                batch = x if self.frame is None else self.frame.to_subspace(x)
         return batch
 
     def describe(self) -> str:
         source = self.target.name if self.target is not None else Path(str(self.path)).name
         text = f"{source} (d={self.dim}, {self.regime}, symmetry {self.symmetry.name})"
+        if self.frame is not None:
+            text += (f"; {self.frame.n_particles} particles × {self.frame.particle_dim} in centre-of-mass-free "
+                     f"coordinates (d={self.frame.full_dim} → {self.frame.dim})")
         if self._file_rows is not None:
             n_train = min(self.n_train, self._file_rows.shape[0] - self.n_val - self.n_test)
             text += (f"; {self._file_rows.shape[0]} rows: {n_train} train, {self.n_val} validate, "

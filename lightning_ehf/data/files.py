@@ -1,7 +1,9 @@
 """User data files → a float64 array ``N×d``.
 
 Formats (docs/design.md §4): ``.npy`` (N×d numbers), ``.npz`` (array ``x``, else the only array),
-``.csv`` (numbers separated by commas, optionally one header row of column names).
+``.csv`` (numbers separated by commas, optionally one header row of column names). A ``.npy`` / ``.npz``
+array shaped ``N×n×D`` holds n particles of D coordinates per row; it is read as ``N×(n·D)``, particle
+by particle (:func:`particle_shape` tells n and D).
 Every problem raises :class:`~lightning_ehf.errors.DataError` with a one-line message naming the file.
 """
 
@@ -14,7 +16,7 @@ import numpy as np
 
 from lightning_ehf.errors import DataError
 
-__all__ = ["SUFFIXES", "load_array", "check_array", "check_dim"]
+__all__ = ["SUFFIXES", "load_array", "check_array", "check_dim", "particle_shape"]
 
 #: Supported file extensions (lower case).
 SUFFIXES = (".npy", ".npz", ".csv")
@@ -133,8 +135,10 @@ def check_array(x: np.ndarray, path: str | Path) -> np.ndarray:
     x = np.asarray(x)
     if x.dtype.kind not in "iuf":
         raise _err(path, f"holds values of type {x.dtype}, expected real numbers")
+    if x.ndim == 3 and 0 not in x.shape[1:]:  # N×n×D particles, particle by particle
+        x = x.reshape(x.shape[0], x.shape[1] * x.shape[2])
     if x.ndim != 2:
-        raise _err(path, f"expected a 2-D array N×d, got shape {tuple(x.shape)}")
+        raise _err(path, f"expected a 2-D array N×d (or N×n×D particles), got shape {tuple(x.shape)}")
     if x.shape[0] == 0:
         raise _err(path, f"is empty (0 rows, shape {tuple(x.shape)})")
     if x.shape[1] == 0:
@@ -157,6 +161,23 @@ def check_dim(x: np.ndarray, expected_dim: int, path: str | Path, against: str =
         if against == "expected":
             raise DataError(f"data file {path} has d={d} but d={expected_dim} was expected")
         raise DataError(_one_line(f"data file {path} has d={d} but {against} has d={expected_dim}"))
+
+
+def particle_shape(path: str | Path) -> tuple[int, int] | None:
+    """``(n, D)`` when ``path`` is a ``.npy`` / ``.npz`` array shaped ``N×n×D`` (read without loading the
+    data where the format allows), else None; also None for a file that cannot be read (loading it
+    later reports why)."""
+    path = Path(path).expanduser()
+    try:
+        if path.suffix.lower() == ".npy":
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+        elif path.suffix.lower() == ".npz":
+            shape = _read_npz(path).shape
+        else:
+            return None
+    except (OSError, ValueError, EOFError, DataError, zipfile.BadZipFile):
+        return None
+    return (int(shape[1]), int(shape[2])) if len(shape) == 3 else None
 
 
 def load_array(path: str | Path, expected_dim: int | None = None, against: str = "expected") -> np.ndarray:

@@ -237,7 +237,8 @@ def _split_statement(base: dict[str, Any]) -> str:
         parts.append(f"finite regime: n_train training samples and {base.get('data.n_val', 1000)} fresh validation samples")
     else:
         parts.append("infinite regime: fresh samples every step")
-    parts.append(f"test: {base.get('data.n_test', 5000)} fresh samples, IWAE K = {base.get('eval.iw_samples', 256)}")
+    parts.append(f"test: {base.get('data.n_test', 5000)} held-out samples (fresh draws; for a pool target such as dw4, rows "
+                 f"of its test pool), IWAE K = {base.get('eval.iw_samples', 256)}")
     if base.get("trainer.patience"):
         parts.append(f"validation every {base.get('trainer.val_check_interval', 500)} steps "
                      f"(K = {base.get('eval.val_iw_samples') or base.get('eval.iw_samples', 256)}); "

@@ -14,7 +14,7 @@ A study file (YAML)::
       seed: {key: seed, values: [0, 1, 2]}
     profiles:                           # profile=NAME on the command line; the first is the default
       quick:
-        axes: {n_train: [128]}          # keep only these values (by name)
+        axes: {n_train: [128]}          # keep only these values (by name), or {values: [...]}: new values of a key axis
         base: {trainer.max_steps: 3000} # extra overrides, after base
     report:                             # `ehf study report`
       x: n_train                        # plots: x axis (log scale when numeric) ...
@@ -211,6 +211,16 @@ def load_study(path: str | Path, profile: Optional[str] = None, extra: Sequence[
         axis = next((a for a in axes if a.name == str(axis_name)), None)
         if axis is None:
             raise _fail(f"{path}: profiles.{profile}.axes.{axis_name}", "no such axis")
+        if isinstance(keep, dict):  # {values: [...]}: new values for a key axis
+            old_key = next(iter(next(iter(axis.values.values()))), None)
+            if set(keep) != {"values"} or len(axis.values) == 0 or not all(
+                    list(ov) == [old_key] for ov in axis.values.values()):
+                raise _fail(f"{path}: profiles.{profile}.axes.{axis_name}",
+                            "a profile gives a key axis new values as {values: [v1, v2, ...]}; other axes keep "
+                            "a list of their value names")
+            axis.values = _axis(axis.name, {"key": old_key, "values": keep["values"]},
+                                f"{path}: profiles.{profile}.axes.{axis_name}").values
+            continue
         keep = [keep] if not isinstance(keep, list) else keep
         names = []
         for k in keep:
