@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_ehf.core.frames import CentreOfMassFrame
 from lightning_ehf.core.targets import double_well_pair_energy
 
 OUT = Path(__file__).resolve().parent.parent / "lightning_ehf" / "assets" / "dw4.npz"
@@ -68,17 +69,7 @@ _JZ = torch.kron(torch.eye(N_PARTICLES - 1, dtype=torch.float64), torch.tensor([
                                                                              dtype=torch.float64))
 
 
-def helmert_basis(n: int, d: int) -> Tensor:
-    """B = H ⊗ I_d (n·d × (n−1)·d): orthonormal basis of the centre-of-mass-free subspace, float64."""
-    h = torch.zeros(n, n - 1, dtype=torch.float64)
-    for k in range(1, n):
-        h[:k, k - 1] = 1.0
-        h[k, k - 1] = -float(k)
-        h[:, k - 1] /= math.sqrt(k * (k + 1))
-    return torch.kron(h, torch.eye(d, dtype=torch.float64))
-
-
-BASIS = helmert_basis(N_PARTICLES, PARTICLE_DIM)
+BASIS = CentreOfMassFrame(N_PARTICLES, PARTICLE_DIM).basis  # B = H ⊗ I₂, float64
 
 
 def pair_distances(z: Tensor) -> Tensor:
