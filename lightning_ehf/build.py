@@ -205,10 +205,27 @@ def make_module(cfg: Any, datamodule, run_id: str = "") -> "Any":
     from .lit.module import EHFModule
 
     model = make_model(cfg, datamodule.symmetry)
+    if cfg.model.get("standardise", False) and cfg.model.kind == "ehf":
+        standardise(model, datamodule)
     entropy = None
     if datamodule.target is not None:
         entropy = datamodule.target.entropy(200_000, generator=torch.Generator().manual_seed(12345))[0]
     return EHFModule(to_container(cfg), model, entropy, run_id)
+
+
+def standardise(model: nn.Module, datamodule) -> None:
+    """``model.standardise``: the model sees its data whitened by their group-invariant mean and
+    covariance (:mod:`lightning_ehf.core.standardise`), estimated from the training data alone."""
+    from .core.standardise import invariant_moments
+
+    frame = datamodule.frame
+    n_particles = datamodule.permute_particles  # identical particles: also average over relabellings
+    try:
+        mean, cov = invariant_moments(datamodule.moment_sample(), model.symmetry.matrices, n_particles=n_particles,
+                                      basis=frame.basis if (frame is not None and n_particles) else None)
+        model.standardise(mean, cov)
+    except ValueError as e:
+        raise ConfigError(f"model.standardise: {e}") from None
 
 
 def check_logger(cfg: Any) -> None:

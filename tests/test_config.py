@@ -251,7 +251,7 @@ def test_bad_interpolation() -> None:
         ("symmetry.group", "so4"),
         ("model.kind", "maf"),
         ("model.kinetic", "cubic"),
-        ("model.encoder", "flow"),
+        ("model.encoder", "flows"),
         ("model.activation", "relu"),
         ("constraint.mode", "hard"),
         ("constraint.rule", "mult"),

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from lightning_ehf.core import FramedGaussian, make_ehf, product, rotation_plane, so2
+from lightning_ehf.core import FramedGaussian, make_ehf, particle_rotations, product, rotation_plane, so2
 
 F64 = torch.float64
 
@@ -114,9 +114,9 @@ def test_framed_gaussian_samples_have_the_stated_moments():
 
 
 def test_encoders_start_at_the_base_momentum_density():
-    """Freshly built (zero last layer), both encoders are N(0, σ_p² I) for any q."""
+    """Freshly built (zero last layer), every encoder is N(0, σ_p² I) for any q."""
     sigma_p = 1.7
-    for kind in ("gaussian", "equivariant"):
+    for kind in ("gaussian", "full", "flow", "equivariant"):
         model = make_ehf(so2(3), blocks=1, hidden=8, encoder=kind, sigma_p=sigma_p).double()
         q, p = torch.randn(7, 3, dtype=F64), torch.randn(7, 3, dtype=F64)
         ref = torch.distributions.Normal(torch.zeros((), dtype=F64), torch.tensor(sigma_p, dtype=F64)).log_prob(p).sum(-1)
@@ -128,3 +128,78 @@ def test_equivariant_encoder_at_origin_is_finite():
     q = torch.zeros(3, 4, dtype=F64)
     dist = enc(q)
     assert torch.isfinite(dist.log_prob(torch.randn(3, 4, dtype=F64))).all()
+
+
+# ---------------------------------------------------------------------------------------------------
+# the full-covariance and flow encoders: normalised densities that their samples follow
+
+
+def randomized(kind: str, dim: int = 2, seed: int = 0):
+    torch.manual_seed(seed)
+    model = make_ehf(so2(dim) if dim == 2 else particle_rotations(dim // 2, 2), blocks=1, hidden=16, encoder=kind)
+    enc = model.encoder
+    heads = [enc.net[-1]] if kind == "full" else [layer.hyper[-1] for layer in enc.flow.transform.transforms]
+    with torch.no_grad():
+        for m in enc.modules():
+            if isinstance(m, torch.nn.Linear):
+                std = 0.15 if any(m is h for h in heads) else 0.4  # keep log-scales O(1)
+                m.weight.normal_(0.0, std)
+                m.bias.normal_(0.0, std)
+    return enc.double()
+
+
+@pytest.mark.parametrize("kind", ["full", "flow"])
+def test_rich_encoder_density_integrates_to_one_and_matches_its_samples(kind):
+    """On a 2-D grid, ∫ h(p | q) dp = 1 and the density's mean and covariance equal those of its
+    reparametrised samples: ``rsample`` and ``log_prob`` describe the same distribution."""
+    enc = randomized(kind)
+    q = torch.tensor([[0.7, -1.2]], dtype=F64)
+    dist = enc(q)
+    n = 200_000
+    x = dist.rsample((n,))[:, 0].detach()
+    centre, spread = x.mean(0), x.std(0)
+    axes = [torch.linspace(float(c - 9 * s), float(c + 9 * s), 801, dtype=F64) for c, s in zip(centre, spread)]
+    cell = (axes[0][1] - axes[0][0]) * (axes[1][1] - axes[1][0])
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 1, 2)
+    mass = dist.log_prob(grid).exp()[:, 0] * cell
+    assert abs(mass.sum().item() - 1.0) < 2e-3, f"∫ h = {mass.sum().item():.5f}"
+    pts = grid[:, 0]
+    mean = (mass[:, None] * pts).sum(0)
+    cov = (mass[:, None, None] * (pts - mean)[:, :, None] * (pts - mean)[:, None, :]).sum(0)
+    sd = cov.diagonal().sqrt()
+    assert ((x.mean(0) - mean).abs() / sd).max() < 5 / math.sqrt(n)
+    assert ((torch.cov(x.T) - cov).abs() / (sd[:, None] * sd[None, :])).max() < 0.02
+    # not vacuous: the posterior is correlated (a diagonal Gaussian could not fit it)
+    assert abs(cov[0, 1] / (sd[0] * sd[1])) > 0.05
+
+
+@pytest.mark.parametrize("kind", ["full", "flow"])
+def test_rich_encoder_is_reparametrised_and_batched(kind):
+    enc = randomized(kind, dim=6)
+    q = torch.randn(5, 6, dtype=F64)
+    dist = enc(q)
+    p = dist.rsample((3,))
+    assert p.shape == (3, 5, 6) and dist.log_prob(p).shape == (3, 5)
+    # each point's density depends on its own q only
+    single = enc(q[2:3]).log_prob(p[:, 2:3])[:, 0]
+    torch.testing.assert_close(dist.log_prob(p)[:, 2], single, rtol=0, atol=1e-10)
+    enc.zero_grad()
+    (dist.rsample((4,)).square().sum() + dist.log_prob(p.detach()).sum()).backward()
+    assert all(prm.grad is not None and prm.grad.abs().sum() > 0 for prm in enc.parameters())
+
+
+def test_full_encoder_is_the_gaussian_its_cholesky_factor_states():
+    enc = randomized("full", dim=6)
+    q = torch.randn(4, 6, dtype=F64)
+    dist = enc(q)
+    tril = dist.scale_tril
+    assert torch.equal(tril, torch.tril(tril)) and (tril.diagonal(dim1=-2, dim2=-1) > 0).all()
+    assert (tril.tril(-1).abs().sum((-1, -2)) > 1e-2).all()  # off-diagonal terms are used
+    ref = torch.distributions.MultivariateNormal(dist.loc, covariance_matrix=tril @ tril.transpose(-1, -2))
+    p = torch.randn(3, 4, 6, dtype=F64)
+    torch.testing.assert_close(dist.log_prob(p), ref.log_prob(p), rtol=1e-9, atol=1e-9)
+
+
+def test_unknown_encoder_is_refused():
+    with pytest.raises(ValueError, match="unknown encoder 'maf'.*gaussian, full, flow, equivariant"):
+        make_ehf(so2(2), encoder="maf")

@@ -195,7 +195,7 @@ def test_make_ehf_rejects_bad_arguments():
     with pytest.raises(ValueError, match="kinetic"):
         make_ehf(so2(2), kinetic="cubic")
     with pytest.raises(ValueError, match="encoder"):
-        make_ehf(so2(2), encoder="flow")
+        make_ehf(so2(2), encoder="maf")
     with pytest.raises(ValueError, match="invariant"):
         make_ehf(no_symmetry(2), invariant=True)
     with pytest.raises(ValueError, match="equivariant encoder"):

@@ -2,7 +2,8 @@
 
 Factors (``FACTORS``): ``symmetry.group`` (none, so2, so3, rotations, matrices, and "particles" =
 ``so2`` with ``symmetry.particle_dim=2``), ``constraint.mode``, ``model.invariant``, ``model.kind``,
-``model.kinetic`` and ``model.encoder``. The full product (432 combinations) is too slow for CI, so
+``model.kinetic``, ``model.encoder`` and ``model.standardise``. The full product (1,440 combinations) is too
+slow for CI, so
 the cases form a covering design computed here, deterministically (a greedy all-pairs cover):
 
 * every pair of option values that some valid combination holds appears in at least one *valid*
@@ -61,7 +62,8 @@ FACTORS: dict[str, tuple[str, ...]] = {
     "model.invariant": ("false", "true"),
     "model.kind": ("ehf", "nsf"),
     "model.kinetic": ("quadratic", "mlp"),
-    "model.encoder": ("auto", "gaussian", "equivariant"),
+    "model.encoder": ("auto", "gaussian", "full", "flow", "equivariant"),
+    "model.standardise": ("false", "true"),
 }
 KEYS = tuple(FACTORS)
 
@@ -131,7 +133,7 @@ def covering_design() -> list[dict[str, str]]:
 
 def _combo(**changes: str) -> dict[str, str]:
     c = {"symmetry.group": "so2", "constraint.mode": "dual", "model.invariant": "false", "model.kind": "ehf",
-         "model.kinetic": "mlp", "model.encoder": "auto"}
+         "model.kinetic": "mlp", "model.encoder": "auto", "model.standardise": "false"}
     c.update({k.replace("__", "."): v for k, v in changes.items()})
     return c
 
@@ -194,7 +196,7 @@ def test_covering_design():
                    for c in valid), (group, mode)
     for value in FACTORS["symmetry.group"]:  # every group has a valid EHF and a valid NSF case
         assert {c["model.kind"] for c in valid if c["symmetry.group"] == value} == {"ehf", "nsf"}
-    assert len(VALID_CASES) <= 26, len(VALID_CASES)  # CI budget: ~1.5 s each in-process
+    assert len(VALID_CASES) <= 30, len(VALID_CASES)  # CI budget: ~1.5 s each in-process
 
 
 # -- running ``ehf`` -------------------------------------------------------------------------------
@@ -354,13 +356,14 @@ def test_invalid_combination_real_process(case_id: str, data_dir, tmp_path, ehf_
 
 
 def test_nsf_ignores_ehf_only_options(data_dir, tmp_path, ehf_clean_env, capsys):
-    """``model.kinetic`` / ``model.encoder`` / ``constraint.mode`` do not apply to the nsf baseline
+    """``model.kinetic`` / ``model.encoder`` / ``model.standardise`` / ``constraint.mode`` do not apply to the nsf baseline
     (README): with the same seed they change nothing, not even the parameters."""
     ehf_clean_env.chdir(tmp_path)
     runs = {}
     for name, opts in {"a": _combo(symmetry__group="so3", model__kind="nsf", constraint__mode="dual"),
                        "b": _combo(symmetry__group="so3", model__kind="nsf", constraint__mode="none",
-                                   model__kinetic="quadratic", model__encoder="equivariant")}.items():
+                                   model__kinetic="quadratic", model__encoder="equivariant",
+                                   model__standardise="true")}.items():
         rc, out, err = _main(_train_argv(Case(name, opts), data_dir, tmp_path / name), capsys)
         assert rc == 0, _tail(rc, out, err)
         runs[name] = check_trained_run(tmp_path / name, opts, GROUPS["so3"].generators, 3)

@@ -99,3 +99,37 @@ def test_dw4_trains_on_its_pool_with_a_known_kl(tmp_path):
     assert code == 0
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert np.isfinite(metrics["test/kl"]) and metrics["test/kl"] > -0.5  # a bound: KL ≥ 0 up to noise
+
+
+def test_standardised_run_saves_its_whitening_and_reloads_it(tmp_path):
+    """``model.standardise=true``: the whitening is estimated from the training data, commutes with the
+    group, travels in the checkpoint, and is the same when recomputed (so every DDP rank agrees)."""
+    from lightning_ehf.build import make_datamodule, make_model, standardise
+    from lightning_ehf.checkpoints import load_run
+
+    run_dir = tmp_path / "run"
+    assert cli.main(["train", *tiny("data.target=particles2d"), "model.standardise=true", f"run.dir={run_dir}"]) == 0
+    run = load_run(run_dir)
+    w = run.model.data_scale.double()
+    a = run.model.symmetry.matrices
+    assert (w - torch.eye(6, dtype=w.dtype)).abs().max() > 0.1  # particles2d is far from isotropic
+    assert (a @ w - w @ a).abs().max() < 1e-5
+    cfg = load_config([run_dir / "config.yaml"])
+    dm = make_datamodule(cfg)
+    fresh = make_model(cfg, dm.symmetry)
+    standardise(fresh, dm)
+    torch.testing.assert_close(fresh.data_scale, run.model.data_scale, rtol=0, atol=0)
+    torch.testing.assert_close(fresh.data_loc, run.model.data_loc, rtol=0, atol=0)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert np.isfinite(metrics["test/kl"])
+
+
+def test_standardise_under_a_group_above_its_dimension_limit_exits_2(tmp_path, capsys):
+    from lightning_ehf.core.standardise import MAX_STANDARDISE_DIM
+
+    data = tmp_path / "wide.npy"
+    np.save(data, np.random.default_rng(0).standard_normal((400, MAX_STANDARDISE_DIM + 2)))
+    code, err = _exit_code_and_error(["train", *tiny(), f"data.path={data}", "symmetry.group=so2",
+                                      "model.standardise=true", f"run.dir={tmp_path / 'run'}"], capsys)
+    assert code == 2 and "model.standardise:" in err and f"≤ {MAX_STANDARDISE_DIM}" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()

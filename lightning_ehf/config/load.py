@@ -46,7 +46,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "symmetry.translation": ("auto", "none", "com"),
     "model.kind": ("ehf", "nsf"),
     "model.kinetic": ("quadratic", "mlp"),
-    "model.encoder": ("auto", "gaussian", "equivariant"),
+    "model.encoder": ("auto", "gaussian", "full", "flow", "equivariant"),
     "model.forces": ("analytic", "autograd"),
     "model.reversible": ("auto", "always", "never"),
     "optim.on_nonfinite": ("stop", "skip"),

@@ -49,7 +49,8 @@ class ModelCfg:
     depth: int = 2  # hidden layers per MLP
     activation: str = "softplus"  # softplus|tanh|silu (smooth: forces must be differentiable)
     kinetic: str = "mlp"  # quadratic|mlp
-    encoder: str = "auto"  # auto (equivariant when the group is rotations of 2-D planes) | gaussian (diagonal) | equivariant
+    encoder: str = "auto"  # auto (equivariant when the group is rotations of 2-D planes, else gaussian) | gaussian (diagonal) | full (full covariance) | flow (conditional coupling flow) | equivariant
+    standardise: bool = False  # whiten q by its group-invariant training mean and covariance (ehf; nsf ignores it)
     sigma_q: float = 1.0  # base N(0, σ_q² I) on q
     sigma_p: float = 1.0  # base N(0, σ_p² I) on p
     forces: str = "analytic"  # analytic (closed-form MLP gradients) | autograd (the reference path, slower)

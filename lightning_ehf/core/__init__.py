@@ -1,8 +1,10 @@
-"""Pure-torch mathematics of Equivariant Hamiltonian Flows. Imports only torch and numpy."""
+"""Pure-torch mathematics of Equivariant Hamiltonian Flows. Imports only torch and numpy (and zuko, on
+first use of the flow momentum encoder)."""
 
 from .brackets import momentum_map_bracket, poisson_bracket
 from .constraints import LagrangeMultipliers
-from .encoders import EquivariantMomentumEncoder, FramedGaussian, GaussianMomentumEncoder
+from .encoders import (ENCODERS, EquivariantMomentumEncoder, FlowMomentumEncoder, FramedGaussian, FullGaussianMomentumEncoder,
+                       GaussianMomentumEncoder)
 from .flows import ConstraintStats, EquivariantHamiltonianFlow, GaussianBase, HamiltonianBlock, HamiltonianFlow, make_ehf
 from .hamiltonians import Energy, MLPEnergy, QuadraticKinetic, SeparableHamiltonian, ZeroEnergy, make_mlp
 from .integrators import leapfrog
@@ -21,7 +23,8 @@ from .symmetries import (
 )
 
 __all__ = [
-    "ConstraintStats", "Energy", "EquivariantHamiltonianFlow", "EquivariantMomentumEncoder", "FramedGaussian",
+    "ENCODERS", "ConstraintStats", "Energy", "EquivariantHamiltonianFlow", "EquivariantMomentumEncoder", "FlowMomentumEncoder", "FramedGaussian",
+    "FullGaussianMomentumEncoder",
     "GaussianBase", "GaussianMomentumEncoder", "GroupElement", "HamiltonianBlock", "HamiltonianFlow",
     "LagrangeMultipliers", "MLPEnergy", "QuadraticKinetic", "SeparableHamiltonian", "Symmetry", "ZeroEnergy",
     "from_matrices", "leapfrog", "make_ehf", "make_mlp", "momentum_map_bracket", "no_symmetry", "particle_rotations",

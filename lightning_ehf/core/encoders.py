@@ -9,11 +9,15 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
 
 from .hamiltonians import make_mlp
 
-__all__ = ["GaussianMomentumEncoder", "EquivariantMomentumEncoder", "FramedGaussian"]
+__all__ = ["GaussianMomentumEncoder", "FullGaussianMomentumEncoder", "FlowMomentumEncoder", "EquivariantMomentumEncoder",
+           "FramedGaussian", "ENCODERS"]
+
+#: The ``encoder`` choices of :func:`~lightning_ehf.core.flows.make_ehf`.
+ENCODERS = ("gaussian", "full", "flow", "equivariant")
 
 
 class GaussianMomentumEncoder(nn.Module):
@@ -34,6 +38,74 @@ class GaussianMomentumEncoder(nn.Module):
     def forward(self, q: Tensor) -> Distribution:
         mean, log_scale = self.net(q).chunk(2, dim=-1)
         return Independent(Normal(mean, log_scale.clamp(-12.0, 6.0).exp()), 1)
+
+
+class FullGaussianMomentumEncoder(nn.Module):
+    """``h(p | q) = N(p; μ(q), L(q) L(q)ᵀ)`` with a full lower-triangular Cholesky factor ``L`` (positive
+    diagonal ``exp``) from one MLP of q: ``d + d(d+1)/2`` outputs.
+
+    A diagonal Gaussian in the data's coordinates cannot fit a posterior whose axes are not the
+    coordinate axes, as when the data lie near a plane that no coordinate plane contains (several
+    particles rotated together). Initialised at ``N(0, σ_p² I)``, like the diagonal encoder.
+    """
+
+    def __init__(self, dim: int, hidden: int = 64, depth: int = 2, activation: str = "softplus", sigma_p: float = 1.0) -> None:
+        super().__init__()
+        self.dim = dim
+        rows, cols = torch.tril_indices(dim, dim, offset=-1)
+        self.register_buffer("rows", rows, persistent=False)
+        self.register_buffer("cols", cols, persistent=False)
+        self.net = make_mlp(dim, 2 * dim + rows.numel(), hidden, depth, activation)
+        nn.init.zeros_(self.net[-1].weight)
+        with torch.no_grad():
+            self.net[-1].bias.zero_()
+            self.net[-1].bias[dim : 2 * dim] = math.log(sigma_p)
+
+    def forward(self, q: Tensor) -> Distribution:
+        d = self.dim
+        out = self.net(q)
+        mean, log_diag, lower = out[..., :d], out[..., d : 2 * d], out[..., 2 * d :]
+        tril = out.new_zeros(*out.shape[:-1], d, d)
+        tril[..., self.rows, self.cols] = lower
+        tril = tril + torch.diag_embed(log_diag.clamp(-12.0, 6.0).exp())
+        return MultivariateNormal(mean, scale_tril=tril, validate_args=False)
+
+
+class FlowMomentumEncoder(nn.Module):
+    """``h(p | q)``: a conditional normalising flow on p with context q (zuko's masked affine transforms
+    in coupling form, two passes each, so sampling and density both cost one network call per transform)
+    over the base ``N(0, σ_p² I)``.
+
+    Each transform is ``p_B ← p_B · s(p_A, q) + t(p_A, q)`` for a split (A, B) of the coordinates
+    (Dinh et al. 2017), conditioned on q; the splits differ between transforms. The first transform's
+    A-half depends on q only, so the family contains the diagonal Gaussian encoder, and it also fits
+    correlated and skewed posteriors. The last layer of every conditioner starts at zero: the encoder
+    starts at ``N(0, σ_p² I)``, like the Gaussian ones.
+    """
+
+    def __init__(self, dim: int, hidden: int = 64, depth: int = 2, transforms: int = 4, sigma_p: float = 1.0) -> None:
+        super().__init__()
+        from zuko.distributions import DiagNormal
+        from zuko.flows import Flow, MaskedAutoregressiveTransform, UnconditionalDistribution
+
+        self.dim = dim
+        layers = []
+        for t in range(transforms):
+            # alternate the two halves of a fixed, seeded shuffle of the coordinates, reshuffled every pair
+            order = torch.randperm(dim, generator=torch.Generator().manual_seed(t // 2))
+            if t % 2:
+                order = dim - 1 - order
+            layer = MaskedAutoregressiveTransform(dim, context=dim, passes=2, order=order,
+                                                  hidden_features=[hidden] * depth)
+            last = layer.hyper[-1]
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+            layers.append(layer)
+        base = UnconditionalDistribution(DiagNormal, torch.zeros(dim), torch.full((dim,), float(sigma_p)), buffer=True)
+        self.flow = Flow(layers, base)
+
+    def forward(self, q: Tensor) -> Distribution:
+        return self.flow(q)
 
 
 class FramedGaussian(Distribution):

@@ -206,6 +206,20 @@ class EquivariantHamiltonianFlow(nn.Module):
         self.symmetry = symmetry
         self.register_buffer("generators", symmetry.matrices.clone().to(torch.get_default_dtype()), persistent=False)
         self.register_buffer("generator_offsets", symmetry.offsets.clone().to(torch.get_default_dtype()), persistent=False)
+        # the data standardisation q̃ = W⁻¹ (q − μ) (identity until :meth:`standardise`); saved in checkpoints
+        d = base.dim
+        self.register_buffer("data_loc", torch.zeros(d))
+        self.register_buffer("data_scale", torch.eye(d))
+        self.register_buffer("data_scale_inv", torch.eye(d))
+        self.register_buffer("data_log_det", torch.zeros(()))
+
+    _STANDARDISATION = ("data_loc", "data_scale", "data_scale_inv", "data_log_det")
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        # checkpoints written before standardisation existed hold no such buffers: they were the identity
+        for name in self._STANDARDISATION:
+            state_dict.setdefault(prefix + name, getattr(self, name).clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def dim(self) -> int:
@@ -222,20 +236,67 @@ class EquivariantHamiltonianFlow(nn.Module):
     def _stats(self) -> ConstraintStats:
         return ConstraintStats(self.generators, self.generator_offsets)
 
+    # -- data standardisation ------------------------------------------------------------------
+
+    def standardise(self, mean: Tensor, cov: Tensor, atol: float = 1e-6) -> "EquivariantHamiltonianFlow":
+        """Let the flow model ``q̃ = W⁻¹ (q − μ)`` with ``W = cov^{1/2}`` (symmetric square root), so that
+        the base ``N(0, σ_q² I)`` starts near the data's scale in every direction:
+        ``log p(q) = log p̃(q̃) − log |det W|``.
+
+        ``mean`` and ``cov`` must commute with the group (:func:`~.standardise.invariant_moments` makes
+        them so): ``A_k μ = 0`` and ``A_k Σ = Σ A_k``, otherwise the symmetry would not survive the map
+        and ``ValueError`` is raised."""
+        d = self.dim
+        mean, cov = mean.to(torch.float64), cov.to(torch.float64)
+        if mean.shape != (d,) or cov.shape != (d, d):
+            raise ValueError(f"standardise needs a mean ({d},) and a covariance ({d}, {d}), got {tuple(mean.shape)}, "
+                             f"{tuple(cov.shape)}")
+        evals, evecs = torch.linalg.eigh(0.5 * (cov + cov.T))
+        if evals.min() <= 1e-12 * max(1.0, evals.max().item()):
+            raise ValueError("standardise: the covariance is singular (a direction with no variance)")
+        a = self.symmetry.matrices.to(torch.float64)
+        if len(a):
+            if (a @ mean).abs().max() > atol * max(1.0, mean.abs().max().item()):
+                raise ValueError("standardise: the mean is moved by the group (A_k μ ≠ 0); project it first")
+            if (a @ cov - cov @ a).abs().max() > atol * max(1.0, cov.abs().max().item()):
+                raise ValueError("standardise: the covariance does not commute with the group's generators")
+        w = evecs @ torch.diag(evals.sqrt()) @ evecs.T
+        w_inv = evecs @ torch.diag(evals.rsqrt()) @ evecs.T
+        ref = self.data_scale
+        self.data_loc.copy_(mean.to(ref))
+        self.data_scale.copy_(w.to(ref))
+        self.data_scale_inv.copy_(w_inv.to(ref))
+        self.data_log_det.copy_((0.5 * evals.log().sum()).to(ref))
+        return self
+
+    def to_standard(self, q: Tensor) -> Tensor:
+        """``q̃ = W⁻¹ (q − μ)``: the coordinates the flow models (q itself unless :meth:`standardise` was called)."""
+        return (q - self.data_loc) @ self.data_scale_inv
+
+    def from_standard(self, q: Tensor) -> Tensor:
+        """``q = W q̃ + μ``."""
+        return q @ self.data_scale + self.data_loc
+
     # -- joint density -------------------------------------------------------------------------
 
     def log_joint(self, q: Tensor, p: Tensor, stats: ConstraintStats | None = None) -> Tensor:
-        """``log p_θ(q, p) = log π(Φ⁻¹(q, p))``; residuals are accumulated into ``stats`` if given."""
+        """``log p_θ(q, p) = log π(Φ⁻¹(q̃, p)) − log |det W|``; residuals go into ``stats`` if given."""
         self._check(q)
         self._check(p, "p")
+        return self._log_joint_standard(self.to_standard(q), p, stats) - self.data_log_det
+
+    def _log_joint_standard(self, q: Tensor, p: Tensor, stats: ConstraintStats | None = None) -> Tensor:
+        """``log π(Φ⁻¹(q̃, p))`` of standardised coordinates."""
         q0, p0 = self.flow.inverse(q, p, stats)
         return self.base.log_prob(q0, p0)
 
     def bracket_residuals(self, q: Tensor, p: Tensor) -> Tensor:
         """``{g_k, H_t}(s)`` at every state the inverse flow visits from ``(q, p)``: (S, ..., k)."""
+        self._check(q)
+        self._check(p, "p")
         stats = self._stats()
         stats.record = []
-        self.log_joint(q, p, stats)
+        self._log_joint_standard(self.to_standard(q), p, stats)
         return torch.stack(stats.residuals())
 
     # -- marginal bounds -----------------------------------------------------------------------
@@ -248,10 +309,11 @@ class EquivariantHamiltonianFlow(nn.Module):
         ``log p_θ(q, p_i) − log h(p_i | q)``, or with ``iwae`` their log-mean-exp, the IWAE bound
         (Burda et al. 2016), which is tighter (≥ the ELBO of the same samples) and equals it at ``n = 1``."""
         self._check(q)
+        q = self.to_standard(q)
         posterior = self.encoder(q)
         p = posterior.rsample((n,))  # (n, B, d)
         stats = self._stats() if constraints else None
-        log_w = self.log_joint(q.expand_as(p), p, stats) - posterior.log_prob(p)
+        log_w = self._log_joint_standard(q.expand_as(p), p, stats) - posterior.log_prob(p) - self.data_log_det
         bound = torch.logsumexp(log_w, 0) - math.log(n) if iwae else log_w.mean(0)
         return bound, stats.mean_square() if stats is not None else self.generators.new_zeros(self.generators.shape[0])
 
@@ -267,8 +329,9 @@ class EquivariantHamiltonianFlow(nn.Module):
         self._check(q)
         if k < 1 or chunk < 1:
             raise ValueError(f"need k ≥ 1 and chunk ≥ 1, got k={k}, chunk={chunk}")
+        q = self.to_standard(q)
         posterior = self.encoder(q)
-        log_joint = self._density() if not torch.is_grad_enabled() else self.log_joint
+        log_joint = self._density() if not torch.is_grad_enabled() else self._log_joint_standard
         log_w = []
         done = 0
         while done < k:
@@ -276,19 +339,19 @@ class EquivariantHamiltonianFlow(nn.Module):
             p = posterior.sample((m,))
             log_w.append(log_joint(q.expand_as(p), p) - posterior.log_prob(p))
             done += m
-        return torch.logsumexp(torch.cat(log_w, 0), 0) - math.log(k)
+        return torch.logsumexp(torch.cat(log_w, 0), 0) - math.log(k) - self.data_log_det
 
     def compile_density(self, enabled: bool = True) -> "EquivariantHamiltonianFlow":
         """Evaluate densities without autograd through ``torch.compile`` (when enabled): about 1.5× faster
         per call on a CPU once compiled, at tens of seconds of compilation per new input shape, so it
         pays off only for large evaluations. Falls back to eager evaluation if compilation fails."""
-        self._compiled_log_joint = torch.compile(self.log_joint, dynamic=True) if enabled else None
+        self._compiled_log_joint = torch.compile(self._log_joint_standard, dynamic=True) if enabled else None
         return self
 
     def _density(self) -> Callable[[Tensor, Tensor], Tensor]:
         compiled = getattr(self, "_compiled_log_joint", None)
         if compiled is None:
-            return self.log_joint
+            return self._log_joint_standard
 
         def guarded(q: Tensor, p: Tensor) -> Tensor:
             try:
@@ -296,7 +359,7 @@ class EquivariantHamiltonianFlow(nn.Module):
             except Exception as err:  # compilation can fail on a platform without a compiler: stay eager
                 warnings.warn(f"torch.compile of the density failed ({type(err).__name__}: {err}); evaluating eagerly")
                 self._compiled_log_joint = None
-                return self.log_joint(q, p)
+                return self._log_joint_standard(q, p)
 
         return guarded
 
@@ -306,7 +369,8 @@ class EquivariantHamiltonianFlow(nn.Module):
         """Exact samples ``(q, p) = Φ(s_0)``, ``s_0 ~ π``."""
         ref = self.generators
         q0, p0 = self.base.sample(n, generator, dtype=ref.dtype, device=ref.device)
-        return self.flow(q0, p0)
+        q, p = self.flow(q0, p0)
+        return self.from_standard(q), p
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Exact samples of q, (n, d)."""
@@ -334,19 +398,21 @@ def make_ehf(
 
     ``kinetic``: ``quadratic`` (``½|p|²/m``, learnable mass) or ``mlp`` (``½|p|² + MLP(p)``).
     ``invariant``: U and K are MLPs of the symmetry's invariant features, so ``{g_k, H} ≡ 0``.
-    ``encoder``: ``gaussian`` (diagonal) or ``equivariant`` (polar frame per rotation plane).
+    ``encoder``: ``gaussian`` (diagonal), ``full`` (full covariance), ``flow`` (a conditional coupling
+    flow) or ``equivariant`` (polar frame per rotation plane).
     ``forces``: ``analytic`` (closed form) or ``autograd`` (the reference path).
     ``reversible``: memory-flat backward in every block (True/False), or ``auto``: when
     ``leapfrog_steps ≥ REVERSIBLE_AUTO_STEPS``.
     """
-    from .encoders import EquivariantMomentumEncoder, GaussianMomentumEncoder
+    from .encoders import (ENCODERS, EquivariantMomentumEncoder, FlowMomentumEncoder, FullGaussianMomentumEncoder,
+                           GaussianMomentumEncoder)
     from .hamiltonians import MLPEnergy, QuadraticKinetic
 
     d = symmetry.dim
     if kinetic not in ("quadratic", "mlp"):
         raise ValueError(f"unknown kinetic energy '{kinetic}'; choose quadratic or mlp")
-    if encoder not in ("gaussian", "equivariant"):
-        raise ValueError(f"unknown encoder '{encoder}'; choose gaussian or equivariant")
+    if encoder not in ENCODERS:
+        raise ValueError(f"unknown encoder '{encoder}'; choose from {', '.join(ENCODERS)}")
     features = None
     if invariant:
         if symmetry.invariants is None:
@@ -370,6 +436,10 @@ def make_ehf(
         if not planes or any(len(b) != 2 for b in planes) or symmetry.invariants is None:
             raise ValueError(f"the equivariant encoder needs rotations of disjoint 2-D planes; symmetry '{symmetry.name}' is not")
         enc: nn.Module = EquivariantMomentumEncoder(d, planes, symmetry.invariants, hidden, depth, activation, sigma_p)
+    elif encoder == "full":
+        enc = FullGaussianMomentumEncoder(d, hidden, depth, activation, sigma_p)
+    elif encoder == "flow":
+        enc = FlowMomentumEncoder(d, hidden, depth, sigma_p=sigma_p)
     else:
         enc = GaussianMomentumEncoder(d, hidden, depth, activation, sigma_p)
     return set_force_path(EquivariantHamiltonianFlow(base, HamiltonianFlow(flow_blocks), enc, symmetry), forces)

@@ -22,7 +22,7 @@ from .files import load_array
 __all__ = ["EHFDataModule", "file_split_sizes"]
 
 # Seed-stream keys of the fixed splits and of augmentation (the training stream is TRAIN_STREAM = 0).
-_SPLIT_STREAM = {"train": 1, "val": 2, "test": 3, "shuffle": 4, "augment": 5}
+_SPLIT_STREAM = {"train": 1, "val": 2, "test": 3, "shuffle": 4, "augment": 5, "moments": 6}
 
 
 def file_split_sizes(n_rows: int, n_val: Optional[int], n_test: Optional[int], val_fraction: Optional[float] = None,
@@ -139,6 +139,18 @@ class EHFDataModule(L.LightningDataModule):
             self.test_data = self._draw("test", self.n_test)
             if self.regime == "finite":
                 self.train_data = self._draw("train", self.n_train)
+
+    def moment_sample(self, n: int = 20_000) -> Tensor:
+        """Training data to estimate the moments of (``model.standardise``): the training rows in the
+        finite regime, else n fresh rows of the target's training distribution from their own stream.
+        Identical on every rank."""
+        self.setup()
+        if self.regime == "finite" or self._file_rows is not None:
+            assert self.train_data is not None
+            return self.train_data
+        assert self.target is not None
+        gen = torch.Generator().manual_seed(stream_seed(self.seed, _SPLIT_STREAM["moments"]))
+        return self.target.sample_split("train", n, generator=gen, dtype=torch.float32)
 
     @override
     def train_dataloader(self) -> DataLoader:

@@ -203,7 +203,7 @@ class EHFModule(L.LightningModule):
             return None
         n_blocks = len(flow.blocks)
         flags = torch.zeros(n_blocks, device=self.device)
-        q = self._last_batch
+        q = self.model.to_standard(self._last_batch)
         p = self.model.encoder(q).sample()
         for t in reversed(range(n_blocks)):
             q, p = flow.blocks[t].integrate(q, p, reverse=True, create_graph=False)

@@ -104,13 +104,13 @@ def plot_potentials(model: nn.Module, data: Tensor, path: Path, grid: int = 80) 
     line_pts[:, 0] = r
     with torch.no_grad():
         for t, block in enumerate(blocks):
-            u = block.hamiltonian.potential(pts).cpu().numpy().reshape(grid, grid)
+            u = block.hamiltonian.potential(model.to_standard(pts)).cpu().numpy().reshape(grid, grid)
             ax = axes[0][t]
             ax.pcolormesh(gx, gy, u, shading="auto", cmap="magma")
             ax.set_title(f"U_{t + 1}(q){_title_slice(dim)}")
             ax.set_aspect("equal")
             if radial:
-                profile = block.hamiltonian.potential(line_pts)
+                profile = block.hamiltonian.potential(model.to_standard(line_pts))
                 axes[0][n].plot(r.cpu(), (profile - profile[0]).cpu(), label=f"U_{t + 1}")
     if radial:
         axes[0][n].set_title("radial profile U_t(r e₀) − U_t(0)")

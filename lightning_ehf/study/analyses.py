@@ -151,7 +151,8 @@ def radial_profiles(model: Any, r_max: float = _R_MAX, n_r: int = _N_R, n_theta:
     pts[..., 0] = r[:, None] * torch.cos(theta)
     pts[..., 1] = r[:, None] * torch.sin(theta)
     with torch.no_grad():
-        u = torch.stack([block.hamiltonian.potential(pts).mean(-1) for block in m.flow.blocks])
+        std = m.to_standard(pts)
+        u = torch.stack([block.hamiltonian.potential(std).mean(-1) for block in m.flow.blocks])
     return r.numpy(), u.numpy()
 
 
@@ -349,6 +350,7 @@ def representation_measures(model: Any, q: Any, seed: int = 0, n_draws: int = _N
     gen = torch.Generator().manual_seed(int(seed))
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(int(seed))
+        q = m.to_standard(q)  # the coordinates the flow acts on (the group acts on them alike)
         p = m.encoder(q).sample()
         charges = lambda a, b: sym.momentum_maps(a, b)  # noqa: E731  (..., k)
         g0 = charges(q, p)
