@@ -210,7 +210,8 @@ def make_module(cfg: Any, datamodule, run_id: str = "") -> "Any":
     entropy = None
     if datamodule.target is not None:
         entropy = datamodule.target.entropy(200_000, generator=torch.Generator().manual_seed(12345))[0]
-    return EHFModule(to_container(cfg), model, entropy, run_id)
+    log_prob = datamodule.target.log_prob if datamodule.target is not None else None
+    return EHFModule(to_container(cfg), model, entropy, run_id, target_log_prob=log_prob)
 
 
 def standardise(model: nn.Module, datamodule) -> None:
