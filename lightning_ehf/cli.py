@@ -447,6 +447,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     }
     if run.entropy is not None and not args.data:
         summary["kl"] = summary["nll"] - run.entropy
+        target_name = cfg["data"].get("target")
+        if target_name is not None:  # the same KL paired row by row with the target's density (smaller error)
+            from .core.frames import FramedTarget
+            from .core.targets import make_target
+
+            target = make_target(target_name)
+            target = FramedTarget(target, run.frame) if run.frame is not None else target
+            with torch.no_grad():
+                diff = target.log_prob(q).cpu().numpy() - logp
+            summary["kl_paired"] = float(diff.mean())
+            summary["kl_paired_stderr"] = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         np.save(args.out, logp.astype(np.float64))

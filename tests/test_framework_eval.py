@@ -98,6 +98,15 @@ def test_eval_without_data_uses_the_test_set(ehf_tiny_run, tmp_path, capsys):
     # the same test set and weights as training's final test: same NLL up to IWAE noise (K=4, 64 rows)
     metrics = json.loads((ehf_tiny_run / "metrics.json").read_text())
     assert summary["nll"] == pytest.approx(metrics["test/nll"], abs=0.5)
+    # the paired estimate: log p(q) − log p̂(q) row by row with the target's density, from the same rows
+    from lightning_ehf.checkpoints import load_run
+    from lightning_ehf.core.targets import make_target
+
+    rows = load_run(ehf_tiny_run).test_data().double()
+    expected = float((make_target("ring2d").log_prob(rows).numpy() - logp).mean())
+    assert summary["kl_paired"] == pytest.approx(expected, rel=1e-9, abs=1e-9)
+    assert summary["kl_paired_stderr"] < summary["nll_stderr"]
+    assert np.isfinite(metrics["test/kl_paired"])
 
 
 def test_sample_writes_n_by_d(ehf_tiny_run, tmp_path, capsys):
