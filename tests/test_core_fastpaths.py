@@ -6,7 +6,8 @@
 * The reversible (memory-flat) backward gives the gradients of the stored-state backward, constraint
   term and step sizes included; it stores nothing per leapfrog step (saved-tensor bytes do not grow
   with L), while the stored path does.
-* Evaluation builds no autograd graph on the analytic path.
+* Evaluation builds no autograd graph on the analytic path, and evaluating the rows in cache-sized slices
+  gives the log-likelihoods of one pass over all rows.
 * A failing ``torch.compile`` falls back to eager evaluation with a warning.
 """
 
@@ -169,6 +170,22 @@ def test_evaluation_builds_no_graph_on_the_analytic_path():
         assert _saved_bytes(lambda: model.iwae(q, k=8)) == 0
         set_force_path(model, "autograd")
         assert _saved_bytes(lambda: model.iwae(q, k=8)) > 0  # the reference builds (and drops) graphs
+
+
+@pytest.mark.parametrize("case", sorted(MODELS))
+def test_sliced_evaluation_equals_one_pass(case, monkeypatch):
+    import lightning_ehf.core.flows as flows
+
+    model = _model(case)
+    q = torch.randn(13, model.dim, dtype=F64)
+    results = []
+    for rows in (10**9, 7):  # 13 points × 8 momenta = 104 rows a chunk: 14 slices of 7, the last of 6
+        monkeypatch.setattr(flows, "EVAL_ROWS", rows)
+        with torch.no_grad():
+            torch.manual_seed(4)
+            results.append(model.iwae(q, k=16, chunk=8))
+    torch.testing.assert_close(results[1], results[0], rtol=1e-12, atol=1e-12)
+    assert results[0].std() > 1e-3  # the points differ, so a mixed-up slice would show
 
 
 def test_set_force_path_rejects_unknown_paths():

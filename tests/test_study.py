@@ -325,6 +325,9 @@ def test_report_marks_under_trained_cells_and_leaves_them_out_of_means(e2e):
     assert rows["ehf_dual-seed0"]["first_validation_best"] == str(first)
     assert body["ehf_dual"]["seeds"] == "1/1" + (" (1 best at the 1st validation)" if first else "")
     assert body["ehf_dual"]["test NLL"] == f"{dual['test/nll']:.3f}"
+    # ring2d has a known density, so the paired KL estimate is there, beside the unpaired one
+    assert body["ehf_dual"]["paired KL"] == f"{dual['test/kl_paired']:.3f}"
+    assert head.index("paired KL") == head.index("test KL") + 1
     assert body["nsf_aug"]["seeds"] == "0/1 (1 under-trained)"
     assert body["nsf_aug"]["test NLL"] == "—" and body["nsf_aug"]["test KL"] == "—"  # not in any mean
     assert body["nsf_aug"]["params"] == str(metrics(e2e.dir / "cells" / "nsf_aug-seed0")["params"])

@@ -30,8 +30,14 @@ from .symmetries import Symmetry
 #: below it the stored states are small and storing them is faster (see docs/benchmarks.md).
 REVERSIBLE_AUTO_STEPS = 32
 
+#: on a CPU, graph-free density evaluation runs the flow on at most this many (point, momentum) rows at a
+#: time: a slice's activations stay in the cache, which made IWAE evaluation about 1.3× faster than one pass
+#: over all rows (docs/benchmarks.md). A GPU gets every row at once. Rows are independent, so the result
+#: does not depend on it.
+EVAL_ROWS = 1024
+
 __all__ = ["GaussianBase", "HamiltonianBlock", "HamiltonianFlow", "EquivariantHamiltonianFlow", "ConstraintStats", "make_ehf",
-           "REVERSIBLE_AUTO_STEPS"]
+           "REVERSIBLE_AUTO_STEPS", "EVAL_ROWS"]
 
 
 class GaussianBase(nn.Module):
@@ -331,13 +337,22 @@ class EquivariantHamiltonianFlow(nn.Module):
             raise ValueError(f"need k ≥ 1 and chunk ≥ 1, got k={k}, chunk={chunk}")
         q = self.to_standard(q)
         posterior = self.encoder(q)
-        log_joint = self._density() if not torch.is_grad_enabled() else self._log_joint_standard
+        graph_free = not torch.is_grad_enabled()
+        log_joint = self._density() if graph_free else self._log_joint_standard
         log_w = []
         done = 0
         while done < k:
             m = min(chunk, k - done)
             p = posterior.sample((m,))
-            log_w.append(log_joint(q.expand_as(p), p) - posterior.log_prob(p))
+            q_m = q.expand_as(p)
+            if graph_free and p.device.type == "cpu" and p.shape[:-1].numel() > EVAL_ROWS:
+                # rows are independent: the same momenta, evaluated a cache-sized slice at a time
+                rows_q, rows_p = q_m.reshape(-1, q.shape[-1]), p.reshape(-1, p.shape[-1])
+                joint = torch.cat([log_joint(a, b) for a, b in zip(rows_q.split(EVAL_ROWS), rows_p.split(EVAL_ROWS))])
+                joint = joint.reshape(p.shape[:-1])
+            else:
+                joint = log_joint(q_m, p)
+            log_w.append(joint - posterior.log_prob(p))
             done += m
         return torch.logsumexp(torch.cat(log_w, 0), 0) - math.log(k) - self.data_log_det
 

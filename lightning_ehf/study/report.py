@@ -22,6 +22,7 @@ SEED_AXIS = "seed"
 # (metrics.json key, column title, digits)
 COLUMNS = [
     ("test/kl", "test KL", 3),
+    ("test/kl_paired", "paired KL", 3),
     ("test/nll", "test NLL", 3),
     ("test/nll_gap", "test − train NLL", 3),
     ("test/invariance_error", "invariance error", 3),
@@ -91,7 +92,9 @@ def _axis_number(folder: StudyFolder, axis: str, value: str) -> Optional[float]:
 def _markdown_table(folder: StudyFolder, rows: list[dict[str, Any]]) -> list[str]:
     axes = [a.name for a in folder.study.axes]
     keys = [a for a in axes if a != SEED_AXIS]
-    head = [*keys, "seeds", *[title for _, title, _ in COLUMNS], "params"]
+    # the paired KL exists only on targets with a known density (and in runs that logged it)
+    columns = [c for c in COLUMNS if c[0] != "test/kl_paired" or any(r.get(c[0]) is not None for r in rows)]
+    head = [*keys, "seeds", *[title for _, title, _ in columns], "params"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, group in _groups(rows, axes).items():
         done = [r for r in group if r["state"] == "done"]
@@ -103,7 +106,7 @@ def _markdown_table(folder: StudyFolder, rows: list[dict[str, Any]]) -> list[str
         if early:
             seeds += f" ({early} best at the 1st validation)"
         cells = []
-        for metric, _, digits in COLUMNS:
+        for metric, _, digits in columns:
             vals = [float(r[metric]) for r in good if r.get(metric) is not None]
             if not vals:
                 cells.append("—")
