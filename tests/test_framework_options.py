@@ -356,7 +356,7 @@ def test_invalid_combination_real_process(case_id: str, data_dir, tmp_path, ehf_
 
 
 def test_nsf_ignores_ehf_only_options(data_dir, tmp_path, ehf_clean_env, capsys):
-    """``model.kinetic`` / ``model.encoder`` / ``model.standardise`` / ``constraint.mode`` do not apply to the nsf baseline
+    """``model.kinetic`` / ``model.encoder`` / ``model.standardise`` / ``optim.estimator`` / ``constraint.mode`` do not apply to the nsf baseline
     (README): with the same seed they change nothing, not even the parameters."""
     ehf_clean_env.chdir(tmp_path)
     runs = {}
@@ -364,7 +364,8 @@ def test_nsf_ignores_ehf_only_options(data_dir, tmp_path, ehf_clean_env, capsys)
                        "b": _combo(symmetry__group="so3", model__kind="nsf", constraint__mode="none",
                                    model__kinetic="quadratic", model__encoder="equivariant",
                                    model__standardise="true")}.items():
-        rc, out, err = _main(_train_argv(Case(name, opts), data_dir, tmp_path / name), capsys)
+        extra = ("optim.estimator=dreg",) if name == "b" else ()
+        rc, out, err = _main(_train_argv(Case(name, opts, extra), data_dir, tmp_path / name), capsys)
         assert rc == 0, _tail(rc, out, err)
         runs[name] = check_trained_run(tmp_path / name, opts, GROUPS["so3"].generators, 3)
     assert runs["a"]["test/nll"] == runs["b"]["test/nll"]

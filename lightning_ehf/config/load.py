@@ -51,6 +51,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.reversible": ("auto", "always", "never"),
     "optim.on_nonfinite": ("stop", "skip"),
     "optim.objective": ("elbo", "iwae"),
+    "optim.estimator": ("reparam", "dreg"),
     "model.activation": ("softplus", "tanh", "silu"),
     "constraint.mode": ("none", "penalty", "dual"),
     "constraint.rule": ("additive", "geco"),

@@ -79,6 +79,7 @@ class OptimCfg:
     warmup_steps: int = 100
     elbo_samples: int = 1  # contract: momentum samples per data point in the training objective (K of iwae)
     objective: str = "elbo"  # contract: elbo (the mean over the samples) | iwae (log-mean-exp: the IWAE_K bound, K = elbo_samples)
+    estimator: str = "reparam"  # the encoder's gradient: reparam | dreg (doubly reparameterised; sticking the landing under the ELBO)
     on_nonfinite: str = "stop"  # stop (keep the last good checkpoint) | skip (skip the batch, halve the block's step)
 
 

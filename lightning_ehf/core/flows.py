@@ -308,18 +308,41 @@ class EquivariantHamiltonianFlow(nn.Module):
     # -- marginal bounds -----------------------------------------------------------------------
 
     def elbo_and_constraints(self, q: Tensor, n: int = 1, constraints: bool = True,
-                             iwae: bool = False) -> tuple[Tensor, Tensor]:
+                             iwae: bool = False, estimator: str = "reparam") -> tuple[Tensor, Tensor]:
         """A lower bound on ``log p_θ(q)`` per data point (B,) from ``n`` reparameterised momentum samples,
         and ``C_k`` (k,): the mean squared bracket over all visited states (for the Lagrangian; zeros when
         ``constraints`` is off). The bound is the ELBO, the mean of the log-weights
         ``log p_θ(q, p_i) − log h(p_i | q)``, or with ``iwae`` their log-mean-exp, the IWAE bound
-        (Burda et al. 2016), which is tighter (≥ the ELBO of the same samples) and equals it at ``n = 1``."""
+        (Burda et al. 2016), which is tighter (≥ the ELBO of the same samples) and equals it at ``n = 1``.
+
+        ``estimator`` chooses the encoder's gradient; the value of the bound and the flow's gradient are
+        the same either way.
+
+        * ``reparam``: the plain reparameterisation gradient.
+        * ``dreg``: ``log h`` is evaluated with the encoder's parameters held fixed, so the encoder learns
+          only through the path ``φ → p → log w``; the score term dropped has zero mean. With ``iwae`` the
+          gradient reaching each sample ``p_i`` is also multiplied by its normalised weight ``w̃_i``, giving
+          ``Σ_i w̃_i² ∂log w_i/∂p_i ∂p_i/∂φ``: the doubly reparameterised gradient (Tucker et al. 2019,
+          arXiv:1810.04152), unbiased, whose signal-to-noise ratio does not decay as ``n`` grows. With the
+          ELBO it is the sticking-the-landing gradient (Roeder et al. 2017), zero once ``h`` is the exact
+          posterior. The constraint's pull on the encoder (through the states ``p`` leads to) is weighted
+          by ``w̃_i`` too.
+        """
         self._check(q)
         q = self.to_standard(q)
         posterior = self.encoder(q)
         p = posterior.rsample((n,))  # (n, B, d)
         stats = self._stats() if constraints else None
-        log_w = self._log_joint_standard(q.expand_as(p), p, stats) - posterior.log_prob(p) - self.data_log_det
+        if estimator == "dreg":
+            log_h = _log_prob_held_fixed(self.encoder, q, p)
+        elif estimator == "reparam":
+            log_h = posterior.log_prob(p)
+        else:
+            raise ValueError(f"estimator must be 'reparam' or 'dreg', not {estimator!r}")
+        log_w = self._log_joint_standard(q.expand_as(p), p, stats) - log_h - self.data_log_det
+        if estimator == "dreg" and iwae and p.requires_grad:
+            weights = torch.softmax(log_w.detach(), 0).unsqueeze(-1)  # w̃_i, (n, B, 1)
+            p.register_hook(lambda grad: grad * weights)
         bound = torch.logsumexp(log_w, 0) - math.log(n) if iwae else log_w.mean(0)
         return bound, stats.mean_square() if stats is not None else self.generators.new_zeros(self.generators.shape[0])
 
@@ -390,6 +413,24 @@ class EquivariantHamiltonianFlow(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Exact samples of q, (n, d)."""
         return self.sample_joint(n, generator)[0]
+
+
+class _EncoderLogProb(nn.Module):
+    """``(q, p) ↦ log h(p | q)`` as one call, so that ``functional_call`` can swap the encoder's parameters
+    for the whole evaluation (some encoders, zuko's flows among them, read their parameters lazily)."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, q: Tensor, p: Tensor) -> Tensor:
+        return self.encoder(q).log_prob(p)
+
+
+def _log_prob_held_fixed(encoder: nn.Module, q: Tensor, p: Tensor) -> Tensor:
+    """``log h(p | q)`` with gradients to ``p`` (and q) but none to the encoder's parameters."""
+    held = {f"encoder.{name}": t.detach() for name, t in encoder.named_parameters()}
+    return torch.func.functional_call(_EncoderLogProb(encoder), held, (q, p), strict=False)
 
 
 def make_ehf(

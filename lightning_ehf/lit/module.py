@@ -105,7 +105,11 @@ class EHFModule(L.LightningModule):
         n = int(self.config["optim"]["elbo_samples"]) if train else 1
         # the training objective: the ELBO, or the IWAE bound over the n samples; val/test report the ELBO
         iwae = train and self.config["optim"].get("objective", "elbo") == "iwae"
-        elbo, constraint = self.model.elbo_and_constraints(q, n, iwae=True) if iwae else self.model.elbo_and_constraints(q, n)
+        options: dict[str, Any] = {"iwae": True} if iwae else {}
+        if train and self.config["optim"].get("estimator", "reparam") != "reparam":
+            options["estimator"] = self.config["optim"]["estimator"]
+        # only the options in use are passed: models with the plain ``(q, n)`` interface keep working
+        elbo, constraint = self.model.elbo_and_constraints(q, n, **options)
         loss = -elbo.mean() + self.multipliers.penalty(constraint)
         bs = q.shape[0]
         means = {"iwae" if iwae else "elbo": elbo.mean(), "loss": loss}
