@@ -13,9 +13,11 @@ __all__ = ["NSFModel"]
 
 
 class NSFModel(nn.Module):
-    """A zuko neural spline flow (Durkan et al. 2019) on q. Its log-likelihood is exact, so the
-    "ELBO" and "IWAE" are both ``log p(q)``; it has no Hamiltonians, hence no constraints. The
-    symmetry is kept for the invariance diagnostics."""
+    """A zuko neural spline flow (Durkan et al. 2019) on q: a :class:`~lightning_ehf.core.density.DensityModel`
+    with an exact likelihood, so its bound and its reported estimate are both ``log p(q)``. It has no
+    Hamiltonians, hence no constraints; the symmetry is kept for the invariance diagnostics."""
+
+    exact_likelihood = True
 
     def __init__(self, symmetry: Symmetry, transforms: int = 4, bins: int = 8, hidden: int = 64, depth: int = 2) -> None:
         super().__init__()
@@ -26,19 +28,19 @@ class NSFModel(nn.Module):
                                    hidden_features=[hidden] * depth)
 
     def log_prob(self, q: Tensor) -> Tensor:
-        if q.shape[-1] != self.dim:
+        """``log p(q)`` per row (B,)."""
+        if q.ndim < 1 or q.shape[-1] != self.dim:
             raise ValueError(f"q must have shape (..., {self.dim}), got {tuple(q.shape)}")
         return self.flow().log_prob(q)
 
-    def elbo_and_constraints(self, q: Tensor, n: int = 1, iwae: bool = False, estimator: str = "reparam") -> tuple[Tensor, Tensor]:
-        # exact likelihood: no momentum, no bound, so neither the objective nor the encoder's estimator applies
+    def elbo_and_constraints(self, q: Tensor, n: int = 1) -> tuple[Tensor, Tensor]:
+        """The exact ``log p(q)`` (the tightest bound, whatever ``n``) and no constraints."""
         return self.log_prob(q), q.new_zeros(0)
 
-    def elbo(self, q: Tensor, n: int = 1) -> Tensor:
-        return self.log_prob(q)
-
     def iwae(self, q: Tensor, k: int = 1, chunk: int = 1) -> Tensor:
+        """The exact ``log p(q)``: importance samples add nothing to an exact likelihood."""
         return self.log_prob(q)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` samples, (n, d). zuko draws from torch's global generator: ``generator`` is not used."""
         return self.flow().sample((n,))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -12,10 +13,12 @@ from .core import symmetries as S
 from .core.flows import make_ehf
 from .core.frames import CentreOfMassFrame, FramedTarget, PairDistanceFeatures
 from .core.symmetries import Symmetry
+from .config.schema import Config, OptimCfg
 from .core.targets import Target, make_target
 from .errors import ConfigError
 
-__all__ = ["make_symmetry", "make_data_symmetry", "particle_dim_of", "resolve_translation", "make_model", "make_datamodule", "make_module", "make_trainer", "resolve_encoder", "check_logger"]
+__all__ = ["make_symmetry", "make_data_symmetry", "particle_dim_of", "resolve_translation", "make_model", "make_datamodule", "make_module", "make_trainer", "resolve_encoder", "check_logger",
+           "resolve_data_file"]
 
 
 def _kron_particles(mats: torch.Tensor, n_particles: int) -> torch.Tensor:
@@ -83,7 +86,7 @@ def resolve_translation(cfg: Any, target: Optional[Target] = None) -> str:
     """``symmetry.translation``: ``auto`` → what the target declares (``com`` for translation-invariant
     particle targets such as dw4), ``none`` for file data. Refuses combinations that cannot be right."""
     declared = target.symmetry_spec.get("translation", "none") if target is not None else "none"
-    translation = cfg.symmetry.get("translation", "auto")  # .get: configs saved before the key
+    translation = cfg.symmetry.translation
     if translation == "auto":
         return declared
     if target is not None and translation != declared:
@@ -105,7 +108,7 @@ def make_data_symmetry(cfg: Any, data_dim: int, target: Optional[Target] = None
     coordinates of the centre-of-mass-free subspace, where the model lives."""
     symmetry = make_symmetry(cfg.symmetry, data_dim, target)
     particle_dim = particle_dim_of(cfg, target)
-    if cfg.symmetry.get("permutations", False):
+    if cfg.symmetry.permutations:
         if particle_dim is None:
             raise ConfigError("symmetry.permutations: needs particles: set symmetry.particle_dim (or use an N×n×D data file)")
         if symmetry.particles is not None:
@@ -140,15 +143,14 @@ def make_model(cfg: Any, symmetry: Symmetry) -> nn.Module:
 
         return NSFModel(symmetry, transforms=m.nsf_transforms, bins=m.nsf_bins, hidden=m.hidden, depth=m.depth)
     try:
-        # .get: configs saved in checkpoints by earlier versions lack the newer keys
         model = make_ehf(
             symmetry, blocks=m.blocks, leapfrog_steps=m.leapfrog_steps, step_size=m.step_size,
             learn_step_size=m.learn_step_size, hidden=m.hidden, depth=m.depth, activation=m.activation,
             kinetic=m.kinetic, invariant=m.invariant, encoder=resolve_encoder(m, symmetry),
-            sigma_q=m.sigma_q, sigma_p=m.sigma_p, forces=m.get("forces", "analytic"),
-            reversible={"auto": "auto", "always": True, "never": False}[m.get("reversible", "auto")],
+            sigma_q=m.sigma_q, sigma_p=m.sigma_p, forces=m.forces,
+            reversible={"auto": "auto", "always": True, "never": False}[m.reversible],
         )
-        return model.compile_density(bool(cfg.eval.get("compile", False)))
+        return model.compile_density(cfg.eval.compile)
     except ValueError as e:
         msg = str(e)
         if "base density is not invariant" in msg:
@@ -162,7 +164,22 @@ def make_model(cfg: Any, symmetry: Symmetry) -> nn.Module:
         raise ConfigError(f"{key}: {e}") from None
 
 
-def make_datamodule(cfg: Any):
+def resolve_data_file(cfg: Config, absolute: bool = True) -> Config:
+    """What a run needs to know of its data file before it starts: ``data.path`` made absolute (the saved
+    config then finds the file from any folder) and, for an N×n×D particle file, ``symmetry.particle_dim``
+    (unless set)."""
+    if not cfg.data.path:
+        return cfg
+    from .data.files import particle_shape
+
+    path = Path(cfg.data.path).expanduser()
+    data = cfg.data.model_copy(update={"path": str(path.resolve())}) if absolute else cfg.data
+    shape = particle_shape(path) if cfg.symmetry.particle_dim is None else None
+    symmetry = cfg.symmetry.model_copy(update={"particle_dim": shape[1]}) if shape is not None else cfg.symmetry
+    return cfg.model_copy(update={"data": data, "symmetry": symmetry})
+
+
+def make_datamodule(cfg: Config):
     """Data module with its declared dimension and symmetry (validated against the config). With
     ``symmetry.translation=com`` the data module holds the data in centre-of-mass-free coordinates."""
     from .config.load import validate_for_dim
@@ -190,28 +207,31 @@ def make_datamodule(cfg: Any):
         if rows is not None:
             rows = frame.to_subspace(torch.from_numpy(rows)).numpy()
     particle_dim = particle_dim_of(cfg, target)
-    permute = dim // particle_dim if cfg.symmetry.get("permutations", False) and particle_dim else None
+    permute = dim // particle_dim if cfg.symmetry.permutations and particle_dim else None
     return EHFDataModule(symmetry, target=target, path=d.path, rows=rows, regime=d.regime, n_train=d.n_train,
                          n_val=d.n_val, n_test=d.n_test, batch_size=d.batch_size, augment=d.augment,
                          num_workers=d.num_workers, seed=cfg.seed, val_fraction=d.val_fraction,
-                         # .get: configs saved before these keys have counts in data.n_val / n_test
-                         file_val_fraction=d.get("file_val_fraction"), file_test_fraction=d.get("file_test_fraction"),
+                         file_val_fraction=d.file_val_fraction, file_test_fraction=d.file_test_fraction,
                          frame=frame, permute_particles=permute)
 
 
-def make_module(cfg: Any, datamodule, run_id: str = "") -> "Any":
+def make_module(cfg: Config, datamodule, run_id: str = "") -> "Any":
     """The LightningModule for a config and its data (entropy of a known target included)."""
-    from .config.load import to_container
     from .lit.module import EHFModule
 
     model = make_model(cfg, datamodule.symmetry)
-    if cfg.model.get("standardise", False) and cfg.model.kind == "ehf":
+    moot = {k: v for k, v in (("optim.objective", cfg.optim.objective), ("optim.elbo_samples", cfg.optim.elbo_samples),
+                              ("optim.estimator", cfg.optim.estimator)) if v != OptimCfg.model_fields[k[6:]].default}
+    if getattr(model, "exact_likelihood", False) and moot:
+        print(f"note: model.kind={cfg.model.kind} has an exact likelihood, so {', '.join(moot)} do not apply: it trains "
+              "on log p(q)", flush=True)
+    if cfg.model.standardise and cfg.model.kind == "ehf":
         standardise(model, datamodule)
     entropy = None
     if datamodule.target is not None:
         entropy = datamodule.target.entropy(200_000, generator=torch.Generator().manual_seed(12345))[0]
     log_prob = datamodule.target.log_prob if datamodule.target is not None else None
-    return EHFModule(to_container(cfg), model, entropy, run_id, target_log_prob=log_prob)
+    return EHFModule(cfg, model, entropy, run_id, target_log_prob=log_prob)
 
 
 def standardise(model: nn.Module, datamodule) -> None:

@@ -1,48 +1,16 @@
-"""Loading trained runs from checkpoints alone (they carry the resolved config)."""
+"""Checkpoint files: finding, reading (``weights_only``) and loading them with one-line errors."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from .errors import CheckpointError
 
-__all__ = ["Run", "check_state_dict", "load_checkpoint", "load_run", "resolve_checkpoint"]
-
-
-@dataclass
-class Run:
-    """A trained model rebuilt from a checkpoint."""
-
-    model: nn.Module
-    config: dict[str, Any]
-    dim: int
-    entropy: Optional[float]
-    path: Path
-    frame: Any = None  # the CentreOfMassFrame when the model lives in centre-of-mass-free coordinates
-
-    def split_data(self, split: str = "test") -> Tensor:
-        """The run's fixed ``test`` or ``val`` set, regenerated from its config (targets) or its data file."""
-        from omegaconf import OmegaConf
-
-        from .build import make_datamodule
-
-        from .config.schema import Config
-
-        # onto the schema: a checkpoint written before a key existed gets the key's default
-        dm = make_datamodule(OmegaConf.merge(OmegaConf.structured(Config), self.config))
-        dm.setup("test")
-        data = {"test": dm.test_data, "val": dm.val_data}[split]
-        assert data is not None
-        return data
-
-    def test_data(self) -> Tensor:
-        """The run's fixed test set (``split_data("test")``)."""
-        return self.split_data("test")
+__all__ = ["check_state_dict", "load_checkpoint", "resolve_checkpoint"]
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -86,31 +54,3 @@ def check_state_dict(module: nn.Module, state_dict: dict[str, Any], path: str | 
         module.load_state_dict(state_dict)
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {path} does not match the model its config builds: {_mismatch_summary(e)}") from None
-
-
-def load_run(path: str | Path) -> Run:
-    """Rebuild the model of a checkpoint and load its weights."""
-    from omegaconf import OmegaConf
-
-    from .build import make_data_symmetry, make_model, particle_dim_of, resolve_translation
-    from .core.targets import make_target
-
-    ckpt = load_checkpoint(path)
-    hp = ckpt["hyper_parameters"]
-    config = hp["config"]
-    cfg = OmegaConf.create(config)
-    target = make_target(cfg.data.target) if cfg.data.target else None
-    dim = int(hp.get("dim") or (target.dim if target is not None else 0))
-    if dim <= 0:
-        raise CheckpointError(f"checkpoint {resolve_checkpoint(path)} does not record the data dimension")
-    # the model's dimension; centre-of-mass-free coordinates have one particle's fewer than the data
-    data_dim = target.dim if target is not None else dim
-    if target is None and resolve_translation(cfg) == "com":
-        data_dim = dim + (particle_dim_of(cfg) or 0)
-    symmetry, frame = make_data_symmetry(cfg, data_dim, target)
-    model = make_model(cfg, symmetry)
-    prefix = "model."
-    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    check_state_dict(model, state, resolve_checkpoint(path))
-    model.eval()
-    return Run(model, config, dim, hp.get("entropy"), resolve_checkpoint(path), frame)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 
+EXIT_DIVERGED = 3  # training diverged: non-finite loss or gradient (the last good checkpoint is kept)
+EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1, retry later (``ehf train --resume``)
+
+
 class UserError(Exception):
     """Bad input from the user: config, data file, CLI argument or checkpoint. Exit code 2."""
 

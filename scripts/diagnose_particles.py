@@ -50,7 +50,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lightning_ehf.checkpoints import load_run  # noqa: E402
+from lightning_ehf.evaluate import load_run  # noqa: E402
 from lightning_ehf.core.targets import make_target  # noqa: E402
 
 
@@ -396,8 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, run in runs:
         c0 = cpu_s()
         model = run.model.double().eval()
-        cell: dict = {"kind": "ehf" if is_ehf(model) else "nsf", "config_model": run.config.get("model"),
-                      "constraint": run.config.get("constraint", {}).get("mode")}
+        cell: dict = {"kind": "ehf" if is_ehf(model) else "nsf", "config_model": run.config.model.model_dump(),
+                      "constraint": run.config.constraint.mode}
         print(f"== {name} ({cell['kind']})", flush=True)
         full = args.full is None or name in args.full
         if is_ehf(model):

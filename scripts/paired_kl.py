@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from lightning_ehf.checkpoints import load_run
+from lightning_ehf.evaluate import load_run
 from lightning_ehf.core.targets import make_target
 
 
@@ -30,9 +30,9 @@ def main() -> None:
     args = ap.parse_args()
     for path in args.runs:
         run = load_run(path)
-        if run.frame is not None or run.config["data"]["target"] is None:
+        if run.frame is not None or run.config.data.target is None:
             raise SystemExit(f"{path}: needs a target with a known density in the model's own coordinates")
-        target = make_target(run.config["data"]["target"])
+        target = make_target(run.config.data.target)
         x = run.test_data()[: args.n].double()
         model = run.model.double().eval()
         torch.manual_seed(args.seed)

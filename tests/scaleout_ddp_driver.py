@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from lightning_ehf.build import make_datamodule, make_trainer
 from lightning_ehf.cli import cmd_train
-from lightning_ehf.config.load import load_config, to_container
+from lightning_ehf.config.load import load_config
 from lightning_ehf.core import symmetries
 from lightning_ehf.lit.module import EHFModule
 
@@ -70,7 +70,7 @@ class ExactModel(nn.Module):
 def validate(out: Path, overrides: list[str]) -> int:
     cfg = load_config([], overrides)
     dm = make_datamodule(cfg)
-    module = EHFModule(to_container(cfg), ExactModel(dm.dim))
+    module = EHFModule(cfg, ExactModel(dm.dim))
     trainer = make_trainer(cfg, out / "run", "exact")
     k = cfg.eval.iw_samples
     logged = {"val": trainer.validate(module, datamodule=dm, verbose=False)[0][f"val/nll_iw{k}"],

@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from omegaconf import DictConfig
-
 from lightning_ehf.config.load import (
     load_config,
     save_config,
@@ -54,8 +52,8 @@ def load_error(*overrides: str, files: tuple = ()) -> str:
 
 
 def validate_error(*overrides: str) -> str:
-    cfg = load_config(overrides=list(overrides))
-    return error_of(validate, cfg)
+    """A semantic error: the typed schema finds it when the config is loaded (``validate`` checks again)."""
+    return error_of(lambda: validate(load_config(overrides=list(overrides))))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -64,7 +62,7 @@ def validate_error(*overrides: str) -> str:
 
 def test_defaults_load_and_validate() -> None:
     cfg = load_config()
-    assert isinstance(cfg, DictConfig)
+    assert isinstance(cfg, Config)
     assert cfg.experiment == "default"
     assert cfg.data.target == Config().data.target
     assert cfg.model.blocks == Config().model.blocks
@@ -275,7 +273,7 @@ def test_target_and_path_both_set_explicitly() -> None:
 
 def test_target_from_a_yaml_file_and_path_are_refused(tmp_path: Path) -> None:
     exp = write(tmp_path / "exp.yaml", "data:\n  target: gmm8\n")
-    msg = error_of(validate, load_config([exp], ["data.path=x.npy"]))
+    msg = error_of(load_config, [exp], ["data.path=x.npy"])
     assert msg.startswith("data.path:") and "data.target=gmm8" in msg
 
 
@@ -289,7 +287,7 @@ def test_path_alone_means_file_data() -> None:
     assert (cfg.data.target, cfg.data.regime, cfg.symmetry.group) == (None, "finite", "none")
     assert (cfg.data.n_val, cfg.data.n_test) == (None, None)  # fractions of the file's rows ...
     assert (cfg.data.file_val_fraction, cfg.data.file_test_fraction) == (0.1, 0.1)  # ... 10 % each
-    assert {k.split(".", 1)[1] for k in FILE_DEFAULTS if k.startswith("data.")} <= set(cfg.data)
+    assert {k.split(".", 1)[1] for k in FILE_DEFAULTS if k.startswith("data.")} <= set(type(cfg.data).model_fields)
 
 
 def test_without_path_the_schema_defaults_hold() -> None:
@@ -471,8 +469,8 @@ def test_matrices_match_dim() -> None:
 
 
 def test_matrices_numeric() -> None:
-    cfg = load_config(overrides=["symmetry.group=matrices", "symmetry.matrices=[[[0,a],[-1,0]]]"])
-    assert "symmetry.matrices[0][0][1]" in error_of(validate_for_dim, cfg, 2)
+    msg = error_of(load_config, (), ["symmetry.group=matrices", "symmetry.matrices=[[[0,a],[-1,0]]]"])
+    assert "symmetry.matrices[0][0][1]" in msg
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -483,3 +481,54 @@ def test_matrices_numeric() -> None:
 def test_shipped_yaml(path: Path) -> None:
     cfg = load_config([path])
     validate(cfg)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the schema is the one source of defaults and choices
+
+
+def test_choices_are_the_core_registries() -> None:
+    from lightning_ehf.config.schema import DataCfg, ModelCfg, choices
+    from lightning_ehf.core.encoders import ENCODERS
+    from lightning_ehf.core.hamiltonians import ACTIVATIONS, FORCE_PATHS
+    from lightning_ehf.core.targets import TARGETS
+
+    assert set(choices(DataCfg, "target")) == {*TARGETS, None}
+    assert set(choices(ModelCfg, "encoder")) == {"auto", *ENCODERS}
+    assert set(choices(ModelCfg, "forces")) == set(FORCE_PATHS)
+    assert set(choices(ModelCfg, "activation")) == set(ACTIVATIONS)
+
+
+def _readme_value(text: str) -> object:
+    text = text.strip().strip("`")
+    return {"null": None, "true": True, "false": False}.get(text, text)
+
+
+def _config_reference_rows() -> list[tuple[str, str]]:
+    """(dotted key, default as written) of every row of the config table in the README."""
+    rows = []
+    for line in (REPO / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 2 or not cells[0].startswith("`") or "." not in cells[0] and cells[0] != "`seed`":
+            continue
+        keys = [k.strip().strip("`") for k in cells[0].split(" / ")]
+        section = keys[0].rsplit(".", 1)[0] + "." if "." in keys[0] else ""
+        full = [keys[0], *(k if "." in k else section + k for k in keys[1:])]
+        defaults = [d.strip() for d in cells[1].split(" / ")]
+        assert len(full) == len(defaults), line
+        rows += list(zip(full, defaults))
+    return rows
+
+
+def test_the_readme_config_table_states_the_schema_defaults() -> None:
+    from lightning_ehf.config.load import flatten
+
+    defaults = flatten(Config().model_dump())
+    rows = _config_reference_rows()
+    assert len(rows) > 40
+    for key, written in rows:
+        assert key in defaults, f"README config table names {key}, which the schema does not have"
+        value, shown = defaults[key], _readme_value(written)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and isinstance(shown, str):
+            shown = float(shown)
+        assert shown == value or str(shown) == str(value), f"{key}: README says {written}, the schema {value!r}"

@@ -131,14 +131,13 @@ def test_file_split_sizes():
 
 def test_eval_split_rebuilds_the_default_file_split(tmp_path):
     """``ehf eval --split`` (Run.split_data, from the saved config) gets the rows the run validated and tested on."""
-    from lightning_ehf.checkpoints import Run
-    from lightning_ehf.config.load import to_container
+    from lightning_ehf.evaluate import Run
 
     np.save(tmp_path / "x.npy", np.random.default_rng(1).normal(size=(256, 3)).astype(np.float32))
     cfg = load_config([], [f"data.path={tmp_path / 'x.npy'}", "seed=3"])
     dm = make_datamodule(cfg)
     dm.setup("fit")
-    run = Run(model=torch.nn.Identity(), config=to_container(cfg), dim=3, entropy=None, path=tmp_path)
+    run = Run(model=torch.nn.Identity(), config=cfg, dim=3, entropy=None, path=tmp_path)
     assert torch.equal(run.split_data("val"), dm.val_data) and torch.equal(run.split_data("test"), dm.test_data)
     assert dm.val_data.shape[0] == dm.test_data.shape[0] == 26
 

@@ -99,7 +99,7 @@ def test_eval_without_data_uses_the_test_set(ehf_tiny_run, tmp_path, capsys):
     metrics = json.loads((ehf_tiny_run / "metrics.json").read_text())
     assert summary["nll"] == pytest.approx(metrics["test/nll"], abs=0.5)
     # the paired estimate: log p(q) − log p̂(q) row by row with the target's density, from the same rows
-    from lightning_ehf.checkpoints import load_run
+    from lightning_ehf.evaluate import load_run
     from lightning_ehf.core.targets import make_target
 
     rows = load_run(ehf_tiny_run).test_data().double()

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_ehf.build import make_datamodule, make_trainer
-from lightning_ehf.config.load import load_config, to_container
+from lightning_ehf.config.load import load_config
 from lightning_ehf.core import no_symmetry
 from lightning_ehf.lit.module import EHFModule
 
@@ -37,7 +37,7 @@ def test_kl_paired_is_exact_where_nll_minus_entropy_is_noisy(tmp_path):
     dm = make_datamodule(cfg)
     entropy = dm.target.entropy(200_000, generator=torch.Generator().manual_seed(0))[0]
     shift = 0.3
-    module = EHFModule(to_container(cfg), ShiftedTarget(dm.target, shift), entropy, target_log_prob=dm.target.log_prob)
+    module = EHFModule(cfg, ShiftedTarget(dm.target, shift), entropy, target_log_prob=dm.target.log_prob)
     out = make_trainer(cfg, tmp_path / "run", "exact").test(module, datamodule=dm, verbose=False)[0]
     assert abs(out["test/kl_paired"] - shift) < 1e-6
     # the unpaired estimate of the same number: right within a few standard errors of the mean NLL

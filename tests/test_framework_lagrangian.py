@@ -19,7 +19,7 @@ from torch import nn
 
 from ehf_testing import csv_rows, tiny
 from lightning_ehf import cli
-from lightning_ehf.config.load import load_config, to_container
+from lightning_ehf.config.load import load_config
 from lightning_ehf.core import so2
 from lightning_ehf.lit.module import EHFModule
 
@@ -39,7 +39,7 @@ class _ControlledConstraint(nn.Module):
 
 
 def _module(*overrides: str) -> EHFModule:
-    cfg = to_container(load_config([], list(overrides)))
+    cfg = load_config([], list(overrides))
     return EHFModule(cfg, _ControlledConstraint())
 
 

@@ -105,7 +105,7 @@ def test_standardised_run_saves_its_whitening_and_reloads_it(tmp_path):
     """``model.standardise=true``: the whitening is estimated from the training data, commutes with the
     group, travels in the checkpoint, and is the same when recomputed (so every DDP rank agrees)."""
     from lightning_ehf.build import make_datamodule, make_model, standardise
-    from lightning_ehf.checkpoints import load_run
+    from lightning_ehf.evaluate import load_run
 
     run_dir = tmp_path / "run"
     assert cli.main(["train", *tiny("data.target=particles2d"), "model.standardise=true", f"run.dir={run_dir}"]) == 0

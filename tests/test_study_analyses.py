@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from ehf_testing import ENV_DROP, tiny
-from lightning_ehf import checkpoints
+from lightning_ehf import evaluate
+from lightning_ehf.config.load import from_saved
 from lightning_ehf.core import make_ehf
 from lightning_ehf.core.hamiltonians import Energy
 from lightning_ehf.core.symmetries import one_parameter_subgroup, so2
@@ -99,7 +100,7 @@ def test_potentials_locates_the_minimum_of_a_known_potential(tmp_path, monkeypat
     for block, c in zip(model.flow.blocks, centres):
         block.hamiltonian.potential = Well(2, c)
     config = {"data": {"target": "rings2d"}, "model": {"kind": "ehf"}, "seed": 0}
-    monkeypatch.setattr(checkpoints, "load_run", lambda path: checkpoints.Run(model, config, 2, None, Path(path)))
+    monkeypatch.setattr(evaluate, "load_run", lambda path: evaluate.Run(model, from_saved(config), 2, None, Path(path)))
     folder = FakeFolder(tmp_path, [FakeCell("ehf_dual-seed0", {"method": "ehf_dual", "seed": "seed0"}),
                                    FakeCell("nsf-seed0", {"method": "nsf", "seed": "seed0"})])
     for cell, kind in zip(folder.cells, ("ehf", "nsf")):
@@ -146,7 +147,7 @@ def test_one_parameter_subgroup_rotates_its_plane_only() -> None:
 def _randomised_load_run(std: float = 0.4):
     """``load_run`` whose Hamiltonians are then redrawn N(0, std²): the zero-initialised last layers of a 6-step
     model barely move the flow; random ones make the unconstrained flow visibly non-equivariant."""
-    real = checkpoints.load_run
+    real = evaluate.load_run
 
     def load(path):
         run = real(path)
@@ -161,7 +162,7 @@ def _randomised_load_run(std: float = 0.4):
 
 
 def test_representation_invariant_is_exact_unconstrained_is_not(trained, tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(checkpoints, "load_run", _randomised_load_run())
+    monkeypatch.setattr(evaluate, "load_run", _randomised_load_run())
     md, files = ANALYSES["representation"](trained, rows_of(trained), tmp_path)
     cells = {c["method"]: c for c in json.loads((tmp_path / "representation.json").read_text())["cells"]}
     inv, free = cells["ehf_invariant"], cells["ehf_none"]

@@ -1,169 +1,365 @@
-"""Typed configuration schema. Every default of every knob lives here; YAML files only override.
+"""The one typed configuration schema: every default of every knob, its type, its range and the rules
+between keys live here (pydantic v2, strict). YAML files and ``key=value`` overrides only override.
 
-The keys marked *contract* are public (docs/design.md, "Public contracts"): scripts and users rely on
-their names.
+Keys marked *contract* in their description are public (docs/design.md, "Public contracts"): scripts and
+users rely on their names. A rule between keys raises :func:`config_error`, which names the key the user
+should change; :mod:`lightning_ehf.config.load` turns every failure into one line.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Optional
+import re
+from typing import Annotated, Any, Literal, Optional, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+__all__ = ["Config", "FILE_DEFAULTS", "ROTATION_GROUPS", "choices", "config_error", "check_planes", "check_coords",
+           "check_matrices"]
+
+Positive = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+
+Target = Literal["ring2d", "rings2d", "shell3d", "particles2d", "gmm8", "two_rings4d", "dw4"]
+Group = Literal["auto", "none", "so2", "so3", "rotations", "matrices"]
+#: Groups made of plane rotations (``auto`` is decided by the target; ``build`` checks it there).
+ROTATION_GROUPS = ("so2", "so3", "rotations")
 
 
-@dataclass
-class DataCfg:
-    target: Optional[str] = "ring2d"  # contract: ring2d|rings2d|shell3d|particles2d|gmm8|two_rings4d|dw4 or null
-    path: Optional[str] = None  # contract: user data file (.npy/.npz/.csv; N×d, or N×n×D particles); implies FILE_DEFAULTS (below)
-    regime: str = "infinite"  # contract: finite|infinite (file data: finite)
-    n_train: int = 20000  # contract: training set size (finite regime; file data: at most this many rows train)
-    n_val: Optional[int] = 1000  # contract: validation samples / rows of the file; null (files only): file_val_fraction of the rows
-    val_fraction: Optional[float] = None  # contract: finite targets: validation rows come out of n_train (e.g. 0.2); null: n_val fresh samples
-    n_test: Optional[int] = 5000  # contract: test samples / rows of the file; null (files only): file_test_fraction of the rows
-    file_val_fraction: float = 0.1  # contract: file data with n_val=null: this fraction of its rows validates (at least 1)
-    file_test_fraction: float = 0.1  # contract: file data with n_test=null: this fraction of its rows tests (at least 1)
-    batch_size: int = 512  # contract
+def config_error(key: str, message: str) -> PydanticCustomError:
+    """A rule broken by the value of ``key`` (full dotted path): ``key: message`` once formatted."""
+    return PydanticCustomError("ehf_config", "{key}: {message}", {"key": key, "message": message})
+
+
+def choices(section: type[BaseModel], name: str) -> tuple[Any, ...]:
+    """The allowed values of a ``Literal`` key (``None`` included where the key is nullable)."""
+    annotation = section.model_fields[name].annotation
+    if get_origin(annotation) is Literal:
+        return get_args(annotation)
+    return tuple(v for arg in get_args(annotation) for v in (get_args(arg) if arg is not type(None) else (None,)))
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True, protected_namespaces=())
+
+
+class DataCfg(Section):
+    target: Optional[Target] = "ring2d"  # contract: an analytic target, or null for file data
+    # contract: user data file (.npy/.npz/.csv; N×d, or N×n×D particles); implies FILE_DEFAULTS
+    path: Optional[str] = None
+    regime: Literal["finite", "infinite"] = "infinite"  # contract: finite|infinite (file data: finite)
+    n_train: Positive = 20000  # contract: training set size (finite regime; file data: at most this many rows train)
+    # contract: validation samples / rows of the file; null (files only): file_val_fraction of the rows
+    n_val: Optional[Positive] = 1000
+    # contract: finite targets: validation rows come out of n_train (e.g. 0.2); null: n_val fresh samples
+    val_fraction: Optional[Fraction] = None
+    # contract: test samples / rows of the file; null (files only): file_test_fraction of the rows
+    n_test: Optional[Positive] = 5000
+    # contract: file data with n_val=null: this fraction of its rows validates (at least 1)
+    file_val_fraction: Fraction = 0.1
+    # contract: file data with n_test=null: this fraction of its rows tests (at least 1)
+    file_test_fraction: Fraction = 0.1
+    batch_size: Positive = 512  # contract
     augment: bool = False  # contract: random group element applied to every training batch
-    num_workers: int = 0
+    num_workers: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _sources_and_splits(self) -> "DataCfg":
+        if self.target is None and not self.path:
+            raise config_error("data.target", "no data: set data.target (an analytic target) or data.path (a data file)")
+        if self.target is not None and self.path:
+            raise config_error("data.path", f"both data.target={self.target} and data.path are set; remove data.target "
+                                            "(or set data.target=null) to use the file")
+        if self.path is not None and not self.path.strip():
+            raise config_error("data.path", "is empty")
+        if self.path is not None and self.regime != "finite":
+            raise config_error("data.regime", "file data (data.path) is a fixed sample: data.regime must be finite "
+                                              "(what data.path implies when data.regime is not set)")
+        for key in ("n_val", "n_test"):
+            if getattr(self, key) is None and self.path is None:
+                raise config_error(f"data.{key}", f"null (a fraction of a data file's rows, data.file_{key[2:]}_fraction) "
+                                                  "needs data.path; a target needs a number of samples")
+        if self.file_val_fraction + self.file_test_fraction >= 1:
+            raise config_error("data.file_test_fraction", "data.file_val_fraction + data.file_test_fraction must be < 1 "
+                                                          "(the rest of a data file's rows train)")
+        if self.val_fraction is not None:
+            if self.regime != "finite" or self.target is None:
+                raise config_error("data.val_fraction", "applies to a finite training set of a target (data.regime=finite);"
+                                                        " an infinite stream or a file has its own validation rows "
+                                                        "(data.n_val)")
+            if not 1 <= round(self.val_fraction * self.n_train) < self.n_train:
+                raise config_error("data.val_fraction", f"{self.val_fraction} of data.n_train={self.n_train} leaves no "
+                                                        "validation or no training rows")
+        return self
 
 
-@dataclass
-class SymmetryCfg:
-    group: str = "auto"  # contract: auto|none|so2|so3|rotations|matrices
+def _is_index(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def check_planes(planes: Any, bound: int | None, where: str = "", key: str = "symmetry.planes") -> None:
+    """Rotation planes: distinct pairs of distinct coordinate indices below ``bound`` (when known)."""
+    if not isinstance(planes, list) or not planes:
+        raise config_error(key, "must be a non-empty list of planes, e.g. [[0,1],[2,3]]")
+    seen: set[frozenset[int]] = set()
+    for i, plane in enumerate(planes):
+        if not (isinstance(plane, list) and len(plane) == 2 and all(_is_index(a) for a in plane)):
+            raise config_error(f"{key}[{i}]", f"a plane is two non-negative coordinate indices, got {plane!r}")
+        if plane[0] == plane[1]:
+            raise config_error(f"{key}[{i}]", f"a plane needs two distinct coordinates, got {plane!r}")
+        if frozenset(plane) in seen:
+            raise config_error(f"{key}[{i}]", f"plane {plane!r} is listed twice")
+        seen.add(frozenset(plane))
+        if bound is not None and max(plane) >= bound:
+            raise config_error(f"{key}[{i}]", f"plane {plane!r} uses coordinate {max(plane)}, but {where} "
+                                              f"(valid indices 0..{bound - 1})")
+
+
+def check_coords(group: str, coords: Any, bound: int | None, where: str = "", key: str = "symmetry.coords") -> None:
+    """The coordinates so2 / so3 act on: 2 / 3 distinct indices below ``bound`` (when known)."""
+    need = 2 if group == "so2" else 3
+    if coords is None:
+        if bound is not None and bound < need:
+            raise config_error("symmetry.group", f"{group} acts on {need} coordinates, but {where}")
+        return
+    if not isinstance(coords, list) or not all(_is_index(c) for c in coords):
+        raise config_error(key, f"must be a list of non-negative coordinate indices, got {coords!r}")
+    if len(coords) != need:
+        raise config_error(key, f"symmetry.group={group} acts on {need} coordinates, got {len(coords)}: {coords!r}")
+    if len(set(coords)) != len(coords):
+        raise config_error(key, f"coordinates must be distinct, got {coords!r}")
+    if bound is not None and max(coords) >= bound:
+        raise config_error(key, f"coordinate {max(coords)} is out of range: {where} (valid indices 0..{bound - 1})")
+
+
+def check_matrices(matrices: Any, bound: int | None, where: str = "", key: str = "symmetry.matrices") -> None:
+    """Explicit generators: square matrices of finite numbers, ``bound``×``bound`` (when known)."""
+    if not isinstance(matrices, list) or not matrices:
+        raise config_error(key, "must be a non-empty list of square matrices (lists of rows)")
+    for i, mat in enumerate(matrices):
+        k = f"{key}[{i}]"
+        if not isinstance(mat, list) or not mat or not all(isinstance(r, list) for r in mat):
+            raise config_error(k, "must be a matrix given as a list of rows, e.g. [[0,-1],[1,0]]")
+        for r, row in enumerate(mat):
+            if len(row) != len(mat):
+                raise config_error(k, f"must be square: it has {len(mat)} rows but row {r} has {len(row)} entries")
+            for c, entry in enumerate(row):
+                if isinstance(entry, bool) or not isinstance(entry, (int, float)) or entry != entry:
+                    raise config_error(f"{k}[{r}][{c}]", f"matrix entries must be finite numbers, got {entry!r}")
+        if bound is not None and len(mat) != bound:
+            raise config_error(k, f"is {len(mat)}×{len(mat)} but must be {bound}×{bound}: {where}")
+
+
+class SymmetryCfg(Section):
+    group: Group = "auto"  # contract: auto (the target's) | none | so2 | so3 | rotations | matrices
     planes: Optional[list[list[int]]] = None  # contract: rotation planes, e.g. [[0,1],[2,3]]
     coords: Optional[list[int]] = None  # coordinates so2/so3 act on (default: the first 2 / 3)
-    particle_dim: Optional[int] = None  # contract: q holds particles of this many coordinates
+    particle_dim: Optional[Positive] = None  # contract: q holds particles of this many coordinates
     matrices: Optional[list[Any]] = None  # contract: explicit generators, each d×d (list of lists)
-    translation: str = "auto"  # contract: auto (the target's: com for dw4, else none) | none | com (particles: model the centre-of-mass-free coordinates)
-    permutations: bool = False  # contract: identical particles: augmentation relabels them; invariant Hamiltonians use pair-distance features
+    # contract: auto (the target's: com for dw4, else none) | none | com (particles: model the centre-of-mass-free
+    # coordinates)
+    translation: Literal["auto", "none", "com"] = "auto"
+    # contract: identical particles: augmentation relabels them; invariant Hamiltonians use pair-distance features
+    permutations: bool = False
+
+    @model_validator(mode="after")
+    def _group_arguments(self) -> "SymmetryCfg":
+        if self.group == "rotations":
+            if self.planes is None:
+                raise config_error("symmetry.planes", "symmetry.group=rotations needs symmetry.planes, e.g. [[0,1],[2,3]]")
+            check_planes(self.planes, None)
+        if self.group in ("so2", "so3"):
+            check_coords(self.group, self.coords, None)
+        if self.group == "matrices":
+            if self.matrices is None:
+                raise config_error("symmetry.matrices",
+                                   "symmetry.group=matrices needs symmetry.matrices (a list of d×d generators)")
+            check_matrices(self.matrices, None)
+        return self
 
 
-@dataclass
-class ModelCfg:
-    kind: str = "ehf"  # contract: ehf|nsf
+class ModelCfg(Section):
+    kind: Literal["ehf", "nsf"] = "ehf"  # contract: ehf | nsf (the zuko baseline)
     invariant: bool = False  # contract: invariant-by-construction Hamiltonians
-    blocks: int = 6  # T: flow blocks, each with its own Hamiltonian
-    leapfrog_steps: int = 3  # L: leapfrog steps per block
-    step_size: float = 0.2  # initial ε per block
+    blocks: Positive = 6  # T: flow blocks, each with its own Hamiltonian
+    leapfrog_steps: Positive = 3  # L: leapfrog steps per block
+    step_size: PositiveFloat = 0.2  # initial ε per block
     learn_step_size: bool = True
-    hidden: int = 64  # MLP width (potential, kinetic, encoder)
-    depth: int = 2  # hidden layers per MLP
-    activation: str = "softplus"  # softplus|tanh|silu (smooth: forces must be differentiable)
-    kinetic: str = "mlp"  # quadratic|mlp
-    encoder: str = "auto"  # auto (equivariant when the group is rotations of 2-D planes, else gaussian) | gaussian (diagonal) | full (full covariance) | flow (conditional coupling flow) | equivariant
-    standardise: bool = False  # whiten q by its group-invariant training mean and covariance (ehf; nsf ignores it)
-    sigma_q: float = 1.0  # base N(0, σ_q² I) on q
-    sigma_p: float = 1.0  # base N(0, σ_p² I) on p
-    forces: str = "analytic"  # analytic (closed-form MLP gradients) | autograd (the reference path, slower)
-    reversible: str = "auto"  # memory-flat backward: auto (when leapfrog_steps >= 16) | always | never
-    # nsf baseline (zuko)
-    nsf_transforms: int = 4
-    nsf_bins: int = 8
+    hidden: Positive = 64  # MLP width (potential, kinetic, encoder)
+    depth: Positive = 2  # hidden layers per MLP
+    activation: Literal["softplus", "tanh", "silu"] = "softplus"  # smooth: forces must be differentiable
+    kinetic: Literal["quadratic", "mlp"] = "mlp"
+    # auto (equivariant when the group rotates 2-D planes, else gaussian) | gaussian (diagonal) | full (full covariance)
+    # | flow (conditional coupling flow) | equivariant
+    encoder: Literal["auto", "gaussian", "full", "flow", "equivariant"] = "auto"
+    standardise: bool = False  # whiten q by its group-invariant training mean and covariance
+    sigma_q: PositiveFloat = 1.0  # base N(0, σ_q² I) on q
+    sigma_p: PositiveFloat = 1.0  # base N(0, σ_p² I) on p
+    # analytic (closed-form MLP gradients) | autograd (the reference path, slower)
+    forces: Literal["analytic", "autograd"] = "analytic"
+    # memory-flat backward: auto (when leapfrog_steps >= 32) | always | never
+    reversible: Literal["auto", "always", "never"] = "auto"
+    nsf_transforms: Positive = 4  # nsf: autoregressive transforms
+    nsf_bins: Positive = 8  # nsf: spline bins
 
 
-@dataclass
-class ConstraintCfg:
-    mode: str = "dual"  # contract: none|penalty|dual
-    rule: str = "additive"  # additive (projected dual ascent) | geco (multiplicative, EMA)
-    tolerance: float = 1e-3  # contract: ε_k, the allowed mean squared bracket
-    lr: float = 1.0  # contract: η, the multiplier's step
-    init: float = 0.0  # contract: λ_k at the start (the fixed λ in penalty mode)
-    ema: float = 0.9  # geco moving-average factor
+class ConstraintCfg(Section):
+    mode: Literal["none", "penalty", "dual"] = "dual"  # contract: none | penalty | dual
+    rule: Literal["additive", "geco"] = "additive"  # additive (projected dual ascent) | geco (multiplicative, EMA)
+    tolerance: NonNegative = 1e-3  # contract: ε_k, the allowed mean squared bracket
+    lr: PositiveFloat = 1.0  # contract: η, the multiplier's step
+    init: NonNegative = 0.0  # contract: λ_k at the start (the fixed λ in penalty mode)
+    ema: Annotated[float, Field(ge=0, lt=1)] = 0.9  # geco moving-average factor
 
 
-@dataclass
-class OptimCfg:
-    lr: float = 3e-3
-    weight_decay: float = 0.0
-    grad_clip: float = 10.0
-    scheduler: str = "cosine"  # cosine|none
-    warmup_steps: int = 100
-    elbo_samples: int = 1  # contract: momentum samples per data point in the training objective (K of iwae)
-    objective: str = "elbo"  # contract: elbo (the mean over the samples) | iwae (log-mean-exp: the IWAE_K bound, K = elbo_samples)
-    estimator: str = "reparam"  # the encoder's gradient: reparam | dreg (doubly reparameterised; sticking the landing under the ELBO)
-    on_nonfinite: str = "stop"  # stop (keep the last good checkpoint) | skip (skip the batch, halve the block's step)
+class OptimCfg(Section):
+    lr: PositiveFloat = 3e-3
+    weight_decay: NonNegative = 0.0
+    grad_clip: NonNegative = 10.0
+    scheduler: Literal["cosine", "none"] = "cosine"
+    warmup_steps: Annotated[int, Field(ge=0)] = 100
+    elbo_samples: Positive = 1  # contract: momentum samples per data point in the training objective (K of iwae)
+    # contract: elbo (the mean over the samples) | iwae (log-mean-exp: the IWAE_K bound)
+    objective: Literal["elbo", "iwae"] = "elbo"
+    estimator: Literal["reparam", "dreg"] = "reparam"  # the encoder's gradient: reparam | dreg (doubly reparameterised)
+    # stop (keep the last good checkpoint) | skip (skip the batch, halve the block's step)
+    on_nonfinite: Literal["stop", "skip"] = "stop"
 
 
-@dataclass
-class TrainerCfg:
-    max_steps: int = 2000  # contract
-    accelerator: str = "auto"  # contract
-    devices: Any = 1  # contract: int or "auto"
-    strategy: str = "auto"  # contract
-    num_nodes: int = 1  # contract
-    precision: str = "32-true"  # contract: 32-true|64-true|bf16-mixed…
-    val_check_interval: int = 500  # validate every this many training steps
-    patience: Optional[int] = None  # contract: stop after this many validations without improvement of the validation NLL (null: off)
-    min_delta: float = 0.0  # contract: an improvement must lower the validation NLL by more than this (nats)
-    log_every_n_steps: int = 25
+class TrainerCfg(Section):
+    max_steps: Positive = 2000  # contract
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu"] = "auto"  # contract
+    devices: Any = 1  # contract: a count, -1 (all), 'auto' or a list of device indices
+    # contract
+    strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook", "fsdp", "deepspeed",
+                      "single_device"] = "auto"
+    num_nodes: Positive = 1  # contract
+    # contract
+    precision: Literal["32-true", "32", "64-true", "64", "16-mixed", "bf16-mixed", "16-true", "bf16-true"] = "32-true"
+    val_check_interval: Positive = 500  # validate every this many training steps
+    # contract: stop after this many validations without improvement of the validation NLL (null: off)
+    patience: Optional[Positive] = None
+    min_delta: NonNegative = 0.0  # contract: an improvement must lower the validation NLL by more than this (nats)
+    log_every_n_steps: Positive = 25
     deterministic: bool = True
-    ddp_timeout_s: int = 300
+    ddp_timeout_s: Positive = 300
+
+    @field_validator("devices", mode="after")
+    @classmethod
+    def _devices(cls, devices: Any) -> Any:
+        count = isinstance(devices, int) and not isinstance(devices, bool) and (devices >= 1 or devices == -1)
+        indices = isinstance(devices, list) and devices and all(_is_index(d) for d in devices)
+        if not (devices == "auto" or count or indices):
+            raise config_error("trainer.devices", "must be a positive count, -1 (all), 'auto' or a list of device "
+                                                  f"indices, got {devices!r}")
+        return devices
 
 
-@dataclass
-class WandbCfg:
-    mode: str = "offline"  # contract: offline|online|disabled
+class WandbCfg(Section):
+    mode: Literal["offline", "online", "disabled"] = "offline"  # contract: offline | online | disabled
     project: str = "lightning_ehf"  # contract
     entity: Optional[str] = None
-    tags: list[str] = field(default_factory=list)
+    tags: list[str] = Field(default_factory=list)
 
 
-@dataclass
-class LoggerCfg:
-    wandb: WandbCfg = field(default_factory=WandbCfg)
+class LoggerCfg(Section):
+    wandb: WandbCfg = Field(default_factory=WandbCfg)
 
 
-@dataclass
-class EvalCfg:
-    iw_samples: int = 256  # contract: K of the IWAE estimate for the test NLL (and validation, unless val_iw_samples)
-    val_iw_samples: Optional[int] = None  # contract: K of the validation NLL (null: iw_samples); small K makes frequent validation cheap
-    iw_chunk: int = 64  # momentum samples evaluated at once (memory bound)
-    n_group_samples: int = 4  # group elements for the invariance error
-    n_eval: int = 512  # data points used for the invariance / equivariance errors
-    invariance_iw: int = 32  # K of the IWAE estimates compared in the invariance error
+class EvalCfg(Section):
+    # contract: K of the IWAE estimate for the test NLL (and validation, unless val_iw_samples)
+    iw_samples: Positive = 256
+    val_iw_samples: Optional[Positive] = None  # contract: K of the validation NLL (null: iw_samples)
+    iw_chunk: Positive = 64  # momentum samples evaluated at once (memory bound)
+    n_group_samples: Positive = 4  # group elements for the invariance error
+    n_eval: Positive = 512  # data points used for the invariance / equivariance errors
+    invariance_iw: Positive = 32  # K of the IWAE estimates compared in the invariance error
     compile: bool = False  # torch.compile the density evaluation (pays off only for large evaluations)
 
 
-@dataclass
-class PlotCfg:
+class PlotCfg(Section):
     enabled: bool = True
-    every_n_val: int = 4  # plot every N validation rounds (and always at the end)
-    grid: int = 80  # resolution of density images
+    every_n_val: Positive = 4  # plot every N validation rounds (and always at the end)
+    grid: Positive = 80  # resolution of density images
 
 
-@dataclass
-class ProgressCfg:
-    mode: str = "auto"  # contract: auto (a bar on a terminal, plain lines otherwise) | bar | lines | none
-    every_n_steps: int = 100  # contract: lines mode: a line at least every this many training steps ...
-    every_s: float = 30.0  # contract: ... and at least every this many seconds
+class ProgressCfg(Section):
+    # contract: auto (a bar on a terminal, plain lines otherwise) | bar | lines | none
+    mode: Literal["auto", "bar", "lines", "none"] = "auto"
+    every_n_steps: Positive = 100  # contract: lines mode: a line at least every this many steps ...
+    every_s: PositiveFloat = 30.0  # contract: ... and at least every this many seconds
 
 
-@dataclass
-class CheckpointCfg:
-    every_n_minutes: Optional[float] = None  # contract: also refresh last.ckpt after this many minutes of training (null: off)
+class CheckpointCfg(Section):
+    # contract: also refresh last.ckpt after this many minutes of training (null: off)
+    every_n_minutes: Optional[float] = None
+
+    @field_validator("every_n_minutes", mode="after")
+    @classmethod
+    def _minutes(cls, minutes: Optional[float]) -> Optional[float]:
+        if minutes is not None and not minutes > 0:
+            raise config_error("checkpoint.every_n_minutes", f"must be > 0 (minutes) or null (off), got {minutes!r}")
+        return minutes
 
 
-@dataclass
-class RunCfg:
+class RunCfg(Section):
     root: str = "runs"
     dir: Optional[str] = None  # contract: exact run folder (default runs/<experiment>/<timestamp>-<id>)
 
 
-@dataclass
-class Config:
+class Config(Section):
     experiment: str = "default"
     seed: int = 0  # contract
-    data: DataCfg = field(default_factory=DataCfg)
-    symmetry: SymmetryCfg = field(default_factory=SymmetryCfg)
-    model: ModelCfg = field(default_factory=ModelCfg)
-    constraint: ConstraintCfg = field(default_factory=ConstraintCfg)
-    optim: OptimCfg = field(default_factory=OptimCfg)
-    trainer: TrainerCfg = field(default_factory=TrainerCfg)
-    logger: LoggerCfg = field(default_factory=LoggerCfg)
-    eval: EvalCfg = field(default_factory=EvalCfg)
-    plots: PlotCfg = field(default_factory=PlotCfg)
-    progress: ProgressCfg = field(default_factory=ProgressCfg)
-    checkpoint: CheckpointCfg = field(default_factory=CheckpointCfg)
-    run: RunCfg = field(default_factory=RunCfg)
+    data: DataCfg = Field(default_factory=DataCfg)
+    symmetry: SymmetryCfg = Field(default_factory=SymmetryCfg)
+    model: ModelCfg = Field(default_factory=ModelCfg)
+    constraint: ConstraintCfg = Field(default_factory=ConstraintCfg)
+    optim: OptimCfg = Field(default_factory=OptimCfg)
+    trainer: TrainerCfg = Field(default_factory=TrainerCfg)
+    logger: LoggerCfg = Field(default_factory=LoggerCfg)
+    eval: EvalCfg = Field(default_factory=EvalCfg)
+    plots: PlotCfg = Field(default_factory=PlotCfg)
+    progress: ProgressCfg = Field(default_factory=ProgressCfg)
+    checkpoint: CheckpointCfg = Field(default_factory=CheckpointCfg)
+    run: RunCfg = Field(default_factory=RunCfg)
+
+    @field_validator("experiment", mode="after")
+    @classmethod
+    def _experiment(cls, name: str) -> str:
+        if not name.strip():
+            raise config_error("experiment", "must be a non-empty name")
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", name):
+            raise config_error("experiment", f"must be a plain folder name (letters, digits, '.', '_', '-'), got {name!r}")
+        return name
+
+    @field_validator("seed", mode="after")
+    @classmethod
+    def _seed(cls, seed: int) -> int:
+        if not 0 <= seed < 2**32:
+            raise config_error("seed", f"must be in [0, 2**32), got {seed!r}")
+        return seed
+
+    @model_validator(mode="after")
+    def _across_sections(self) -> "Config":
+        group, target = self.symmetry.group, self.data.target
+        if group == "auto" and target is None:
+            raise config_error("symmetry.group", "is auto, but file data declares no symmetry: set symmetry.group "
+                                                 "(none, so2, so3, rotations or matrices)")
+        rotation_like = (*ROTATION_GROUPS, "auto")
+        if self.model.invariant:
+            if group not in rotation_like:
+                raise config_error("model.invariant", "invariant-by-construction Hamiltonians need a rotation group "
+                                                      f"(so2, so3, rotations), not symmetry.group={group}")
+            if self.model.kind != "ehf":
+                raise config_error("model.invariant", f"needs model.kind=ehf, not {self.model.kind}")
+        if self.model.encoder == "equivariant" and group not in rotation_like:
+            raise config_error("model.encoder", "the equivariant encoder needs a rotation group (so2, so3, rotations), "
+                                                f"not symmetry.group={group}")
+        if self.data.augment and group == "none" and not self.symmetry.permutations:
+            raise config_error("data.augment", "needs a symmetry to sample group elements from, but symmetry.group=none")
+        return self
 
 
 #: What ``data.path`` implies for every key of this table that no config file (``-c``, with its

@@ -198,8 +198,11 @@ class ConstraintStats:
 class EquivariantHamiltonianFlow(nn.Module):
     """The EHF model (docs/design.md §2): Gaussian base, Hamiltonian flow, momentum encoder, symmetry.
 
-    Public methods validate shapes, then delegate. All tensors follow the model's dtype/device.
+    Public methods validate shapes, then delegate. All tensors follow the model's dtype/device. A
+    :class:`~lightning_ehf.core.density.DensityModel` whose likelihood is bounded (ELBO, IWAE), not exact.
     """
+
+    exact_likelihood = False
 
     def __init__(self, base: GaussianBase, flow: HamiltonianFlow, encoder: nn.Module, symmetry: Symmetry) -> None:
         super().__init__()

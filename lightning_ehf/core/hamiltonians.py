@@ -37,17 +37,17 @@ __all__ = [
 
 FORCE_PATHS = ("analytic", "autograd")
 
-_ACTIVATIONS: dict[str, type[nn.Module]] = {"softplus": nn.Softplus, "tanh": nn.Tanh, "silu": nn.SiLU}
+ACTIVATIONS: dict[str, type[nn.Module]] = {"softplus": nn.Softplus, "tanh": nn.Tanh, "silu": nn.SiLU}
 
 
 def make_mlp(d_in: int, d_out: int, hidden: int, depth: int, activation: str = "softplus", out_bias: bool = True) -> nn.Sequential:
     """A plain MLP with ``depth`` hidden layers of width ``hidden`` and a smooth activation."""
-    if activation not in _ACTIVATIONS:
-        raise ValueError(f"unknown activation '{activation}'; choose from {sorted(_ACTIVATIONS)}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation '{activation}'; choose from {sorted(ACTIVATIONS)}")
     layers: list[nn.Module] = []
     width = d_in
     for _ in range(depth):
-        layers += [nn.Linear(width, hidden), _ACTIVATIONS[activation]()]
+        layers += [nn.Linear(width, hidden), ACTIVATIONS[activation]()]
         width = hidden
     layers.append(nn.Linear(width, d_out, bias=out_bias))
     return nn.Sequential(*layers)

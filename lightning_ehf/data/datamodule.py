@@ -16,7 +16,8 @@ from ..core.frames import CentreOfMassFrame, permute_particles
 from ..core.symmetries import Symmetry
 from ..core.targets import Target
 from ..errors import ConfigError
-from .datasets import ArrayDataset, ArrayStream, TargetStream, stream_seed
+from ..core.random import stream_seed
+from .datasets import ArrayDataset, ArrayStream, TargetStream
 from .files import load_array
 
 __all__ = ["EHFDataModule", "file_split_sizes"]

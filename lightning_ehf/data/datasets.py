@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from typing import Iterator
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from ..core.random import stream_seed
 from ..core.targets import Target
 
-__all__ = ["ArrayDataset", "ArrayStream", "TargetStream", "stream_seed", "TRAIN_STREAM"]
+__all__ = ["ArrayDataset", "ArrayStream", "TargetStream", "TRAIN_STREAM"]
 
 
 class ArrayDataset(Dataset):
@@ -30,12 +30,6 @@ class ArrayDataset(Dataset):
 
     def __getitem__(self, i: int) -> Tensor:
         return self.data[i]
-
-
-def stream_seed(*keys: int) -> int:
-    """A well-mixed 63-bit seed from integer keys, e.g. ``(seed, TRAIN_STREAM, rank, batch_index)``."""
-    words = [int(k) % 2**32 for k in keys]
-    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 TRAIN_STREAM = 0  # key of the training streams; fixed splits use other keys

@@ -13,13 +13,17 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from typing_extensions import override
 
+from ..config.load import to_container
+from ..config.schema import Config
 from ..core.constraints import LagrangeMultipliers
 from ..core.flows import EquivariantHamiltonianFlow
 from ..core.metrics import equivariance_error, invariance_error
-from ..data.datasets import stream_seed
+from ..core.objectives import Objective, lagrangian
+from ..core.random import stream_seed
 from ..errors import NumericalDivergence
 
 RANK_NOISE_STREAM = 7  # seed-stream key of the per-rank encoder noise
+REPORTED_BOUND = Objective()  # validation and test report the one-sample ELBO
 
 __all__ = ["EHFModule", "RowMean"]
 
@@ -54,7 +58,7 @@ class EHFModule(L.LightningModule):
 
     ``model`` is an :class:`~lightning_ehf.core.flows.EquivariantHamiltonianFlow` or a baseline with
     the same interface (``elbo_and_constraints``, ``iwae``, ``sample``, ``generator_names``,
-    ``symmetry``). ``config`` is the resolved config as plain containers (checkpoint-safe).
+    ``symmetry``). ``config`` is the validated config; the checkpoint holds it as plain containers.
 
     Metrics: ``{stage}/elbo`` (``train/iwae`` instead when training on ``optim.objective=iwae``),
     ``{stage}/nll_iw{K}``, ``{stage}/kl`` (known target: NLL − entropy), ``{stage}/kl_paired`` (known target
@@ -65,22 +69,27 @@ class EHFModule(L.LightningModule):
     are means over the whole split on any number of ranks.
     """
 
-    def __init__(self, config: dict[str, Any], model: nn.Module, entropy: Optional[float] = None, run_id: str = "",
+    def __init__(self, config: Config, model: nn.Module, entropy: Optional[float] = None, run_id: str = "",
                  target_log_prob: Optional[Callable[[Tensor], Tensor]] = None) -> None:
         super().__init__()
-        self.save_hyperparameters({"config": config, "entropy": entropy, "dim": int(model.symmetry.dim), "run_id": run_id})
+        # plain containers in the checkpoint: weights_only loading (docs/design.md §6)
+        self.save_hyperparameters({"config": to_container(config), "entropy": entropy, "dim": int(model.symmetry.dim),
+                                   "run_id": run_id})
         self.config = config
         self.model = model
-        c = config["constraint"]
+        c = config.constraint
         names = list(getattr(model, "generator_names", []))
-        self.multipliers = LagrangeMultipliers(names, mode=c["mode"], rule=c["rule"], tolerance=c["tolerance"],
-                                               lr=c["lr"], init=c["init"], ema=c["ema"])
+        self.multipliers = LagrangeMultipliers(names, mode=c.mode, rule=c.rule, tolerance=c.tolerance, lr=c.lr,
+                                               init=c.init, ema=c.ema)
+        o = config.optim
+        # an exact likelihood is its own tightest bound: the bound and the encoder's estimator do not apply
+        exact = bool(getattr(model, "exact_likelihood", False))
+        self.objective = REPORTED_BOUND if exact else Objective(o.objective, o.elbo_samples, o.estimator)
         self.entropy = entropy
         self.target_log_prob = target_log_prob  # the target's normalised log-density, in the data's coordinates
-        self.iw_samples = int(config["eval"]["iw_samples"])
+        self.iw_samples = config.eval.iw_samples
         self.nll_key = f"nll_iw{self.iw_samples}"  # the test NLL's name
-        val_k = config["eval"].get("val_iw_samples")
-        self.stage_iw = {"val": int(val_k) if val_k else self.iw_samples, "test": self.iw_samples}
+        self.stage_iw = {"val": config.eval.val_iw_samples or self.iw_samples, "test": self.iw_samples}
         per_row = ["elbo", "loss", *(f"bracket_rms/{g}" for g in names)]
         per_row += ["kl"] if entropy is not None else []
         per_row += ["kl_paired"] if target_log_prob is not None else []
@@ -102,17 +111,12 @@ class EHFModule(L.LightningModule):
 
     def _shared_step(self, q: Tensor, stage: str) -> Tensor:
         train = stage == "train"
-        n = int(self.config["optim"]["elbo_samples"]) if train else 1
-        # the training objective: the ELBO, or the IWAE bound over the n samples; val/test report the ELBO
-        iwae = train and self.config["optim"].get("objective", "elbo") == "iwae"
-        options: dict[str, Any] = {"iwae": True} if iwae else {}
-        if train and self.config["optim"].get("estimator", "reparam") != "reparam":
-            options["estimator"] = self.config["optim"]["estimator"]
-        # only the options in use are passed: models with the plain ``(q, n)`` interface keep working
-        elbo, constraint = self.model.elbo_and_constraints(q, n, **options)
-        loss = -elbo.mean() + self.multipliers.penalty(constraint)
+        # the training objective (the ELBO, or the IWAE bound over its samples); val/test report the ELBO
+        objective = self.objective if train else REPORTED_BOUND
+        elbo, constraint = objective(self.model, q)
+        loss = lagrangian(elbo, constraint, self.multipliers)
         bs = q.shape[0]
-        means = {"iwae" if iwae else "elbo": elbo.mean(), "loss": loss}
+        means = {objective.name: elbo.mean(), "loss": loss}
         means.update({f"bracket_rms/{name}": c.clamp_min(0).sqrt()
                       for name, c in zip(self.multipliers.names, constraint.detach())})
         if train:
@@ -128,7 +132,7 @@ class EHFModule(L.LightningModule):
             for t, block in enumerate(blocks):
                 self.log(f"train/step_size/{t}", block.step_size.detach(), on_step=True, batch_size=bs)
         else:
-            chunk, k = int(self.config["eval"]["iw_chunk"]), self.stage_iw[stage]
+            chunk, k = self.config.eval.iw_chunk, self.stage_iw[stage]
             nll_rows = -self.model.iwae(q, k, chunk)
             means[f"nll_iw{k}"] = nll = nll_rows.mean()
             if self.entropy is not None:
@@ -164,7 +168,7 @@ class EHFModule(L.LightningModule):
     def on_fit_start(self) -> None:
         # seed_everything gives every rank the same stream: offset it so encoder noise differs
         if self.trainer.world_size > 1:
-            torch.manual_seed(stream_seed(int(self.config["seed"]), RANK_NOISE_STREAM, self.global_rank))
+            torch.manual_seed(stream_seed(self.config.seed, RANK_NOISE_STREAM, self.global_rank))
 
     # -- dual ascent ---------------------------------------------------------------------------
 
@@ -191,7 +195,7 @@ class EHFModule(L.LightningModule):
         what = "gradient" if loss_finite else "loss"
         block = self._diverging_block()
         where = f" in flow block {block + 1}" if block is not None else ""
-        if self.config["optim"]["on_nonfinite"] == "stop":
+        if self.config.optim.on_nonfinite == "stop":
             eps = (f" (its step size is {float(self.model.flow.blocks[block].step_size.detach()):.3g})"
                    if block is not None else "")
             raise NumericalDivergence(
@@ -316,14 +320,14 @@ class EHFModule(L.LightningModule):
     def _diagnostics_impl(self, stage: str) -> None:
         dm = self.trainer.datamodule
         data = dm.val_data if stage == "val" else dm.test_data
-        ev = self.config["eval"]
+        ev = self.config.eval
         symmetry = self.model.symmetry
         if data is None or symmetry.num_generators == 0:
             return
-        q = data[: int(ev["n_eval"])].to(self.device, self.dtype)
-        gen = torch.Generator(device="cpu").manual_seed(int(self.config["seed"]) + 17)
-        err, noise = invariance_error(self.model, q, symmetry, n_group=int(ev["n_group_samples"]),
-                                      k=int(ev["invariance_iw"]), chunk=int(ev["iw_chunk"]), generator=gen)
+        q = data[: ev.n_eval].to(self.device, self.dtype)
+        gen = torch.Generator(device="cpu").manual_seed(self.config.seed + 17)
+        err, noise = invariance_error(self.model, q, symmetry, n_group=ev.n_group_samples, k=ev.invariance_iw,
+                                      chunk=ev.iw_chunk, generator=gen)
         log = dict(sync_dist=True, batch_size=1.0)  # one estimate per rank, equally weighted
         self.log(f"{stage}/invariance_error", err, **log)
         self.log(f"{stage}/invariance_noise", noise, **log)
@@ -364,9 +368,9 @@ class EHFModule(L.LightningModule):
         dm = self.trainer.datamodule
         rows = dm.train_data[: dm.test_data.shape[0]] if dm.test_data is not None else dm.train_data
         world, rank = self.trainer.world_size, self.trainer.global_rank
-        torch.manual_seed(stream_seed(int(self.config["seed"]), RANK_NOISE_STREAM, rank, 1))
+        torch.manual_seed(stream_seed(self.config.seed, RANK_NOISE_STREAM, rank, 1))
         q = rows[rank::world].to(self.device, self.dtype)
-        chunk, batch = int(self.config["eval"]["iw_chunk"]), int(self.config["data"]["batch_size"])
+        chunk, batch = self.config.eval.iw_chunk, self.config.data.batch_size
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
         for i in range(0, q.shape[0], batch):
             logp = self.model.iwae(q[i : i + batch], self.iw_samples, chunk).detach()
@@ -378,15 +382,15 @@ class EHFModule(L.LightningModule):
 
     @override
     def configure_optimizers(self) -> Any:
-        o = self.config["optim"]
-        opt = torch.optim.Adam(self.model.parameters(), lr=o["lr"], weight_decay=o["weight_decay"])
-        total = int(self.config["trainer"]["max_steps"])
-        warmup = min(int(o["warmup_steps"]), max(total - 1, 0))
+        o = self.config.optim
+        opt = torch.optim.Adam(self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        total = self.config.trainer.max_steps
+        warmup = min(o.warmup_steps, max(total - 1, 0))
 
         def factor(step: int) -> float:
             if step < warmup:
                 return (step + 1) / warmup
-            if o["scheduler"] == "none":
+            if o.scheduler == "none":
                 return 1.0
             progress = min(1.0, (step - warmup) / max(1, total - warmup))
             return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -21,6 +21,9 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from ..config.load import from_saved
+from ..config.schema import Config
+
 __all__ = ["ANALYSES", "RING_TOLERANCE", "local_minima", "radial_profiles", "representation_measures"]
 
 Analysis = Callable[[Any, list[dict[str, Any]], Path], tuple[str, list[Path]]]
@@ -57,30 +60,28 @@ def _seed(cell: Any) -> str:
     return str(cell.values.get("seed", "-"))
 
 
-def _config(cell_dir: Path) -> dict[str, Any]:
+def _config(cell_dir: Path) -> Config:
+    """The cell's saved config (the schema defaults where it has none)."""
     import yaml
 
-    try:
-        return yaml.safe_load((cell_dir / "config.yaml").read_text()) or {}
-    except (OSError, ValueError):
-        return {}
+    path = cell_dir / "config.yaml"
+    return from_saved((yaml.safe_load(path.read_text()) if path.is_file() else None) or {})
 
 
-def _kind(cfg: dict[str, Any]) -> str:
+def _kind(cfg: Config) -> str:
     """``invariant`` (by construction), ``constrained`` (penalty or dual), ``unconstrained`` or ``nsf``."""
-    model, mode = cfg.get("model") or {}, (cfg.get("constraint") or {}).get("mode")
-    if model.get("kind") == "nsf":
+    if cfg.model.kind == "nsf":
         return "nsf"
-    if model.get("invariant"):
+    if cfg.model.invariant:
         return "invariant"
-    return "unconstrained" if mode == "none" else f"constrained ({mode})"
+    return "unconstrained" if cfg.constraint.mode == "none" else f"constrained ({cfg.constraint.mode})"
 
 
 def _load(cell_dir: Path) -> Any:
-    from .. import checkpoints
+    from ..evaluate import load_run
 
     best = cell_dir / "checkpoints" / "best.ckpt"
-    return checkpoints.load_run(best if best.is_file() else cell_dir)
+    return load_run(best if best.is_file() else cell_dir)
 
 
 def _fmt(x: Optional[float], digits: int = 3) -> str:
@@ -209,8 +210,8 @@ def _ring_radii(target_name: Optional[str]) -> list[float]:
     return [float(x) for x in radii or []]
 
 
-def _target_of(cell: Any, cfg: dict[str, Any]) -> str:
-    return str(cell.values.get("target") or (cfg.get("data") or {}).get("target") or "data")
+def _target_of(cell: Any, cfg: Config) -> str:
+    return str(cell.values.get("target") or cfg.data.target or "data")
 
 
 def potentials(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tuple[str, list[Path]]:
@@ -221,14 +222,14 @@ def potentials(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tuple[
     results, skipped = [], []
     for row, cell, cell_dir in _done(folder, rows):
         cfg = _config(cell_dir)
-        if (cfg.get("model") or {}).get("kind") == "nsf":
+        if cfg.model.kind == "nsf":
             skipped.append(cell.name)
             continue
         run = _load(cell_dir)
         r, u = radial_profiles(run.model)
         minima = local_minima(r, u.sum(0))
         rings = []
-        for radius in _ring_radii((run.config.get("data") or {}).get("target")):
+        for radius in _ring_radii(run.config.data.target):
             near = min(minima, key=lambda m: abs(m - radius)) if minima else None
             dist = abs(near - radius) if near is not None else None
             rings.append({"radius": radius, "nearest_minimum": near, "distance": dist,
@@ -398,7 +399,7 @@ def representation(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tu
             skipped.append(cell.name)
             continue
         q = run.split_data("test")[:_N_STATES]
-        measures = representation_measures(run.model, q, seed=int(run.config.get("seed", 0)))
+        measures = representation_measures(run.model, q, seed=run.config.seed)
         results.append({"cell": cell.name, "target": _target_of(cell, run.config), "method": _method(row, cell),
                         "seed": _seed(cell), "kind": _kind(run.config), **measures})
     if not results:
@@ -499,10 +500,9 @@ def _curve(cell_dir: Path) -> Optional[dict[str, Any]]:
     if key is None:
         return None
     cfg = _config(cell_dir)
-    data, trainer = cfg.get("data") or {}, cfg.get("trainer") or {}
-    devices = trainer.get("devices", 1)
+    devices = cfg.trainer.devices
     devices = devices if isinstance(devices, int) and devices > 0 else len(devices) if isinstance(devices, list) else 1
-    batch = int(data.get("batch_size", 512)) * devices * int(trainer.get("num_nodes", 1) or 1)
+    batch = cfg.data.batch_size * devices * cfg.trainer.num_nodes
     steps, values, seconds = [], [], []
     for r in rows:
         if r.get(key, "") == "" or r.get("step", "") == "":
@@ -553,7 +553,7 @@ def learning_curves(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> t
         if c is None:
             missing.append(cell.name)
             continue
-        panel = str(cell.values.get("target", (_config(cell_dir).get("data") or {}).get("target") or "all"))
+        panel = str(cell.values.get("target", _config(cell_dir).data.target or "all"))
         curves.append({"cell": cell.name, "method": _method(row, cell), "seed": _seed(cell), "panel": panel, **c})
     if not curves:
         return "## Learning curves\n\nNo done cell with validation rows in metrics.csv.\n", []

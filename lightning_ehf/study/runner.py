@@ -24,14 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from ..errors import ConfigError, UserError
+from ..errors import EXIT_PREEMPTED, ConfigError, UserError
 from ..system import pid_alive
 from .spec import Cell, Study
 
 __all__ = ["CellState", "StudyFolder", "open_folder", "cell_command", "run_cell", "run_local", "run_slurm",
            "require_sbatch", "export_wandb_sweep"]
 
-EXIT_PREEMPTED = 75
 # keys a cell may differ in from its saved config without its results changing
 _IGNORED_KEYS = ("progress.mode", "progress.every_n_steps", "progress.every_s", "logger.wandb.mode")
 
@@ -41,15 +40,6 @@ class CellState:
     cell: Cell
     state: str  # done | running | failed | interrupted | pending
     detail: str = ""
-
-
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(d, dict):
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: d}
 
 
 class StudyFolder:
@@ -75,12 +65,11 @@ class StudyFolder:
 
     def config(self, cell: Cell) -> dict[str, Any]:
         """The resolved config ``ehf train`` will give the cell (validated; ConfigError names the cell)."""
-        from ..config.load import load_config, to_container, validate
+        from ..config.load import load_config, to_container
 
         if cell.name not in self._configs:
             try:
                 cfg = load_config(self.study.config_files, self.overrides(cell))
-                validate(cfg)
             except ConfigError as e:
                 raise ConfigError(f"cell {cell.name}: {e}") from None
             self._configs[cell.name] = to_container(cfg)
@@ -102,18 +91,17 @@ class StudyFolder:
     def check_configs(self) -> None:
         """Exit-2 error (UserError) if a cell that has started would now get a different config:
         results of two configs are never mixed in one cell."""
-        from omegaconf import OmegaConf
+        import yaml
 
-        from ..config.schema import Config
+        from ..config.load import flatten, from_saved, to_container
 
-        # a saved config holds every key of its day; keys added since then take their schema default
-        defaults = _flat(OmegaConf.to_container(OmegaConf.structured(Config)))
         for cell in self.cells:
             saved_path = self.cell_dir(cell) / "config.yaml"
             if not saved_path.is_file():
                 continue
-            saved = {**defaults, **_flat(OmegaConf.to_container(OmegaConf.load(saved_path)))}
-            wanted = _flat(self.config(cell))
+            # a saved config holds every key of its day; keys added since then take their schema default
+            saved = flatten(to_container(from_saved(yaml.safe_load(saved_path.read_text()))))
+            wanted = flatten(self.config(cell))
             for key in sorted(set(saved) | set(wanted)):
                 if key.startswith(_IGNORED_KEYS) or key == "data.path" and _same_path(saved.get(key), wanted.get(key)):
                     continue

@@ -1,6 +1,6 @@
 """Speed and memory of the EHF, measured as ratios against baselines in the same process.
 
-Run through ``ehf bench [--quick] [--quality] [--out DIR]`` (or ``python benchmarks/suite.py …``).
+Run through ``ehf bench [--quick] [--quality] [--out DIR]`` (or ``python -m lightning_ehf.bench …``).
 Every figure is a median over repeats after warm-up, on the same data (ring2d) and batch size:
 
 * **training throughput** (samples/s of one optimiser step: ELBO, Lagrangian, backward, Adam) of the
@@ -35,10 +35,10 @@ import torch
 from lightning_ehf.core import flows, make_ehf, particle_rotations, so2
 from lightning_ehf.core.constraints import LagrangeMultipliers
 from lightning_ehf.core.hamiltonians import set_force_path
+from lightning_ehf.core.objectives import lagrangian
 from lightning_ehf.core.targets import make_target
 from lightning_ehf.system import hardware
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT = dict(blocks=6, leapfrog_steps=3, hidden=64, depth=2, kinetic="mlp")  # the shipped defaults
 
 
@@ -119,11 +119,11 @@ def _train_step_fn(model: torch.nn.Module, q: torch.Tensor, mode: str) -> Callab
 
     def step() -> None:
         if mode == "none" or not names:
-            loss = -model.elbo(q).mean()
+            loss = -model.elbo_and_constraints(q)[0].mean()
             constraint = None
         else:
             elbo, constraint = model.elbo_and_constraints(q)
-            loss = -elbo.mean() + multipliers.penalty(constraint)
+            loss = lagrangian(elbo, constraint, multipliers)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -238,24 +238,19 @@ def bench_scaling(device: torch.device, quick: bool) -> dict[str, Any]:
 
 
 def _time_to_quality(overrides: list[str], threshold: float, max_steps: int, workdir: Path) -> dict[str, Any]:
-    import lightning as L
-
-    from lightning_ehf.build import make_datamodule, make_module
-    from lightning_ehf.config.load import load_config, validate
-
+    """Train through :func:`lightning_ehf.train.train` until validation KL ≤ ``threshold``; the clock excludes
+    validation time. The test then scores the best checkpoint."""
     import logging
 
-    from lightning_ehf.cli import _quiet_known_noise
+    import lightning as L
 
-    _quiet_known_noise()
+    from lightning_ehf.config.load import load_config
+    from lightning_ehf.train import train
+
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no device banners in the report
     cfg = load_config([], [*overrides, f"trainer.max_steps={max_steps}", "trainer.val_check_interval=50",
-                           "data.n_val=1000", "eval.iw_samples=128", "plots.enabled=false",
+                           "data.n_val=1000", "eval.iw_samples=128", "plots.enabled=false", "progress.mode=none",
                            "logger.wandb.mode=disabled", f"run.dir={workdir}"])
-    validate(cfg)
-    L.seed_everything(cfg.seed, verbose=False)
-    dm = make_datamodule(cfg)
-    module = make_module(cfg, dm)
 
     class Clock(L.Callback):
         def __init__(self) -> None:
@@ -269,6 +264,8 @@ def _time_to_quality(overrides: list[str], threshold: float, max_steps: int, wor
             self._t = time.perf_counter()
 
         def on_validation_end(self, trainer, pl_module) -> None:
+            if trainer.state.fn != "fit":
+                return
             self.eval_seconds += time.perf_counter() - self._t
             kl = float(trainer.callback_metrics["val/kl"])
             if self.reached is None and kl <= threshold:
@@ -278,14 +275,11 @@ def _time_to_quality(overrides: list[str], threshold: float, max_steps: int, wor
                 trainer.should_stop = True
 
     clock = Clock()
-    trainer = L.Trainer(max_steps=max_steps, val_check_interval=50, check_val_every_n_epoch=None, max_epochs=-1,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, inference_mode=False, callbacks=[clock],
-                        accelerator="cuda" if torch.cuda.is_available() else "cpu", devices=1)
-    trainer.fit(module, datamodule=dm)
+    run = train(cfg, callbacks=[clock])
+    if run.exit_code != 0:
+        raise RuntimeError(f"time to quality: the run in {run.run_dir} ended with exit code {run.exit_code}")
     result: dict[str, Any] = dict(clock.reached or {"step": None, "note": f"not reached in {max_steps} steps"})
-    test = trainer.test(module, datamodule=dm, verbose=False)[0]
-    result["test_kl"] = float(test["test/kl"])
+    result["test_kl"] = float(run.metrics["test/kl"])
     return result
 
 
@@ -381,7 +375,7 @@ def run(quick: bool = False, quality: bool = False, out: Path | None = None, mem
     if memory:
         steps.append(("memory", lambda: bench_memory(device, quick)))
     steps.append(("scaling", lambda: bench_scaling(device, quick)))
-    out = Path(out) if out is not None else REPO / "runs" / "bench" / datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(out) if out is not None else Path("runs") / "bench" / datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     if quality:
         steps.append(("quality", lambda: bench_quality(out)))
