@@ -316,7 +316,7 @@ MUTATIONS: list[Mutation] = [
              "lightning_ehf/checkpoints.py",
              'if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt.get("hyper_parameters", {}):',
              "if not isinstance(ckpt, dict):",
-             ("tests/test_reliability_errors.py::test_bad_input",)),
+             tuple(f"tests/test_reliability_errors.py::test_bad_input[{c}-foreign-ckpt]" for c in ("eval", "sample", "resume"))),
     Mutation("file-default-regime", "data.path implies the infinite regime (file data refused unless the regime is set)",
              "lightning_ehf/config/schema.py",
              '    "data.regime": "finite",\n    "data.n_val": None,', '    "data.regime": "infinite",\n    "data.n_val": None,',
@@ -356,11 +356,12 @@ def _apply(root: Path, m: Mutation) -> None:
     path.write_text(text.replace(m.old, m.new))
 
 
-def _pytest(root: Path, tests: tuple[str, ...], threads: int, timeout: float) -> tuple[int, str, float]:
+def _pytest(root: Path, tests: tuple[str, ...], threads: int, timeout: float,
+            stop_first: bool = True) -> tuple[int, str, float]:
     env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                WANDB_MODE="disabled", WANDB_SILENT="true")
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
-           "--timeout", str(int(timeout)), *tests]
+    cmd = [sys.executable, "-m", "pytest", *(["-x"] if stop_first else []), "-q", "-p", "no:cacheprovider",
+           "-p", "no:randomly", "-p", "no:xdist", "--timeout", str(int(timeout)), *tests]
     start = time.time()
     try:
         proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout + 60)
@@ -370,10 +371,15 @@ def _pytest(root: Path, tests: tuple[str, ...], threads: int, timeout: float) ->
     return rc, out, time.time() - start
 
 
+def _failures(output: str) -> list[str]:
+    return [line.split(" - ")[0].replace("FAILED ", "").replace("ERROR ", "error: ")
+            for line in output.splitlines() if line.startswith(("FAILED", "ERROR"))]
+
+
 def _first_failure(output: str) -> str:
-    for line in output.splitlines():
-        if line.startswith(("FAILED", "ERROR")):
-            return line.split(" - ")[0].replace("FAILED ", "").replace("ERROR ", "error: ")
+    failed = _failures(output)
+    if failed:
+        return failed[0]
     return output.strip().splitlines()[-1] if output.strip() else ""
 
 
@@ -385,16 +391,16 @@ def _check_copy_is_imported(root: Path) -> None:
         raise RuntimeError(f"the temporary copy is not what gets imported (got {out}); cannot plant mutations")
 
 
-def run_one(m: Mutation, threads: int, timeout: float) -> dict:
+def run_one(m: Mutation, threads: int, timeout: float, every_failure: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"ehf-mut-{m.name}-") as tmp:
         root = Path(tmp)
         _copy_tree(root)
         _apply(root, m)
-        rc, out, seconds = _pytest(root, m.tests, threads, timeout)
+        rc, out, seconds = _pytest(root, m.tests, threads, timeout, stop_first=not every_failure)
     if rc == 0:
         verdict, detail = "SURVIVED", "all selected tests passed"
     elif rc == 1:
-        verdict, detail = "caught", _first_failure(out)
+        verdict, detail = "caught", ("<br>".join(_failures(out)) if every_failure else _first_failure(out))
     else:  # collection error, usage error, timeout: the mutation broke the tests themselves
         verdict, detail = "caught", f"pytest exit {rc}: {_first_failure(out)}"
     return {"name": m.name, "bug": m.bug, "verdict": verdict, "detail": detail, "seconds": seconds}
@@ -407,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1, help="mutations checked at once")
     ap.add_argument("--timeout", type=float, default=600, help="seconds per pytest run")
     ap.add_argument("--no-baseline", action="store_true", help="skip the unmutated run")
+    ap.add_argument("--every-failure", action="store_true",
+                    help="run the guarding tests to the end and list every test that fails (not only the first)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads per pytest run (default: cores ÷ jobs; 1 on a shared machine)")
     args = ap.parse_args(argv)
@@ -454,14 +462,14 @@ def main(argv: list[str] | None = None) -> int:
 
     results = []
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(run_one, m, threads, args.timeout) for m in chosen]
+        futures = [pool.submit(run_one, m, threads, args.timeout, args.every_failure) for m in chosen]
         for i, f in enumerate(futures, 1):
             r = f.result()
             results.append(r)
             print(f"[{i}/{len(chosen)}] {r['verdict']:8s} {r['name']} ({r['seconds']:.0f} s)", flush=True)
 
     print()
-    print("| mutation | bug class | verdict | first failing test |")
+    print(f"| mutation | bug class | verdict | {'failing tests' if args.every_failure else 'first failing test'} |")
     print("|---|---|---|---|")
     for r in results:
         print(f"| `{r['name']}` | {r['bug']} | {r['verdict']} | {r['detail']} |")

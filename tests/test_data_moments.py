@@ -47,11 +47,13 @@ def test_file_moments_are_the_training_rows(tmp_path):
 
 
 def test_infinite_regime_moments_are_fresh_training_draws():
-    dm = _datamodule("data.regime=infinite", "data.n_val=256", "data.n_test=256")
-    moments = dm.moment_sample(2000)
-    assert moments.shape == (2000, 2)
-    assert not _rows(moments) & (_rows(dm.val_data) | _rows(dm.test_data))
-    assert torch.equal(moments, dm.moment_sample(2000))  # reproducible, the same on every rank
+    dm = _datamodule("data.regime=infinite", "data.n_val=256", "data.n_test=512")
+    held_out = _rows(dm.val_data) | _rows(dm.test_data)
+    for n in (256, 512, 2000):  # as many rows as a held-out split, too: a draw from its stream would repeat it
+        moments = dm.moment_sample(n)
+        assert moments.shape == (n, 2)
+        assert not _rows(moments) & held_out, n
+        assert torch.equal(moments, dm.moment_sample(n))  # reproducible, the same on every rank
 
 
 def _saved_whitening(run) -> tuple[np.ndarray, np.ndarray]:

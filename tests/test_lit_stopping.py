@@ -110,22 +110,24 @@ def test_val_fraction_rows_are_what_the_run_prints(n_train, fraction, tmp_path, 
 
 def test_sigterm_during_the_last_step_exits_75_with_last_ckpt_at_that_step(tmp_path, ehf_clean_env, monkeypatch,
                                                                             capsys):
+    """The last step (12) falls between validations (5, 10), so only the end of training saves it."""
+    last = 12
     training_step = EHFModule.training_step
 
     def signalled_in_the_last_step(self, batch, batch_idx):
         loss = training_step(self, batch, batch_idx)
-        if self.global_step == STEPS - 1:
+        if self.global_step == last - 1:
             os.kill(os.getpid(), signal.SIGTERM)
         return loss
 
     monkeypatch.setattr(EHFModule, "training_step", signalled_in_the_last_step)
     previous = signal.signal(signal.SIGTERM, lambda *_: None)  # pytest survives even if no handler is installed
     try:
-        rc = _train(tmp_path / "run")
+        rc = _train(tmp_path / "run", f"trainer.max_steps={last}")
     finally:
         signal.signal(signal.SIGTERM, previous)
     err = capsys.readouterr().err
     assert rc == 75, err[-2000:]
-    assert f"stopped by SIGTERM at step {STEPS}" in err
-    assert _step(tmp_path / "run" / "checkpoints" / "last.ckpt") == STEPS
+    assert f"stopped by SIGTERM at step {last}" in err
+    assert _step(tmp_path / "run" / "checkpoints" / "last.ckpt") == last
     assert not (tmp_path / "run" / "metrics.json").exists()  # not tested: --resume does that
