@@ -7,6 +7,7 @@ import os
 import re
 import signal
 
+import pytest
 import torch
 import yaml
 
@@ -30,6 +31,7 @@ def _train_argv(folder: StudyFolder, cell) -> list[str]:
     return cmd[3:]
 
 
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
 def test_interrupted_cell_resumes_from_the_step_it_reached(tmp_path, ehf_clean_env, monkeypatch, capsys):
     spec = tmp_path / "s.yaml"
     spec.write_text(yaml.safe_dump({"study": "resume", "base": BASE, "axes": {"seed": {"key": "seed", "values": [0]}}}))
