@@ -13,8 +13,11 @@ A developer tool, not part of CI (a full pass takes several minutes):
     .venv/bin/python scripts/mutation_check.py --list        # what is planted, and which tests guard it
     .venv/bin/python scripts/mutation_check.py --only dual-step-sign iwae-mean-of-log-weights -j 1
 
-Exit code: 0 when every mutation is caught, 1 when any survives, 2 for bad arguments or a mutation
-whose original text is not found exactly once (the code it targets has changed: update the list).
+The list plants at least one bug in every module of the package (the full run checks this first).
+
+Exit code: 0 when every mutation is caught, 1 when any survives, 2 for bad arguments, a mutation
+whose original text is not found exactly once (the code it targets has changed: update the list), or
+a module of the package that no mutation covers.
 """
 
 from __future__ import annotations
@@ -104,7 +107,7 @@ MUTATIONS: list[Mutation] = [
              ("tests/test_core_metrics.py",)),
     Mutation("equivariance-without-action", "equivariance error skips the action on the flow's input",
              "lightning_ehf/core/metrics.py",
-             "q2, p2 = model.flow(*g.act(q0, p0))", "q2, p2 = model.flow(q0, p0)",
+             "q2, p2 = flow(*g.act(q, p))", "q2, p2 = flow(q, p)",
              ("tests/test_core_metrics.py",)),
     Mutation("invariance-floor-same-estimate", "the noise floor compares an estimate with itself (always 0)",
              "lightning_ehf/core/metrics.py",
@@ -163,7 +166,175 @@ MUTATIONS: list[Mutation] = [
              "self.add(r.square().flatten(1, -2).mean(1).sum(0), len(self._pending))",
              "self.add(r.square().reshape(r.shape[0], -1, r.shape[-1]).mean(1).sum(0), len(self._pending))",
              ("tests/test_framework_options.py",)),
+    # -- particles: relabelling invariance and augmentation (issue 22) -----------------------------
+    Mutation("perm-features-dropped", "symmetry.permutations keeps the per-particle features (not relabelling invariant)",
+             "lightning_ehf/build.py",
+             "        if symmetry.particles is not None:", "        if symmetry.particles is None:",
+             ("tests/test_core_permutations.py",)),
+    Mutation("perm-one-per-batch", "relabelling augmentation draws one permutation for the whole batch",
+             "lightning_ehf/core/frames.py",
+             'keys = torch.rand(rows.shape[0], n_particles, generator=generator, device="cpu").to(x.device)',
+             'keys = torch.rand(n_particles, generator=generator, device="cpu").to(x.device).expand(rows.shape[0], -1)',
+             ("tests/test_core_permutations.py", "tests/test_data_augment_particles.py")),
+    Mutation("perm-augment-never", "the data module never learns that particles are identical (no relabelling)",
+             "lightning_ehf/build.py",
+             'permute = dim // particle_dim if cfg.symmetry.get("permutations", False) and particle_dim else None',
+             'permute = dim // particle_dim if cfg.symmetry.get("permutation", False) and particle_dim else None',
+             ("tests/test_data_augment_particles.py",)),
+    Mutation("draw-ignores-generator", "random draws ignore the generator they are given (augmentation not reproducible)",
+             "lightning_ehf/core/random.py",
+             "return fn(*args, generator=generator, device=where, **kwargs).to(device)",
+             "return fn(*args, generator=None, device=where, **kwargs).to(device)",
+             ("tests/test_data_augment_particles.py",)),
+    # -- standardisation moments ------------------------------------------------------------------
+    Mutation("moments-with-val-rows", "finite regime: standardisation moments also use the validation rows",
+             "lightning_ehf/data/datamodule.py",
+             "            assert self.train_data is not None\n            return self.train_data\n",
+             "            assert self.train_data is not None\n            return torch.cat([self.val_data, self.train_data])\n",
+             ("tests/test_data_moments.py",)),
+    Mutation("moments-from-val-stream", "infinite regime: standardisation moments drawn from the validation stream",
+             "lightning_ehf/data/datamodule.py",
+             'stream_seed(self.seed, _SPLIT_STREAM["moments"])', 'stream_seed(self.seed, _SPLIT_STREAM["val"])',
+             ("tests/test_data_moments.py",)),
+    Mutation("moments-population-cov", "standardisation covariance divided by N instead of N − 1",
+             "lightning_ehf/core/standardise.py",
+             "mean, cov = x.mean(0), torch.cov(x.T)", "mean, cov = x.mean(0), torch.cov(x.T, correction=0)",
+             ("tests/test_core_standardise_closed_form.py",)),
+    Mutation("relabelling-off-diagonal", "relabelling average of the covariance takes the diagonal blocks off the diagonal",
+             "lightning_ehf/core/standardise.py",
+             "off = blocks[~diag].mean(0) if n_particles > 1", "off = blocks[diag].mean(0) if n_particles > 1",
+             ("tests/test_core_standardise_closed_form.py",)),
+    # -- the objective actually used ----------------------------------------------------------------
+    Mutation("iwae-objective-not-passed", "optim.objective=iwae trains on the ELBO while logging train/iwae",
+             "lightning_ehf/lit/module.py",
+             'options: dict[str, Any] = {"iwae": True} if iwae else {}', "options: dict[str, Any] = {}",
+             ("tests/test_lit_objective.py",)),
+    Mutation("dreg-weights-under-elbo", "DReG's importance weights also applied under the ELBO",
+             "lightning_ehf/core/flows.py",
+             'if estimator == "dreg" and iwae and p.requires_grad:', 'if estimator == "dreg" and p.requires_grad:',
+             ("tests/test_core_estimators.py",)),
+    # -- stopping, checkpoint choice, validation split, preemption --------------------------------------
+    Mutation("early-stop-wrong-direction", "early stopping watches for the validation NLL to rise",
+             "lightning_ehf/build.py",
+             'EarlyStopping(monitor=monitor, mode="min"', 'EarlyStopping(monitor=monitor, mode="max"',
+             ("tests/test_lit_stopping.py",)),
+    Mutation("test-last-weights", "the final test runs on the last weights while metrics.json names the best step",
+             "lightning_ehf/cli.py",
+             "trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)",
+             "trainer.test(module, datamodule=datamodule, ckpt_path=None, verbose=False)",
+             ("tests/test_lit_stopping.py",)),
+    Mutation("val-fraction-floor", "data.val_fraction rows floored, while the run prints them rounded",
+             "lightning_ehf/data/datamodule.py",
+             "            n_val = round(self.val_fraction * self.n_train)\n            self.val_data, self.train_data",
+             "            n_val = int(self.val_fraction * self.n_train)\n            self.val_data, self.train_data",
+             ("tests/test_lit_stopping.py",)),
+    Mutation("array-stream-batch-unclamped", "a batch size above the training rows is not clamped (no batch per epoch)",
+             "lightning_ehf/data/datasets.py",
+             "self.batch_size = min(batch_size, data.shape[0])", "self.batch_size = batch_size",
+             ("tests/test_lit_stopping.py",)),
+    Mutation("signal-in-last-step-ignored", "a signal during the last training step is ignored: the run tests and exits 0",
+             "lightning_ehf/cli.py",
+             "if trainer.strategy.reduce_boolean_decision(preemption.requested, all=False):",
+             "if trainer.strategy.reduce_boolean_decision(preemption.requested and trainer.global_step < trainer.max_steps, all=False):",
+             ("tests/test_lit_stopping.py",)),
+    Mutation("last-ckpt-not-at-train-end", "last.ckpt is not refreshed when training ends",
+             "lightning_ehf/lit/callbacks.py",
+             "    def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:\n        self.save(trainer)",
+             "    def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:\n        pass",
+             ("tests/test_lit_stopping.py",)),
+    # -- studies: expansion, reporting, resuming ----------------------------------------------------------
+    Mutation("study-base-wins", "a study's base overrides the axis values for the keys both set",
+             "lightning_ehf/study/spec.py",
+             "                overrides.update(ov)", "                overrides.update({**ov, **self.base})",
+             ("tests/test_study_spec.py",)),
+    Mutation("report-population-std", "the report's spread over seeds is the population standard deviation",
+             "lightning_ehf/study/report.py",
+             "std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0",
+             "std = math.sqrt(sum((v - mean) ** 2 for v in values) / n) if n > 1 else 0.0",
+             ("tests/test_study_report.py",)),
+    Mutation("analyses-population-std", "the analyses' spread over seeds is the population standard deviation",
+             "lightning_ehf/study/analyses.py",
+             "std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))",
+             "std = math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals))",
+             ("tests/test_study_report.py",)),
+    Mutation("pairs-one-side-done", "seed-by-seed pairs count a seed whose second cell is not done",
+             "lightning_ehf/study/report.py",
+             'if a and b and a["state"] == b["state"] == "done" and not a["under_trained"] and not b["under_trained"]:',
+             'if a and b and a["state"] == "done" and not a["under_trained"] and not b.get("under_trained"):',
+             ("tests/test_study_report.py",)),
+    Mutation("cell-resumes-from-best", "an interrupted cell resumes from best.ckpt instead of the step it reached",
+             "lightning_ehf/study/runner.py",
+             'resume = ["--resume", str(run)] if', 'resume = ["--resume", str(run / "checkpoints" / "best.ckpt")] if',
+             ("tests/test_study_resume_cell.py",)),
+    Mutation("resume-folder-from-best", "ehf train --resume RUN_DIR continues from best.ckpt",
+             "lightning_ehf/cli.py",
+             'run_dir, ckpt_path = p, p / "checkpoints" / "last.ckpt"', 'run_dir, ckpt_path = p, p / "checkpoints" / "best.ckpt"',
+             ("tests/test_study_resume_cell.py",)),
+    Mutation("study-cells-not-validated", "ehf study run starts cells without validating every cell's config first",
+             "lightning_ehf/study/command.py",
+             "    for cell in folder.cells:  # every cell's config is valid before anything runs\n        folder.config(cell)",
+             "    for cell in folder.cells:  # every cell's config is valid before anything runs\n        pass",
+             ("tests/test_study.py::test_cli_bad_study_exits_2_with_one_line",)),
+    # -- every other module of the package ------------------------------------------------------------
+    Mutation("main-not-called", "python -m lightning_ehf defines the entry point but never calls it",
+             "lightning_ehf/__main__.py", "\nentry()\n", "\nentry\n",
+             ("tests/test_framework_cli.py::test_help_and_missing_command",)),
+    Mutation("version-drift", "the package's version differs from the packaging metadata",
+             "lightning_ehf/__init__.py", '__version__ = "0.1.0"', '__version__ = "0.1.1"',
+             ("tests/test_package.py",)),
+    Mutation("config-error-not-user-error", "a config error is not a user error (exit 1 with a traceback, not 2)",
+             "lightning_ehf/errors.py", "class ConfigError(UserError, ValueError):", "class ConfigError(ValueError):",
+             ("tests/test_framework_cli.py::test_bad_train_config_with_run_dir_in_process",)),
+    Mutation("zombie-alive", "a zombie process (exited, not reaped) counts as alive",
+             "lightning_ehf/system.py", 'not in ("Z", "X")', '!= "X"',
+             ("tests/test_system.py",)),
+    Mutation("framed-gaussian-log-det-sign", "the equivariant encoder's log-density adds log σ instead of subtracting it",
+             "lightning_ehf/core/encoders.py",
+             "return -0.5 * z.square().sum(-1) - self.scale.log().sum(-1)",
+             "return -0.5 * z.square().sum(-1) + self.scale.log().sum(-1)",
+             ("tests/test_core_encoders.py",)),
+    Mutation("npz-x-only-alone", "an .npz with an array 'x' among others is refused",
+             "lightning_ehf/data/files.py", '            if "x" in keys:', '            if keys == ["x"]:',
+             ("tests/test_data_files.py",)),
+    Mutation("csv-resume-keeps-redone-rows", "a resumed run's metrics.csv keeps the row of the step it resumes at",
+             "lightning_ehf/lit/loggers.py",
+             'int(float(r["step"])) < self._resume_step', 'int(float(r["step"])) <= self._resume_step',
+             ("tests/test_lit_loggers.py",)),
+    Mutation("nonfinite-only-nan", "checkpoints with infinite (not NaN) weights are written",
+             "lightning_ehf/lit/checkpointing.py",
+             "v.is_floating_point() and not bool(torch.isfinite(v).all())", "v.is_floating_point() and bool(torch.isnan(v).any())",
+             ("tests/test_reliability_checkpoints.py::test_nonfinite_weights_are_not_written",)),
+    Mutation("potentials-plot-inverted", "the potentials figure is skipped for models that have Hamiltonians",
+             "lightning_ehf/lit/plots.py", "    if not blocks:\n        return None", "    if blocks:\n        return None",
+             ("tests/test_lit_plots.py",)),
+    Mutation("nsf-iwae-normaliser", "the NSF baseline's IWAE subtracts log K from an exact log-likelihood",
+             "lightning_ehf/baselines.py",
+             "    def iwae(self, q: Tensor, k: int = 1, chunk: int = 1) -> Tensor:\n        return self.log_prob(q)",
+             "    def iwae(self, q: Tensor, k: int = 1, chunk: int = 1) -> Tensor:\n        return self.log_prob(q) - torch.log(q.new_tensor(float(k)))",
+             ("tests/test_baselines.py",)),
+    Mutation("foreign-checkpoint-accepted", "a torch file without our state_dict/config passes as a checkpoint",
+             "lightning_ehf/checkpoints.py",
+             'if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt.get("hyper_parameters", {}):',
+             "if not isinstance(ckpt, dict):",
+             tuple(f"tests/test_reliability_errors.py::test_bad_input[{c}-foreign-ckpt]" for c in ("eval", "sample", "resume"))),
+    Mutation("file-default-regime", "data.path implies the infinite regime (file data refused unless the regime is set)",
+             "lightning_ehf/config/schema.py",
+             '    "data.regime": "finite",\n    "data.n_val": None,', '    "data.regime": "infinite",\n    "data.n_val": None,',
+             ("tests/test_config.py",)),
+    Mutation("core-export-dropped", "lightning_ehf.core no longer re-exports the leapfrog integrator",
+             "lightning_ehf/core/__init__.py", "from .integrators import leapfrog\n", "",
+             ("tests/test_core_flow.py",)),
+    Mutation("target-not-nullable", "data.target=null (file data) refused as an unknown value",
+             "lightning_ehf/config/load.py", '_NULLABLE = {"data.target"}', "_NULLABLE: set[str] = set()",
+             ("tests/test_config.py",)),
 ]
+
+
+def uncovered_modules() -> list[str]:
+    """Modules of the package (files with code) that no mutation plants a bug in."""
+    planted = {m.path for m in MUTATIONS}
+    modules = sorted(str(p.relative_to(REPO)) for p in (REPO / "lightning_ehf").rglob("*.py") if p.read_text().strip())
+    return [m for m in modules if m not in planted]
 
 
 def _copy_tree(dest: Path) -> None:
@@ -185,11 +356,12 @@ def _apply(root: Path, m: Mutation) -> None:
     path.write_text(text.replace(m.old, m.new))
 
 
-def _pytest(root: Path, tests: tuple[str, ...], threads: int, timeout: float) -> tuple[int, str, float]:
+def _pytest(root: Path, tests: tuple[str, ...], threads: int, timeout: float,
+            stop_first: bool = True) -> tuple[int, str, float]:
     env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                WANDB_MODE="disabled", WANDB_SILENT="true")
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
-           "--timeout", str(int(timeout)), *tests]
+    cmd = [sys.executable, "-m", "pytest", *(["-x"] if stop_first else []), "-q", "-p", "no:cacheprovider",
+           "-p", "no:randomly", "-p", "no:xdist", "--timeout", str(int(timeout)), *tests]
     start = time.time()
     try:
         proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout + 60)
@@ -199,10 +371,15 @@ def _pytest(root: Path, tests: tuple[str, ...], threads: int, timeout: float) ->
     return rc, out, time.time() - start
 
 
+def _failures(output: str) -> list[str]:
+    return [line.split(" - ")[0].replace("FAILED ", "").replace("ERROR ", "error: ")
+            for line in output.splitlines() if line.startswith(("FAILED", "ERROR"))]
+
+
 def _first_failure(output: str) -> str:
-    for line in output.splitlines():
-        if line.startswith(("FAILED", "ERROR")):
-            return line.split(" - ")[0].replace("FAILED ", "").replace("ERROR ", "error: ")
+    failed = _failures(output)
+    if failed:
+        return failed[0]
     return output.strip().splitlines()[-1] if output.strip() else ""
 
 
@@ -214,16 +391,16 @@ def _check_copy_is_imported(root: Path) -> None:
         raise RuntimeError(f"the temporary copy is not what gets imported (got {out}); cannot plant mutations")
 
 
-def run_one(m: Mutation, threads: int, timeout: float) -> dict:
+def run_one(m: Mutation, threads: int, timeout: float, every_failure: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"ehf-mut-{m.name}-") as tmp:
         root = Path(tmp)
         _copy_tree(root)
         _apply(root, m)
-        rc, out, seconds = _pytest(root, m.tests, threads, timeout)
+        rc, out, seconds = _pytest(root, m.tests, threads, timeout, stop_first=not every_failure)
     if rc == 0:
         verdict, detail = "SURVIVED", "all selected tests passed"
     elif rc == 1:
-        verdict, detail = "caught", _first_failure(out)
+        verdict, detail = "caught", ("<br>".join(_failures(out)) if every_failure else _first_failure(out))
     else:  # collection error, usage error, timeout: the mutation broke the tests themselves
         verdict, detail = "caught", f"pytest exit {rc}: {_first_failure(out)}"
     return {"name": m.name, "bug": m.bug, "verdict": verdict, "detail": detail, "seconds": seconds}
@@ -236,6 +413,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1, help="mutations checked at once")
     ap.add_argument("--timeout", type=float, default=600, help="seconds per pytest run")
     ap.add_argument("--no-baseline", action="store_true", help="skip the unmutated run")
+    ap.add_argument("--every-failure", action="store_true",
+                    help="run the guarding tests to the end and list every test that fails (not only the first)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads per pytest run (default: cores ÷ jobs; 1 on a shared machine)")
     args = ap.parse_args(argv)
 
     chosen = MUTATIONS
@@ -259,7 +440,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mutation_check: {m.name}: original text found {text.count(m.old)} times in {m.path}; "
                   "update the mutation list", file=sys.stderr)
             return 2
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)  # oversubscribed OpenMP threads are very slow
+    if not args.only:  # the whole list must plant a bug in every module of the package
+        missing = uncovered_modules()
+        if missing:
+            print(f"mutation_check: no mutation in {', '.join(missing)}; add one per module", file=sys.stderr)
+            return 2
+        print(f"coverage: every module of the package ({len({m.path for m in MUTATIONS})}) has a mutation", flush=True)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)  # oversubscribed OpenMP threads are very slow
 
     if not args.no_baseline:
         tests = tuple(sorted({t for m in chosen for t in m.tests}))
@@ -267,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
             _copy_tree(Path(tmp))
             _check_copy_is_imported(Path(tmp))
             print(f"baseline: unmutated copy on {len(tests)} test files ...", flush=True)
-            rc, out, seconds = _pytest(Path(tmp), tests, os.cpu_count() or 1, args.timeout)
+            rc, out, seconds = _pytest(Path(tmp), tests, args.threads or os.cpu_count() or 1, args.timeout)
         if rc != 0:
             print(f"baseline FAILED ({_first_failure(out)}): fix the suite before judging mutations", file=sys.stderr)
             return 1
@@ -275,14 +462,14 @@ def main(argv: list[str] | None = None) -> int:
 
     results = []
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(run_one, m, threads, args.timeout) for m in chosen]
+        futures = [pool.submit(run_one, m, threads, args.timeout, args.every_failure) for m in chosen]
         for i, f in enumerate(futures, 1):
             r = f.result()
             results.append(r)
             print(f"[{i}/{len(chosen)}] {r['verdict']:8s} {r['name']} ({r['seconds']:.0f} s)", flush=True)
 
     print()
-    print("| mutation | bug class | verdict | first failing test |")
+    print(f"| mutation | bug class | verdict | {'failing tests' if args.every_failure else 'first failing test'} |")
     print("|---|---|---|---|")
     for r in results:
         print(f"| `{r['name']}` | {r['bug']} | {r['verdict']} | {r['detail']} |")

@@ -25,7 +25,9 @@ A study file (YAML)::
     slurm: {partition: null, time_min: 60, cpus_per_cell: 2, gpus_per_cell: 0}
 
 Each cell is a plain run folder made by ``ehf train`` with the cell's overrides. The cell's name joins
-its value names with ``-`` (``ehf_dual-ring2d-n_train128-seed0``).
+its value names with ``-`` (``ehf_dual-ring2d-n_train128-seed0``). A key that ``base`` (or the profile's
+``base``) and an axis both set takes the axis value in every cell; a command-line ``key=value`` that an
+axis sets is refused.
 """
 
 from __future__ import annotations

@@ -1,0 +1,92 @@
+"""Identical particles (``symmetry.permutations=true``): a model built from the config with invariant
+Hamiltonians (``model.invariant=true``) gives the same joint density, and every block the same U_t and K_t,
+when the particles are relabelled; relabelling augmentation draws its own permutation for every row."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from lightning_ehf.build import make_data_symmetry, make_model
+from lightning_ehf.config.load import load_config, validate
+from lightning_ehf.core.frames import permute_particles
+from lightning_ehf.core.targets import make_target
+
+F64 = torch.float64
+TOL = 1e-6
+
+
+def _invariant_particle_model(target: str, randomize):
+    """The model ``ehf train data.target=TARGET symmetry.permutations=true model.invariant=true`` builds,
+    its Hamiltonians randomised (the output layers start at zero, where every energy is constant), and the
+    centre-of-mass frame (None without one)."""
+    cfg = load_config([], [f"data.target={target}", "data.regime=finite", "symmetry.permutations=true",
+                           "model.invariant=true", "model.kinetic=mlp", "model.blocks=2", "model.leapfrog_steps=2",
+                           "model.hidden=16"])
+    validate(cfg)
+    data = make_target(target)
+    symmetry, frame = make_data_symmetry(cfg, data.dim, data)
+    model = randomize(make_model(cfg, symmetry), 0.4).to(F64)
+    return model, frame, data.symmetry_spec["particle_dim"], data.dim
+
+
+def _relabeller(frame, n: int, dim: int, order: list[int]):
+    """Relabel the particles of the model's coordinates (centre-of-mass-free ones when there is a frame)."""
+
+    def relabel(z: torch.Tensor) -> torch.Tensor:
+        x = frame.from_subspace(z) if frame is not None else z
+        x = x.reshape(*x.shape[:-1], n, dim)[..., order, :].reshape(*x.shape[:-1], n * dim)
+        return frame.to_subspace(x) if frame is not None else x
+
+    return relabel
+
+
+@pytest.mark.parametrize("target", ["dw4", "particles2d"])
+def test_invariant_density_and_every_energy_are_unchanged_by_relabelling(target, randomize):
+    model, frame, particle_dim, data_dim = _invariant_particle_model(target, randomize)
+    n = data_dim // particle_dim
+    gen = torch.Generator().manual_seed(0)
+    q = 1.5 * torch.randn(16, model.dim, generator=gen, dtype=F64)
+    p = torch.randn(16, model.dim, generator=gen, dtype=F64)
+    with torch.no_grad():
+        log_joint = model.log_joint(q, p)
+        energies = [(b.hamiltonian.potential(q), b.hamiltonian.kinetic(p)) for b in model.flow.blocks]
+        spread = max(float(u.std()) for u, _ in energies)
+        assert spread > 1e-2  # the energies vary with q: a constant would be trivially invariant
+        for order in itertools.permutations(range(n)):
+            if list(order) == sorted(order):
+                continue
+            relabel = _relabeller(frame, n, particle_dim, list(order))
+            assert not torch.allclose(relabel(q), q)
+            assert torch.allclose(model.log_joint(relabel(q), relabel(p)), log_joint, atol=TOL, rtol=0), order
+            for t, (block, (u, k)) in enumerate(zip(model.flow.blocks, energies)):
+                assert torch.allclose(block.hamiltonian.potential(relabel(q)), u, atol=TOL, rtol=0), (t, order)
+                assert torch.allclose(block.hamiltonian.kinetic(relabel(p)), k, atol=TOL, rtol=0), (t, order)
+
+
+def _permutations_of_rows(before: torch.Tensor, after: torch.Tensor, n: int) -> list[tuple[int, ...]]:
+    """For rows of particles with distinct norms, the permutation that maps each row of ``before`` to ``after``."""
+    norms_before = before.reshape(before.shape[0], n, -1).norm(dim=-1)
+    norms_after = after.reshape(after.shape[0], n, -1).norm(dim=-1)
+    matches = (norms_after[:, :, None] - norms_before[:, None, :]).abs().argmin(-1)
+    return [tuple(row) for row in matches.tolist()]
+
+
+def test_permute_particles_draws_an_independent_permutation_per_row():
+    n, rows = 4, 960
+    one = torch.tensor([1.0, 0.0, 0.0, 2.0, -3.0, 0.0, 0.0, -4.0], dtype=F64)  # norms 1, 2, 3, 4
+    x = one.repeat(rows, 1)
+    out = permute_particles(x, n, torch.Generator().manual_seed(0))
+    perms = _permutations_of_rows(x, out, n)
+    assert all(sorted(p) == list(range(n)) for p in perms)  # whole particles moved, none lost
+    counts = {p: perms.count(p) for p in itertools.permutations(range(n))}
+    # all 24 permutations, each about 40 times (a Pearson χ² with 23 degrees of freedom: p ≈ 1e-6 above 65)
+    expected = rows / math.factorial(n)
+    chi2 = sum((c - expected) ** 2 / expected for c in counts.values())
+    assert min(counts.values()) > 0 and chi2 < 65, counts
+    # neighbouring rows agree as often as independent draws do (1/24), not always (one draw per batch)
+    same_as_next = sum(a == b for a, b in zip(perms, perms[1:])) / (rows - 1)
+    assert same_as_next < 0.1, same_as_next
