@@ -90,7 +90,7 @@ def _encoder(symmetry) -> str:
     return "equivariant" if ok else "gaussian"
 
 
-def _nsf(device: torch.device, dim: int, n_params: int) -> torch.nn.Module:
+def size_matched_nsf(device: torch.device, dim: int, n_params: int) -> torch.nn.Module:
     """zuko NSF (4 transforms, 8 bins, 2 hidden layers) whose width gives about ``n_params`` parameters."""
     from lightning_ehf.baselines import NSFModel
     from lightning_ehf.core import no_symmetry
@@ -137,7 +137,7 @@ def bench_training(device: torch.device, quick: bool) -> dict[str, Any]:
     batch, repeats = 512, (5 if quick else 15)
     q = _data(batch, device)
     ehf = _ehf(device)
-    nsf = _nsf(device, 2, _n_params(ehf))
+    nsf = size_matched_nsf(device, 2, _n_params(ehf))
     rows = {}
     for name, model, mode in (("ehf_none", ehf, "none"), ("ehf_dual", ehf, "dual"),
                               ("reference_none", _ehf(device, path="autograd"), "none"),
@@ -162,7 +162,7 @@ def bench_eval(device: torch.device, quick: bool) -> dict[str, Any]:
     with torch.no_grad():
         for name, model, rows_at_once in (("ehf", ehf, sliced), ("ehf_one_pass", ehf, None),
                                           ("reference", _ehf(device, path="autograd"), sliced),
-                                          ("nsf", _nsf(device, 2, _n_params(ehf)), sliced)):
+                                          ("nsf", size_matched_nsf(device, 2, _n_params(ehf)), sliced)):
             flows.EVAL_ROWS = rows_at_once or points * k  # one_pass: all points × momenta in one flow call
             try:
                 seconds = median_time(lambda m=model: m.iwae(q, k, k), device, repeats, warmup=1)

@@ -1,0 +1,33 @@
+"""The benchmark's own arithmetic: the size-matched NSF peer and the median timer (no timing is asserted)."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from lightning_ehf import bench
+
+
+def test_size_matched_nsf_has_the_closest_parameter_count_on_its_grid():
+    from lightning_ehf.baselines import NSFModel
+    from lightning_ehf.core import no_symmetry
+
+    def count(model: torch.nn.Module) -> int:
+        return sum(p.numel() for p in model.parameters())
+
+    target = 20_000
+    sizes = []
+    for hidden in range(16, 513, 4):  # the widths the bench searches
+        sizes.append(count(NSFModel(no_symmetry(2), transforms=4, bins=8, hidden=hidden, depth=2)))
+        if sizes[-1] > target:
+            break
+    best = min(abs(s - target) for s in sizes)
+    assert abs(count(bench.size_matched_nsf(torch.device("cpu"), 2, target)) - target) == best
+
+
+def test_median_time_is_the_median_of_the_timed_calls(monkeypatch):
+    ticks = itertools.chain([0.0], *[(t, t) for t in (1.0, 4.0, 6.0, 16.0)], itertools.repeat(100.0))
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(ticks))
+    # calls last 1, 3, 2 and 10 time units: the median is 2.5 (the mean would be 4)
+    assert bench.median_time(lambda: None, torch.device("cpu"), repeats=4, warmup=0) == 2.5
