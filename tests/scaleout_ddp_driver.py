@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
 from lightning_ehf.build import make_datamodule, make_trainer
-from lightning_ehf.cli import cmd_train
+from lightning_ehf.train import train
 from lightning_ehf.config.load import load_config
 from lightning_ehf.core import symmetries
 from lightning_ehf.lit.module import EHFModule
@@ -85,5 +85,5 @@ def validate(out: Path, overrides: list[str]) -> int:
 if __name__ == "__main__":
     mode, out_dir, args = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
     if mode == "train":
-        sys.exit(cmd_train([], args, extra_callbacks=[Recorder(out_dir)]))
+        sys.exit(train(load_config([], args), callbacks=[Recorder(out_dir)]).exit_code)
     sys.exit(validate(out_dir, args))
