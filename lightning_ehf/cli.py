@@ -2,7 +2,7 @@
 
 Exit codes: 0 success; 2 bad usage / config / data / checkpoint (one line naming the problem);
 3 training diverged (non-finite loss or gradient; the last good checkpoint is kept); 75 stopped by
-SIGTERM or SIGUSR1 (preempted: ``checkpoints/last.ckpt`` holds the step reached, ``--resume`` continues);
+SIGTERM, SIGUSR1 or SIGUSR2 (preempted: ``checkpoints/last.ckpt`` holds the step reached, ``--resume`` continues);
 1 anything else.
 """
 
@@ -138,6 +138,7 @@ def _new_run_dir(cfg: Any, run_id: str) -> Path:
 
 
 RESUMABLE_KEYS = ("trainer.max_steps", "progress.mode", "progress.every_n_steps", "progress.every_s")
+RESUMABLE_PREFIXES = ("logger.wandb.",)  # where and under which names the run is logged; not its results
 
 
 def _same_as_saved(key: str, given: Any, saved: Any, run_dir: Path) -> bool:
@@ -168,12 +169,22 @@ def _resumable_overrides(files: Sequence[str], overrides: Sequence[str], saved_y
     keep = []
     for key, where in explicit_keys(files, overrides).items():
         new = value(given, key)
-        if key in RESUMABLE_KEYS:
-            keep.append(f"{key}={new}")
+        if key in RESUMABLE_KEYS or key.startswith(RESUMABLE_PREFIXES):
+            keep.append(f"{key}={_override_value(new)}")
         elif not _same_as_saved(key, new, value(saved, key), run_dir):
             raise UserError(f"{key}: cannot be changed when resuming (the run has {value(saved, key)!r}, {where} sets "
                             f"{new!r}; only {', '.join(RESUMABLE_KEYS)} can)")
     return keep
+
+
+def _override_value(value: Any) -> str:
+    import yaml
+
+    if value is None:
+        return "null"
+    if isinstance(value, (list, dict, bool)):
+        return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    return str(value)
 
 
 def _resume_source(path: str, files: Sequence[str], overrides: Sequence[str]) -> tuple[Path, Path, Any, dict[str, Any]]:
@@ -290,7 +301,7 @@ def cmd_train(config_files: Sequence[str], overrides: Sequence[str], resume: Opt
     from .checkpoints import check_state_dict
 
     _quiet_known_noise()
-    from .config.load import load_config, validate
+    from .config.load import load_config, to_container, validate
 
     ckpt_path: Optional[Path] = None
     resume_step: Optional[int] = None
@@ -298,9 +309,18 @@ def cmd_train(config_files: Sequence[str], overrides: Sequence[str], resume: Opt
         run_dir, ckpt_path, cfg, ckpt = _resume_source(resume, config_files, overrides)
         run_id = str(ckpt["hyper_parameters"].get("run_id") or secrets.token_hex(4))
         resume_step = int(ckpt.get("global_step", 0))
+        from .lit.module import schedule_change
+
+        note = schedule_change(ckpt["hyper_parameters"]["config"], to_container(cfg), resume_step)
+        if note and int(os.environ.get("LOCAL_RANK", 0)) == 0:
+            print(note, flush=True)
     else:
+        from .config.load import explicit_keys
+        from .tracking import apply_wandb_environment, fresh_run_id
+
         cfg = load_config(config_files, overrides)
-        run_id = secrets.token_hex(4)
+        apply_wandb_environment(cfg, explicit_keys(config_files, overrides))
+        run_id = fresh_run_id()
     validate(cfg)
     if cfg.data.path:  # the saved config must find the file from any working directory
         cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())
@@ -342,7 +362,7 @@ def _train(cfg: Any, module: Any, datamodule: Any, run_dir: Path, run_id: str, c
         print(f"{verb} {run_dir}\ndata: {datamodule.describe()}\n{_global_batch(cfg, trainer)}", flush=True)
 
     preemption = next(c for c in trainer.callbacks if isinstance(c, Preemption))
-    preemption.install()  # a SIGTERM or SIGUSR1 from now on stops the run at its next step boundary
+    preemption.install()  # a SIGTERM, SIGUSR1 or SIGUSR2 from now on stops the run at its next step boundary
     try:
         return _fit_and_test(trainer, module, datamodule, run_dir, ckpt_path, preemption)
     finally:
@@ -356,8 +376,10 @@ def _global_batch(cfg: Any, trainer: Any) -> str:
     def count(n: int, word: str) -> str:
         return f"{n} {word}{'s' if n != 1 else ''}"
 
-    return (f"global batch: {batch * devices * nodes} = {batch} per device × {count(devices, 'device')} "
+    accumulate = int(trainer.accumulate_grad_batches)
+    text = (f"global batch: {batch * devices * nodes * accumulate} = {batch} per device × {count(devices, 'device')} "
             f"× {count(nodes, 'node')}")
+    return text + (f" × {accumulate} accumulated batches per optimiser step" if accumulate > 1 else "")
 
 
 def _fit_and_test(trainer: Any, module: Any, datamodule: Any, run_dir: Path, ckpt_path: Optional[Path],
@@ -396,6 +418,9 @@ def _fit_and_test(trainer: Any, module: Any, datamodule: Any, run_dir: Path, ckp
             print(f"ehf train: preempted: {saved}{resume}", file=sys.stderr, flush=True)
         return EXIT_PREEMPTED
     metrics = _final_metrics(trainer, module, time.time() - start, last_val, _checkpoint_step(best))
+    from .lit.callbacks import log_to_wandb
+
+    log_to_wandb(trainer, {k: metrics[k] for k in ("test/nll", "test/nll_gap") if k in metrics})  # the sweep's metric
     if trainer.is_global_zero:
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         _print_results(run_dir, metrics)

@@ -317,6 +317,7 @@ def load_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = ())
         overrides = [overrides]
     cfg = OmegaConf.structured(Config)
     OmegaConf.set_struct(cfg, True)
+    OmegaConf.set_struct(cfg.logger.wandb.fields, False)  # free-form: extra top-level fields of the W&B config
     experiment_set = False
     explicit: set[str] = set()
 
@@ -431,7 +432,7 @@ _POSITIVE = (
     "model.sigma_q", "model.sigma_p", "model.nsf_transforms", "model.nsf_bins",
     "constraint.lr", "optim.lr", "optim.elbo_samples",
     "trainer.max_steps", "trainer.val_check_interval", "trainer.log_every_n_steps",
-    "trainer.num_nodes", "trainer.ddp_timeout_s",
+    "trainer.num_nodes", "trainer.ddp_timeout_s", "trainer.accumulate_grad_batches",
     "eval.iw_samples", "eval.iw_chunk", "eval.n_group_samples", "eval.n_eval", "eval.invariance_iw",
     "plots.every_n_val", "plots.grid", "progress.every_n_steps", "progress.every_s",
 )  # fmt: skip
@@ -547,6 +548,10 @@ def validate(cfg: DictConfig) -> None:
         value = _get(cfg, key)
         if value is not None and (not _is_number(value) or value <= 0):
             raise _fail(key, f"must be > 0 or null (off), got {value!r}")
+    limit = _get(cfg, "trainer.limit_val_batches")
+    if isinstance(limit, bool) or not (isinstance(limit, int) and limit >= 1 or isinstance(limit, float) and 0 < limit <= 1):
+        raise _fail("trainer.limit_val_batches", f"must be a number of batches (an integer >= 1) or a fraction in (0, 1], "
+                                                 f"got {limit!r}")
     if not _is_number(_get(cfg, "trainer.min_delta")) or _get(cfg, "trainer.min_delta") < 0:
         raise _fail("trainer.min_delta", f"must be >= 0 (nats), got {_get(cfg, 'trainer.min_delta')!r}")
     fraction = _get(cfg, "data.val_fraction")

@@ -97,14 +97,22 @@ class TrainerCfg:
     log_every_n_steps: int = 25
     deterministic: bool = True
     ddp_timeout_s: int = 300
+    accumulate_grad_batches: int = 1  # optimiser step every this many batches (global batch × this); passed to Lightning
+    limit_val_batches: Any = 1.0  # validate on this many batches (int) or this fraction of them (float in (0, 1]); passed to Lightning
 
 
 @dataclass
 class WandbCfg:
+    # mode, project and entity: a key set in a config file or override wins; otherwise WANDB_MODE,
+    # WANDB_PROJECT, WANDB_ENTITY when set (lightning_ehf/tracking.py); otherwise these defaults
     mode: str = "offline"  # contract: offline|online|disabled
     project: str = "lightning_ehf"  # contract
     entity: Optional[str] = None
     tags: list[str] = field(default_factory=list)
+    name: Optional[str] = None  # the run's display name (null: the experiment's name; a study cell: the cell's name)
+    group: Optional[str] = None  # W&B group (a study cell: the study's name)
+    job_type: Optional[str] = None  # W&B job type (a study cell: its method)
+    fields: dict[str, Any] = field(default_factory=dict)  # extra top-level fields of the W&B config (a study cell: its axes)
 
 
 @dataclass
