@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.version import Version
 
 from lightning_ehf.cli import EXIT_PREEMPTED
 
@@ -152,3 +153,19 @@ def test_no_file_refers_to_the_design_page_outside_the_repository():
     assert not offenders, offenders
     assert (REPO / "docs" / "design.md").is_file()
     assert "[`docs/design.md`](docs/design.md)" in (REPO / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_no_deps_install_of_the_lock_is_complete(tmp_path):
+    """``pip install --no-deps -r requirements.lock`` into a fresh venv, then ``pip check``: every requirement of
+    every pinned package is pinned too (setuptools for torch included). Takes a minute or two (pip's cache)."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    pip = [str(venv / "bin" / "python"), "-m", "pip"]
+    install = subprocess.run([*pip, "install", "--no-deps", "-q", "-r", str(REPO / "requirements.lock")],
+                             capture_output=True, text=True, timeout=900)
+    assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
+    check = subprocess.run([*pip, "check"], capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0 and "No broken requirements" in check.stdout, check.stdout + check.stderr
+    pins = read_lock(REPO / "requirements.lock")
+    assert Version(pins["setuptools"]) >= Version("77.0.3")
