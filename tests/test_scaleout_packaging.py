@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 import shutil
 import subprocess
@@ -169,3 +170,30 @@ def test_a_no_deps_install_of_the_lock_is_complete(tmp_path):
     assert check.returncode == 0 and "No broken requirements" in check.stdout, check.stdout + check.stderr
     pins = read_lock(REPO / "requirements.lock")
     assert Version(pins["setuptools"]) >= Version("77.0.3")
+
+
+@pytest.mark.parametrize("choice, expected, absent", [
+    ("default", ["pip install -r requirements.lock"], ["--index-url", "requirements-cuda.lock"]),
+    ("cpu", ["pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0",
+             "pip install -r requirements.lock"], ["requirements-cuda.lock"]),
+    ("cuda", ["pip install -r requirements-cuda.lock"], ["--index-url"]),
+])
+def test_venv_script_installs_the_torch_build_asked_for(choice, expected, absent):
+    env = {k: v for k, v in os.environ.items() if k != "EHF_TORCH"}
+    if choice != "default":
+        env["EHF_TORCH"] = choice
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "venv.sh"), "--dry-run"], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"EHF_TORCH={choice}" and lines[-1].endswith("pip install --no-deps -e .")
+    positions = [next(i for i, line in enumerate(lines) if want in line) for want in expected]
+    assert positions == sorted(positions)  # the CPU build first, then the lock (whose torch pin it satisfies)
+    assert not any(word in proc.stdout for word in absent)
+
+
+def test_venv_script_refuses_an_unknown_torch_build():
+    env = {**os.environ, "EHF_TORCH": "rocm"}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "venv.sh"), "--dry-run"], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert proc.returncode == 2 and "EHF_TORCH=rocm: choose default, cpu or cuda" in proc.stderr
