@@ -86,7 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="fewer repeats: about 2 minutes on 2 CPU cores")
     b.add_argument("--quality", action="store_true", help="also time to quality and the default runs (minutes)")
     b.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
-    b.add_argument("--out", help="folder for bench.json and bench.md (default runs/bench/<time>)")
+    b.add_argument("--out", help="folder for bench.json and bench.md (default ./runs/bench/<time>, under the working "
+                                 "directory)")
     return p
 
 
