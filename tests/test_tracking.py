@@ -48,11 +48,13 @@ def test_run_ids_names_and_dirs(tmp_path, ehf_clean_env):
     with pytest.raises(ConfigError, match="WANDB_RUN_ID"):
         fresh_run_id({"WANDB_RUN_ID": "a/b"})
     cfg = load_config(overrides=["experiment=shell"])
-    assert wandb_run_arguments(cfg, {}) == {"name": "shell", "tags": None}  # a plain run: the experiment's name
+    plain = wandb_run_arguments(cfg, {})
+    assert plain.pop("settings").x_transaction_log_flush_interval == 1.0
+    assert plain == {"name": "shell", "tags": None}  # a plain run: the experiment's name
     assert wandb_run_arguments(cfg, {"WANDB_NAME": "x"})["name"] is None  # W&B's WANDB_NAME then applies
     cell = load_config(overrides=["logger.wandb.name=c1", "logger.wandb.group=st", "logger.wandb.job_type=nsf",
                                   "logger.wandb.tags=[nsf, seed0]", "logger.wandb.fields={method: nsf, seed: 0}"])
-    assert wandb_run_arguments(cell, {}) == {"name": "c1", "group": "st", "job_type": "nsf", "tags": ["nsf", "seed0"],
+    assert {k: v for k, v in wandb_run_arguments(cell, {}).items() if k != "settings"} == {"name": "c1", "group": "st", "job_type": "nsf", "tags": ["nsf", "seed0"],
                                              "config": {"method": "nsf", "seed": 0}}
 
     from lightning_ehf import build
