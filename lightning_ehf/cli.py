@@ -174,7 +174,7 @@ def _resumable_overrides(files: Sequence[str], overrides: Sequence[str], saved_y
             keep.append(f"{key}={_override_value(new)}")
         elif not _same_as_saved(key, new, value(saved, key), run_dir):
             raise UserError(f"{key}: cannot be changed when resuming (the run has {value(saved, key)!r}, {where} sets "
-                            f"{new!r}; only {', '.join(RESUMABLE_KEYS)} can)")
+                            f"{new!r}; only {', '.join(RESUMABLE_KEYS)} and logger.wandb.* can)")
     return keep
 
 
