@@ -539,9 +539,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "train":
             return cmd_train(args.config, args.overrides, args.resume)
         if args.command == "print-config":
-            from .config.load import load_config, to_yaml, validate
+            from .config.load import explicit_keys, load_config, to_yaml, validate
+            from .tracking import apply_wandb_environment
 
             cfg = load_config(args.config, args.overrides)
+            apply_wandb_environment(cfg, explicit_keys(args.config, args.overrides))  # what `ehf train` would use
             validate(cfg)
             print(to_yaml(cfg), end="")
             return 0

@@ -70,3 +70,19 @@ def test_run_ids_names_and_dirs(tmp_path, ehf_clean_env):
     env = {"WANDB_RUN_ID": "new"}
     keep_run_id_in_sweep("first", env)
     assert env["WANDB_RUN_ID"] == "new"
+
+
+def test_wandb_mode_from_the_environment_reaches_ehf_train(tmp_path, ehf_cli):
+    """WANDB_MODE=online with no key: exit 2 before anything is written, as with logger.wandb.mode=online;
+    the config key, when given, wins (disabled: the run needs no key)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    root = tmp_path / "runs"
+    proc = ehf_cli(["train", f"run.root={root}"], cwd=tmp_path, env={"HOME": str(home), "WANDB_MODE": "online"})
+    assert proc.returncode == 2 and "logger.wandb.mode: 'online' needs a W&B API key" in proc.stderr, proc.stderr
+    assert not root.exists()
+    env = {"WANDB_MODE": "online", "WANDB_PROJECT": "envproj"}
+    proc = ehf_cli(["print-config", "logger.wandb.mode=disabled"], cwd=tmp_path, env=env)
+    assert proc.returncode == 0 and "mode: disabled" in proc.stdout and "project: envproj" in proc.stdout
+    proc = ehf_cli(["print-config"], cwd=tmp_path, env=env)
+    assert proc.returncode == 0 and "mode: online" in proc.stdout
