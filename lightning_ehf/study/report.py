@@ -260,7 +260,8 @@ def _wandb_summary(folder: StudyFolder, rows: list[dict[str, Any]], columns: lis
 
     base = folder.study.base
     run = wandb.init(project=str(base.get("logger.wandb.project", "lightning_ehf")), entity=base.get("logger.wandb.entity"),
-                     dir=str(out), mode=mode, job_type="study-report", name=f"study-{folder.study.name}-{folder.study.profile}",
+                     dir=str(out), mode=mode, job_type="study-report", group=folder.study.name,
+                     name=f"study-{folder.study.name}-{folder.study.profile}",
                      config={"study": folder.study.name, "profile": folder.study.profile}, reinit="finish_previous")
     table = wandb.Table(columns=columns, data=[[_table_value(r.get(c)) for c in columns] for r in rows])
     run.log({"results": table})
