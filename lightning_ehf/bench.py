@@ -366,6 +366,11 @@ def to_markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def default_out() -> Path:
+    """``./runs/bench/<time>``: under the working directory, like every run folder (not the source tree)."""
+    return Path.cwd() / "runs" / "bench" / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
 def run(quick: bool = False, quality: bool = False, out: Path | None = None, memory: bool = True,
         command: str = "ehf bench") -> dict[str, Any]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -375,7 +380,7 @@ def run(quick: bool = False, quality: bool = False, out: Path | None = None, mem
     if memory:
         steps.append(("memory", lambda: bench_memory(device, quick)))
     steps.append(("scaling", lambda: bench_scaling(device, quick)))
-    out = Path(out) if out is not None else Path("runs") / "bench" / datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(out) if out is not None else default_out()
     out.mkdir(parents=True, exist_ok=True)
     if quality:
         steps.append(("quality", lambda: bench_quality(out)))
@@ -394,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ehf bench", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats (about 2 minutes on 2 CPU cores)")
     ap.add_argument("--quality", action="store_true", help="also time-to-quality and the default runs (minutes)")
-    ap.add_argument("--out", type=Path, help="folder for bench.json and bench.md (default runs/bench/<time>)")
+    ap.add_argument("--out", type=Path, help="folder for bench.json and bench.md (default ./runs/bench/<time>)")
     args = ap.parse_args(argv)
     res = run(args.quick, args.quality, args.out, command="ehf bench " + " ".join(argv or sys.argv[1:]))
     print(Path(res["out"], "bench.md").read_text())

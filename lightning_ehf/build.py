@@ -269,9 +269,12 @@ def _wandb_logger(cfg: Any, run_dir, run_id: str):
     os.environ.setdefault("WANDB_CONSOLE", "off")  # the run's console is ours (and the CSV/metrics files)
     from lightning.pytorch.loggers import WandbLogger
 
+    from .tracking import keep_run_id_in_sweep, wandb_run_arguments, wandb_save_dir
+
+    keep_run_id_in_sweep(run_id)
     # mode goes straight to wandb.init: WandbLogger(offline=True) would set WANDB_MODE process-wide
-    logger = WandbLogger(save_dir=str(run_dir), project=w.project, entity=w.entity, name=f"{cfg.experiment}-{run_id}",
-                         id=run_id, resume="allow", tags=list(w.tags), mode=w.mode)
+    logger = WandbLogger(save_dir=wandb_save_dir(run_dir), project=w.project, entity=w.entity, id=run_id,
+                         resume="allow", mode=w.mode, **wandb_run_arguments(cfg))
     # Lightning always passes anonymous=None, which wandb 0.31 answers with a deprecation warning
     logger._wandb_init.pop("anonymous", None)
     return logger
@@ -296,7 +299,7 @@ def _show_bar(mode: str) -> bool:
 def make_trainer(cfg: Any, run_dir, run_id: str, extra_callbacks: list | None = None, resume_step: int | None = None):
     """A Lightning Trainer writing into ``run_dir``: CSV (+ W&B) loggers; ``best.ckpt`` (lowest validation
     NLL) and an always-current ``last.ckpt`` (also every ``checkpoint.every_n_minutes``); a clean stop on
-    SIGTERM or SIGUSR1; plots; learning-rate monitor;
+    SIGTERM, SIGUSR1 or SIGUSR2; plots; learning-rate monitor;
     a progress bar on terminals and progress lines elsewhere (``progress.*``); atomic, finite-only
     checkpoint writes. ``resume_step``: the step a resumed run restarts from (metrics.csv is appended to)."""
     from datetime import timedelta
@@ -343,12 +346,13 @@ def make_trainer(cfg: Any, run_dir, run_id: str, extra_callbacks: list | None = 
         # val/lambda_rank_spread check see a divergence instead of masking it
         strategy = DDPStrategy(timeout=timedelta(seconds=t.ddp_timeout_s), broadcast_buffers=False)
     plugins: list = [SafeCheckpointIO()]
-    if SLURMEnvironment.detect():  # SIGTERM and SIGUSR1 are handled by Preemption; no second, requeueing handler
+    if SLURMEnvironment.detect():  # SIGTERM, SIGUSR1 and SIGUSR2 are handled by Preemption; no second, requeueing handler
         plugins.append(SLURMEnvironment(auto_requeue=False))
     return L.Trainer(
         default_root_dir=str(run_dir), max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices,
         strategy=strategy, num_nodes=t.num_nodes, precision=t.precision, logger=loggers, callbacks=callbacks,
         val_check_interval=t.val_check_interval, check_val_every_n_epoch=None, log_every_n_steps=t.log_every_n_steps,
+        accumulate_grad_batches=t.accumulate_grad_batches, limit_val_batches=t.limit_val_batches,
         gradient_clip_val=cfg.optim.grad_clip or None, deterministic=t.deterministic,
         inference_mode=False,  # the reference (autograd) force path needs autograd in validation/test (docs/design.md §6)
         num_sanity_val_steps=0, enable_model_summary=False, max_epochs=-1, plugins=plugins,

@@ -2,7 +2,7 @@
 
 Exit codes: 0 success; 2 bad usage / config / data / checkpoint (one line naming the problem);
 3 training diverged (non-finite loss or gradient; the last good checkpoint is kept); 75 stopped by
-SIGTERM or SIGUSR1 (preempted: ``checkpoints/last.ckpt`` holds the step reached, ``--resume`` continues);
+SIGTERM, SIGUSR1 or SIGUSR2 (preempted: ``checkpoints/last.ckpt`` holds the step reached, ``--resume`` continues);
 1 anything else.
 """
 
@@ -82,29 +82,40 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="fewer repeats: about 2 minutes on 2 CPU cores")
     b.add_argument("--quality", action="store_true", help="also time to quality and the default runs (minutes)")
     b.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
-    b.add_argument("--out", help="folder for bench.json and bench.md (default ./runs/bench/<time>)")
+    b.add_argument("--out", help="folder for bench.json and bench.md (default ./runs/bench/<time>, under the working "
+                                 "directory)")
     return p
 
 
 # -- commands -------------------------------------------------------------------------------------
 
 
+def _loaded(args: argparse.Namespace):
+    """The config of ``-c`` files and overrides, with W&B's own environment variables for the ``logger.wandb``
+    keys they leave unset (as ``ehf train`` runs it)."""
+    from .config.load import explicit_keys, load_config
+    from .tracking import apply_wandb_environment
+
+    cfg = load_config(args.config, args.overrides)
+    apply_wandb_environment(cfg, explicit_keys(args.config, args.overrides))
+    return cfg
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config.load import load_config
     from .train import resume_point, train
 
     if args.resume:
         result = train(None, resume=resume_point(args.resume, args.config, args.overrides))
     else:
-        result = train(load_config(args.config, args.overrides))
+        result = train(_loaded(args))
     return result.exit_code
 
 
 def cmd_print_config(args: argparse.Namespace) -> int:
     from .build import resolve_data_file
-    from .config.load import load_config, to_yaml
+    from .config.load import to_yaml
 
-    print(to_yaml(resolve_data_file(load_config(args.config, args.overrides), absolute=False)), end="")
+    print(to_yaml(resolve_data_file(_loaded(args), absolute=False)), end="")
     return 0
 
 

@@ -20,9 +20,12 @@ from typing import Any, Optional, Sequence
 
 from .build import check_logger, make_datamodule, make_module, make_trainer, resolve_data_file
 from .checkpoints import check_state_dict, load_checkpoint
-from .config.load import explicit_keys, flatten, from_saved, load_config, save_config, to_container
+from .config.load import explicit_keys, flatten, from_saved, load_config, override_value, save_config, to_container
 from .config.schema import Config
 from .errors import EXIT_DIVERGED, EXIT_PREEMPTED, CheckpointError, ConfigError, NumericalDivergence, Preempted, UserError
+from .lit.callbacks import log_to_wandb
+from .lit.module import schedule_change
+from .tracking import fresh_run_id
 
 __all__ = ["RESUMABLE_KEYS", "ResumePoint", "RunResult", "quiet_known_noise", "resume_point", "train"]
 
@@ -74,6 +77,7 @@ def _new_run_dir(cfg: Config, run_id: str) -> Path:
 
 
 RESUMABLE_KEYS = ("trainer.max_steps", "progress.mode", "progress.every_n_steps", "progress.every_s")
+RESUMABLE_PREFIXES = ("logger.wandb.",)  # where and under which names the run is logged; not its results
 
 
 def _same_as_saved(key: str, given: Any, saved: Any, run_dir: Path) -> bool:
@@ -96,11 +100,11 @@ def _resumable_overrides(files: Sequence[str], overrides: Sequence[str], saved: 
     keep = []
     for key, where in explicit_keys(files, overrides).items():
         new, old = given.get(key), saved_values.get(key)
-        if key in RESUMABLE_KEYS:
-            keep.append(f"{key}={new}")
+        if key in RESUMABLE_KEYS or key.startswith(RESUMABLE_PREFIXES):
+            keep.append(f"{key}={override_value(new)}")
         elif not _same_as_saved(key, new, old, run_dir):
             raise UserError(f"{key}: cannot be changed when resuming (the run has {old!r}, {where} sets "
-                            f"{new!r}; only {', '.join(RESUMABLE_KEYS)} can)")
+                            f"{new!r}; only {', '.join(RESUMABLE_KEYS)} and logger.wandb.* can)")
     return keep
 
 
@@ -229,8 +233,11 @@ def train(cfg: Optional[Config], resume: Optional[ResumePoint] = None, callbacks
         cfg = resume.config
         run_id = str(resume.state["hyper_parameters"].get("run_id") or secrets.token_hex(4))
         resume_step: Optional[int] = int(resume.state.get("global_step", 0))
+        note = schedule_change(from_saved(resume.state["hyper_parameters"]["config"]), cfg, resume_step)
+        if note and int(os.environ.get("LOCAL_RANK", 0)) == 0:
+            print(note, flush=True)
     else:
-        run_id, resume_step = secrets.token_hex(4), None
+        run_id, resume_step = fresh_run_id(), None
     cfg = resolve_data_file(cfg)
     check_logger(cfg)
     import lightning as L
@@ -271,7 +278,7 @@ def _train(cfg: Config, module: Any, datamodule: Any, run_dir: Path, run_id: str
         print(f"{verb} {run_dir}\ndata: {datamodule.describe()}\n{_global_batch(cfg, trainer)}", flush=True)
 
     preemption = next(c for c in trainer.callbacks if isinstance(c, Preemption))
-    preemption.install()  # a SIGTERM or SIGUSR1 from now on stops the run at its next step boundary
+    preemption.install()  # a SIGTERM, SIGUSR1 or SIGUSR2 from now on stops the run at its next step boundary
     try:
         return _fit_and_test(trainer, module, datamodule, run_dir, ckpt_path, preemption)
     finally:
@@ -285,8 +292,10 @@ def _global_batch(cfg: Config, trainer: Any) -> str:
     def count(n: int, word: str) -> str:
         return f"{n} {word}{'s' if n != 1 else ''}"
 
-    return (f"global batch: {batch * devices * nodes} = {batch} per device × {count(devices, 'device')} "
+    accumulate = int(trainer.accumulate_grad_batches)
+    text = (f"global batch: {batch * devices * nodes * accumulate} = {batch} per device × {count(devices, 'device')} "
             f"× {count(nodes, 'node')}")
+    return text + (f" × {accumulate} accumulated batches per optimiser step" if accumulate > 1 else "")
 
 
 def _fit_and_test(trainer: Any, module: Any, datamodule: Any, run_dir: Path, ckpt_path: Optional[Path],
@@ -323,6 +332,7 @@ def _fit_and_test(trainer: Any, module: Any, datamodule: Any, run_dir: Path, ckp
             print(f"ehf train: preempted: {saved}{resume}", file=sys.stderr, flush=True)
         return EXIT_PREEMPTED, {}
     metrics = _final_metrics(trainer, module, time.time() - start, last_val, _checkpoint_step(best))
+    log_to_wandb(trainer, {k: metrics[k] for k in ("test/nll", "test/nll_gap") if k in metrics})  # the sweep's metric
     if trainer.is_global_zero:
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         _print_results(run_dir, metrics)

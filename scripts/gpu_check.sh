@@ -4,7 +4,9 @@
 #   2. a short run on one GPU, twice: identical metrics (CUBLAS_WORKSPACE_CONFIG is set);
 #   3. SIGTERM during a run on one GPU: exit 75, then --resume ends with the uninterrupted run's metrics
 #      (this exercises the CUDA random state stored in checkpoints);
-#   4. with two or more GPUs: the same run with DDP on all of them, and SIGTERM + resume under DDP.
+#   4. with two or more GPUs: the same run with DDP on all of them, and SIGTERM + resume under DDP;
+#   5. measurements, written to $OUT/gpu_check.json: training steps/s of the same run on the CPU and on one GPU
+#      in 32-true and in bf16-mixed, and the test NLL of each (logged, and re-evaluated in float64 by ehf eval).
 # Prints one line per check and exits 1 if any failed. PYTHON: the interpreter with lightning_ehf installed
 # (default .venv/bin/python); OUT: where runs and logs go (default a new temporary folder).
 set -uo pipefail
@@ -77,5 +79,38 @@ if [ "$NGPU" -ge 2 ]; then
 else
     echo "SKIP ddp (one GPU)"
 fi
+measure() {  # the same run on CPU (32-true) and one GPU (32-true, bf16-mixed): steps/s and test NLL -> JSON
+    local name
+    for name in cpu-32-true gpu-32-true gpu-bf16-mixed; do
+        local acc=gpu prec=${name#*-}
+        [ "${name%%-*}" = cpu ] && acc=cpu
+        "$PY" -m lightning_ehf train "${SHORT[@]}" trainer.accelerator=$acc trainer.devices=1 "trainer.precision=$prec" \
+            "run.dir=$OUT/measure-$name" || return 1
+        "$PY" -m lightning_ehf eval --ckpt "$OUT/measure-$name" --split test --iw 64 --json "$OUT/measure-$name/eval.json" \
+            || return 1
+    done
+    "$PY" - "$OUT" <<'PY'
+import json, sys, torch
+out = sys.argv[1]
+runs = {}
+for name in ("cpu-32-true", "gpu-32-true", "gpu-bf16-mixed"):
+    m = json.load(open(f"{out}/measure-{name}/metrics.json"))
+    e = json.load(open(f"{out}/measure-{name}/eval.json"))
+    # val/elapsed_s: training seconds (validations excluded) when the last validation (the last step) started
+    runs[name] = {"steps": m["steps"], "training_s": m["val/elapsed_s"], "steps_per_s": m["steps"] / m["val/elapsed_s"],
+                  "test_nll_logged": m["test/nll"], "test_nll_eval_float64": e["nll"], "eval_stderr": e["nll_stderr"]}
+res = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "command": "bash scripts/gpu_check.sh",
+       "runs": runs,
+       "gpu_vs_cpu_steps_per_s": runs["gpu-32-true"]["steps_per_s"] / runs["cpu-32-true"]["steps_per_s"],
+       "bf16_vs_32_steps_per_s": runs["gpu-bf16-mixed"]["steps_per_s"] / runs["gpu-32-true"]["steps_per_s"],
+       "bf16_minus_32_test_nll_eval": runs["gpu-bf16-mixed"]["test_nll_eval_float64"]
+                                      - runs["gpu-32-true"]["test_nll_eval_float64"],
+       "bf16_logged_minus_eval": runs["gpu-bf16-mixed"]["test_nll_logged"] - runs["gpu-bf16-mixed"]["test_nll_eval_float64"]}
+json.dump(res, open(f"{out}/gpu_check.json", "w"), indent=2)
+print(json.dumps(res, indent=2))
+PY
+}
+check measure-precision-and-speed measure
+echo "measurements: $OUT/gpu_check.json"
 echo "logs and runs: $OUT"
 exit "$failed"

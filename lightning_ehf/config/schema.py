@@ -245,6 +245,18 @@ class TrainerCfg(Section):
     log_every_n_steps: Positive = 25
     deterministic: bool = True
     ddp_timeout_s: Positive = 300
+    accumulate_grad_batches: Positive = 1  # optimiser step every this many batches (global batch × this); passed to Lightning
+    # validate on this many batches (an integer) or this fraction of them (a number in (0, 1]); passed to Lightning
+    limit_val_batches: Any = 1.0
+
+    @field_validator("limit_val_batches", mode="after")
+    @classmethod
+    def _limit_val_batches(cls, limit: Any) -> Any:
+        count = isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1
+        if not (count or isinstance(limit, float) and 0 < limit <= 1):
+            raise config_error("trainer.limit_val_batches", "must be a number of batches (an integer >= 1) or a fraction "
+                                                            f"in (0, 1], got {limit!r}")
+        return limit
 
     @field_validator("devices", mode="after")
     @classmethod
@@ -258,10 +270,16 @@ class TrainerCfg(Section):
 
 
 class WandbCfg(Section):
+    # mode, project and entity: a key set in a config file or override wins; otherwise WANDB_MODE,
+    # WANDB_PROJECT, WANDB_ENTITY when set (lightning_ehf/tracking.py); otherwise these defaults
     mode: Literal["offline", "online", "disabled"] = "offline"  # contract: offline | online | disabled
     project: str = "lightning_ehf"  # contract
     entity: Optional[str] = None
     tags: list[str] = Field(default_factory=list)
+    name: Optional[str] = None  # the run's display name (null: the experiment's name; a study cell: the cell's name)
+    group: Optional[str] = None  # W&B group (a study cell: the study's name)
+    job_type: Optional[str] = None  # W&B job type (a study cell: its method)
+    fields: dict[str, Any] = Field(default_factory=dict)  # extra top-level fields of the W&B config (a study cell: its axes)
 
 
 class LoggerCfg(Section):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import lightning as L
 import numpy as np
@@ -192,7 +192,9 @@ class EHFDataModule(L.LightningDataModule):
         # Lightning's one hook between two training steps (the previous one complete, the next one not
         # yet counted): callbacks that stop a run there (lit.callbacks.Preemption) get their turn
         trainer = getattr(self, "trainer", None)
-        if trainer is not None and trainer.training:
+        # with trainer.accumulate_grad_batches > 1, only between two optimiser steps (the accumulated
+        # gradients of a partial step are not in a checkpoint)
+        if trainer is not None and trainer.training and _between_optimiser_steps(trainer):
             for callback in trainer.callbacks:
                 if hasattr(callback, "between_steps"):
                     callback.between_steps(trainer)
@@ -227,3 +229,8 @@ class EHFDataModule(L.LightningDataModule):
             n_val = round(self.val_fraction * self.n_train)
             text += f"; of n_train={self.n_train} samples, {self.n_train - n_val} train and {n_val} validate"
         return text
+
+
+def _between_optimiser_steps(trainer: Any) -> bool:
+    accumulate = int(getattr(trainer, "accumulate_grad_batches", 1) or 1)
+    return accumulate == 1 or trainer.fit_loop.epoch_loop.batch_progress.current.completed % accumulate == 0

@@ -1,6 +1,6 @@
 """Callbacks: figures during/after training (logged to W&B as images), the always-current
-``last.ckpt`` (also on a timer), a clean stop on SIGTERM or SIGUSR1, and progress output for terminals
-and log files."""
+``last.ckpt`` (also on a timer), a clean stop on SIGTERM, SIGUSR1 or SIGUSR2, and progress output for
+terminals and log files."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from typing_extensions import override
 from ..errors import Preempted
 from .plots import make_all_plots
 
-__all__ = ["PREEMPTION_SIGNALS", "LastCheckpoint", "PlotCallback", "Preemption", "ProgressLines", "StepProgressBar"]
+__all__ = ["PREEMPTION_SIGNALS", "LastCheckpoint", "PlotCallback", "Preemption", "ProgressLines", "StepProgressBar",
+           "log_to_wandb"]
 
 
 class PlotCallback(Callback):
@@ -84,6 +85,8 @@ class LastCheckpoint(Checkpoint):
         trainer.save_checkpoint(self.path, weights_only=False)
         self._saved_step = trainer.global_step
         self._saved_at = time.monotonic()
+        for logger in trainer.loggers:  # metrics.csv on disk up to this checkpoint (a resume keeps those rows)
+            logger.save()
 
     def between_steps(self, trainer: L.Trainer) -> None:
         """The timed save (``checkpoint.every_n_minutes``). It is taken here, where a preemption saves too
@@ -111,11 +114,22 @@ class LastCheckpoint(Checkpoint):
         self.save(trainer)
 
 
-PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+#: SIGTERM: schedulers, ``docker stop``; SIGUSR1: ``#SBATCH --signal=USR1@…``; SIGUSR2: what submitit asks SLURM
+#: for before a time limit (``--signal=USR2@…``, its ``SUBMITIT_PREEMPT_SIGNAL``), so study cells stop cleanly too
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def log_to_wandb(trainer: L.Trainer, metrics: dict[str, float]) -> None:
+    """Log ``metrics`` at the current step to the run's W&B logger, if it has one (rank 0 only)."""
+    if not metrics or not trainer.is_global_zero:
+        return
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_metrics(metrics, step=trainer.global_step)
 
 
 class Preemption(Callback):
-    """Turns SIGTERM or SIGUSR1 into a clean stop. SIGTERM is what SLURM, Kubernetes, ``docker stop``
+    """Turns SIGTERM, SIGUSR1 or SIGUSR2 into a clean stop. SIGTERM is what SLURM, Kubernetes, ``docker stop``
     and most schedulers send before killing a job; SIGUSR1 is the early warning a SLURM job asks for with
     ``#SBATCH --signal=USR1@<seconds>``. The step being trained (and a validation that is running)
     completes, every rank stops before the same next step, ``last.ckpt`` is written at the step reached

@@ -21,6 +21,7 @@ from ..core.metrics import equivariance_error, invariance_error
 from ..core.objectives import Objective, lagrangian
 from ..core.random import stream_seed
 from ..errors import NumericalDivergence
+from .precision import eval_dtype, full_precision
 
 RANK_NOISE_STREAM = 7  # seed-stream key of the per-rank encoder noise
 REPORTED_BOUND = Objective()  # validation and test report the one-sample ELBO
@@ -97,6 +98,8 @@ class EHFModule(L.LightningModule):
         self.eval_means = nn.ModuleDict({f"{stage}/{name}": RowMean() for stage in ("val", "test")
                                          for name in [*per_row, f"nll_iw{self.stage_iw[stage]}"]})
         self._last_constraint: Optional[Tensor] = None
+        self._constraints: list[Tensor] = []  # of the batches since the last optimiser step (trainer.accumulate_grad_batches)
+        self._stepped = False  # an optimiser step ran in this batch
         self._last_batch: Optional[Tensor] = None
         self._last_loss_finite = True
         self._resume_rng: Optional[dict[str, Any]] = None
@@ -158,11 +161,13 @@ class EHFModule(L.LightningModule):
 
     @override
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
-        self._shared_step(batch, "val")
+        with full_precision(self.model, batch.device.type):  # metrics that select checkpoints: float32 or better
+            self._shared_step(batch.to(eval_dtype(batch.dtype)), "val")
 
     @override
     def test_step(self, batch: Tensor, batch_idx: int) -> None:
-        self._shared_step(batch, "test")
+        with full_precision(self.model, batch.device.type):
+            self._shared_step(batch.to(eval_dtype(batch.dtype)), "test")
 
     @override
     def on_fit_start(self) -> None:
@@ -174,17 +179,24 @@ class EHFModule(L.LightningModule):
 
     @override
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self._last_constraint is None:
+        if self._last_constraint is not None:
+            self._constraints.append(self._last_constraint)
+            self._last_constraint = None
+        if not self._stepped:  # accumulating gradients: λ moves after the optimiser step, on the batches' mean
+            return
+        self._stepped = False
+        if not self._constraints:
             return
         # average over ranks first, so every rank applies the identical update (docs/design.md §6)
-        constraint = self.trainer.strategy.reduce(self._last_constraint, reduce_op="mean")
+        constraint = self.trainer.strategy.reduce(torch.stack(self._constraints).mean(0), reduce_op="mean")
+        self._constraints = []
         self.multipliers.update(constraint)
-        self._last_constraint = None
 
     # -- numerical blow-ups --------------------------------------------------------------------
 
     @override
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self._stepped = True
         # Gradients are already reduced across ranks here, so every rank takes the same decision.
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         grads_finite = not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())  # one sync
@@ -204,6 +216,7 @@ class EHFModule(L.LightningModule):
         for p in self.parameters():
             p.grad = None  # Adam skips parameters without gradient: this step changes nothing
         self._last_constraint = None
+        self._constraints = []
         self.nonfinite_skips += 1
         if block is not None:
             with torch.no_grad():
@@ -314,7 +327,8 @@ class EHFModule(L.LightningModule):
     # -- symmetry diagnostics ------------------------------------------------------------------
 
     def _diagnostics(self, stage: str) -> None:
-        with torch.random.fork_rng(devices=[]):  # leave the training random stream untouched
+        # leave the training random stream untouched
+        with torch.random.fork_rng(devices=[]), full_precision(self.model, self.device.type):
             self._diagnostics_impl(stage)
 
     def _diagnostics_impl(self, stage: str) -> None:
@@ -324,7 +338,7 @@ class EHFModule(L.LightningModule):
         symmetry = self.model.symmetry
         if data is None or symmetry.num_generators == 0:
             return
-        q = data[: ev.n_eval].to(self.device, self.dtype)
+        q = data[: ev.n_eval].to(self.device, eval_dtype(self.dtype))
         gen = torch.Generator(device="cpu").manual_seed(self.config.seed + 17)
         err, noise = invariance_error(self.model, q, symmetry, n_group=ev.n_group_samples, k=ev.invariance_iw,
                                       chunk=ev.iw_chunk, generator=gen)
@@ -358,7 +372,7 @@ class EHFModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._diagnostics("test")
         if getattr(self.trainer.datamodule, "train_data", None) is not None:
-            with torch.random.fork_rng(devices=[]):
+            with torch.random.fork_rng(devices=[]), full_precision(self.model, self.device.type):
                 self._train_set_nll()
 
     def _train_set_nll(self) -> None:
@@ -369,7 +383,7 @@ class EHFModule(L.LightningModule):
         rows = dm.train_data[: dm.test_data.shape[0]] if dm.test_data is not None else dm.train_data
         world, rank = self.trainer.world_size, self.trainer.global_rank
         torch.manual_seed(stream_seed(self.config.seed, RANK_NOISE_STREAM, rank, 1))
-        q = rows[rank::world].to(self.device, self.dtype)
+        q = rows[rank::world].to(self.device, eval_dtype(self.dtype))
         chunk, batch = self.config.eval.iw_chunk, self.config.data.batch_size
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
         for i in range(0, q.shape[0], batch):
@@ -384,16 +398,33 @@ class EHFModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         o = self.config.optim
         opt = torch.optim.Adam(self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
-        total = self.config.trainer.max_steps
-        warmup = min(o.warmup_steps, max(total - 1, 0))
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            if o.scheduler == "none":
-                return 1.0
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(self.config, step))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def lr_factor(config: Config, step: int) -> float:
+    """The learning rate at optimiser step ``step`` as a multiple of ``optim.lr``: linear warm-up over
+    ``optim.warmup_steps``, then (``optim.scheduler=cosine``) a cosine from 1 down to 0.02 at ``trainer.max_steps``."""
+    o, total = config.optim, config.trainer.max_steps
+    warmup = min(o.warmup_steps, max(total - 1, 0))
+    if step < warmup:
+        return (step + 1) / warmup
+    if o.scheduler == "none":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def schedule_change(saved: Config, resumed: Config, step: int) -> str:
+    """What a resume at ``step`` with another ``trainer.max_steps`` does to the learning-rate schedule (the
+    schedule is a function of max_steps, so it is recomputed); "" when nothing changes."""
+    old, new = saved.trainer.max_steps, resumed.trainer.max_steps
+    if old == new:
+        return ""
+    before, after = lr_factor(saved, step), lr_factor(resumed, step)
+    if resumed.optim.scheduler == "none" and before == after:
+        return f"trainer.max_steps {old} -> {new} on resume at step {step}: the learning rate stays constant"
+    return (f"trainer.max_steps {old} -> {new} on resume at step {step}: the {resumed.optim.scheduler} schedule is "
+            f"recomputed for {new} steps, so the learning rate moves from {before:.3g}× to {after:.3g}× optim.lr at "
+            f"this step: from here it follows the schedule of a {new}-step run, down to 0.02× at step {new} (the steps "
+            f"before followed the {old}-step schedule)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections import Counter
@@ -10,8 +11,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import UserError
-from .runner import (EXIT_PREEMPTED, StudyFolder, cell_command, export_wandb_sweep, open_folder, require_sbatch, run_cell,
-                     run_local, run_slurm)
+from .runner import (EXIT_PREEMPTED, StudyFolder, cell_command, export_wandb_sweep, open_folder, run_cell, run_local,
+                     sweep_wandb_mode)
+from .slurm import require_sbatch, run_slurm
 from .spec import load_study
 
 __all__ = ["cmd_study"]
@@ -104,11 +106,11 @@ def _run(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> int:
 def _cell(args: argparse.Namespace) -> int:
     folder = open_folder(args.dir)
     name = args.cell.split("=", 1)[1] if args.cell.startswith("cell=") else args.cell
-    cell = next((c for c in folder.cells if c.name == name), None)
-    if cell is None:
-        raise UserError(f"cell {name!r} is not a cell of {folder.root}")
+    cell = folder.cell(name)
     folder.check_configs()
-    rc = run_cell(folder, cell)
+    # under a W&B sweep agent the cell must log, or the sweep records nothing
+    mode = sweep_wandb_mode(folder, cell) if os.environ.get("WANDB_SWEEP_ID") else None
+    rc = run_cell(folder, cell, extra=[f"logger.wandb.mode={mode}"] if mode else [])
     print(f"cell {name}: exit {rc}; run folder {folder.cell_dir(cell)}; log {folder.log_path(cell)}")
     return rc
 

@@ -193,13 +193,16 @@ def _plot(folder: StudyFolder, rows: list[dict[str, Any]], metric: str, ylabel: 
                 for r in sel:
                     if r["under_trained"]:
                         open_x.append(x), open_y.append(float(r[metric]))
+            positive &= all(y > 0 for y in py + open_y)
+            color = f"C{lines.index(line) % 10}"  # one colour per line, for its means and its open circles
             if px:
-                positive &= all(y > 0 for y in py + open_y)
                 # on a log axis a bar reaching 0 or below is cut at a tenth of the mean
                 low = [min(e, 0.9 * y) if log_y and y > 0 else e for y, e in zip(py, pe)]
-                bar = ax.errorbar(px, py, yerr=[low, pe], marker="o", ms=4, capsize=3, label=str(line) if line else None)
-                if open_x:
-                    ax.scatter(open_x, open_y, facecolors="none", edgecolors=bar[0].get_color(), s=30)
+                ax.errorbar(px, py, yerr=[low, pe], marker="o", ms=4, capsize=3, color=color,
+                            label=str(line) if line else None)
+            if open_x:  # drawn also when no cell of the line is good (a pilot study): the plot is never empty
+                ax.scatter(open_x, open_y, facecolors="none", edgecolors=color, s=30,
+                           label=None if px else f"{line} (under-trained)" if line else "under-trained")
         if numeric:
             ax.set_xscale("log", base=2)
         else:
@@ -257,7 +260,8 @@ def _wandb_summary(folder: StudyFolder, rows: list[dict[str, Any]], columns: lis
 
     base = folder.study.base
     run = wandb.init(project=str(base.get("logger.wandb.project", "lightning_ehf")), entity=base.get("logger.wandb.entity"),
-                     dir=str(out), mode=mode, job_type="study-report", name=f"study-{folder.study.name}-{folder.study.profile}",
+                     dir=str(out), mode=mode, job_type="study-report", group=folder.study.name,
+                     name=f"study-{folder.study.name}-{folder.study.profile}",
                      config={"study": folder.study.name, "profile": folder.study.profile}, reinit="finish_previous")
     table = wandb.Table(columns=columns, data=[[_table_value(r.get(c)) for c in columns] for r in rows])
     run.log({"results": table})

@@ -6,7 +6,15 @@ Layout of a study folder ``DIR``::
     DIR/study.json            what was asked for (study file, profile, overrides, cells)
     DIR/cells/<cell>/         the cell's run folder (exactly what ``ehf train run.dir=...`` writes)
     DIR/logs/<cell>.log       the cell's output
-    DIR/logs/<cell>.json      its state while running or after failing: {state, pid, host, rc, ...}
+    DIR/logs/<cell>.json      its state while running or after failing: {state, pid, host, job, beat, rc, ...}
+
+A running cell's state file carries a heartbeat (``beat``, rewritten every ``HEARTBEAT_S``) and, under SLURM, its
+job id. A cell recorded as running whose process is gone (this host), whose SLURM job has ended (``squeue`` /
+``sacct``) or whose heartbeat stopped (another host, ``HEARTBEAT_TIMEOUT_S``) is not running: it resumes from
+its checkpoint (or starts again) at the next ``ehf study run``.
+
+Every cell's W&B run is named after the cell, grouped by study, typed by method and tagged with its axis values;
+its W&B config has the axes as top-level fields (``cell_wandb_overrides``).
 """
 
 from __future__ import annotations
@@ -26,13 +34,16 @@ from typing import Any, Callable, Optional, Sequence
 
 from ..errors import EXIT_PREEMPTED, ConfigError, UserError
 from ..system import pid_alive
+from ..config.load import override_value
 from .spec import Cell, Study
 
-__all__ = ["CellState", "StudyFolder", "open_folder", "cell_command", "run_cell", "run_local", "run_slurm",
-           "require_sbatch", "export_wandb_sweep"]
+__all__ = ["CellState", "StudyFolder", "open_folder", "cell_command", "cell_wandb_overrides", "run_cell", "run_local",
+           "export_wandb_sweep", "slurm_job_state", "sweep_wandb_mode"]
 
+HEARTBEAT_S = 60.0  # a running cell's state file is rewritten this often ...
+HEARTBEAT_TIMEOUT_S = 600.0  # ... and a cell on another host whose heartbeat is older than this is not running
 # keys a cell may differ in from its saved config without its results changing
-_IGNORED_KEYS = ("progress.mode", "progress.every_n_steps", "progress.every_s", "logger.wandb.mode")
+_IGNORED_KEYS = ("progress.mode", "progress.every_n_steps", "progress.every_s", "logger.wandb.")
 
 
 @dataclass
@@ -61,7 +72,13 @@ class StudyFolder:
         return self.root / "logs" / f"{cell.name}.json"
 
     def overrides(self, cell: Cell) -> list[str]:
-        return [*cell.overrides, f"run.dir={self.cell_dir(cell)}"]
+        return [*cell.overrides, *cell_wandb_overrides(self.study, cell), f"run.dir={self.cell_dir(cell)}"]
+
+    def cell(self, name: str) -> Cell:
+        found = next((c for c in self.cells if c.name == name), None)
+        if found is None:
+            raise UserError(f"cell {name!r} is not a cell of {self.root}")
+        return found
 
     def config(self, cell: Cell) -> dict[str, Any]:
         """The resolved config ``ehf train`` will give the cell (validated; ConfigError names the cell)."""
@@ -116,21 +133,29 @@ class StudyFolder:
         if (run / "metrics.json").is_file():
             return CellState(cell, "done")
         info = self._read_state(cell)
-        if info.get("state") == "running" and info.get("host") == socket.gethostname() and pid_alive(int(info.get("pid", 0))):
-            return CellState(cell, "running", f"pid {info['pid']}")
-        if info.get("state") == "running" and info.get("host") not in (None, socket.gethostname()):
-            return CellState(cell, "running", f"on {info['host']}")
+        gone = ""
+        if info.get("state") == "running":
+            alive, detail = _still_running(info)
+            if alive:
+                return CellState(cell, "running", detail)
+            gone = f"{detail}; "
         if info.get("state") == "failed":
             return CellState(cell, "failed", f"exit {info.get('rc')}; log {self.log_path(cell)}")
         if (run / "checkpoints" / "last.ckpt").is_file():
-            return CellState(cell, "interrupted", "resumes from checkpoints/last.ckpt")
-        return CellState(cell, "pending")
+            return CellState(cell, "interrupted", f"{gone}resumes from checkpoints/last.ckpt")
+        return CellState(cell, "pending", gone.rstrip("; "))
 
     def _read_state(self, cell: Cell) -> dict[str, Any]:
         try:
             return json.loads(self.state_path(cell).read_text())
         except (OSError, ValueError):
             return {}
+
+    def beat(self, cell: Cell) -> None:
+        """Refresh the heartbeat of a running cell's state file."""
+        info = self._read_state(cell)
+        if info.get("state") == "running":
+            self._write_state(cell, **{**info, "beat": time.time()})
 
     def _write_state(self, cell: Cell, **info: Any) -> None:
         path = self.state_path(cell)
@@ -141,6 +166,69 @@ class StudyFolder:
 
     def states(self) -> list[CellState]:
         return [self.state(c) for c in self.cells]
+
+
+_SLURM_LIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "REQUEUE_HOLD",
+               "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD"}
+
+
+def slurm_job_state(job: str) -> Optional[str]:
+    """The state of SLURM job ``job`` (``123`` or ``123_4``) from ``squeue``, else ``sacct``; ``GONE`` when
+    neither knows it; None when neither command is on PATH (not on a SLURM machine)."""
+    tools = [t for t in ("squeue", "sacct") if shutil.which(t)]
+    if not tools:
+        return None
+    commands = {"squeue": ["squeue", "-h", "-j", job, "-o", "%T"],
+                "sacct": ["sacct", "-n", "-X", "-P", "-j", job, "-o", "State"]}
+    for tool in tools:
+        try:
+            out = subprocess.run(commands[tool], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        words = out.stdout.split()
+        if out.returncode == 0 and words:
+            return words[0].upper()
+    return "GONE"
+
+
+def _still_running(info: dict[str, Any]) -> tuple[bool, str]:
+    """Whether the cell a ``running`` state file describes still runs, and the detail to show."""
+    beat = info.get("beat")
+    stale = beat is not None and time.time() - float(beat) > HEARTBEAT_TIMEOUT_S
+    if info.get("job"):
+        job = str(info["job"])
+        state = slurm_job_state(job)
+        if state is None:  # no SLURM commands here: the heartbeat decides (a queued job has none yet)
+            return (False, f"no heartbeat from slurm job {job} for {HEARTBEAT_TIMEOUT_S / 60:.0f} min") if stale else \
+                (True, f"slurm job {job}")
+        if state in _SLURM_LIVE:
+            return True, f"slurm job {job}, {state.lower()}"
+        return False, f"slurm job {job} ended ({state.lower()}) before the cell finished"
+    host = info.get("host")
+    if host == socket.gethostname():
+        pid = int(info.get("pid", 0))
+        return (True, f"pid {pid}") if pid_alive(pid) else (False, f"process {pid} ended before the cell finished")
+    if stale:
+        return False, f"no heartbeat from {host} for {HEARTBEAT_TIMEOUT_S / 60:.0f} min"
+    return True, f"on {host}"
+
+
+def cell_wandb_overrides(study: Study, cell: Cell) -> list[str]:
+    """The cell's W&B identity, for every key the study does not set itself: name = the cell, group = the
+    study, job type = its method (when the study has a method axis), tags = its axis values (after the
+    study's own tags), and the axes as top-level config fields (plain values for an axis of one key)."""
+    given = {item.split("=", 1)[0] for item in cell.overrides}
+    fields: dict[str, Any] = {"study": study.name}
+    for axis in study.axes:
+        overrides = axis.values[cell.values[axis.name]]
+        value = next(iter(overrides.values())) if len(overrides) == 1 else None
+        fields[axis.name] = value if isinstance(value, (int, float, str)) and axis.name != "method" else \
+            cell.values[axis.name]
+    tags = [str(t) for t in study.base.get("logger.wandb.tags") or []] + list(cell.values.values())
+    wanted = {"logger.wandb.name": cell.name, "logger.wandb.group": study.name,
+              "logger.wandb.job_type": cell.values.get("method"), "logger.wandb.tags": tags,
+              "logger.wandb.fields": fields}
+    return [f"{k}={override_value(v)}" for k, v in wanted.items() if v is not None and (k not in given or k.endswith(".tags"))]
 
 
 def open_folder(root: str | Path) -> StudyFolder:
@@ -164,12 +252,29 @@ def _same_path(a: Any, b: Any) -> bool:
     return bool(a and b) and Path(str(a)).expanduser().resolve() == Path(str(b)).expanduser().resolve()
 
 
-def cell_command(folder: StudyFolder, cell: Cell, python: str = sys.executable) -> list[str]:
-    """The ``ehf train`` command of a cell: a fresh run, or ``--resume`` when it has a checkpoint."""
+def cell_command(folder: StudyFolder, cell: Cell, python: str = sys.executable, extra: Sequence[str] = ()) -> list[str]:
+    """The ``ehf train`` command of a cell: a fresh run, or ``--resume`` when it has a checkpoint; ``extra``
+    overrides go last."""
     files = [a for f in folder.study.config_files for a in ("-c", f)]
     run = folder.cell_dir(cell)
     resume = ["--resume", str(run)] if (run / "checkpoints" / "last.ckpt").is_file() else []
-    return [python, "-m", "lightning_ehf", "train", *resume, *files, *folder.overrides(cell), "progress.mode=lines"]
+    return [python, "-m", "lightning_ehf", "train", *resume, *files, *folder.overrides(cell), "progress.mode=lines",
+            *extra]
+
+
+def sweep_wandb_mode(folder: StudyFolder, cell: Cell, environ: Optional[dict[str, str]] = None) -> Optional[str]:
+    """The W&B mode a cell run by a sweep agent must log in, or None when the study's own applies. A sweep
+    records nothing from a run that does not log, so a study that turns W&B off (most do: ``disabled``) or
+    leaves it to its default logs in ``WANDB_MODE`` (online or offline) under an agent, else online."""
+    from ..config.load import explicit_keys
+    from ..tracking import wandb_mode_from_env
+
+    env = os.environ if environ is None else environ
+    mode = folder.config(cell)["logger"]["wandb"]["mode"]
+    if "logger.wandb.mode" in explicit_keys(folder.study.config_files, folder.overrides(cell)) and mode != "disabled":
+        return None
+    wanted = wandb_mode_from_env(env)
+    return wanted if wanted in ("online", "offline") else "online"
 
 
 def _set_parent_death_signal() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -183,20 +288,24 @@ def _set_parent_death_signal() -> None:  # pragma: no cover - runs in the child 
 
 
 def run_cell(folder: StudyFolder, cell: Cell, threads: Optional[int] = None,
-             started: Optional[Callable[[subprocess.Popen], None]] = None) -> int:
+             started: Optional[Callable[[subprocess.Popen], None]] = None, extra: Sequence[str] = (),
+             **state: Any) -> int:
     """Run (or resume) one cell to the end in a child ``ehf train``; returns its exit code. A folder
-    with neither results nor a checkpoint (stopped before its first checkpoint) is started afresh."""
+    with neither results nor a checkpoint (stopped before its first checkpoint) is started afresh.
+    ``extra``: overrides after the cell's; ``state``: more entries of its state file (e.g. the SLURM job)."""
     run = folder.cell_dir(cell)
     if (run / "metrics.json").is_file():
         return 0
     if run.exists() and not (run / "checkpoints" / "last.ckpt").is_file():
         shutil.rmtree(run)  # nothing to resume and no results: only a config and partial logs
-    cmd = cell_command(folder, cell)
+    cmd = cell_command(folder, cell, extra=extra)
     env = dict(os.environ)
     if threads is not None:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env[var] = str(threads)
     env.pop("EHF_RUN_DIR", None)
+    if not env.get("WANDB_SWEEP_ID"):
+        env.pop("WANDB_RUN_ID", None)  # one W&B run per cell (a sweep agent's id names its one cell's run)
     log = folder.log_path(cell)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as out:
@@ -204,20 +313,26 @@ def run_cell(folder: StudyFolder, cell: Cell, threads: Optional[int] = None,
         out.flush()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
                                 preexec_fn=_set_parent_death_signal if sys.platform.startswith("linux") else None)
-        folder._write_state(cell, state="running", pid=proc.pid, host=socket.gethostname(), started=time.time())
+        folder._write_state(cell, **{**state, "state": "running", "pid": proc.pid, "host": socket.gethostname(),
+                                     "started": time.time(), "beat": time.time()})
         if started is not None:
             started(proc)
-        rc = proc.wait()
+        while True:
+            try:
+                rc = proc.wait(timeout=HEARTBEAT_S)
+                break
+            except subprocess.TimeoutExpired:
+                folder.beat(cell)
     if rc == 0 and (run / "metrics.json").is_file():
         folder.state_path(cell).unlink(missing_ok=True)
     elif rc == EXIT_PREEMPTED:
-        folder._write_state(cell, state="interrupted", rc=rc, ended=time.time())
+        folder._write_state(cell, **state, state="interrupted", rc=rc, ended=time.time())
     else:
         folder._write_state(cell, state="failed", rc=rc, ended=time.time(), host=socket.gethostname())
     return rc
 
 
-def _cell_summary(folder: StudyFolder, cell: Cell) -> str:
+def cell_summary(folder: StudyFolder, cell: Cell) -> str:
     try:
         m = json.loads((folder.cell_dir(cell) / "metrics.json").read_text())
     except (OSError, ValueError):
@@ -287,7 +402,7 @@ def run_local(folder: StudyFolder, todo: Sequence[Cell], workers: int, cores: Op
                 eta = (time.time() - t0) / n * (len(todo) - n)
                 count = f"[{n}/{len(todo)}, eta {eta / 60:.0f} min]"
                 if rc == 0:
-                    bar.console.print(f"done    {cell.name}  ({seconds:.0f} s; {_cell_summary(folder, cell)}) {count}")
+                    bar.console.print(f"done    {cell.name}  ({seconds:.0f} s; {cell_summary(folder, cell)}) {count}")
                 elif rc == EXIT_PREEMPTED:
                     if seconds:
                         bar.console.print(f"stopped {cell.name}  (checkpoint kept; a rerun resumes it)")
@@ -299,88 +414,11 @@ def run_local(folder: StudyFolder, todo: Sequence[Cell], workers: int, cores: Op
     return results
 
 
-def _slurm_job(command: list[str], log: str, threads: int) -> int:  # runs inside the SLURM job
-    env = dict(os.environ)
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        env[var] = str(threads)
-    with open(log, "a") as out:
-        return subprocess.call(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-
-
-def require_sbatch() -> None:
-    """UserError (exit 2) unless ``sbatch`` is on PATH."""
-    if shutil.which("sbatch") is None:
-        raise UserError("--launcher slurm: sbatch not found on PATH (run on a SLURM login node, or use --cluster local "
-                        "to try the path with submitit's local executor)")
-
-
-def run_slurm(folder: StudyFolder, todo: Sequence[Cell], cluster: str = "slurm", wait: bool = True,
-              poll_s: float = 5.0) -> dict[str, Any]:
-    """Submit ``todo`` as one job array through submitit (``cluster='local'``: submitit's local
-    executor, for trying the path without a cluster). Partition, time, CPUs and GPUs per cell come from
-    the study file's ``slurm:`` section (or the command's flags). With ``wait``, follow the jobs."""
-    import submitit
-
-    if cluster == "slurm":
-        require_sbatch()
-    s = folder.study.slurm
-    executor = submitit.AutoExecutor(folder=str(folder.root / "submitit" / "%j"), cluster=cluster)
-    params: dict[str, Any] = {"timeout_min": int(s["time_min"]), "cpus_per_task": int(s["cpus_per_cell"]),
-                              "tasks_per_node": 1, "nodes": 1, "name": f"ehf-{folder.study.name}"}
-    if int(s["gpus_per_cell"]):
-        params["gpus_per_node"] = int(s["gpus_per_cell"])
-    if s.get("mem_gb"):
-        params["mem_gb"] = float(s["mem_gb"])
-    if cluster == "slurm":
-        if s.get("partition"):
-            params["slurm_partition"] = str(s["partition"])
-        if s.get("parallelism"):
-            params["slurm_array_parallelism"] = int(s["parallelism"])
-        params["slurm_signal_delay_s"] = 120  # SIGUSR1 two minutes before the limit: the cell checkpoints, exit 75
-    executor.update_parameters(**params)
-    commands, logs = [], []
-    for cell in todo:
-        run = folder.cell_dir(cell)
-        if run.exists() and not (run / "checkpoints" / "last.ckpt").is_file() and not (run / "metrics.json").is_file():
-            shutil.rmtree(run)
-        commands.append(cell_command(folder, cell))
-        logs.append(str(folder.log_path(cell)))
-        folder.log_path(cell).parent.mkdir(parents=True, exist_ok=True)
-    jobs = executor.map_array(_slurm_job, commands, logs, [int(s["cpus_per_cell"])] * len(todo))
-    for cell, job in zip(todo, jobs):
-        folder._write_state(cell, state="running", host=f"slurm job {job.job_id}", job=str(job.job_id), started=time.time())
-    print(f"submitted {len(jobs)} cells as job array {jobs[0].job_id.split('_')[0] if jobs else '-'} "
-          f"({cluster}); logs in {folder.root / 'logs'}", flush=True)
-    if not wait:
-        return {"jobs": [j.job_id for j in jobs]}
-    results: dict[str, int] = {}
-    pending = dict(zip([c.name for c in todo], zip(todo, jobs)))
-    while pending:
-        for name, (cell, job) in list(pending.items()):
-            if job.done():
-                try:
-                    rc = int(job.result())
-                except Exception as e:  # the job itself failed (node failure, time limit): the cell is not done
-                    print(f"FAILED  {name}  (job {job.job_id}: {str(e).splitlines()[0] if str(e) else type(e).__name__})")
-                    rc = 1
-                results[name] = rc
-                if rc == 0:
-                    folder.state_path(cell).unlink(missing_ok=True)
-                    print(f"done    {name}  ({_cell_summary(folder, cell)})", flush=True)
-                else:
-                    state = "interrupted" if rc == EXIT_PREEMPTED else "failed"
-                    folder._write_state(cell, state=state, rc=rc, ended=time.time(), job=str(job.job_id))
-                    if state == "failed":
-                        print(f"FAILED  {name}  (exit {rc}); log: {folder.log_path(cell)}", flush=True)
-                del pending[name]
-        if pending:
-            time.sleep(poll_s)
-    return results
-
-
 def export_wandb_sweep(folder: StudyFolder, todo: Sequence[Cell]) -> Path:
     """Write ``DIR/sweep.yaml``: a W&B grid sweep over the cells. Each agent runs
-    ``ehf study cell DIR cell=<name>``, which runs that cell's ``ehf train`` (or resumes or skips it)."""
+    ``ehf study cell DIR cell=<name>`` with this interpreter, which runs that cell's ``ehf train`` (or resumes or
+    skips it), logging to W&B whatever the study's mode (:func:`sweep_wandb_mode`). The sweep's metric,
+    ``test/nll``, is the test NLL every run logs beside ``test/nll_iw{K}``."""
     import yaml
 
     sweep = {
@@ -389,7 +427,8 @@ def export_wandb_sweep(folder: StudyFolder, todo: Sequence[Cell]) -> Path:
         "method": "grid",
         "metric": {"name": "test/nll", "goal": "minimize"},
         "parameters": {"cell": {"values": [c.name for c in todo]}},
-        "command": ["${env}", "${interpreter}", "-m", "lightning_ehf", "study", "cell", str(folder.root),
+        # the study's own interpreter: ${interpreter} would be whatever `python` the agent finds on PATH
+        "command": ["${env}", sys.executable, "-m", "lightning_ehf", "study", "cell", str(folder.root),
                     "${args_no_hyphens}"],
     }
     path = folder.root / "sweep.yaml"

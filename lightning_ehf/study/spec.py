@@ -40,6 +40,7 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
+from ..config.load import override_value
 from ..errors import ConfigError
 
 __all__ = ["METHODS", "Cell", "Study", "load_study"]
@@ -101,17 +102,7 @@ class Study:
 
 
 def _dotlist(overrides: dict[str, Any]) -> list[str]:
-    return [f"{k}={_yaml_value(v)}" for k, v in overrides.items()]
-
-
-def _yaml_value(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, dict)):
-        return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
-    return str(value)
+    return [f"{k}={override_value(v)}" for k, v in overrides.items()]
 
 
 def _fail(where: str, message: str) -> ConfigError:
