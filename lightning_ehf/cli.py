@@ -87,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--quality", action="store_true", help="also time to quality and the default runs (minutes)")
     b.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
     b.add_argument("--out", help="folder for bench.json and bench.md (default runs/bench/<time>)")
+    b.add_argument("--only", help="comma-separated sections to run: training, eval, memory, scaling, particles, quality")
     return p
 
 
@@ -500,8 +501,12 @@ def cmd_bench(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> int:
     suite = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(suite)
     words = list(argv) if argv is not None else sys.argv[1:]
+    unknown = sorted(set(args.only.split(",")) - set(suite.SECTIONS)) if args.only else []
+    if unknown:
+        raise UserError(f"--only: unknown section(s) {', '.join(unknown)}; choose from {', '.join(suite.SECTIONS)}")
     res = suite.run(quick=args.quick, quality=args.quality, out=Path(args.out) if args.out else None,
-                    memory=not args.no_memory, command="ehf " + " ".join(words))
+                    memory=not args.no_memory, command="ehf " + " ".join(words),
+                    only=args.only.split(",") if args.only else None)
     print(Path(res["out"], "bench.md").read_text())
     print(f"written: {res['out']}/bench.json and bench.md")
     return 0

@@ -108,7 +108,7 @@ def test_results_do_not_depend_on_the_row_chunks(monkeypatch):
         return [feats, force, *torch.autograd.grad(force.square().sum(), (x, g))]
 
     whole = everything()
-    monkeypatch.setattr(frames, "BASIS_ROWS", 3)  # 11 rows: chunks of 3, 3, 3, 2
+    monkeypatch.setattr(frames, "BASIS_ELEMENTS", 720)  # 11 rows in chunks of 3 (10 pairs × 24 bins), 6 (5 norms)
     for a, b in zip(everything(), whole):
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
 

@@ -54,6 +54,7 @@ class CentreOfMassFrame:
         self.full_dim = n_particles * particle_dim
         self.dim = (n_particles - 1) * particle_dim
         self.basis = torch.kron(_helmert(n_particles), torch.eye(particle_dim, dtype=torch.float64))  # (nD, (n−1)D)
+        self._basis_cache: dict[tuple[torch.dtype, torch.device], Tensor] = {}
 
     def __repr__(self) -> str:
         return f"CentreOfMassFrame({self.n_particles} particles × {self.particle_dim})"
@@ -62,15 +63,21 @@ class CentreOfMassFrame:
         if x.shape[-1] != dim:
             raise ValueError(f"{what} must have {dim} coordinates in the last dimension, got shape {tuple(x.shape)}")
 
+    def _basis_like(self, x: Tensor) -> Tensor:
+        key = (x.dtype, x.device)
+        if key not in self._basis_cache:
+            self._basis_cache[key] = self.basis.to(dtype=x.dtype, device=x.device)
+        return self._basis_cache[key]
+
     def to_subspace(self, x: Tensor) -> Tensor:
         """z = Bᵀ x: (..., nD) → (..., (n−1)D). The centroid of x is dropped."""
         self._check(x, self.full_dim, "configurations")
-        return x @ self.basis.to(x)
+        return x @ self._basis_like(x)
 
     def from_subspace(self, z: Tensor) -> Tensor:
         """x = B z: (..., (n−1)D) → (..., nD), the configuration with its centroid at the origin."""
         self._check(z, self.dim, "subspace coordinates")
-        return z @ self.basis.to(z).T
+        return z @ self._basis_like(z).T
 
     def restrict(self, symmetry: Symmetry) -> Symmetry:
         """The symmetry acting on z: generators Bᵀ A_k B, shifts Bᵀ b_k, group elements Bᵀ M B.
@@ -161,9 +168,9 @@ class FramedTarget(Target):
 #: is zero for every sum it enters.
 EXP_FLOOR = -60.0
 
-#: rows (points × momenta) the radial bases are evaluated for at a time: their (rows, pairs, bins) temporaries
-#: then stay in the cache. Rows are independent, so results do not depend on it.
-BASIS_ROWS = 128
+#: (rows × arguments × bins) elements of the radial bases evaluated at a time, whole rows (points × momenta)
+#: each: their temporaries then stay in the cache. Rows are independent, so results do not depend on it.
+BASIS_ELEMENTS = 2**18
 
 
 class _RadialBasis:
@@ -187,21 +194,23 @@ class _RadialBasis:
             self._scaled[key] = (self.centres / self.width).to(dtype=r.dtype, device=r.device)
         return r[..., None] * (1.0 / self.width) - self._scaled[key]
 
-    def phi_and_u_phi(self, r: Tensor) -> tuple[Tensor, Tensor]:
-        """``φ(r)`` and ``u φ(r)``, the argument of exp clamped at :data:`EXP_FLOOR` (no graph recorded)."""
+    def phi_and_u_phi(self, r: Tensor, out: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """``φ(r)`` and ``u φ(r)`` (written into ``out`` if given), the argument of exp clamped at
+        :data:`EXP_FLOOR` (no graph recorded)."""
         u = self.u(r)
         phi = u.square().mul_(-0.5).clamp_min_(EXP_FLOOR).exp_()
-        return phi, u.mul_(phi)
+        return phi, (u.mul_(phi) if out is None else torch.mul(u, phi, out=out))
 
-    def u_phi_and_curvature(self, r: Tensor) -> tuple[Tensor, Tensor]:
-        """``u φ(r)`` and ``(u² − 1) φ(r)``; differentiable when r carries a graph (a double backward)."""
+    def u_phi_and_curvature(self, r: Tensor, out: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """``u φ(r)`` (written into ``out`` if given) and ``(u² − 1) φ(r)``; differentiable when r carries a
+        graph (a double backward)."""
         u = self.u(r)
         u2 = u.square()
         if torch.is_grad_enabled() and r.requires_grad:
             phi = torch.exp((-0.5 * u2).clamp_min(EXP_FLOOR))
             return u * phi, (u2 - 1.0) * phi
         phi = (u2 * -0.5).clamp_min_(EXP_FLOOR).exp_()
-        return u.mul_(phi), u2.sub_(1.0).mul_(phi)
+        return (u.mul_(phi) if out is None else torch.mul(u, phi, out=out)), u2.sub_(1.0).mul_(phi)
 
 
 def _contract(bases: Tensor, g: Tensor) -> Tensor:
@@ -215,8 +224,10 @@ def _sum_rows(a: Tensor, bases: Tensor) -> Tensor:
     return torch.bmm(a[:, None, :], bases).squeeze(1)
 
 
-def _row_chunks(rows: int) -> list[slice]:
-    return [slice(i, min(i + BASIS_ROWS, rows)) for i in range(0, rows, BASIS_ROWS)]
+def _row_chunks(r: Tensor, n_bins: int) -> list[slice]:
+    """Slices of the rows of r (rows, R), each of about :data:`BASIS_ELEMENTS` basis values."""
+    rows, step = r.shape[0], max(1, BASIS_ELEMENTS // max(1, r.shape[1] * n_bins))
+    return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
 
 
 class _SharedSlope:
@@ -242,14 +253,13 @@ class _Histogram(torch.autograd.Function):
         rows, m = r.shape[0], basis.n_bins
         hist = r.new_empty(rows, m)
         u_phi = r.new_empty(rows, r.shape[1], m) if with_slope else r.new_empty(0)
-        for rs in _row_chunks(rows):
-            phi, slope = basis.phi_and_u_phi(r[rs])
+        for rs in _row_chunks(r, m):
+            phi, _ = basis.phi_and_u_phi(r[rs], u_phi[rs] if with_slope else None)
             torch.sum(phi, 1, out=hist[rs])
-            if with_slope:
-                u_phi[rs] = slope
         ctx.basis, ctx.shared = basis, shared
         ctx.save_for_backward(r)
         ctx.mark_non_differentiable(u_phi)
+        ctx.set_materialize_grads(False)  # no (rows, R, M) zeros for the gradient u_phi never gets
         return hist, u_phi
 
     @staticmethod
@@ -259,7 +269,7 @@ class _Histogram(torch.autograd.Function):
         u_phi, shared_u_phi = None, None
         if shared is not None:
             shared_u_phi, shared.u_phi = shared.u_phi, None
-        if not ctx.needs_input_grad[0]:
+        if not ctx.needs_input_grad[0] or grad_hist is None:
             return None, None, None, None
         if shared_u_phi is not None and not torch.is_grad_enabled():
             u_phi = shared_u_phi
@@ -283,7 +293,7 @@ class _Contract(torch.autograd.Function):
             out = _contract(u_phi, g)
         else:
             out = r.new_empty(r.shape)
-            for rs in _row_chunks(r.shape[0]):
+            for rs in _row_chunks(r, basis.n_bins):
                 out[rs] = _contract(basis.phi_and_u_phi(r[rs])[1], g[rs])
         ctx.basis, ctx.shared = basis, shared
         ctx.save_for_backward(r, g)
@@ -297,14 +307,12 @@ class _Contract(torch.autograd.Function):
         share = ctx.shared is not None and not torch.is_grad_enabled()
         kept = r.new_empty(*r.shape, basis.n_bins) if share else None
         grad_r, grad_g = [], []
-        for rs in _row_chunks(r.shape[0]):
-            u_phi, curvature = basis.u_phi_and_curvature(r[rs])
+        for rs in _row_chunks(r, basis.n_bins):
+            u_phi, curvature = basis.u_phi_and_curvature(r[rs], kept[rs] if kept is not None else None)
             if want_g:
                 grad_g.append(_sum_rows(grad_c[rs], u_phi))
             if want_r:
                 grad_r.append(grad_c[rs] * _contract(curvature, g[rs]))
-            if kept is not None:
-                kept[rs] = u_phi
         if kept is not None:
             ctx.shared.u_phi = kept
         ctx.shared = None
@@ -358,13 +366,14 @@ class PairDistanceFeatures:
         """Particles (rows, D, n) and pair differences (rows, D, P), coordinate-major so that
         ``x_i − x_j = (E x)_{ij}`` is one matrix product, and the bases' arguments: squared pair distances
         (rows, P) and squared norms (rows, n)."""
-        parts = x.reshape(-1, self.n, self.dim).transpose(1, 2)
-        diff = torch.matmul(parts, self._incidence_like(x).T)
+        parts = x.reshape(-1, self.n, self.dim).transpose(1, 2).contiguous()
+        diff = (parts.view(-1, self.n) @ self._incidence_like(x).T).view(parts.shape[0], self.dim, self.n_pairs)
         return parts, diff, diff.square().sum(1), parts.square().sum(1)
 
     def _gather(self, x: Tensor, parts: Tensor, diff: Tensor, c_pair: Tensor, c_norm: Tensor) -> Tensor:
         """``∂/∂x_i = Σ_j 2 c_ij (x_i − x_j) + 2 c_i x_i`` from the coefficients c_ij (rows, P), c_i (rows, n)."""
-        out = torch.matmul(2.0 * c_pair[:, None, :] * diff, self._incidence_like(x)) + 2.0 * c_norm[:, None, :] * parts
+        pair = ((2.0 * c_pair[:, None, :] * diff).view(-1, self.n_pairs) @ self._incidence_like(x)).view(parts.shape)
+        out = pair + 2.0 * c_norm[:, None, :] * parts
         return out.transpose(1, 2).reshape(*x.shape[:-1], self.n * self.dim)
 
     def _weights(self, x: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
