@@ -112,18 +112,22 @@ def _n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _train_step_fn(model: torch.nn.Module, q: torch.Tensor, mode: str) -> Callable[[], None]:
-    """One optimiser step of ``−ELBO + Σ λ (C − ε)`` (``mode`` none: the ELBO alone)."""
+def _train_step_fn(model: torch.nn.Module, q: torch.Tensor, mode: str, compiled: bool = False) -> Callable[[], None]:
+    """One optimiser step of ``−ELBO + Σ λ (C − ε)`` (``mode`` none: the ELBO alone); ``compiled``: the
+    objective through :class:`~lightning_ehf.core.compiled.CompiledObjective`, as ``trainer.compile`` does."""
+    from lightning_ehf.core.compiled import CompiledObjective
+
     opt = torch.optim.Adam(model.parameters(), lr=1e-6)  # tiny steps: the model stays where it was measured
     names = list(getattr(model, "generator_names", []))
     multipliers = LagrangeMultipliers(names, mode="dual", init=1.0).to(q.device)
+    objective = CompiledObjective(model.elbo_and_constraints) if compiled else model.elbo_and_constraints
 
     def step() -> None:
         if mode == "none" or not names:
-            loss = -model.elbo(q).mean()
+            loss = -objective(q, 1, False)[0].mean()
             constraint = None
         else:
-            elbo, constraint = model.elbo_and_constraints(q)
+            elbo, constraint = objective(q)
             loss = -elbo.mean() + multipliers.penalty(constraint)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -241,10 +245,29 @@ def bench_scaling(device: torch.device, quick: bool) -> dict[str, Any]:
     return {"batch": batch, "by_dim": by_dim, "by_depth": by_depth}
 
 
+def bench_compile(device: torch.device, quick: bool) -> dict[str, Any]:
+    """The default training step (ring2d, batch 512, dual constraint) eager and compiled
+    (``trainer.compile``): the compilation's wall time (first step, forward and backward compiled), the
+    compiled step's speed-up, and the steps after which compiling has paid for itself."""
+    batch, repeats = 512, (5 if quick else 15)
+    q = _data(batch, device)
+    eager = median_time(_train_step_fn(_ehf(device), q, "dual"), device, repeats)
+    step = _train_step_fn(_ehf(device), q, "dual", compiled=True)
+    start = time.perf_counter()
+    step()
+    _sync(device)
+    first = time.perf_counter() - start
+    compiled = median_time(step, device, repeats)
+    saved = eager - compiled
+    return {"batch": batch, "eager_ms": 1e3 * eager, "compiled_ms": 1e3 * compiled, "compile_s": first - compiled,
+            "ratios": {"speedup": eager / compiled,
+                       "break_even_steps": (first - compiled) / saved if saved > 0 else None}}
+
+
 # -- many particles: the dw4 recipe on n particles in 3-D ----------------------------------------------
 
 PARTICLES = (4, 8, 13, 22, 55)
-SECTIONS = ("training", "eval", "memory", "scaling", "particles", "quality")
+SECTIONS = ("training", "eval", "memory", "scaling", "particles", "compile", "quality")
 PARTICLE_RECIPE = dict(batch=64, momenta=16, blocks=6, leapfrog_steps=3, hidden=128)  # configs/experiment/dw4.yaml
 
 
@@ -474,6 +497,13 @@ def to_markdown(res: dict[str, Any]) -> str:
         lines += scaling_markdown(res["scaling"])
     if "particles" in res:
         lines += [""] + particles_markdown(res["particles"])
+    if "compile" in res:
+        c = res["compile"]
+        even = c["ratios"]["break_even_steps"]
+        lines += ["", f"**Compiled training step** (`trainer.compile=true`; default model, ring2d, batch {c['batch']}, dual "
+                  f"constraint): eager {c['eager_ms']:.1f} ms, compiled {c['compiled_ms']:.1f} ms per step "
+                  f"(**{c['ratios']['speedup']:.2f}×**) after {c['compile_s']:.0f} s of compiling; it pays for itself after "
+                  + (f"{even:,.0f} steps." if even is not None else "no number of steps (no speed-up).")]
     if "quality" in res:
         lines += quality_markdown(res["quality"])
     return "\n".join(lines) + "\n"
@@ -555,6 +585,8 @@ def run(quick: bool = False, quality: bool = False, out: Path | None = None, mem
     steps.append(("particles", lambda: bench_particles(device, quick)))
     out = Path(out) if out is not None else REPO / "runs" / "bench" / datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
+    if only and "compile" in only:  # minutes of compiling: only when asked for by name
+        steps.append(("compile", lambda: bench_compile(device, quick)))
     if quality or (only and "quality" in only):
         steps.append(("quality", lambda: bench_quality(out)))
     if only:

@@ -87,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--quality", action="store_true", help="also time to quality and the default runs (minutes)")
     b.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
     b.add_argument("--out", help="folder for bench.json and bench.md (default runs/bench/<time>)")
-    b.add_argument("--only", help="comma-separated sections to run: training, eval, memory, scaling, particles, quality")
+    b.add_argument("--only", help="comma-separated sections to run: training, eval, memory, scaling, particles, "
+                                  "compile (only when named: minutes of compiling), quality")
     return p
 
 

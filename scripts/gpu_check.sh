@@ -4,7 +4,9 @@
 #   2. a short run on one GPU, twice: identical metrics (CUBLAS_WORKSPACE_CONFIG is set);
 #   3. SIGTERM during a run on one GPU: exit 75, then --resume ends with the uninterrupted run's metrics
 #      (this exercises the CUDA random state stored in checkpoints);
-#   4. with two or more GPUs: the same run with DDP on all of them, and SIGTERM + resume under DDP.
+#   4. with two or more GPUs: the same run with DDP on all of them, and SIGTERM + resume under DDP;
+#   5. the compiled training step (trainer.compile: torch.compile, CUDA graphs): a short run with it, and
+#      `ehf bench --only compile`: steps/s eager against captured, and the compile time (printed).
 # Prints one line per check and exits 1 if any failed. PYTHON: the interpreter with lightning_ehf installed
 # (default .venv/bin/python); OUT: where runs and logs go (default a new temporary folder).
 set -uo pipefail
@@ -77,5 +79,8 @@ if [ "$NGPU" -ge 2 ]; then
 else
     echo "SKIP ddp (one GPU)"
 fi
+check one-gpu-compiled-run "$PY" -m lightning_ehf train "${SHORT[@]}" "${GPU1[@]}" trainer.compile=true "run.dir=$OUT/compiled"
+check compiled-step-bench "$PY" -m lightning_ehf bench --quick --only compile --out "$OUT/bench-compile"
+grep -h "Compiled training step" "$OUT/bench-compile/bench.md" 2>/dev/null || true
 echo "logs and runs: $OUT"
 exit "$failed"

@@ -96,6 +96,7 @@ class TrainerCfg:
     min_delta: float = 0.0  # contract: an improvement must lower the validation NLL by more than this (nats)
     log_every_n_steps: int = 25
     deterministic: bool = True
+    compile: bool = False  # torch.compile the training objective (forward and backward) once per batch shape, eager if that fails; CUDA: CUDA graphs (reduce-overhead). On a CPU compiling costs minutes: only long runs gain (docs/benchmarks.md)
     ddp_timeout_s: int = 300
 
 

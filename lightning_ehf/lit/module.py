@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from typing_extensions import override
 
+from ..core.compiled import CompiledObjective
 from ..core.constraints import LagrangeMultipliers
 from ..core.flows import EquivariantHamiltonianFlow
 from ..core.metrics import equivariance_error, invariance_error
@@ -87,6 +88,7 @@ class EHFModule(L.LightningModule):
         # metric states are not persistent: checkpoints (and their strict loading) are unchanged
         self.eval_means = nn.ModuleDict({f"{stage}/{name}": RowMean() for stage in ("val", "test")
                                          for name in [*per_row, f"nll_iw{self.stage_iw[stage]}"]})
+        self._compiled_objective: Optional[CompiledObjective] = None  # trainer.compile: built on the first step
         self._last_constraint: Optional[Tensor] = None
         self._last_batch: Optional[Tensor] = None
         self._last_loss_finite = True
@@ -109,7 +111,12 @@ class EHFModule(L.LightningModule):
         if train and self.config["optim"].get("estimator", "reparam") != "reparam":
             options["estimator"] = self.config["optim"]["estimator"]
         # only the options in use are passed: models with the plain ``(q, n)`` interface keep working
-        elbo, constraint = self.model.elbo_and_constraints(q, n, **options)
+        if train and self.config["trainer"].get("compile", False):
+            if self._compiled_objective is None:
+                self._compiled_objective = CompiledObjective(lambda x: self.model.elbo_and_constraints(x, n, **options))
+            elbo, constraint = self._compiled_objective(q)
+        else:
+            elbo, constraint = self.model.elbo_and_constraints(q, n, **options)
         loss = -elbo.mean() + self.multipliers.penalty(constraint)
         bs = q.shape[0]
         means = {"iwae" if iwae else "elbo": elbo.mean(), "loss": loss}
