@@ -1,6 +1,6 @@
 """Speed and memory of the EHF, measured as ratios against baselines in the same process.
 
-Run through ``ehf bench [--quick] [--quality] [--out DIR]`` (or ``python benchmarks/suite.py …``).
+Run through ``ehf bench [--quick] [--quality] [--only SECTIONS] [--out DIR]`` (or ``python benchmarks/suite.py …``).
 Every figure is a median over repeats after warm-up, on the same data (ring2d) and batch size:
 
 * **training throughput** (samples/s of one optimiser step: ELBO, Lagrangian, backward, Adam) of the
@@ -13,6 +13,12 @@ Every figure is a median over repeats after warm-up, on the same data (ring2d) a
   and with the reversible (memory-flat) backward (CPU: the allocator's record through the profiler;
   CUDA: ``max_memory_allocated``);
 * **step time against dimension** and against blocks × leapfrog steps;
+* **many particles**: step time and peak memory of the dw4 recipe at 4, 8, 13, 22, 55 particles in 3-D (``--quick``:
+  up to 22) for the invariant (pair-distance) and the plain MLP model, the exponent of step time in n fitted
+  from 4 to 22, and at 13 particles the ratio against the pair-distance features as they were before they were
+  made to scale (``tests/reference_pair_features.py``), alternating in this process;
+* with ``--only compile`` (minutes of compiling): the default training step eager and compiled
+  (``trainer.compile``): compile time, speed-up, and the steps after which compiling pays for itself;
 * with ``--quality``: **time to quality** (wall-clock of training until validation KL ≤ 0.05 on
   ring2d with infinite data, through the real training pipeline, evaluation time excluded) for the
   default EHF and NSF, and the **default run** (``ehf train``: training, validation and test) of both.
@@ -607,7 +613,7 @@ def run(quick: bool = False, quality: bool = False, out: Path | None = None, mem
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ehf bench", description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer repeats (about 2 minutes on 2 CPU cores)")
+    ap.add_argument("--quick", action="store_true", help="fewer repeats (a few minutes on 2 CPU cores)")
     ap.add_argument("--quality", action="store_true", help="also time-to-quality and the default runs (minutes)")
     ap.add_argument("--out", type=Path, help="folder for bench.json and bench.md (default runs/bench/<time>)")
     ap.add_argument("--only", help=f"comma-separated sections to run ({', '.join(SECTIONS)})")

@@ -83,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("cell", metavar="cell=NAME")
 
     b = sub.add_parser("bench", help="speed and memory against the reference path and NSF (benchmarks/)")
-    b.add_argument("--quick", action="store_true", help="fewer repeats: about 2 minutes on 2 CPU cores")
+    b.add_argument("--quick", action="store_true", help="fewer repeats: a few minutes on 2 CPU cores")
     b.add_argument("--quality", action="store_true", help="also time to quality and the default runs (minutes)")
     b.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
     b.add_argument("--out", help="folder for bench.json and bench.md (default runs/bench/<time>)")
