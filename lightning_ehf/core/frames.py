@@ -265,14 +265,12 @@ class _Histogram(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_hist: Tensor, grad_u_phi: Tensor) -> tuple[Optional[Tensor], None, None, None]:
         (r,) = ctx.saved_tensors
-        shared, ctx.shared = ctx.shared, None
-        u_phi, shared_u_phi = None, None
-        if shared is not None:
-            shared_u_phi, shared.u_phi = shared.u_phi, None
+        u_phi = None
+        if ctx.shared is not None:
+            u_phi, ctx.shared.u_phi, ctx.shared = ctx.shared.u_phi, None, None
         if not ctx.needs_input_grad[0] or grad_hist is None:
             return None, None, None, None
-        if shared_u_phi is not None and not torch.is_grad_enabled():
-            u_phi = shared_u_phi
+        if u_phi is not None and not torch.is_grad_enabled():
             return _contract(u_phi, grad_hist) * (-1.0 / ctx.basis.width), None, None, None
         return _Contract.apply(r, grad_hist, None, ctx.basis, None), None, None, None
 
@@ -304,7 +302,8 @@ class _Contract(torch.autograd.Function):
         r, g = ctx.saved_tensors
         basis, w = ctx.basis, ctx.basis.width
         want_r, want_g = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        share = ctx.shared is not None and not torch.is_grad_enabled()
+        # the histogram's backward needs u φ only when r needs a gradient, and can reuse it only without a graph
+        share = ctx.shared is not None and want_r and not torch.is_grad_enabled()
         kept = r.new_empty(*r.shape, basis.n_bins) if share else None
         grad_r, grad_g = [], []
         for rs in _row_chunks(r, basis.n_bins):
