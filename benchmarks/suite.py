@@ -120,7 +120,8 @@ def _n_params(model: torch.nn.Module) -> int:
 
 def _train_step_fn(model: torch.nn.Module, q: torch.Tensor, mode: str, compiled: bool = False) -> Callable[[], None]:
     """One optimiser step of ``−ELBO + Σ λ (C − ε)`` (``mode`` none: the ELBO alone); ``compiled``: the
-    objective through :class:`~lightning_ehf.core.compiled.CompiledObjective`, as ``trainer.compile`` does."""
+    Lagrangian's objective through :class:`~lightning_ehf.core.compiled.CompiledObjective`, as
+    ``trainer.compile`` does."""
     from lightning_ehf.core.compiled import CompiledObjective
 
     opt = torch.optim.Adam(model.parameters(), lr=1e-6)  # tiny steps: the model stays where it was measured
@@ -130,7 +131,7 @@ def _train_step_fn(model: torch.nn.Module, q: torch.Tensor, mode: str, compiled:
 
     def step() -> None:
         if mode == "none" or not names:
-            loss = -objective(q, 1, False)[0].mean()
+            loss = -model.elbo(q).mean()
             constraint = None
         else:
             elbo, constraint = objective(q)
