@@ -40,7 +40,7 @@ __all__ = [
 
 #: Allowed values of the enum-like string keys (``None`` allowed only where listed in ``_NULLABLE``).
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.target": ("ring2d", "rings2d", "shell3d", "particles2d", "gmm8", "two_rings4d", "dw4"),
+    "data.target": ("ring2d", "rings2d", "shell3d", "particles2d", "gmm8", "two_rings4d", "dw4", "lj13"),
     "data.regime": ("finite", "infinite"),
     "symmetry.group": ("auto", "none", "so2", "so3", "rotations", "matrices"),
     "symmetry.translation": ("auto", "none", "com"),

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 @dataclass
 class DataCfg:
-    target: Optional[str] = "ring2d"  # contract: ring2d|rings2d|shell3d|particles2d|gmm8|two_rings4d|dw4 or null
+    target: Optional[str] = "ring2d"  # contract: ring2d|rings2d|shell3d|particles2d|gmm8|two_rings4d|dw4|lj13 or null
     path: Optional[str] = None  # contract: user data file (.npy/.npz/.csv; N×d, or N×n×D particles); implies FILE_DEFAULTS (below)
     regime: str = "infinite"  # contract: finite|infinite (file data: finite)
     n_train: int = 20000  # contract: training set size (finite regime; file data: at most this many rows train)
