@@ -1,6 +1,6 @@
 """Speed and memory of the EHF, measured as ratios against baselines in the same process.
 
-Run through ``ehf bench [--quick] [--quality] [--out DIR]`` (or ``python -m lightning_ehf.bench …``).
+Run through ``ehf bench [--quick] [--quality] [--only SECTIONS] [--out DIR]`` (or ``python -m lightning_ehf.bench …``).
 Every figure is a median over repeats after warm-up, on the same data (ring2d) and batch size:
 
 * **training throughput** (samples/s of one optimiser step: ELBO, Lagrangian, backward, Adam) of the
@@ -13,6 +13,12 @@ Every figure is a median over repeats after warm-up, on the same data (ring2d) a
   and with the reversible (memory-flat) backward (CPU: the allocator's record through the profiler;
   CUDA: ``max_memory_allocated``);
 * **step time against dimension** and against blocks × leapfrog steps;
+* **many particles**: step time and peak memory of the dw4 recipe at 4, 8, 13, 22, 55 particles in 3-D (``--quick``:
+  up to 22) for the invariant (pair-distance) and the plain MLP model, the exponent of step time in n fitted
+  from 4 to 22, and at 13 particles the ratio against the pair-distance features as they were before they were
+  made to scale (``lightning_ehf/core/pair_features_reference.py``), alternating in this process;
+* with ``--only compile`` (minutes of compiling): the default training step eager and compiled
+  (``trainer.compile``): compile time, speed-up, and the steps after which compiling pays for itself;
 * with ``--quality``: **time to quality** (wall-clock of training until validation KL ≤ 0.05 on
   ring2d with infinite data, through the real training pipeline, evaluation time excluded) for the
   default EHF and NSF, and the **default run** (``ehf train``: training, validation and test) of both.
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -111,18 +118,23 @@ def _n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _train_step_fn(model: torch.nn.Module, q: torch.Tensor, mode: str) -> Callable[[], None]:
-    """One optimiser step of ``−ELBO + Σ λ (C − ε)`` (``mode`` none: the ELBO alone)."""
+def _train_step_fn(model: torch.nn.Module, q: torch.Tensor, mode: str, compiled: bool = False) -> Callable[[], None]:
+    """One optimiser step of ``−ELBO + Σ λ (C − ε)`` (``mode`` none: the ELBO alone); ``compiled``: the
+    Lagrangian's objective through :class:`~lightning_ehf.core.compiled.CompiledObjective`, as
+    ``trainer.compile`` does."""
+    from lightning_ehf.core.compiled import CompiledObjective
+
     opt = torch.optim.Adam(model.parameters(), lr=1e-6)  # tiny steps: the model stays where it was measured
     names = list(getattr(model, "generator_names", []))
     multipliers = LagrangeMultipliers(names, mode="dual", init=1.0).to(q.device)
+    objective = CompiledObjective(model.elbo_and_constraints) if compiled else model.elbo_and_constraints
 
     def step() -> None:
         if mode == "none" or not names:
             loss = -model.elbo_and_constraints(q)[0].mean()
             constraint = None
         else:
-            elbo, constraint = model.elbo_and_constraints(q)
+            elbo, constraint = objective(q)
             loss = lagrangian(elbo, constraint, multipliers)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -176,16 +188,22 @@ def bench_eval(device: torch.device, quick: bool) -> dict[str, Any]:
 
 
 def step_peak_memory(device: torch.device, steps: int, reversible: bool, batch: int) -> float:
-    """Peak memory (MB) allocated during one training step, above what was allocated before it.
+    """Peak memory (MB) allocated during one training step of the default model on ring2d (see
+    :func:`peak_memory`)."""
+    q = _data(batch, device)
+    model = _ehf(device, leapfrog_steps=steps, reversible=reversible)
+    return peak_memory(_train_step_fn(model, q, "dual"), device)
+
+
+def peak_memory(step: Callable[[], Any], device: torch.device) -> float:
+    """Peak memory (MB) allocated during one call of ``step``, above what was allocated before it (one
+    call first, so that the optimiser state exists before the measured one).
 
     CUDA: ``max_memory_allocated``. CPU: the allocator's own record (``torch.profiler`` with
     ``profile_memory``: every allocation and free in order; the peak of their running sum)."""
     from torch.profiler import ProfilerActivity, profile
 
-    q = _data(batch, device)
-    model = _ehf(device, leapfrog_steps=steps, reversible=reversible)
-    step = _train_step_fn(model, q, "dual")
-    step()  # optimiser state exists before the measured step
+    step()
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -232,6 +250,136 @@ def bench_scaling(device: torch.device, quick: bool) -> dict[str, Any]:
                               repeats)
         by_depth[f"T={blocks} × L={steps}"] = {"ms_per_step": 1e3 * seconds}
     return {"batch": batch, "by_dim": by_dim, "by_depth": by_depth}
+
+
+def bench_compile(device: torch.device, quick: bool) -> dict[str, Any]:
+    """The default training step (ring2d, batch 512, dual constraint) eager and compiled
+    (``trainer.compile``): the compilation's wall time (first step, forward and backward compiled, with an
+    empty inductor cache), the compiled step's speed-up (alternating steps), and the steps after which
+    compiling has paid for itself."""
+    import os
+    import tempfile
+
+    # a cold start, as a user's first run pays it: inductor otherwise reuses compiled code from its on-disk cache
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="ehf-bench-inductor-")
+    batch, repeats = 512, (5 if quick else 15)
+    q = _data(batch, device)
+    eager_step = _train_step_fn(_ehf(device), q, "dual")
+    step = _train_step_fn(_ehf(device), q, "dual", compiled=True)
+    start = time.perf_counter()
+    step()
+    _sync(device)
+    first = time.perf_counter() - start
+    eager_step(), step()  # warm-up, then alternating steps: both see the same machine
+    pairs = [(median_time(eager_step, device, 1, warmup=0), median_time(step, device, 1, warmup=0))
+             for _ in range(repeats)]
+    eager, compiled = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+    saved = eager - compiled
+    return {"batch": batch, "eager_ms": 1e3 * eager, "compiled_ms": 1e3 * compiled, "compile_s": first - compiled,
+            "ratios": {"speedup": eager / compiled,
+                       "break_even_steps": (first - compiled) / saved if saved > 0 else None}}
+
+
+# -- many particles: the dw4 recipe on n particles in 3-D ----------------------------------------------
+
+PARTICLES = (4, 8, 13, 22, 55)
+SECTIONS = ("training", "eval", "memory", "scaling", "particles", "compile", "quality")
+PARTICLE_RECIPE = dict(batch=64, momenta=16, blocks=6, leapfrog_steps=3, hidden=128)  # configs/experiment/dw4.yaml
+
+
+def _particle_model(device: torch.device, n: int, invariant: bool, today: bool = False) -> tuple[torch.nn.Module, Any]:
+    """The model ``symmetry.group=so3 symmetry.translation=com [symmetry.permutations=true model.invariant=true]``
+    builds for n particles in 3-D, and its centre-of-mass frame. ``today``: with the pair-distance features
+    as they were before (``lightning_ehf/core/pair_features_reference.py``), and computing the brackets."""
+    from dataclasses import replace
+
+    from lightning_ehf.core import MLPEnergy
+    from lightning_ehf.core.frames import CentreOfMassFrame, FramedFeatures, PairDistanceFeatures
+    from lightning_ehf.core.pair_features_reference import ReferencePairDistanceFeatures
+
+    symmetry = particle_rotations(n, 3)
+    if invariant:
+        symmetry = replace(symmetry, invariants=PairDistanceFeatures(n, 3))
+    frame = CentreOfMassFrame(n, 3)
+    r = PARTICLE_RECIPE
+    torch.manual_seed(0)
+    model = make_ehf(frame.restrict(symmetry), blocks=r["blocks"], leapfrog_steps=r["leapfrog_steps"],
+                     hidden=r["hidden"], kinetic="mlp", invariant=invariant, encoder="gaussian")
+    with torch.no_grad():  # away from the zero-initialised start, where every force vanishes
+        for name, prm in model.named_parameters():
+            if prm.ndim > 0 and "encoder" not in name:
+                prm.normal_(0.0, 0.1)
+    if today:
+        features = FramedFeatures(ReferencePairDistanceFeatures(n, 3), frame)
+        for module in model.modules():
+            if isinstance(module, MLPEnergy):
+                module.features = features
+        model.invariant = False  # the brackets were computed (and were zero)
+    return model.to(device), frame
+
+
+def _particle_step_fn(model: torch.nn.Module, q: torch.Tensor) -> Callable[[], None]:
+    """One optimiser step of the dw4 recipe: IWAE bound over 16 momenta, DReG encoder gradient; the
+    Lagrangian of the dual constraint when the model computes brackets (as ``constraint.mode=dual`` does)."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-6)
+    multipliers = LagrangeMultipliers(list(model.generator_names), mode="dual", init=1.0).to(q.device)
+
+    def step() -> None:
+        bound, constraint = model.elbo_and_constraints(q, PARTICLE_RECIPE["momenta"], iwae=True, estimator="dreg")
+        loss = -bound.mean() + (0.0 if model.invariant else multipliers.penalty(constraint))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def _fitted_exponent(ns: list[int], seconds: list[float]) -> float:
+    """Least-squares slope of log(time) against log(n)."""
+    xs = [math.log(n) for n in ns]
+    ys = [math.log(t) for t in seconds]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+
+
+def bench_particles(device: torch.device, quick: bool) -> dict[str, Any]:
+    """Step time and peak memory of the dw4 recipe against the number of particles in 3-D, for the invariant
+    (pair-distance) model and the plain MLP one, with the exponent of step time in n fitted from 4 to 22;
+    and, at 13 particles, the invariant step against the implementation before pair-distance features
+    were made to scale (its features, and the brackets computed), in this process."""
+    repeats = 2 if quick else 5
+    ns = [n for n in PARTICLES if not (quick and n > 22)]
+    gen = torch.Generator().manual_seed(0)
+    rows: dict[str, dict[str, Any]] = {}
+    for n in ns:
+        q_full = 2.0 * torch.randn(PARTICLE_RECIPE["batch"], 3 * n, generator=gen)
+        for kind, invariant in (("invariant", True), ("mlp", False)):
+            model, frame = _particle_model(device, n, invariant)
+            step = _particle_step_fn(model, frame.to_subspace(q_full).to(device))
+            seconds = median_time(step, device, repeats, warmup=1)
+            measure_memory = not quick or n == 13
+            rows[f"{kind}_n{n}"] = {"particles": n, "model": kind, "s_per_step": seconds,
+                                    "peak_mb": peak_memory(step, device) if measure_memory else None}
+    fit = [n for n in ns if n <= 22]
+    exponents = {kind: _fitted_exponent(fit, [rows[f"{kind}_n{n}"]["s_per_step"] for n in fit])
+                 for kind in ("invariant", "mlp")}
+    # today's implementation at 13 particles, alternating with the new one so both see the same machine
+    n = 13
+    q = 2.0 * torch.randn(PARTICLE_RECIPE["batch"], 3 * n, generator=torch.Generator().manual_seed(1))
+    new_model, frame = _particle_model(device, n, True)
+    old_model, _ = _particle_model(device, n, True, today=True)
+    new_step = _particle_step_fn(new_model, frame.to_subspace(q).to(device))
+    old_step = _particle_step_fn(old_model, frame.to_subspace(q).to(device))
+    new_step(), old_step()
+    pairs = [(median_time(old_step, device, 1, warmup=0), median_time(new_step, device, 1, warmup=0))
+             for _ in range(repeats)]
+    old_s, new_s = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+    today = {"particles": n, "today_s_per_step": old_s, "new_s_per_step": new_s,
+             "today_peak_mb": peak_memory(old_step, device), "new_peak_mb": peak_memory(new_step, device)}
+    ratios = {"step_today_over_new_n13": old_s / new_s,
+              "peak_memory_today_over_new_n13": today["today_peak_mb"] / today["new_peak_mb"],
+              "exponent_invariant_4_to_22": exponents["invariant"], "exponent_mlp_4_to_22": exponents["mlp"]}
+    return {"recipe": dict(PARTICLE_RECIPE), "rows": rows, "today": today, "ratios": ratios}
 
 
 # -- quality: through the real training pipeline -------------------------------------------------
@@ -309,12 +457,60 @@ def bench_quality(workdir: Path) -> dict[str, Any]:
 # -- report ----------------------------------------------------------------------------------------
 
 
+def particles_markdown(p: dict[str, Any]) -> list[str]:
+    r = p["recipe"]
+    lines = [f"**Many particles** (n particles in 3-D, centre-of-mass frame; the dw4 recipe: batch {r['batch']} × "
+             f"{r['momenta']} momenta, IWAE, DReG, {r['blocks']} blocks × {r['leapfrog_steps']} leapfrog steps, "
+             f"MLPs {r['hidden']} wide; invariant: pair-distance features, no constraint; MLP: plain EHF, dual "
+             "constraint):", "", "| particles | invariant s/step | invariant peak MB | MLP s/step | MLP peak MB |",
+             "|---|---|---|---|---|"]
+    ns = sorted({row["particles"] for row in p["rows"].values()})
+
+    def mb(row: dict[str, Any]) -> str:
+        return "" if row["peak_mb"] is None else f"{row['peak_mb']:.0f}"
+
+    for n in ns:
+        inv, mlp = p["rows"][f"invariant_n{n}"], p["rows"][f"mlp_n{n}"]
+        lines.append(f"| {n} | {inv['s_per_step']:.3f} | {mb(inv)} | {mlp['s_per_step']:.3f} | {mb(mlp)} |")
+    t, ratios = p["today"], p["ratios"]
+    lines += ["", f"Step time ∝ n^k from 4 to 22 particles: invariant **k = {ratios['exponent_invariant_4_to_22']:.2f}**, "
+              f"MLP k = {ratios['exponent_mlp_4_to_22']:.2f}.", "",
+              f"At {t['particles']} particles, against the implementation before the pair-distance features were made "
+              f"to scale (same process, alternating steps): {t['today_s_per_step']:.2f} s → {t['new_s_per_step']:.2f} s "
+              f"per step, **{ratios['step_today_over_new_n13']:.2f}× faster**; peak memory {t['today_peak_mb']:.0f} MB → "
+              f"**{t['new_peak_mb']:.0f} MB** ({ratios['peak_memory_today_over_new_n13']:.1f}× less)."]
+    return lines
+
+
+
 def to_markdown(res: dict[str, Any]) -> str:
     hw = res["hardware"]
     lines = [f"Measured {res['date']} with `{res['command']}` on {hw['cpu']} ({hw['cores']} cores, "
              f"{hw['torch_threads']} torch threads, device {hw.get('gpu', hw['device'])}), torch {hw['torch']}.", ""]
-    t = res["training"]
-    lines += [f"**Training** (one optimiser step, batch {t['batch']}, ring2d; default model: 6 blocks × 3 leapfrog "
+    if "training" in res:
+        lines += training_markdown(res["training"])
+    if "eval" in res:
+        lines += eval_markdown(res["eval"])
+    if "memory" in res:
+        lines += memory_markdown(res["memory"])
+    if "scaling" in res:
+        lines += scaling_markdown(res["scaling"])
+    if "particles" in res:
+        lines += [""] + particles_markdown(res["particles"])
+    if "compile" in res:
+        c = res["compile"]
+        even = c["ratios"]["break_even_steps"]
+        lines += ["", f"**Compiled training step** (`trainer.compile=true`; default model, ring2d, batch {c['batch']}, dual "
+                  f"constraint): eager {c['eager_ms']:.1f} ms, compiled {c['compiled_ms']:.1f} ms per step "
+                  f"(**{c['ratios']['speedup']:.2f}×**) after {c['compile_s']:.0f} s of compiling; it pays for itself after "
+                  + (f"{even:,.0f} steps." if even is not None else "no number of steps (no speed-up).")]
+    if "quality" in res:
+        lines += quality_markdown(res["quality"])
+    return "\n".join(lines) + "\n"
+
+
+def training_markdown(t: dict[str, Any]) -> list[str]:
+    lines = [f"**Training** (one optimiser step, batch {t['batch']}, ring2d; default model: 6 blocks × 3 leapfrog "
               "steps, MLP 64×64):", "", "| model | samples/s | ms/step | parameters |", "|---|---|---|---|"]
     labels = {"ehf_none": "EHF, constraint off", "ehf_dual": "EHF, dual constraint",
               "reference_none": "EHF reference path (autograd forces), off",
@@ -324,8 +520,11 @@ def to_markdown(res: dict[str, Any]) -> str:
     r = t["ratios"]
     lines += ["", f"EHF ÷ reference: **{r['ehf_over_reference']:.2f}×**; constraint overhead (dual ÷ none time): "
               f"**{r['constraint_overhead']:.3f}**; NSF ÷ EHF: {r['nsf_over_ehf']:.1f}×.", ""]
-    e = res["eval"]
-    lines += [f"**Evaluation** (IWAE log-likelihoods/s, K = {e['iw_samples']}, {e['points']} points, no autograd):", "",
+    return lines
+
+
+def eval_markdown(e: dict[str, Any]) -> list[str]:
+    lines = [f"**Evaluation** (IWAE log-likelihoods/s, K = {e['iw_samples']}, {e['points']} points, no autograd):", "",
               "| model | log-likelihoods/s |", "|---|---|"]
     for key, row in e["rows"].items():
         lines.append(f"| {key} | {row['loglik_per_s']:.1f} |")
@@ -333,37 +532,44 @@ def to_markdown(res: dict[str, Any]) -> str:
     lines += ["", f"EHF ÷ reference: **{e['ratios']['ehf_over_reference']:.2f}×**; "
               + (f"slices of {e.get('eval_rows')} rows ÷ one pass over all rows: {sliced:.2f}×; " if sliced else "")
               + f"NSF (exact) ÷ EHF: {e['ratios']['nsf_over_ehf']:.1f}×.", ""]
-    if "memory" in res:
-        m = res["memory"]
-        lines += [f"**Peak memory of one training step** (batch {m['batch']}, {m['blocks']} blocks, MB allocated "
-                  "during the step above what was allocated before it):", "", "| leapfrog steps per block | states stored | reversible backward |",
-                  "|---|---|---|"]
-        for steps in (4, 16, 64):
-            lines.append(f"| {steps} | {m['rows'][f'L{steps}_stored']['peak_mb']:.1f} | "
-                         f"{m['rows'][f'L{steps}_reversible']['peak_mb']:.1f} |")
-        lines += ["", f"L = 64 ÷ L = 4: stored {m['ratios']['stored_L64_over_L4']:.2f}×, reversible "
-                  f"**{m['ratios']['reversible_L64_over_L4']:.2f}×**.", ""]
-    s = res["scaling"]
-    lines += [f"**Step time** (dual constraint, batch {s['batch']}):", "", "| case | dimension | ms/step |", "|---|---|---|"]
+    return lines
+
+
+def memory_markdown(m: dict[str, Any]) -> list[str]:
+    lines = [f"**Peak memory of one training step** (batch {m['batch']}, {m['blocks']} blocks, MB allocated "
+              "during the step above what was allocated before it):", "", "| leapfrog steps per block | states stored | reversible backward |",
+              "|---|---|---|"]
+    for steps in (4, 16, 64):
+        lines.append(f"| {steps} | {m['rows'][f'L{steps}_stored']['peak_mb']:.1f} | "
+                     f"{m['rows'][f'L{steps}_reversible']['peak_mb']:.1f} |")
+    lines += ["", f"L = 64 ÷ L = 4: stored {m['ratios']['stored_L64_over_L4']:.2f}×, reversible "
+              f"**{m['ratios']['reversible_L64_over_L4']:.2f}×**.", ""]
+    return lines
+
+
+def scaling_markdown(s: dict[str, Any]) -> list[str]:
+    lines = [f"**Step time** (dual constraint, batch {s['batch']}):", "", "| case | dimension | ms/step |", "|---|---|---|"]
     for key, row in s["by_dim"].items():
         lines.append(f"| {key} | {row['dim']} | {row['ms_per_step']:.1f} |")
     for key, row in s["by_depth"].items():
         lines.append(f"| {key} | 2 | {row['ms_per_step']:.1f} |")
-    if "quality" in res:
-        qd = res["quality"]
-        lines += ["", "**Time to quality** (ring2d, infinite data, validation every 50 steps on 1,000 points at "
-                  "K = 128; seconds of training, evaluation excluded):", "",
-                  "| model | steps | training s | wall s | val KL then | test KL then |", "|---|---|---|---|---|---|"]
-        for key, row in qd["time_to_quality"].items():
-            lines.append(f"| {key} | {row.get('step')} | {row.get('train_seconds', float('nan')):.1f} | "
-                         f"{row.get('wall_seconds', float('nan')):.1f} | {row.get('val_kl', float('nan')):.4f} | "
-                         f"{row['test_kl']:.4f} |")
-        lines += ["", "**Default run** (`ehf train`, 2,000 steps, validation and test included):", "",
-                  "| model | wall_time_s | whole process s | test KL |", "|---|---|---|---|"]
-        for key, row in qd["default_run"].items():
-            lines.append(f"| {key} | {row['wall_time_s']:.1f} | {row['process_s']:.1f} | {row['test_kl']:.4f} |")
-        lines += [""] + [f"- {k}: **{v:.2f}**" for k, v in qd["ratios"].items()]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def quality_markdown(qd: dict[str, Any]) -> list[str]:
+    lines = ["", "**Time to quality** (ring2d, infinite data, validation every 50 steps on 1,000 points at "
+              "K = 128; seconds of training, evaluation excluded):", "",
+              "| model | steps | training s | wall s | val KL then | test KL then |", "|---|---|---|---|---|---|"]
+    for key, row in qd["time_to_quality"].items():
+        lines.append(f"| {key} | {row.get('step')} | {row.get('train_seconds', float('nan')):.1f} | "
+                     f"{row.get('wall_seconds', float('nan')):.1f} | {row.get('val_kl', float('nan')):.4f} | "
+                     f"{row['test_kl']:.4f} |")
+    lines += ["", "**Default run** (`ehf train`, 2,000 steps, validation and test included):", "",
+              "| model | wall_time_s | whole process s | test KL |", "|---|---|---|---|"]
+    for key, row in qd["default_run"].items():
+        lines.append(f"| {key} | {row['wall_time_s']:.1f} | {row['process_s']:.1f} | {row['test_kl']:.4f} |")
+    lines += [""] + [f"- {k}: **{v:.2f}**" for k, v in qd["ratios"].items()]
+    return lines
 
 
 def default_out() -> Path:
@@ -372,7 +578,8 @@ def default_out() -> Path:
 
 
 def run(quick: bool = False, quality: bool = False, out: Path | None = None, memory: bool = True,
-        command: str = "ehf bench") -> dict[str, Any]:
+        command: str = "ehf bench", only: list[str] | None = None) -> dict[str, Any]:
+    """Run the sections (``only``: just these, by name) and write bench.json and bench.md to ``out``."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     res: dict[str, Any] = {"date": datetime.now().strftime("%Y-%m-%d %H:%M"), "command": command, "quick": quick,
                            "hardware": hardware()}
@@ -380,10 +587,18 @@ def run(quick: bool = False, quality: bool = False, out: Path | None = None, mem
     if memory:
         steps.append(("memory", lambda: bench_memory(device, quick)))
     steps.append(("scaling", lambda: bench_scaling(device, quick)))
+    steps.append(("particles", lambda: bench_particles(device, quick)))
     out = Path(out) if out is not None else default_out()
     out.mkdir(parents=True, exist_ok=True)
-    if quality:
+    if only and "compile" in only:  # minutes of compiling: only when asked for by name
+        steps.append(("compile", lambda: bench_compile(device, quick)))
+    if quality or (only and "quality" in only):
         steps.append(("quality", lambda: bench_quality(out)))
+    if only:
+        unknown = set(only) - {name for name, _ in steps}
+        if unknown:
+            raise ValueError(f"unknown bench sections {sorted(unknown)}; choose from {[name for name, _ in steps]}")
+        steps = [(name, fn) for name, fn in steps if name in only]
     for name, fn in steps:
         start = time.perf_counter()
         print(f"[bench] {name} ...", end="", flush=True)
@@ -397,11 +612,13 @@ def run(quick: bool = False, quality: bool = False, out: Path | None = None, mem
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ehf bench", description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer repeats (about 2 minutes on 2 CPU cores)")
+    ap.add_argument("--quick", action="store_true", help="fewer repeats (a few minutes on 2 CPU cores)")
     ap.add_argument("--quality", action="store_true", help="also time-to-quality and the default runs (minutes)")
     ap.add_argument("--out", type=Path, help="folder for bench.json and bench.md (default ./runs/bench/<time>)")
+    ap.add_argument("--only", help=f"comma-separated sections to run ({', '.join(SECTIONS)})")
     args = ap.parse_args(argv)
-    res = run(args.quick, args.quality, args.out, command="ehf bench " + " ".join(argv or sys.argv[1:]))
+    res = run(args.quick, args.quality, args.out, command="ehf bench " + " ".join(argv or sys.argv[1:]),
+              only=args.only.split(",") if args.only else None)
     print(Path(res["out"], "bench.md").read_text())
     print(f"written: {res['out']}/bench.json, bench.md")
     return 0

@@ -219,6 +219,7 @@ def make_module(cfg: Config, datamodule, run_id: str = "") -> "Any":
     """The LightningModule for a config and its data (entropy of a known target included)."""
     from .lit.module import EHFModule
 
+    resolve_invariant_constraint(cfg)
     model = make_model(cfg, datamodule.symmetry)
     moot = {k: v for k, v in (("optim.objective", cfg.optim.objective), ("optim.elbo_samples", cfg.optim.elbo_samples),
                               ("optim.estimator", cfg.optim.estimator)) if v != OptimCfg.model_fields[k[6:]].default}
@@ -232,6 +233,20 @@ def make_module(cfg: Config, datamodule, run_id: str = "") -> "Any":
         entropy = datamodule.target.entropy(200_000, generator=torch.Generator().manual_seed(12345))[0]
     log_prob = datamodule.target.log_prob if datamodule.target is not None else None
     return EHFModule(cfg, model, entropy, run_id, target_log_prob=log_prob)
+
+
+def resolve_invariant_constraint(cfg: Any) -> None:
+    """``model.invariant``: every bracket ``{g_k, H_t}`` is zero by construction, so there is nothing to
+    constrain: ``constraint.mode`` becomes ``none`` (in the config the run saves too), the model skips the
+    bracket statistics, and one line says so."""
+    if cfg.model.kind != "ehf" or not cfg.model.invariant or cfg.constraint.mode == "none":
+        return
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    was = cfg.constraint.mode
+    cfg.constraint.mode = "none"
+    rank_zero_only(print)(f"model.invariant=true: every bracket is zero by construction, so constraint.mode={was} "
+                          "becomes none and the bracket statistics are not computed", flush=True)
 
 
 def standardise(model: nn.Module, datamodule) -> None:

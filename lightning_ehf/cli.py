@@ -79,11 +79,13 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("cell", metavar="cell=NAME")
 
     b = sub.add_parser("bench", help="speed and memory against the reference path and NSF (benchmarks/)")
-    b.add_argument("--quick", action="store_true", help="fewer repeats: about 2 minutes on 2 CPU cores")
+    b.add_argument("--quick", action="store_true", help="fewer repeats: a few minutes on 2 CPU cores")
     b.add_argument("--quality", action="store_true", help="also time to quality and the default runs (minutes)")
     b.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
     b.add_argument("--out", help="folder for bench.json and bench.md (default ./runs/bench/<time>, under the working "
                                  "directory)")
+    b.add_argument("--only", help="comma-separated sections to run: training, eval, memory, scaling, particles, "
+                                  "compile (only when named: minutes of compiling), quality")
     return p
 
 
@@ -160,11 +162,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> int:
-    from .bench import run
+    from .bench import SECTIONS, run
 
     words = list(argv) if argv is not None else sys.argv[1:]
+    unknown = sorted(set(args.only.split(",")) - set(SECTIONS)) if args.only else []
+    if unknown:
+        raise UserError(f"--only: unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     res = run(quick=args.quick, quality=args.quality, out=Path(args.out) if args.out else None,
-              memory=not args.no_memory, command="ehf " + " ".join(words))
+              memory=not args.no_memory, command="ehf " + " ".join(words),
+              only=args.only.split(",") if args.only else None)
     print(Path(res["out"], "bench.md").read_text())
     print(f"written: {res['out']}/bench.json and bench.md")
     return 0

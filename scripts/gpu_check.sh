@@ -7,6 +7,8 @@
 #   4. with two or more GPUs: the same run with DDP on all of them, and SIGTERM + resume under DDP;
 #   5. measurements, written to $OUT/gpu_check.json: training steps/s of the same run on the CPU and on one GPU
 #      in 32-true and in bf16-mixed, and the test NLL of each (logged, and re-evaluated in float64 by ehf eval).
+#   5. the compiled training step (trainer.compile: torch.compile, CUDA graphs): a short run with it, and
+#      `ehf bench --only compile`: steps/s eager against captured, and the compile time (printed).
 # Prints one line per check and exits 1 if any failed. PYTHON: the interpreter with lightning_ehf installed
 # (default .venv/bin/python); OUT: where runs and logs go (default a new temporary folder).
 set -uo pipefail
@@ -112,5 +114,9 @@ PY
 }
 check measure-precision-and-speed measure
 echo "measurements: $OUT/gpu_check.json"
+
+check one-gpu-compiled-run "$PY" -m lightning_ehf train "${SHORT[@]}" "${GPU1[@]}" trainer.compile=true "run.dir=$OUT/compiled"
+check compiled-step-bench "$PY" -m lightning_ehf bench --quick --only compile --out "$OUT/bench-compile"
+grep -h "Compiled training step" "$OUT/bench-compile/bench.md" 2>/dev/null || true
 echo "logs and runs: $OUT"
 exit "$failed"

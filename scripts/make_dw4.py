@@ -46,6 +46,7 @@ from torch import Tensor
 
 from lightning_ehf.core.frames import CentreOfMassFrame
 from lightning_ehf.core.targets import double_well_pair_energy
+from pool_checks import agree, mean_se, split_pools
 
 OUT = Path(__file__).resolve().parent.parent / "lightning_ehf" / "assets" / "dw4.npz"
 SEED = 20240604
@@ -236,16 +237,6 @@ def importance_log_z_broad(broad: float, g: torch.Generator) -> dict:
             "short_well_fraction": weighted(sf)}
 
 
-def agree(name: str, a: float, se_a: float, b: float, se_b: float, within: float) -> None:
-    z = abs(a - b) / math.hypot(se_a, se_b)
-    print(f"  check {name}: {a:.4f} ± {se_a:.4f} vs {b:.4f} ± {se_b:.4f}: |Δ| = {z:.2f} SE (≤ {within})")
-    assert z <= within, f"{name} disagree by {z:.2f} standard errors"
-
-
-def mean_se(v: Tensor) -> tuple[float, float]:
-    return float(v.mean()), float(v.std() / math.sqrt(len(v)))
-
-
 def main() -> None:
     torch.set_num_threads(1)
     t0 = time.time()
@@ -272,15 +263,7 @@ def main() -> None:
     print("mixing checks:")
     agree("short-well fraction, compact vs spread starts", *mean_se(sf[compact]), *mean_se(sf[~compact]), 3.0)
     agree("mean energy, compact vs spread starts", *mean_se(e[compact]), *mean_se(e[~compact]), 3.0)
-    bounds = np.cumsum([0, *SPLITS.values()])
-    rows = {s: slice(int(bounds[k]), int(bounds[k + 1])) for k, s in enumerate(SPLITS)}
-    for s1, s2 in (("train", "val"), ("train", "test"), ("val", "test")):
-        agree(f"mean energy, {s1} vs {s2}", *mean_se(e[rows[s1]]), *mean_se(e[rows[s2]]), 3.0)
-
-    pools = {s: (z[r] @ BASIS.T).float().numpy() for s, r in rows.items()}
-    for s, pool in pools.items():
-        centroid = np.abs(pool.reshape(-1, N_PARTICLES, PARTICLE_DIM).mean(axis=1)).max()
-        assert pool.shape == (SPLITS[s], N_PARTICLES * PARTICLE_DIM) and centroid < 1e-5, (s, centroid)
+    rows, pools = split_pools(z, e, SPLITS, BASIS, N_PARTICLES, PARTICLE_DIM)
 
     broad = math.sqrt(float(z[rows["train"]].square().sum(-1).mean()) / z.shape[1])
     centers = z[rows["train"]][:N_CENTERS]

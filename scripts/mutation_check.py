@@ -48,6 +48,20 @@ class Mutation:
 
 
 MUTATIONS: list[Mutation] = [
+    Mutation("run-id-ignores-wandb", "a fresh run ignores WANDB_RUN_ID (a sweep agent's run id)", "lightning_ehf/tracking.py",
+             "    if given:\n        if not _RUN_ID", "    if False:\n        if not _RUN_ID", ("tests/test_tracking.py",)),
+    Mutation("eval-in-half-precision", "evaluations keep a 16-bit dtype", "lightning_ehf/lit/precision.py",
+             "    return torch.promote_types(dtype, torch.float32)", "    return dtype",
+             ("tests/test_framework_precision.py",)),
+    Mutation("compile-fallback-forgotten", "a failed compilation is tried again at every step", "lightning_ehf/core/compiled.py",
+             "            self.failed = True\n            return self.fn(*args)", "            return self.fn(*args)",
+             ("tests/test_core_compiled.py",)),
+    Mutation("reference-bins-shifted", "the reference pair features with bins one width apart from the scalable ones",
+             "lightning_ehf/core/pair_features_reference.py", "        self.width = s_max / (n_bins - 1)",
+             "        self.width = s_max / n_bins", ("tests/test_core_pair_features.py",)),
+    Mutation("slurm-signal-not-forwarded", "the SLURM cell's time-limit signal is not passed on to ehf train",
+             "lightning_ehf/study/slurm.py", "            proc.send_signal(signal.SIGUSR2)", "            pass",
+             ("tests/test_study_slurm.py",)),
     Mutation("bad-input-exit-1", "bad input exits 1 (a crash) instead of 2", "lightning_ehf/cli.py",
              'print(f"ehf {args.command}{sub}: error: {e}", file=sys.stderr)\n        return 2',
              'print(f"ehf {args.command}{sub}: error: {e}", file=sys.stderr)\n        return 1',

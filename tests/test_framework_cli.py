@@ -104,3 +104,9 @@ def test_help_and_missing_command(tmp_path, ehf_cli):
     assert proc.returncode == 2 and "usage" in proc.stderr and "Traceback" not in proc.stderr
     proc = ehf_cli(["train", "--help"], cwd=tmp_path, timeout=60)
     assert proc.returncode == 0 and "key=value" in proc.stdout
+
+
+def test_bench_refuses_an_unknown_section(capsys, ehf_clean_env):
+    assert cli.main(["bench", "--only", "particles,nope"]) == 2
+    err = capsys.readouterr().err
+    assert "--only" in err and "nope" in err and "particles" in err

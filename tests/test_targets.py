@@ -62,7 +62,7 @@ def test_make_target_unknown_names_choices() -> None:
 
 
 def test_registry_and_specs() -> None:
-    assert sorted(TARGETS) == sorted([*NAMES, "dw4"])  # dw4: a pool of MCMC samples (tests/test_targets_dw4.py)
+    assert sorted(TARGETS) == sorted([*NAMES, "dw4", "lj13"])  # pools of MCMC samples (tests/test_targets_dw4.py, _lj13.py)
     expected = {
         "ring2d": (2, {"group": "so2", "coords": [0, 1]}),
         "rings2d": (2, {"group": "so2", "coords": [0, 1]}),

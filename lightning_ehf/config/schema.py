@@ -22,7 +22,7 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegative = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(gt=0, lt=1)]
 
-Target = Literal["ring2d", "rings2d", "shell3d", "particles2d", "gmm8", "two_rings4d", "dw4"]
+Target = Literal["ring2d", "rings2d", "shell3d", "particles2d", "gmm8", "two_rings4d", "dw4", "lj13"]
 Group = Literal["auto", "none", "so2", "so3", "rotations", "matrices"]
 #: Groups made of plane rotations (``auto`` is decided by the target; ``build`` checks it there).
 ROTATION_GROUPS = ("so2", "so3", "rotations")
@@ -244,6 +244,9 @@ class TrainerCfg(Section):
     min_delta: NonNegative = 0.0  # contract: an improvement must lower the validation NLL by more than this (nats)
     log_every_n_steps: Positive = 25
     deterministic: bool = True
+    # torch.compile the training objective (forward and backward) once per batch shape, eager if that fails; CUDA:
+    # CUDA graphs (reduce-overhead). On a CPU compiling costs minutes: only long runs gain (docs/benchmarks.md)
+    compile: bool = False
     ddp_timeout_s: Positive = 300
     accumulate_grad_batches: Positive = 1  # optimiser step every this many batches (global batch × this); passed to Lightning
     # validate on this many batches (an integer) or this fraction of them (a number in (0, 1]); passed to Lightning

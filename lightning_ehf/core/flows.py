@@ -200,12 +200,17 @@ class EquivariantHamiltonianFlow(nn.Module):
 
     Public methods validate shapes, then delegate. All tensors follow the model's dtype/device. A
     :class:`~lightning_ehf.core.density.DensityModel` whose likelihood is bounded (ELBO, IWAE), not exact.
+
+    ``invariant``: the Hamiltonians are functions of the group's invariants, so every bracket ``{g_k, H_t}``
+    is zero by construction; :meth:`elbo_and_constraints` then does not compute them (it returns zeros).
     """
 
     exact_likelihood = False
 
-    def __init__(self, base: GaussianBase, flow: HamiltonianFlow, encoder: nn.Module, symmetry: Symmetry) -> None:
+    def __init__(self, base: GaussianBase, flow: HamiltonianFlow, encoder: nn.Module, symmetry: Symmetry,
+                 invariant: bool = False) -> None:
         super().__init__()
+        self.invariant = bool(invariant)
         if symmetry.dim != base.dim:
             raise ValueError(f"symmetry acts on dimension {symmetry.dim} but the model has dimension {base.dim}")
         base.check_invariant(symmetry)
@@ -314,7 +319,7 @@ class EquivariantHamiltonianFlow(nn.Module):
                              iwae: bool = False, estimator: str = "reparam") -> tuple[Tensor, Tensor]:
         """A lower bound on ``log p_θ(q)`` per data point (B,) from ``n`` reparameterised momentum samples,
         and ``C_k`` (k,): the mean squared bracket over all visited states (for the Lagrangian; zeros when
-        ``constraints`` is off). The bound is the ELBO, the mean of the log-weights
+        ``constraints`` is off, or the model is invariant by construction). The bound is the ELBO, the mean of the log-weights
         ``log p_θ(q, p_i) − log h(p_i | q)``, or with ``iwae`` their log-mean-exp, the IWAE bound
         (Burda et al. 2016), which is tighter (≥ the ELBO of the same samples) and equals it at ``n = 1``.
 
@@ -335,7 +340,7 @@ class EquivariantHamiltonianFlow(nn.Module):
         q = self.to_standard(q)
         posterior = self.encoder(q)
         p = posterior.rsample((n,))  # (n, B, d)
-        stats = self._stats() if constraints else None
+        stats = self._stats() if constraints and not self.invariant else None
         if estimator == "dreg":
             log_h = _log_prob_held_fixed(self.encoder, q, p)
         elif estimator == "reparam":
@@ -501,4 +506,5 @@ def make_ehf(
         enc = FlowMomentumEncoder(d, hidden, depth, sigma_p=sigma_p)
     else:
         enc = GaussianMomentumEncoder(d, hidden, depth, activation, sigma_p)
-    return set_force_path(EquivariantHamiltonianFlow(base, HamiltonianFlow(flow_blocks), enc, symmetry), forces)
+    model = EquivariantHamiltonianFlow(base, HamiltonianFlow(flow_blocks), enc, symmetry, invariant=invariant)
+    return set_force_path(model, forces)

@@ -142,7 +142,7 @@ class MLPEnergy(Energy):
     def _analytic_grad(self, x: Tensor) -> Tensor:
         layers = list(self.net)
         linears, acts = layers[0::2], layers[1::2]
-        h = x if self.features is None else self.features(x)
+        h, pullback = (x, None) if self.features is None else _features_with_pullback(self.features, x)
         slopes = []
         for i, (linear, act) in enumerate(zip(linears[:-1], acts)):
             a = linear(h)
@@ -152,11 +152,22 @@ class MLPEnergy(Energy):
         g = linears[-1].weight[0]  # ∂E/∂h_L = w, broadcast over the batch
         for linear, slope in zip(reversed(linears[:-1]), reversed(slopes)):
             g = (g * slope) @ linear.weight
-        if self.features is not None:
-            g = _pullback(self.features, x, g)
+        if pullback is not None:
+            g = pullback(g)
         if self.quadratic_part:
             g = g + x
         return g
+
+
+def _features_with_pullback(features: Callable[[Tensor], Tensor], x: Tensor
+                            ) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """``φ(x)`` and the map ``g ↦ J_φ(x)ᵀ g``. Feature maps with a ``with_pullback`` method share work between
+    the two (the pair-distance features evaluate their bases once); any other is pulled back by
+    :func:`_pullback`."""
+    with_pullback = getattr(features, "with_pullback", None)
+    if with_pullback is not None:
+        return with_pullback(x)
+    return features(x), lambda g: _pullback(features, x, g)
 
 
 def _pullback(features: Callable[[Tensor], Tensor], x: Tensor, g: Tensor) -> Tensor:

@@ -17,6 +17,9 @@ Targets (``make_target(name)``):
                   (``finite_pool``) whose train/val/test samples are fixed pools from a seeded MCMC and whose
                   log Z is an importance-sampling estimate with a standard error, both read from
                   ``lightning_ehf/assets/dw4.npz`` (written by ``scripts/make_dw4.py``).
+* ``lj13``        13 particles in 3D with the Lennard-Jones energy Σ_{i<j} (1/d_ij)¹² − 2 (1/d_ij)⁶ and a harmonic
+                  confinement ½ Σ_i |x_i − x̄|² to their centre of mass, kT = 1; particles + translations. A pool
+                  target like dw4, from ``lightning_ehf/assets/lj13.npz`` (written by ``scripts/make_lj13.py``).
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ from torch import Tensor
 
 from .random import draw
 
-__all__ = ["Target", "RadialMixture", "PlaneProduct", "Particles2D", "GMM8", "DoubleWellParticles",
-           "double_well_pair_energy", "TARGETS", "make_target"]
+__all__ = ["Target", "RadialMixture", "PlaneProduct", "Particles2D", "GMM8", "ParticlePool", "DoubleWellParticles",
+           "LennardJonesCluster", "double_well_pair_energy", "lennard_jones_energy", "TARGETS", "make_target"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 _ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -255,49 +258,75 @@ def double_well_pair_energy(x: Tensor, n_particles: int, particle_dim: int, a: f
     return (a * u**4 + b * u**2).sum(dim=-1)
 
 
-class DoubleWellParticles(Target):
-    """``dw4``: 4 particles in 2D with the double-well pair energy (:func:`double_well_pair_energy`), at kT = 1.
+def lennard_jones_energy(x: Tensor, n_particles: int, particle_dim: int, epsilon: float = 1.0, r_min: float = 1.0,
+                         confinement: float = 1.0) -> Tensor:
+    """Lennard-Jones cluster energy with a harmonic confinement to the centre of mass, x (..., n·D) -> (...):
 
-    The density is translation invariant, so it lives on the centre-of-mass-free subspace
-    S = {x ∈ R^{nD}: Σ_i x_i = 0} (dimension (n−1)D = 6), with Lebesgue measure in any orthonormal
-    coordinates of S (all give the same measure, so log Z does not depend on the basis):
+        E(x) = ε Σ_{i<j} [(r_m/d_ij)¹² − 2 (r_m/d_ij)⁶] + (c/2) Σ_i |x_i − x̄|²,   x̄ = (1/n) Σ_i x_i,
+
+    each pair's minimum −ε at d = r_m. The confinement keeps the cluster bound at any temperature (an
+    unconfined cluster evaporates) without fixing its position: E is invariant under translations,
+    rotations, reflections and relabellings of the particles. Coincident particles give a huge but finite
+    energy: squared distances are floored at r_m² (M/4096)^(−1/6), M the dtype's largest number, so that each
+    pair's (r_m/d)¹² stays below M/4096.
+    """
+    xs = x.reshape(*x.shape[:-1], n_particles, particle_dim)
+    centred = xs - xs.mean(dim=-2, keepdim=True)
+    i, j = torch.triu_indices(n_particles, n_particles, 1, device=x.device)
+    d2 = (xs[..., i, :] - xs[..., j, :]).square().sum(dim=-1)
+    floor = r_min * r_min * (torch.finfo(x.dtype).max / 4096.0) ** (-1.0 / 6.0)
+    inv6 = (r_min * r_min / torch.clamp(d2, min=floor)) ** 3
+    return epsilon * (inv6 * (inv6 - 2.0)).sum(dim=-1) + 0.5 * confinement * centred.square().sum(dim=(-1, -2))
+
+
+class ParticlePool(Target):
+    """A translation-invariant system of identical particles at temperature kT, known through sample pools.
+
+    The density lives on the centre-of-mass-free subspace S = {x ∈ R^{nD}: Σ_i x_i = 0} (dimension
+    (n−1)D), with Lebesgue measure in any orthonormal coordinates of S (all give the same measure, so log Z
+    does not depend on the basis):
 
         p(x) = exp(−E(x)/kT) / Z,   Z = ∫_S exp(−E(x)/kT) dx,   log_prob(x) = −E(x)/kT − log Z.
 
     ``log_prob`` evaluates E of x as given: for an x with a non-zero centroid that is the density of its
     projection onto S (E is translation invariant), not a density on R^{nD}, which has none.
 
-    There is no exact sampler. The samples are fixed pools, one per split (``finite_pool``): ``train``
-    (10000), ``val`` (2000) and ``test`` (5000) rows, each centre-of-mass free, drawn from disjoint sets of
-    independent chains of a seeded parallel-tempering MCMC; log Z is an importance-sampling estimate with
-    standard error ``log_z_se``. Both are read, on first use, from ``lightning_ehf/assets/dw4.npz``,
-    written once by ``scripts/make_dw4.py`` (and never fetched).
+    There is no exact sampler. The samples are fixed pools, one per split (``finite_pool``), each row centre-of-
+    mass free, drawn from disjoint sets of independent chains of a seeded MCMC; log Z is an importance-sampling
+    estimate with standard error ``log_z_se``. Both are read, on first use, from
+    ``lightning_ehf/assets/<name>.npz``, written once by ``scripts/make_<name>.py`` (and never fetched), which
+    also stores the energy's ``parameters``: a file for other parameters is refused. Subclasses define
+    :meth:`energy`.
     """
 
     finite_pool = True
     splits = ("train", "val", "test")
 
-    def __init__(self, name: str = "dw4", n_particles: int = 4, particle_dim: int = 2, a: float = 0.9,
-                 b: float = -4.0, d0: float = 4.0, kT: float = 1.0, path: Optional[Path] = None) -> None:
+    def __init__(self, name: str, n_particles: int, particle_dim: int, parameters: dict[str, float],
+                 path: Optional[Path] = None) -> None:
         self.name, self.n_particles, self.particle_dim = name, n_particles, particle_dim
         self.dim = n_particles * particle_dim
-        self.a, self.b, self.d0, self.kT = float(a), float(b), float(d0), float(kT)
+        self.parameters = {k: float(v) for k, v in parameters.items()}
+        self.kT = self.parameters["kT"]
         self.path = Path(path) if path is not None else _ASSETS / f"{name}.npz"
         self.symmetry_spec = {"group": "particles", "particle_dim": particle_dim, "translation": "com"}
         self._pools: Optional[dict[str, Tensor]] = None
         self._log_z = self._log_z_se = math.nan
+
+    def energy(self, x: Tensor) -> Tensor:
+        """E(x), (..., n·D) -> (...)."""
+        raise NotImplementedError
 
     def _load(self) -> dict[str, Tensor]:
         """The pools (float32 CPU tensors, by split), read from ``self.path`` on first use."""
         if self._pools is None:
             if not self.path.is_file():
                 raise FileNotFoundError(f"the {self.name} samples file {self.path} is missing; write it with "
-                                        f"`python scripts/make_dw4.py`")
+                                        f"`python scripts/make_{self.name}.py`")
             with np.load(self.path) as data:
-                stored = {k: float(data[k]) for k in ("a", "b", "d0", "kT")}
-                ours = {"a": self.a, "b": self.b, "d0": self.d0, "kT": self.kT}
-                if stored != ours:  # log Z belongs to the energy it was computed for
-                    raise ValueError(f"{self.path} holds samples for {stored}, the target is {ours}")
+                stored = {k: float(data[k]) for k in self.parameters}
+                if stored != self.parameters:  # log Z belongs to the energy it was computed for
+                    raise ValueError(f"{self.path} holds samples for {stored}, the target is {self.parameters}")
                 pools = {s: torch.from_numpy(np.ascontiguousarray(data[s], dtype=np.float32)) for s in self.splits}
                 log_z, log_z_se = float(data["log_z"]), float(data["log_z_se"])
             for split, pool in pools.items():
@@ -345,8 +374,7 @@ class DoubleWellParticles(Target):
         return self.sample_split("test", n, generator, dtype, device)
 
     def log_prob(self, x: Tensor) -> Tensor:
-        energy = double_well_pair_energy(x, self.n_particles, self.particle_dim, self.a, self.b, self.d0)
-        return -energy / self.kT - self.log_z
+        return -self.energy(x) / self.kT - self.log_z
 
     def entropy(self, n: int = 100_000, generator: Optional[torch.Generator] = None) -> tuple[float, float]:
         """H = −mean log p(x) = mean E(x)/kT + log Z over the ``test`` pool (float64), and its standard error.
@@ -365,6 +393,35 @@ class DoubleWellParticles(Target):
         return float(-lp.mean()), math.hypot(se_mc, self.log_z_se)
 
 
+class DoubleWellParticles(ParticlePool):
+    """``dw4``: 4 particles in 2D with the double-well pair energy (:func:`double_well_pair_energy`), at kT = 1;
+    pools of 10000 (``train``), 2000 (``val``) and 5000 (``test``) rows from parallel-tempering MCMC
+    (:class:`ParticlePool`, ``scripts/make_dw4.py``)."""
+
+    def __init__(self, name: str = "dw4", n_particles: int = 4, particle_dim: int = 2, a: float = 0.9,
+                 b: float = -4.0, d0: float = 4.0, kT: float = 1.0, path: Optional[Path] = None) -> None:
+        super().__init__(name, n_particles, particle_dim, {"a": a, "b": b, "d0": d0, "kT": kT}, path)
+        self.a, self.b, self.d0 = self.parameters["a"], self.parameters["b"], self.parameters["d0"]
+
+    def energy(self, x: Tensor) -> Tensor:
+        return double_well_pair_energy(x, self.n_particles, self.particle_dim, self.a, self.b, self.d0)
+
+
+class LennardJonesCluster(ParticlePool):
+    """``lj13``: 13 particles in 3D with the Lennard-Jones energy and a harmonic confinement to their centre of
+    mass (:func:`lennard_jones_energy`, ε = r_m = c = 1), at kT = 1; pools from MALA chains, log Z by annealed
+    importance sampling (:class:`ParticlePool`, ``scripts/make_lj13.py``)."""
+
+    def __init__(self, name: str = "lj13", n_particles: int = 13, particle_dim: int = 3, epsilon: float = 1.0,
+                 r_min: float = 1.0, confinement: float = 1.0, kT: float = 1.0, path: Optional[Path] = None) -> None:
+        super().__init__(name, n_particles, particle_dim,
+                         {"epsilon": epsilon, "r_min": r_min, "confinement": confinement, "kT": kT}, path)
+
+    def energy(self, x: Tensor) -> Tensor:
+        p = self.parameters
+        return lennard_jones_energy(x, self.n_particles, self.particle_dim, p["epsilon"], p["r_min"], p["confinement"])
+
+
 TARGETS: dict[str, Callable[[], Target]] = {
     "ring2d": lambda: RadialMixture("ring2d", 2, radii=[2.0], std=0.25),
     "rings2d": lambda: RadialMixture("rings2d", 2, radii=[1.0, 2.0, 3.0], std=0.15),
@@ -374,6 +431,8 @@ TARGETS: dict[str, Callable[[], Target]] = {
     "two_rings4d": lambda: PlaneProduct("two_rings4d", [RadialMixture("ring_a", 2, radii=[2.0], std=0.25),
                                                         RadialMixture("ring_b", 2, radii=[1.0], std=0.2)]),
     "dw4": lambda: DoubleWellParticles("dw4", n_particles=4, particle_dim=2, a=0.9, b=-4.0, d0=4.0, kT=1.0),
+    "lj13": lambda: LennardJonesCluster("lj13", n_particles=13, particle_dim=3, epsilon=1.0, r_min=1.0, confinement=1.0,
+                                        kT=1.0),
 }
 
 

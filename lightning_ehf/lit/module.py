@@ -15,6 +15,7 @@ from typing_extensions import override
 
 from ..config.load import to_container
 from ..config.schema import Config
+from ..core.compiled import CompiledObjective
 from ..core.constraints import LagrangeMultipliers
 from ..core.flows import EquivariantHamiltonianFlow
 from ..core.metrics import equivariance_error, invariance_error
@@ -97,6 +98,7 @@ class EHFModule(L.LightningModule):
         # metric states are not persistent: checkpoints (and their strict loading) are unchanged
         self.eval_means = nn.ModuleDict({f"{stage}/{name}": RowMean() for stage in ("val", "test")
                                          for name in [*per_row, f"nll_iw{self.stage_iw[stage]}"]})
+        self._compiled_objective: Optional[CompiledObjective] = None  # trainer.compile: built on the first step
         self._last_constraint: Optional[Tensor] = None
         self._constraints: list[Tensor] = []  # of the batches since the last optimiser step (trainer.accumulate_grad_batches)
         self._stepped = False  # an optimiser step ran in this batch
@@ -116,7 +118,12 @@ class EHFModule(L.LightningModule):
         train = stage == "train"
         # the training objective (the ELBO, or the IWAE bound over its samples); val/test report the ELBO
         objective = self.objective if train else REPORTED_BOUND
-        elbo, constraint = objective(self.model, q)
+        if train and self.config.trainer.compile:
+            if self._compiled_objective is None:
+                self._compiled_objective = CompiledObjective(lambda x: objective(self.model, x))
+            elbo, constraint = self._compiled_objective(q)
+        else:
+            elbo, constraint = objective(self.model, q)
         loss = lagrangian(elbo, constraint, self.multipliers)
         bs = q.shape[0]
         means = {objective.name: elbo.mean(), "loss": loss}
