@@ -367,7 +367,10 @@ def make_trainer(cfg: Any, run_dir, run_id: str, extra_callbacks: list | None = 
         default_root_dir=str(run_dir), max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices,
         strategy=strategy, num_nodes=t.num_nodes, precision=t.precision, logger=loggers, callbacks=callbacks,
         val_check_interval=t.val_check_interval, check_val_every_n_epoch=None, log_every_n_steps=t.log_every_n_steps,
-        accumulate_grad_batches=t.accumulate_grad_batches, limit_val_batches=t.limit_val_batches,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        # None when unlimited: Lightning announces an explicit 1.0 ("100% of the batches will be used")
+        limit_val_batches=(None if isinstance(t.limit_val_batches, float) and t.limit_val_batches == 1.0
+                           else t.limit_val_batches),
         gradient_clip_val=cfg.optim.grad_clip or None, deterministic=t.deterministic,
         inference_mode=False,  # the reference (autograd) force path needs autograd in validation/test (docs/design.md §6)
         num_sanity_val_steps=0, enable_model_summary=False, max_epochs=-1, plugins=plugins,

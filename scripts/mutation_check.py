@@ -50,9 +50,9 @@ class Mutation:
 MUTATIONS: list[Mutation] = [
     Mutation("run-id-ignores-wandb", "a fresh run ignores WANDB_RUN_ID (a sweep agent's run id)", "lightning_ehf/tracking.py",
              "    if given:\n        if not _RUN_ID", "    if False:\n        if not _RUN_ID", ("tests/test_tracking.py",)),
-    Mutation("eval-in-half-precision", "evaluations keep a 16-bit dtype", "lightning_ehf/lit/precision.py",
-             "    return torch.promote_types(dtype, torch.float32)", "    return dtype",
-             ("tests/test_framework_precision.py",)),
+    Mutation("eval-under-autocast", "evaluations stay under bf16 autocast", "lightning_ehf/lit/precision.py",
+             "    with torch.autocast(device_type=device_type, enabled=False):",
+             "    with torch.autocast(device_type=device_type, enabled=True):", ("tests/test_framework_precision.py",)),
     Mutation("compile-fallback-forgotten", "a failed compilation is tried again at every step", "lightning_ehf/core/compiled.py",
              "            self.failed = True\n            return self.fn(*args)", "            return self.fn(*args)",
              ("tests/test_core_compiled.py",)),
