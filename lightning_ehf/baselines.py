@@ -7,12 +7,13 @@ import torch
 import zuko
 from torch import Tensor, nn
 
+from .core.exact import ExactLikelihood
 from .core.symmetries import Symmetry
 
 __all__ = ["NSFModel"]
 
 
-class NSFModel(nn.Module):
+class NSFModel(ExactLikelihood, nn.Module):
     """A zuko neural spline flow (Durkan et al. 2019) on q. Its log-likelihood is exact, so the
     "ELBO" and "IWAE" are both ``log p(q)``; it has no Hamiltonians, hence no constraints. The
     symmetry is kept for the invariance diagnostics."""
@@ -29,16 +30,6 @@ class NSFModel(nn.Module):
         if q.shape[-1] != self.dim:
             raise ValueError(f"q must have shape (..., {self.dim}), got {tuple(q.shape)}")
         return self.flow().log_prob(q)
-
-    def elbo_and_constraints(self, q: Tensor, n: int = 1, iwae: bool = False, estimator: str = "reparam") -> tuple[Tensor, Tensor]:
-        # exact likelihood: no momentum, no bound, so neither the objective nor the encoder's estimator applies
-        return self.log_prob(q), q.new_zeros(0)
-
-    def elbo(self, q: Tensor, n: int = 1) -> Tensor:
-        return self.log_prob(q)
-
-    def iwae(self, q: Tensor, k: int = 1, chunk: int = 1) -> Tensor:
-        return self.log_prob(q)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         return self.flow().sample((n,))

@@ -44,7 +44,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.regime": ("finite", "infinite"),
     "symmetry.group": ("auto", "none", "so2", "so3", "rotations", "matrices"),
     "symmetry.translation": ("auto", "none", "com"),
-    "model.kind": ("ehf", "nsf"),
+    "model.kind": ("ehf", "nsf", "efm"),
     "model.kinetic": ("quadratic", "mlp"),
     "model.encoder": ("auto", "gaussian", "full", "flow", "equivariant"),
     "model.forces": ("analytic", "autograd"),
@@ -429,6 +429,7 @@ _POSITIVE = (
     "data.n_train", "data.batch_size",
     "model.blocks", "model.leapfrog_steps", "model.step_size", "model.hidden", "model.depth",
     "model.sigma_q", "model.sigma_p", "model.nsf_transforms", "model.nsf_bins",
+    "model.efm_layers", "model.efm_atol", "model.efm_rtol",
     "constraint.lr", "optim.lr", "optim.elbo_samples",
     "trainer.max_steps", "trainer.val_check_interval", "trainer.log_every_n_steps",
     "trainer.num_nodes", "trainer.ddp_timeout_s",
@@ -631,8 +632,9 @@ def validate(cfg: DictConfig) -> None:
                 "invariant-by-construction Hamiltonians need a rotation group "
                 f"(so2, so3, rotations), not symmetry.group={group}",
             )
-        if _get(cfg, "model.kind") != "ehf":
-            raise _fail("model.invariant", f"needs model.kind=ehf, not {_get(cfg, 'model.kind')}")
+        # efm's vector field is equivariant by construction, so the key states what it is anyway
+        if _get(cfg, "model.kind") not in ("ehf", "efm"):
+            raise _fail("model.invariant", f"needs model.kind=ehf (or efm, which is always equivariant), not {_get(cfg, 'model.kind')}")
     if _get(cfg, "model.encoder") == "equivariant" and group not in rotation_like:
         raise _fail(
             "model.encoder",

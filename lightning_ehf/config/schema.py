@@ -39,7 +39,7 @@ class SymmetryCfg:
 
 @dataclass
 class ModelCfg:
-    kind: str = "ehf"  # contract: ehf|nsf
+    kind: str = "ehf"  # contract: ehf|nsf|efm
     invariant: bool = False  # contract: invariant-by-construction Hamiltonians
     blocks: int = 6  # T: flow blocks, each with its own Hamiltonian
     leapfrog_steps: int = 3  # L: leapfrog steps per block
@@ -58,6 +58,10 @@ class ModelCfg:
     # nsf baseline (zuko)
     nsf_transforms: int = 4
     nsf_bins: int = 8
+    # efm: equivariant flow matching (a continuous flow; width model.hidden, MLP depth model.depth)
+    efm_layers: int = 3  # EGNN layers of the particle vector field
+    efm_atol: float = 1.0e-5  # dopri5 absolute tolerance (likelihood and sampling)
+    efm_rtol: float = 1.0e-5  # dopri5 relative tolerance
 
 
 @dataclass

@@ -67,10 +67,11 @@ def _config(cell_dir: Path) -> dict[str, Any]:
 
 
 def _kind(cfg: dict[str, Any]) -> str:
-    """``invariant`` (by construction), ``constrained`` (penalty or dual), ``unconstrained`` or ``nsf``."""
+    """``invariant`` (by construction), ``constrained`` (penalty or dual), ``unconstrained``, or the model kind
+    of a model without Hamiltonians (``nsf``, ``efm``)."""
     model, mode = cfg.get("model") or {}, (cfg.get("constraint") or {}).get("mode")
-    if model.get("kind") == "nsf":
-        return "nsf"
+    if model.get("kind") in ("nsf", "efm"):
+        return str(model["kind"])
     if model.get("invariant"):
         return "invariant"
     return "unconstrained" if mode == "none" else f"constrained ({mode})"
@@ -221,7 +222,7 @@ def potentials(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tuple[
     results, skipped = [], []
     for row, cell, cell_dir in _done(folder, rows):
         cfg = _config(cell_dir)
-        if (cfg.get("model") or {}).get("kind") == "nsf":
+        if (cfg.get("model") or {}).get("kind") in ("nsf", "efm"):
             skipped.append(cell.name)
             continue
         run = _load(cell_dir)
@@ -390,7 +391,7 @@ def representation(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tu
     results, skipped = [], []
     for row, cell, cell_dir in _done(folder, rows):
         cfg = _config(cell_dir)
-        if _kind(cfg) == "nsf":
+        if _kind(cfg) in ("nsf", "efm"):
             skipped.append(cell.name)
             continue
         run = _load(cell_dir)
