@@ -7,17 +7,16 @@ import torch
 import zuko
 from torch import Tensor, nn
 
+from .core.exact import ExactLikelihood
 from .core.symmetries import Symmetry
 
 __all__ = ["NSFModel"]
 
 
-class NSFModel(nn.Module):
+class NSFModel(ExactLikelihood, nn.Module):
     """A zuko neural spline flow (Durkan et al. 2019) on q: a :class:`~lightning_ehf.core.density.DensityModel`
     with an exact likelihood, so its bound and its reported estimate are both ``log p(q)``. It has no
     Hamiltonians, hence no constraints; the symmetry is kept for the invariance diagnostics."""
-
-    exact_likelihood = True
 
     def __init__(self, symmetry: Symmetry, transforms: int = 4, bins: int = 8, hidden: int = 64, depth: int = 2) -> None:
         super().__init__()
@@ -32,14 +31,6 @@ class NSFModel(nn.Module):
         if q.ndim < 1 or q.shape[-1] != self.dim:
             raise ValueError(f"q must have shape (..., {self.dim}), got {tuple(q.shape)}")
         return self.flow().log_prob(q)
-
-    def elbo_and_constraints(self, q: Tensor, n: int = 1) -> tuple[Tensor, Tensor]:
-        """The exact ``log p(q)`` (the tightest bound, whatever ``n``) and no constraints."""
-        return self.log_prob(q), q.new_zeros(0)
-
-    def iwae(self, q: Tensor, k: int = 1, chunk: int = 1) -> Tensor:
-        """The exact ``log p(q)``: importance samples add nothing to an exact likelihood."""
-        return self.log_prob(q)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` samples, (n, d). zuko draws from torch's global generator: ``generator`` is not used."""

@@ -18,7 +18,7 @@ from .core.targets import Target, make_target
 from .errors import ConfigError
 
 __all__ = ["make_symmetry", "make_data_symmetry", "particle_dim_of", "resolve_translation", "make_model", "make_datamodule", "make_module", "make_trainer", "resolve_encoder", "check_logger",
-           "resolve_data_file"]
+           "resolve_data_file", "make_flow_matching"]
 
 
 def _kron_particles(mats: torch.Tensor, n_particles: int) -> torch.Tensor:
@@ -136,8 +136,10 @@ def resolve_encoder(model_cfg: Any, symmetry: Symmetry) -> str:
 
 
 def make_model(cfg: Any, symmetry: Symmetry) -> nn.Module:
-    """The density model named by ``model.kind``: ``ehf`` or the ``nsf`` baseline."""
+    """The density model named by ``model.kind``: ``ehf``, the ``nsf`` baseline or the ``efm`` peer."""
     m = cfg.model
+    if m.kind == "efm":
+        return make_flow_matching(cfg, symmetry)
     if m.kind == "nsf":
         from .baselines import NSFModel
 
@@ -162,6 +164,37 @@ def make_model(cfg: Any, symmetry: Symmetry) -> nn.Module:
         else:
             key = "model"
         raise ConfigError(f"{key}: {e}") from None
+
+
+def make_flow_matching(cfg: Config, symmetry: Symmetry) -> nn.Module:
+    """``model.kind=efm``: equivariant flow matching (:mod:`lightning_ehf.core.flow_matching`). Particles
+    rotated alike get an EGNN field (relabelling-equivariant with ``symmetry.permutations``, in the
+    centre-of-mass frame with ``translation=com``); rotations of disjoint blocks a block-rotation field;
+    no group an MLP. Width ``model.hidden``, MLP depth ``model.depth``, ``model.efm_layers`` EGNN layers,
+    base N(0, ``model.sigma_q``² I)."""
+    from .core.flow_matching import make_efm
+
+    m = cfg.model
+    target = make_target(cfg.data.target) if cfg.data.target else None
+    particle_dim = particle_dim_of(cfg, target)
+    particles, basis, identical = None, None, False
+    if particle_dim and symmetry.num_generators:
+        group = cfg.symmetry.group
+        whole = {"so2": 2, "so3": 3}.get(group) == particle_dim or (
+            group == "auto" and target is not None and target.symmetry_spec.get("group") == "particles")
+        if not whole:
+            raise ConfigError(f"symmetry.group: model.kind=efm on particles needs every particle rotated by the whole "
+                              f"rotation group (so2 for 2-D particles, so3 for 3-D, or auto), not {group}")
+        com = resolve_translation(cfg, target) == "com"
+        n = symmetry.dim // particle_dim + (1 if com else 0)
+        particles = (n, particle_dim)
+        basis = CentreOfMassFrame(n, particle_dim).basis if com else None
+        identical = cfg.symmetry.permutations
+    try:
+        return make_efm(symmetry, particles=particles, identical=identical, basis=basis, hidden=m.hidden, depth=m.depth,
+                        layers=m.efm_layers, activation=m.activation, sigma=m.sigma_q, atol=m.efm_atol, rtol=m.efm_rtol)
+    except ValueError as e:
+        raise ConfigError(f"model.kind: {e}") from None
 
 
 def resolve_data_file(cfg: Config, absolute: bool = True) -> Config:

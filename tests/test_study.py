@@ -116,10 +116,10 @@ SHIPPED = ROOT / "configs" / "study" / "data_efficiency.yaml"
 def test_shipped_study_profiles_shrink_the_grid_and_name_cells():
     full = load_study(SHIPPED)  # the first profile (full) is the default
     assert full.profile == "full" and full.name == "data_efficiency"
-    assert len(full.cells()) == 6 * 8 * 6 * 3  # methods × targets × n_train × seeds
+    assert len(full.cells()) == 7 * 8 * 6 * 3  # methods × targets × n_train × seeds
     quick = load_study(SHIPPED, "quick")
     cells = {c.name: c for c in quick.cells()}
-    assert len(cells) == 5 * 2 * 2 * 3
+    assert len(cells) == 6 * 2 * 2 * 3
     cell = cells["ehf_dual-ring2d-n_train128-seed0"]
     assert cell.values == {"method": "ehf_dual", "target": "ring2d", "n_train": "n_train128", "seed": "seed0"}
     for item in ("data.n_train=128", "seed=0", "data.target=ring2d", "constraint.mode=dual", "model.kind=ehf",

@@ -181,7 +181,7 @@ class SymmetryCfg(Section):
 
 
 class ModelCfg(Section):
-    kind: Literal["ehf", "nsf"] = "ehf"  # contract: ehf | nsf (the zuko baseline)
+    kind: Literal["ehf", "nsf", "efm"] = "ehf"  # contract: ehf | nsf (the zuko baseline) | efm (equivariant flow matching)
     invariant: bool = False  # contract: invariant-by-construction Hamiltonians
     blocks: Positive = 6  # T: flow blocks, each with its own Hamiltonian
     leapfrog_steps: Positive = 3  # L: leapfrog steps per block
@@ -203,6 +203,10 @@ class ModelCfg(Section):
     reversible: Literal["auto", "always", "never"] = "auto"
     nsf_transforms: Positive = 4  # nsf: autoregressive transforms
     nsf_bins: Positive = 8  # nsf: spline bins
+    # efm: equivariant flow matching (a continuous flow; width model.hidden, MLP depth model.depth)
+    efm_layers: Positive = 3  # EGNN layers of the particle vector field
+    efm_atol: PositiveFloat = 1.0e-5  # dopri5 absolute tolerance (likelihood and sampling)
+    efm_rtol: PositiveFloat = 1.0e-5  # dopri5 relative tolerance
 
 
 class ConstraintCfg(Section):
@@ -373,8 +377,10 @@ class Config(Section):
             if group not in rotation_like:
                 raise config_error("model.invariant", "invariant-by-construction Hamiltonians need a rotation group "
                                                       f"(so2, so3, rotations), not symmetry.group={group}")
-            if self.model.kind != "ehf":
-                raise config_error("model.invariant", f"needs model.kind=ehf, not {self.model.kind}")
+            # efm's vector field is equivariant by construction, so the key states what it is anyway
+            if self.model.kind not in ("ehf", "efm"):
+                raise config_error("model.invariant", f"needs model.kind=ehf (or efm, which is always equivariant), "
+                                                      f"not {self.model.kind}")
         if self.model.encoder == "equivariant" and group not in rotation_like:
             raise config_error("model.encoder", "the equivariant encoder needs a rotation group (so2, so3, rotations), "
                                                 f"not symmetry.group={group}")

@@ -95,6 +95,8 @@ class EHFModule(L.LightningModule):
         per_row = ["elbo", "loss", *(f"bracket_rms/{g}" for g in names)]
         per_row += ["kl"] if entropy is not None else []
         per_row += ["kl_paired"] if target_log_prob is not None else []
+        # ODE models (efm): function evaluations per likelihood solve, and 1 when its divergence is exact
+        per_row += ["nfe", "divergence_exact"] if hasattr(model, "last_nfe") else []
         # metric states are not persistent: checkpoints (and their strict loading) are unchanged
         self.eval_means = nn.ModuleDict({f"{stage}/{name}": RowMean() for stage in ("val", "test")
                                          for name in [*per_row, f"nll_iw{self.stage_iw[stage]}"]})
@@ -116,6 +118,8 @@ class EHFModule(L.LightningModule):
 
     def _shared_step(self, q: Tensor, stage: str) -> Tensor:
         train = stage == "train"
+        if train and hasattr(self.model, "flow_matching_loss"):
+            return self._flow_matching_step(q)
         # the training objective (the ELBO, or the IWAE bound over its samples); val/test report the ELBO
         objective = self.objective if train else REPORTED_BOUND
         if train and self.config.trainer.compile:
@@ -143,7 +147,11 @@ class EHFModule(L.LightningModule):
                 self.log(f"train/step_size/{t}", block.step_size.detach(), on_step=True, batch_size=bs)
         else:
             chunk, k = self.config.eval.iw_chunk, self.stage_iw[stage]
-            nll_rows = -self.model.iwae(q, k, chunk)
+            # an exact likelihood (nsf, efm): the bound already is log p, so the model is evaluated once
+            nll_rows = -elbo if getattr(self.model, "exact_likelihood", False) else -self.model.iwae(q, k, chunk)
+            if hasattr(self.model, "last_nfe"):
+                means["nfe"] = q.new_tensor(float(self.model.last_nfe))
+                means["divergence_exact"] = q.new_tensor(float(self.model.exact_divergence))
             means[f"nll_iw{k}"] = nll = nll_rows.mean()
             if self.entropy is not None:
                 means["kl"] = nll - self.entropy
@@ -153,6 +161,16 @@ class EHFModule(L.LightningModule):
                 means["kl_paired"] = (nll_rows.double() + self.target_log_prob(q.double())).mean()
             for name, value in means.items():
                 self._log_mean(f"{stage}/{name}", value, bs, prog_bar=name in (f"nll_iw{k}", "kl"))
+        return loss
+
+    def _flow_matching_step(self, q: Tensor) -> Tensor:
+        """A training step of a flow-matching model (efm): its regression loss; no ELBO, no constraint."""
+        loss = self.model.flow_matching_loss(q)
+        bs = q.shape[0]
+        self.log("train/fm_loss", loss, prog_bar=True, on_step=True, batch_size=bs)
+        self.log("train/loss", loss, on_step=True, batch_size=bs)
+        self._last_batch = q.detach()
+        self._last_loss_finite = bool(torch.isfinite(loss.detach()))
         return loss
 
     def _log_mean(self, key: str, value: Tensor, rows: int, prog_bar: bool = False) -> None:

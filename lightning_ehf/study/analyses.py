@@ -69,9 +69,10 @@ def _config(cell_dir: Path) -> Config:
 
 
 def _kind(cfg: Config) -> str:
-    """``invariant`` (by construction), ``constrained`` (penalty or dual), ``unconstrained`` or ``nsf``."""
-    if cfg.model.kind == "nsf":
-        return "nsf"
+    """``invariant`` (by construction), ``constrained`` (penalty or dual), ``unconstrained``, or the model kind
+    of a model without Hamiltonians (``nsf``, ``efm``)."""
+    if cfg.model.kind in ("nsf", "efm"):
+        return cfg.model.kind
     if cfg.model.invariant:
         return "invariant"
     return "unconstrained" if cfg.constraint.mode == "none" else f"constrained ({cfg.constraint.mode})"
@@ -222,7 +223,7 @@ def potentials(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tuple[
     results, skipped = [], []
     for row, cell, cell_dir in _done(folder, rows):
         cfg = _config(cell_dir)
-        if cfg.model.kind == "nsf":
+        if cfg.model.kind in ("nsf", "efm"):
             skipped.append(cell.name)
             continue
         run = _load(cell_dir)
@@ -391,7 +392,7 @@ def representation(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tu
     results, skipped = [], []
     for row, cell, cell_dir in _done(folder, rows):
         cfg = _config(cell_dir)
-        if _kind(cfg) == "nsf":
+        if _kind(cfg) in ("nsf", "efm"):
             skipped.append(cell.name)
             continue
         run = _load(cell_dir)

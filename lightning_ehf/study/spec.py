@@ -54,6 +54,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "ehf_invariant": {"model.kind": "ehf", "model.invariant": True, "constraint.mode": "none"},
     "nsf": {"model.kind": "nsf", "constraint.mode": "none", "data.augment": False},
     "nsf_aug": {"model.kind": "nsf", "constraint.mode": "none", "data.augment": True},
+    # equivariant flow matching: equivariant by construction, so augmentation would add nothing
+    "efm": {"model.kind": "efm", "constraint.mode": "none", "data.augment": False},
 }
 
 _TOP_KEYS = {"study", "description", "config", "base", "axes", "profiles", "report", "slurm"}
