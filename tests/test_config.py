@@ -511,6 +511,8 @@ def _config_reference_rows() -> list[tuple[str, str]]:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) < 2 or not cells[0].startswith("`") or "." not in cells[0] and cells[0] != "`seed`":
             continue
+        if "=" in cells[0]:  # a row about one value of a key (e.g. `model.kind=efm`), not a default
+            continue
         keys = [k.strip().strip("`") for k in cells[0].split(" / ")]
         section = keys[0].rsplit(".", 1)[0] + "." if "." in keys[0] else ""
         full = [keys[0], *(k if "." in k else section + k for k in keys[1:])]
