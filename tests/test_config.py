@@ -507,7 +507,10 @@ def _readme_value(text: str) -> object:
 def _config_reference_rows() -> list[tuple[str, str]]:
     """(dotted key, default as written) of every row of the config table in the README."""
     rows = []
-    for line in (REPO / "README.md").read_text().splitlines():
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("### Config cheat-sheet"):]
+    section = section[: section.index("\n## ")]
+    for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) < 2 or not cells[0].startswith("`") or "." not in cells[0] and cells[0] != "`seed`":
             continue
