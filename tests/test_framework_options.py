@@ -262,7 +262,10 @@ def check_trained_run(run_dir: Path, options: dict[str, str], generators: tuple[
     assert plots == {"density.png", "samples.png"} | ({"potentials.png"} if ehf_kind else set()), plots
 
     cfg = load_config([run_dir / "config.yaml"])
-    assert cfg.model.kind == options["model.kind"] and cfg.constraint.mode == options["constraint.mode"]
+    # invariant Hamiltonians have every bracket zero by construction: the run drops the constraint (and says so)
+    invariant_ehf = ehf_kind and options["model.invariant"] == "true"
+    assert cfg.model.kind == options["model.kind"]
+    assert cfg.constraint.mode == ("none" if invariant_ehf else options["constraint.mode"])
     assert str(cfg.model.invariant).lower() == options["model.invariant"]
     assert cfg.model.kinetic == options["model.kinetic"] and cfg.model.encoder == options["model.encoder"]
 
@@ -282,7 +285,7 @@ def check_trained_run(run_dir: Path, options: dict[str, str], generators: tuple[
     brackets = [_finite(metrics, f"test/bracket_rms/{g}") for g in generators]
     lambdas = [_finite(metrics, f"test/lambda/{g}") for g in generators]
     assert not [k for k in metrics if k.startswith("test/bracket_rms/") and k.rsplit("/", 1)[1] not in generators]
-    mode = options["constraint.mode"]
+    mode = "none" if options["model.invariant"] == "true" else options["constraint.mode"]  # invariant: dropped
     if mode == "none":
         assert lambdas == [0.0] * len(generators), lambdas
     elif mode == "penalty":

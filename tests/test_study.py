@@ -134,7 +134,7 @@ def test_shipped_study_profiles_shrink_the_grid_and_name_cells():
 def test_extra_overrides_reach_every_cell():
     s = load_study(SHIPPED, "quick", ["trainer.max_steps=7", "eval.val_iw_samples=null", "optim.lr=0.001"])
     cells = s.cells()
-    assert len(cells) == 60 and all("trainer.max_steps=7" in c.overrides and "trainer.max_steps=4000" not in c.overrides
+    assert len(cells) == 6 * 2 * 2 * 3 and all("trainer.max_steps=7" in c.overrides and "trainer.max_steps=4000" not in c.overrides
                                     and "eval.val_iw_samples=null" in c.overrides and "optim.lr=0.001" in c.overrides
                                     for c in cells)
 

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from ehf_testing import clean_env
+from lightning_ehf.system import pid_alive
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_study import commands_in_log, metrics, study, wait_for  # noqa: E402
@@ -40,6 +41,10 @@ def leet(*args: str) -> subprocess.CompletedProcess:
 def run_record(wandb_file: Path) -> dict:
     records = [json.loads(line) for line in leet("--json", str(wandb_file)).stdout.splitlines() if line.strip()]
     return next(r["run"] for r in records if r.get("type") == "run")
+
+
+def _cell_pid(study_dir: Path) -> int:
+    return int(json.loads((study_dir / "logs" / f"{CELL}.json").read_text()).get("pid", 0))
 
 
 def agent_env(tmp_path: Path, run_id: str) -> dict[str, str]:
@@ -73,6 +78,8 @@ def test_sweep_agent_runs_of_a_shipped_study_cell_log_and_resume_their_run(tmp_p
         if first.poll() is None:
             first.kill()
     wait_for(lambda: "preempted" in (d / "logs" / f"{CELL}.log").read_text(), 120, "the cell to stop")
+    # ... and its process (``pid`` in the cell's state file) to be gone: until then it holds its W&B run
+    wait_for(lambda: not (_cell_pid(d) and pid_alive(_cell_pid(d))), 120, "the cell's process to exit")
     assert not (run / "metrics.json").exists()
 
     # agent 2 (a new sweep run id) resumes the cell
