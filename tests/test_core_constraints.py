@@ -28,7 +28,8 @@ def run_toy(multipliers: LagrangeMultipliers, steps: int = 1500, lr_x: float = 0
     return x.item(), multipliers.value.item(), history
 
 
-@pytest.mark.parametrize("rule,lr", [("additive", 0.5), ("additive", 0.1), ("geco", 0.1), ("geco", 0.05)])
+@pytest.mark.parametrize("rule,lr", [("additive", 0.5), ("additive", 0.1), ("augmented", 0.5), ("augmented", 2.0),
+                                     ("geco", 0.1), ("geco", 0.05)])
 def test_dual_ascent_finds_the_optimal_multiplier(rule, lr):
     lm = LagrangeMultipliers(["c"], mode="dual", rule=rule, tolerance=1.0, lr=lr)
     x, lam, history = run_toy(lm)
@@ -52,6 +53,34 @@ def test_additive_update_is_the_projected_step():
     assert lm.as_dict() == {"a": 1.25, "b": 0.0}
     pen = lm.penalty(torch.tensor([2.0, 7.0]))
     assert pen.item() == pytest.approx(1.25 * (2.0 - 0.5))
+
+
+def test_augmented_term_and_slope_are_the_method_of_multipliers():
+    """``[max(0, λ + ρ (C − ε))² − λ²] / 2ρ``: its value, its slope ``max(0, λ + ρ (C − ε))`` on both sides of the
+    kink, and the same multiplier step as the additive rule."""
+    lam, rho, eps = 0.5, 4.0, 1.0
+    lm = LagrangeMultipliers(["a", "b"], mode="dual", rule="augmented", tolerance=eps, lr=rho, init=lam)
+    c = torch.tensor([1.5, 0.5], requires_grad=True)  # violated (shift 2.5) and slack past the kink (shift < 0)
+    term = lm.penalty(c)
+    expected = ((lam + rho * 0.5) ** 2 - lam**2) / (2 * rho) + (0.0 - lam**2) / (2 * rho)
+    assert term.item() == pytest.approx(expected)
+    (slope,) = torch.autograd.grad(term, c)
+    torch.testing.assert_close(slope, torch.tensor([lam + rho * 0.5, 0.0]))
+    lm.update(torch.tensor([1.5, 0.5]))
+    torch.testing.assert_close(lm.value, torch.tensor([lam + rho * 0.5, 0.0]))  # projected at 0
+
+
+def test_augmented_term_pushes_back_before_the_multiplier_grows():
+    """At λ = 0 the additive rule's term has no slope; the augmented term's slope is already ρ (C − ε) dC/dx, so a
+    violated constraint is pulled back from the first step."""
+    plain = LagrangeMultipliers(["c"], mode="dual", rule="additive", tolerance=1.0, lr=2.0)
+    augmented = LagrangeMultipliers(["c"], mode="dual", rule="augmented", tolerance=1.0, lr=2.0)
+    x = torch.tensor([1.5], requires_grad=True)
+    slopes = []
+    for lm in (plain, augmented):
+        (g,) = torch.autograd.grad(lm.penalty(x.square()).sum(), x)
+        slopes.append(g.item())
+    assert slopes[0] == 0.0 and slopes[1] == pytest.approx(2.0 * (1.5**2 - 1.0) * 2 * 1.5)
 
 
 def test_geco_update_uses_moving_average_and_bounded_steps():

@@ -211,7 +211,8 @@ class ModelCfg(Section):
 
 class ConstraintCfg(Section):
     mode: Literal["none", "penalty", "dual"] = "dual"  # contract: none | penalty | dual
-    rule: Literal["additive", "geco"] = "additive"  # additive (projected dual ascent) | geco (multiplicative, EMA)
+    # additive (projected dual ascent) | augmented (method of multipliers, ρ = lr) | geco (multiplicative, EMA)
+    rule: Literal["additive", "augmented", "geco"] = "additive"
     tolerance: NonNegative = 1e-3  # contract: ε_k, the allowed mean squared bracket
     lr: PositiveFloat = 1.0  # contract: η, the multiplier's step
     init: NonNegative = 0.0  # contract: λ_k at the start (the fixed λ in penalty mode)

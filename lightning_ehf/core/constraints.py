@@ -17,7 +17,7 @@ from torch import Tensor, nn
 __all__ = ["LagrangeMultipliers", "MODES", "RULES"]
 
 MODES = ("none", "penalty", "dual")
-RULES = ("additive", "geco")
+RULES = ("additive", "augmented", "geco")
 
 
 class LagrangeMultipliers(nn.Module):
@@ -28,6 +28,10 @@ class LagrangeMultipliers(nn.Module):
         ``penalty``: λ fixed at ``init``.
         ``dual``: updated after every step by ``rule``:
             ``additive`` (projected dual ascent):  ``λ ← max(0, λ + η (C̄ − ε))``;
+            ``augmented`` (method of multipliers, Bertsekas 1982, §3.1 for inequalities): the loss term is
+            ``[max(0, λ + ρ (C − ε))² − λ²] / 2ρ``, whose slope in ``C`` is ``max(0, λ + ρ (C − ε))``, and
+            ``λ ← max(0, λ + ρ (C̄ − ε))`` with ``ρ = η``: a violated constraint is pushed back at once instead of
+            waiting for λ to grow;
             ``geco`` (Rezende & Viola 2018): ``m ← α m + (1 − α) C̄``, ``λ ← λ · exp(η (m − ε))``,
             λ clamped to [1e-6, 1e6] so it can recover from either end.
     """
@@ -57,10 +61,15 @@ class LagrangeMultipliers(nn.Module):
         return self.mode != "none" and len(self.names) > 0
 
     def penalty(self, constraint: Tensor) -> Tensor:
-        """``Σ_k λ_k (C_k − ε)``: the Lagrangian term added to the loss (λ is a constant here)."""
+        """``Σ_k λ_k (C_k − ε)``: the Lagrangian term added to the loss (λ is a constant here); the augmented
+        rule's term is ``Σ_k [max(0, λ_k + ρ (C_k − ε))² − λ_k²] / 2ρ``."""
         if not self.active:
             return constraint.sum() * 0.0
-        return (self.value.to(constraint) * (constraint - self.tolerance)).sum()
+        lam = self.value.to(constraint)
+        if self.mode == "dual" and self.rule == "augmented":
+            shifted = (lam + self.lr * (constraint - self.tolerance)).clamp_min(0.0)
+            return ((shifted.square() - lam.square()) / (2 * self.lr)).sum()
+        return (lam * (constraint - self.tolerance)).sum()
 
     @torch.no_grad()
     def update(self, constraint: Tensor) -> None:
@@ -68,7 +77,7 @@ class LagrangeMultipliers(nn.Module):
         if self.mode != "dual" or not self.names:
             return
         c = constraint.detach().to(self.value)
-        if self.rule == "additive":
+        if self.rule in ("additive", "augmented"):
             self.value.copy_((self.value + self.lr * (c - self.tolerance)).clamp_min(0.0))
         else:
             ma = c if int(self.updates) == 0 else self.ema * self.moving_average + (1 - self.ema) * c
