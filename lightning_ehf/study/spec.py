@@ -52,6 +52,9 @@ METHODS: dict[str, dict[str, Any]] = {
     "ehf_penalty": {"model.kind": "ehf", "model.invariant": False, "constraint.mode": "penalty", "constraint.init": 10.0},
     "ehf_dual": {"model.kind": "ehf", "model.invariant": False, "constraint.mode": "dual"},
     "ehf_invariant": {"model.kind": "ehf", "model.invariant": True, "constraint.mode": "none"},
+    # ablations: does the constraint help beyond what random group elements on the data already give?
+    "ehf_none_aug": {"model.kind": "ehf", "model.invariant": False, "constraint.mode": "none", "data.augment": True},
+    "ehf_dual_aug": {"model.kind": "ehf", "model.invariant": False, "constraint.mode": "dual", "data.augment": True},
     "nsf": {"model.kind": "nsf", "constraint.mode": "none", "data.augment": False},
     "nsf_aug": {"model.kind": "nsf", "constraint.mode": "none", "data.augment": True},
     # equivariant flow matching: equivariant by construction, so augmentation would add nothing
