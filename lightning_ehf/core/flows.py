@@ -31,8 +31,8 @@ from .symmetries import Symmetry
 REVERSIBLE_AUTO_STEPS = 32
 
 #: on a CPU, graph-free density evaluation runs the flow on at most this many (point, momentum) rows at a
-#: time: a slice's activations stay in the cache, which made IWAE evaluation about 1.3× faster than one pass
-#: over all rows (docs/benchmarks.md). A GPU gets every row at once. Rows are independent, so the result
+#: time: a slice's activations stay in the cache, which is faster than one pass streaming all rows through
+#: memory (measured in docs/benchmarks.md). A GPU gets every row at once. Rows are independent, so the result
 #: does not depend on it.
 EVAL_ROWS = 1024
 
@@ -86,8 +86,8 @@ class HamiltonianBlock(nn.Module):
     parameter when learnable, a buffer when fixed).
 
     ``reversible``: in training, recompute the visited states from the block's output in the backward
-    pass instead of storing them (:mod:`.reversible`): memory flat in L, at about 2.3× the step time
-    (measured on a CPU, docs/benchmarks.md).
+    pass instead of storing them (:mod:`.reversible`): memory flat in L, at a multiple of the step time
+    (docs/benchmarks.md).
     """
 
     def __init__(self, hamiltonian: SeparableHamiltonian, n_steps: int, step_size: float, learn_step_size: bool = True,
@@ -388,9 +388,9 @@ class EquivariantHamiltonianFlow(nn.Module):
         return torch.logsumexp(torch.cat(log_w, 0), 0) - math.log(k) - self.data_log_det
 
     def compile_density(self, enabled: bool = True) -> "EquivariantHamiltonianFlow":
-        """Evaluate densities without autograd through ``torch.compile`` (when enabled): about 1.5× faster
-        per call on a CPU once compiled, at tens of seconds of compilation per new input shape, so it
-        pays off only for large evaluations. Falls back to eager evaluation if compilation fails."""
+        """Evaluate densities without autograd through ``torch.compile`` (when enabled): faster per call
+        once compiled, but compiling costs seconds to minutes per new input shape, so it pays off only for
+        large evaluations (docs/benchmarks.md). Falls back to eager evaluation if compilation fails."""
         self._compiled_log_joint = torch.compile(self._log_joint_standard, dynamic=True) if enabled else None
         return self
 

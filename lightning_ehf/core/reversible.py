@@ -5,7 +5,7 @@ it keeps only its output, and the backward pass walks the steps in reverse, reco
 input from its output (the same scheme with −ε), rebuilding that one step's graph and propagating the
 gradient through it. Peak memory is then one step's graph, whatever the number of steps L, at the
 price of a graph-free forward pass, a graph-free reconstruction and one small backward call per step
-(about 2.3× the step time on a CPU). (The idea of the reversible residual network, Gomez et al. 2017,
+(the cost is measured in docs/benchmarks.md). (The idea of the reversible residual network, Gomez et al. 2017,
 applied to a symplectic integrator.)
 
 The constraint statistic of the block, ``Σ_states mean_batch {g_k, H}²`` (k,), is an output of the

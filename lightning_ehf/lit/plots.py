@@ -9,15 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure  # no pyplot: plotting leaves the caller's backend and global state alone
+from torch import Tensor, nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
-
-from ..core.targets import Target  # noqa: E402
+from ..core.targets import Target
 
 __all__ = ["plot_density", "plot_samples", "plot_potentials", "make_all_plots"]
 
@@ -53,7 +50,8 @@ def plot_density(model: nn.Module, data: Tensor, path: Path, target: Optional[Ta
     panels = [("model", _model_log_density(model, pts).exp().cpu().numpy().reshape(grid, grid))]
     if target is not None:
         panels.append(("target", target.log_prob(pts.double()).exp().cpu().numpy().reshape(grid, grid)))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
+    fig = Figure(figsize=(4.2 * len(panels), 4))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     # IWAE density estimates have rare upward outliers; a shared high quantile keeps the scale honest
     vmax = max(float(np.nanquantile(p, 0.995)) for _, p in panels)
     for ax, (name, dens) in zip(axes[0], panels):
@@ -62,7 +60,6 @@ def plot_density(model: nn.Module, data: Tensor, path: Path, target: Optional[Ta
         ax.set_aspect("equal")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path
 
 
@@ -73,7 +70,8 @@ def plot_samples(model: nn.Module, data: Tensor, path: Path, n: int = 2000) -> P
         samples = model.sample(n).cpu()
     data = data[:n].cpu()
     extent = _extent(data)
-    fig, axes = plt.subplots(1, 2, figsize=(8.4, 4))
+    fig = Figure(figsize=(8.4, 4))
+    axes = fig.subplots(1, 2)
     for ax, (name, x) in zip(axes, [("data", data), ("model samples", samples)]):
         ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.4)
         ax.set_xlim(-extent, extent)
@@ -82,7 +80,6 @@ def plot_samples(model: nn.Module, data: Tensor, path: Path, n: int = 2000) -> P
         ax.set_title(name + ("" if x.shape[-1] == 2 else " (q₀, q₁)"))
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path
 
 
@@ -98,7 +95,8 @@ def plot_potentials(model: nn.Module, data: Tensor, path: Path, grid: int = 80) 
     gx, gy, pts = _grid(extent, grid, dim, ref)
     radial = bool(model.symmetry.rotation_blocks) or model.symmetry.invariants is not None
     n = len(blocks)
-    fig, axes = plt.subplots(1, n + int(radial), figsize=(3.4 * (n + int(radial)), 3.2), squeeze=False)
+    fig = Figure(figsize=(3.4 * (n + int(radial)), 3.2))
+    axes = fig.subplots(1, n + int(radial), squeeze=False)
     r = torch.linspace(0, extent, 200, dtype=ref.dtype, device=ref.device)
     line_pts = torch.zeros(200, dim, dtype=ref.dtype, device=ref.device)
     line_pts[:, 0] = r
@@ -118,7 +116,6 @@ def plot_potentials(model: nn.Module, data: Tensor, path: Path, grid: int = 80) 
         axes[0][n].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path
 
 

@@ -102,13 +102,11 @@ def _mean_std(values: Sequence[float]) -> str:
     return f"{mean:.3g} ± {std:.2g}"
 
 
-def _plt():
-    import matplotlib
+def _figure(**kwargs: Any) -> Any:
+    """A matplotlib Figure outside pyplot: drawing it leaves the caller's backend and global state alone."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -243,12 +241,12 @@ def potentials(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tuple[
                 f"{', '.join(skipped)})" if skipped else "") + ".\n"), []
 
     files: list[Path] = []
-    plt = _plt()
     targets = list(dict.fromkeys(x["target"] for x in results))
     for target in targets:
         for method in dict.fromkeys(x["method"] for x in results if x["target"] == target):
             mine = [x for x in results if x["method"] == method and x["target"] == target]
-            fig, axes = plt.subplots(1, len(mine), figsize=(max(6.5, 4.2 * len(mine)), 3.6), squeeze=False)
+            fig = _figure(figsize=(max(6.5, 4.2 * len(mine)), 3.6))
+            axes = fig.subplots(1, len(mine), squeeze=False)
             for ax, x in zip(axes[0], mine):
                 r, u = x["r"], x["u"]
                 for t, ut in enumerate(u):
@@ -267,7 +265,6 @@ def potentials(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tuple[
             fig.tight_layout()
             path = out_dir / (f"potentials_{method}.png" if len(targets) == 1 else f"potentials_{target}_{method}.png")
             fig.savefig(path, dpi=90)
-            plt.close(fig)
             files.append(path)
 
     md = [
@@ -462,9 +459,9 @@ def _representation_bars(group: list[dict[str, Any]], methods: list[str], names:
     whiskers ± std (clipped at the log axis' floor)."""
     import numpy as np
 
-    plt = _plt()
     labels = [f"equiv. {n}" for n in names] + [f"Δcharge {n}" for n in names]
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(labels) * max(1, len(methods))), 3.8))
+    fig = _figure(figsize=(max(5.0, 0.9 * len(labels) * max(1, len(methods))), 3.8))
+    ax = fig.subplots()
     width = 0.8 / max(1, len(methods))
     floor = 1e-17
     for i, method in enumerate(methods):
@@ -482,7 +479,6 @@ def _representation_bars(group: list[dict[str, Any]], methods: list[str], names:
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(png, dpi=90)
-    plt.close(fig)
 
 
 # -- learning curves -----------------------------------------------------------------------------
@@ -564,9 +560,11 @@ def learning_curves(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> t
     metric_names = sorted({c["metric"] for c in curves})
     ylabel = "validation KL (nats)" if metric_names == ["val/kl"] else f"validation {', '.join(metric_names)}"
 
-    plt = _plt()
-    fig, axes = plt.subplots(2, len(panels), figsize=(4.6 * len(panels), 7.0), squeeze=False)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    from matplotlib import rcParams
+
+    fig = _figure(figsize=(4.6 * len(panels), 7.0))
+    axes = fig.subplots(2, len(panels), squeeze=False)
+    colours = rcParams["axes.prop_cycle"].by_key()["color"]
     summary = []
     for col, panel in enumerate(panels):
         for i, method in enumerate(methods):
@@ -601,7 +599,6 @@ def learning_curves(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> t
     fig.tight_layout()
     png = out_dir / "learning_curves.png"
     fig.savefig(png, dpi=90)
-    plt.close(fig)
     js = _write_json(out_dir / "learning_curves.json", {"cells": curves})
     md = [
         "## Learning curves",
