@@ -17,15 +17,16 @@ ROOT = Path(__file__).resolve().parent.parent
 STUDIES = ROOT / "docs" / "studies"
 
 
-def _readme_block() -> list[str]:
-    text = (ROOT / "README.md").read_text()
+def _readme_block(document: str = "README.md") -> list[str]:
+    text = (ROOT / document).read_text()
     block = text.split("<!-- summary-table:start -->\n", 1)[1].split("\n<!-- summary-table:end -->", 1)[0]
     return block.splitlines()
 
 
-def test_readme_summary_table_is_the_raw_files_table():
+@pytest.mark.parametrize("document", ["README.md", "docs/results.md"])
+def test_summary_table_is_the_raw_files_table(document):
     comparisons = [c for name in SUMMARY_STUDIES for c in compare_study(STUDIES / name / "results.csv")]
-    assert _readme_block() == markdown(comparisons)
+    assert _readme_block(document) == markdown(comparisons)
 
 
 def test_readme_summary_lists_every_loss_and_tie_of_the_studies():
