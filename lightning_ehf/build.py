@@ -359,7 +359,7 @@ def make_trainer(cfg: Any, run_dir, run_id: str, extra_callbacks: list | None = 
     from lightning.pytorch.strategies import DDPStrategy
 
     from .lit.callbacks import LastCheckpoint, PlotCallback, Preemption, ProgressLines, StepProgressBar
-    from .lit.checkpointing import SafeCheckpointIO
+    from .lit.atomic_io import SafeCheckpointIO
     from .lit.loggers import RunCSVLogger
 
     run_dir = Path(run_dir)

@@ -336,7 +336,7 @@ MUTATIONS: list[Mutation] = [
              'int(float(r["step"])) < self._resume_step', 'int(float(r["step"])) <= self._resume_step',
              ("tests/test_lit_loggers.py",)),
     Mutation("nonfinite-only-nan", "checkpoints with infinite (not NaN) weights are written",
-             "lightning_ehf/lit/checkpointing.py",
+             "lightning_ehf/lit/atomic_io.py",
              "v.is_floating_point() and not bool(torch.isfinite(v).all())", "v.is_floating_point() and bool(torch.isnan(v).any())",
              ("tests/test_reliability_checkpoints.py::test_nonfinite_weights_are_not_written",)),
     Mutation("potentials-plot-inverted", "the potentials figure is skipped for models that have Hamiltonians",

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_ehf.lit.checkpointing import SafeCheckpointIO
+from lightning_ehf.lit.atomic_io import SafeCheckpointIO
 
 from ehf_testing import TINY, clean_env, ehf
 
@@ -49,7 +49,7 @@ def temporaries(folder: Path, name: str = "last.ckpt") -> list[str]:
 
 CHILD = r"""
 import sys, torch
-from lightning_ehf.lit.checkpointing import SafeCheckpointIO
+from lightning_ehf.lit.atomic_io import SafeCheckpointIO
 big = {"state_dict": {f"w{i}": torch.ones(7_500_000) for i in range(10)}, "global_step": 99, "epoch": 3}  # 300 MB
 SafeCheckpointIO().save_checkpoint(big, sys.argv[1])
 """

@@ -132,7 +132,7 @@ def test_every_n_minutes_refreshes_last_checkpoint_on_a_timer(tmp_path, ehf_clea
     steps (a training step takes longer), one of 60 minutes never in this run. The writes are recorded
     at the atomic writer, so the timed save goes through it too."""
     from lightning_ehf import cli
-    from lightning_ehf.lit.checkpointing import SafeCheckpointIO
+    from lightning_ehf.lit.atomic_io import SafeCheckpointIO
 
     written: list[int] = []
     save = SafeCheckpointIO.save_checkpoint

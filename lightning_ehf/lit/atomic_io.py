@@ -1,4 +1,4 @@
-"""Checkpoint writing that never loses the previous good checkpoint."""
+"""Atomic checkpoint writes (temporary file, then rename) that never lose the previous good checkpoint."""
 
 from __future__ import annotations
 
