@@ -116,6 +116,10 @@ def test_potentials_locates_the_minimum_of_a_known_potential(tmp_path, monkeypat
     assert [ring["radius"] for ring in cell["rings"]] == [1.0, 2.0, 3.0]  # read from the target
     assert [ring["within"] for ring in cell["rings"]] == [False, True, False]
     assert cell["rings_matched"] == 1
+    # the data-side block alone: its well (the last centre) matches that ring, whatever the sum does
+    last = centres[-1]
+    assert [ring["within"] for ring in cell["data_side_rings"]] == [abs(r - last) < 0.3 for r in (1.0, 2.0, 3.0)]
+    assert cell["data_side_matched"] == 1
     assert "ring r = 2: a minimum lies within 0.3" in md
     assert "ring r = 1: no minimum within 0.3" in md and "ring r = 3: no minimum within 0.3" in md
     assert "not the model's log density" in md and "nsf-seed0" in md

@@ -213,6 +213,14 @@ def _target_of(cell: Any, cfg: Config) -> str:
     return str(cell.values.get("target") or cfg.data.target or "data")
 
 
+def _ring_match(radius: float, minima: Sequence[float]) -> dict[str, Any]:
+    """The located minimum nearest a ring radius, its distance, and whether it lies within RING_TOLERANCE."""
+    near = min(minima, key=lambda m: abs(m - radius)) if minima else None
+    dist = abs(near - radius) if near is not None else None
+    return {"radius": radius, "nearest_minimum": near, "distance": dist,
+            "within": dist is not None and dist <= RING_TOLERANCE}
+
+
 def potentials(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tuple[str, list[Path]]:
     import numpy as np
 
@@ -227,15 +235,15 @@ def potentials(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tuple[
         run = _load(cell_dir)
         r, u = radial_profiles(run.model)
         minima = local_minima(r, u.sum(0))
-        rings = []
-        for radius in _ring_radii(run.config.data.target):
-            near = min(minima, key=lambda m: abs(m - radius)) if minima else None
-            dist = abs(near - radius) if near is not None else None
-            rings.append({"radius": radius, "nearest_minimum": near, "distance": dist,
-                          "within": dist is not None and dist <= RING_TOLERANCE})
+        block_minima = [local_minima(r, ut) for ut in u]
+        radii = _ring_radii(run.config.data.target)
+        rings = [_ring_match(radius, minima) for radius in radii]
+        data_side = [_ring_match(radius, block_minima[-1]) for radius in radii]
         results.append({"cell": cell.name, "target": _target_of(cell, run.config), "method": _method(row, cell),
-                        "seed": _seed(cell), "minima": minima, "block_minima": [local_minima(r, ut) for ut in u],
-                        "rings": rings, "rings_matched": sum(x["within"] for x in rings), "r": r, "u": u})
+                        "seed": _seed(cell), "minima": minima, "block_minima": block_minima,
+                        "rings": rings, "rings_matched": sum(x["within"] for x in rings),
+                        "data_side_rings": data_side, "data_side_matched": sum(x["within"] for x in data_side),
+                        "r": r, "u": u})
     if not results:
         return ("## Potentials\n\nNo done EHF cell to analyse" + (f" (nsf cells have no potentials: "
                 f"{', '.join(skipped)})" if skipped else "") + ".\n"), []
@@ -273,7 +281,9 @@ def potentials(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tuple[
         f"Radial profile of each block's potential, U_t(r) = mean over {_N_THETA} angles θ of "
         f"U_t(r cos θ, r sin θ) (other coordinates 0) on r ∈ [0, {_R_MAX:g}] (step {_R_MAX / (_N_R - 1):g}), and of "
         "their sum; local minima of the sum (parabolic refinement; wells shallower than 0.1 % of the profile's range "
-        f"are ignored). A ring counts as found when a minimum lies within {RING_TOLERANCE} of its radius. The summed "
+        f"are ignored). A ring counts as found when a minimum lies within {RING_TOLERANCE} of its radius. Two measures, "
+        "fixed before the runs: the minima of the sum, and the minima of the data-side block's U_T alone (the last "
+        "block of the generative direction, which acts on the data's coordinates directly). The summed "
         "potential is not the model's log density (each block acts on the state the previous ones produced, and "
         "momenta and kinetic energies shape the flow too); the paper looks at the potentials because the flow's "
         "Hamiltonians carry its structure.",
@@ -295,13 +305,16 @@ def potentials(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tuple[
         for method in dict.fromkeys(x["method"] for x in group):
             mine = [x for x in group if x["method"] == method]
             per_ring = [f"{sum(x['rings'][i]['within'] for x in mine)}/{len(mine)}" for i in range(len(radii))]
+            data_side = sum(x["data_side_matched"] for x in mine) / len(mine)
             summary.append([method, str(len(mine)),
-                            f"{sum(x['rings_matched'] for x in mine) / len(mine):.2f} / {len(radii)}", *per_ring])
+                            f"{sum(x['rings_matched'] for x in mine) / len(mine):.2f} / {len(radii)}", *per_ring,
+                            f"{data_side:.2f} / {len(radii)}"])
         md += [f"### {target}" + (f" (ring radii {', '.join(f'{x:g}' for x in radii)})" if radii else
                                    " (no ring radii known for this target)"), "", _table(header, table), "",
                "Rings found per method: the mean over seeds of the number of rings matched, and per ring the seeds "
-               "that match it:", "", _table(["method", "seeds", "rings matched (mean)", *[f"r={x:g}" for x in radii]],
-                                             summary), ""]
+               "that match it; and the mean number matched by the data-side block U_T alone:", "",
+               _table(["method", "seeds", "rings matched by the sum (mean)", *[f"r={x:g}" for x in radii],
+                       "rings matched by U_T (mean)"], summary), ""]
         for x in group:
             for ring in x["rings"]:
                 if ring["within"]:
