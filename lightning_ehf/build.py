@@ -368,7 +368,8 @@ def make_trainer(cfg: Any, run_dir, run_id: str, extra_callbacks: list | None = 
     wandb_logger = _wandb_logger(cfg, run_dir, run_id)
     if wandb_logger is not None:
         loggers.append(wandb_logger)
-    monitor = f"val/nll_iw{cfg.eval.val_iw_samples or cfg.eval.iw_samples}"
+    monitor = ("val/selection" if cfg.constraint.selection == "feasible"
+               else f"val/nll_iw{cfg.eval.val_iw_samples or cfg.eval.iw_samples}")
     last = LastCheckpoint(run_dir / "checkpoints", cfg.checkpoint.every_n_minutes)
     callbacks: list = [
         ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best", monitor=monitor, mode="min",

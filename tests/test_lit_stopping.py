@@ -131,3 +131,38 @@ def test_sigterm_during_the_last_step_exits_75_with_last_ckpt_at_that_step(tmp_p
     assert f"stopped by SIGTERM at step {last}" in err
     assert _step(tmp_path / "run" / "checkpoints" / "last.ckpt") == last
     assert not (tmp_path / "run" / "metrics.json").exists()  # not tested: --resume does that
+
+
+@pytest.mark.parametrize("selection,best", [("feasible", 2 * EVERY), ("nll", STEPS)])
+def test_feasible_selection_tests_the_best_checkpoint_that_meets_the_constraint(selection, best, tmp_path, ehf_clean_env,
+                                                                                monkeypatch):
+    """The validation NLL falls at every validation, but the constraint holds (bracket RMS 0.5 √ε) only up to step
+    10 and is broken (3 √ε) after: ``constraint.selection=feasible`` tests step 10's checkpoint, the default the
+    last one. Early stopping follows the same score: with a patience of 1 the run stops at step 15."""
+    import math
+
+    def validation_step(self, batch, batch_idx):
+        rows, step = batch.shape[0], self.global_step
+        self._log_mean(f"val/nll_iw{self.stage_iw['val']}", torch.tensor(-float(step)), rows)
+        rms = (0.5 if step <= 2 * EVERY else 3.0) * math.sqrt(self.multipliers.tolerance)
+        for name in self.multipliers.names:
+            self._log_mean(f"val/bracket_rms/{name}", torch.tensor(rms), rows)
+
+    monkeypatch.setattr(EHFModule, "validation_step", validation_step)
+    run = tmp_path / "run"
+    assert _train(run, f"constraint.selection={selection}", "trainer.patience=1") == 0
+    m = _metrics(run)
+    assert m["best_step"] == best and _step(run / "checkpoints" / "best.ckpt") == best, m
+    if selection == "feasible":
+        assert m["stopped_early"] and m["steps"] == 3 * EVERY, m
+        assert m["val/feasibility"] == pytest.approx(3.0) and m["val/selection"] == pytest.approx(1.0e4 + 3.0)
+
+
+def test_selection_score_ranks_every_feasible_checkpoint_first():
+    from lightning_ehf.core.constraints import FEASIBLE_RATIO, feasibility_ratio, selection_score
+
+    assert feasibility_ratio(torch.tensor([0.01, 0.05]), 1e-4) == pytest.approx(5.0)  # the worst generator
+    assert feasibility_ratio(torch.tensor([]), 1e-3) == 0.0
+    feasible, barely, infeasible = selection_score(50.0, 0.2), selection_score(50.0, FEASIBLE_RATIO), selection_score(-50.0, 1.2)
+    assert feasible == barely == 50.0 and infeasible > feasible  # a worse NLL that meets the constraint wins
+    assert selection_score(0.0, 2.0) < selection_score(-100.0, 3.0)  # before feasibility: the least infeasible

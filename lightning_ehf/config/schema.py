@@ -217,6 +217,9 @@ class ConstraintCfg(Section):
     lr: PositiveFloat = 1.0  # contract: η, the multiplier's step
     init: NonNegative = 0.0  # contract: λ_k at the start (the fixed λ in penalty mode)
     ema: Annotated[float, Field(ge=0, lt=1)] = 0.9  # geco moving-average factor
+    # what picks best.ckpt and drives early stopping: nll (the lowest validation NLL) | feasible (the lowest
+    # validation NLL among validations whose bracket RMS is within 1.1 × √tolerance; until one is, the least infeasible)
+    selection: Literal["nll", "feasible"] = "nll"
 
 
 class OptimCfg(Section):

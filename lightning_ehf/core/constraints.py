@@ -14,10 +14,29 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LagrangeMultipliers", "MODES", "RULES"]
+__all__ = ["FEASIBLE_RATIO", "LagrangeMultipliers", "MODES", "RULES", "feasibility_ratio", "selection_score"]
 
 MODES = ("none", "penalty", "dual")
 RULES = ("additive", "augmented", "geco")
+#: a constraint counts as met when its bracket RMS is within this factor of the allowed ``√ε`` (``C ≤ 1.21 ε``)
+FEASIBLE_RATIO = 1.1
+#: added to an infeasible checkpoint's score, so that it ranks after every feasible one (NLLs stay far below it)
+INFEASIBLE_OFFSET = 1.0e4
+
+
+def feasibility_ratio(bracket_rms: Tensor, tolerance: float) -> float:
+    """``max_k RMS_k / √ε``: at most 1 when every ``C_k = RMS_k² ≤ ε``; 0 without generators."""
+    if bracket_rms.numel() == 0:
+        return 0.0
+    worst = float(bracket_rms.max())
+    return worst / math.sqrt(tolerance) if tolerance > 0 else (0.0 if worst == 0 else math.inf)
+
+
+def selection_score(nll: float, ratio: float) -> float:
+    """What picks the checkpoint of a constrained run (lower is better): the NLL of a feasible one
+    (``ratio ≤ FEASIBLE_RATIO``), else ``INFEASIBLE_OFFSET + ratio``, so that any feasible checkpoint beats every
+    infeasible one and, before one is feasible, the least infeasible is kept."""
+    return float(nll) if ratio <= FEASIBLE_RATIO else INFEASIBLE_OFFSET + float(ratio)
 
 
 class LagrangeMultipliers(nn.Module):

@@ -16,7 +16,7 @@ from typing_extensions import override
 from ..config.load import to_container
 from ..config.schema import Config
 from ..core.compiled import CompiledObjective
-from ..core.constraints import LagrangeMultipliers
+from ..core.constraints import LagrangeMultipliers, feasibility_ratio, selection_score
 from ..core.flows import EquivariantHamiltonianFlow
 from ..core.metrics import equivariance_error, invariance_error
 from ..core.objectives import Objective, lagrangian
@@ -392,6 +392,23 @@ class EHFModule(L.LightningModule):
             # resumes; the slowest rank's. A wall-clock value: it differs between two identical runs.
             self.log("val/elapsed_s", self.training_seconds(), sync_dist=True, reduce_fx="max", batch_size=1)
             self._diagnostics("val")
+            if self.config.constraint.selection == "feasible":
+                self._log_selection()
+
+    def _log_selection(self) -> None:
+        """``constraint.selection=feasible``: ``val/feasibility`` (``max_k`` bracket RMS ÷ √ε over the validation
+        rows; 0 when nothing is constrained) and ``val/selection``, the score that picks ``best.ckpt`` and drives
+        early stopping (:func:`~lightning_ehf.core.constraints.selection_score`). The split's means are already
+        added across ranks, so every rank logs the same values."""
+        def mean(name: str) -> float:
+            return float(self.eval_means[f"val/{name}"].compute())
+
+        ratio = 0.0
+        if self.multipliers.active:
+            rms = torch.tensor([mean(f"bracket_rms/{g}") for g in self.multipliers.names])
+            ratio = feasibility_ratio(rms, self.multipliers.tolerance)
+        self.log("val/feasibility", ratio, batch_size=1)
+        self.log("val/selection", selection_score(mean(f"nll_iw{self.stage_iw['val']}"), ratio), batch_size=1)
 
     @override
     def on_test_epoch_end(self) -> None:
