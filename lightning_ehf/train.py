@@ -139,10 +139,11 @@ def resume_point(path: str | Path, files: Sequence[str] = (), overrides: Sequenc
 
 
 def _final_metrics(trainer: Any, module: Any, wall_time: float, last_val: dict[str, float],
-                   best_step: Optional[int]) -> dict[str, Any]:
+                   best_step: Optional[int], best_val_nll: Optional[float]) -> dict[str, Any]:
     """metrics.json: the last validation's ``val/*``, the ``test/*`` of the best checkpoint, and
-    ``best_step`` (the step of that checkpoint), ``max_steps`` (the cap), ``stopped_early`` (by
-    ``trainer.patience``), ``steps``, ``params`` (trainable parameters), ``wall_time_s``."""
+    ``best_step`` (the step of that checkpoint), ``best_val_nll`` (its validation NLL, the lowest
+    ``val/nll_iw{K}``), ``max_steps`` (the cap), ``stopped_early`` (by ``trainer.patience``), ``steps``,
+    ``params`` (trainable parameters), ``wall_time_s``."""
     out: dict[str, Any] = dict(last_val)
     for key, value in trainer.callback_metrics.items():
         if key.startswith("test/"):
@@ -157,6 +158,7 @@ def _final_metrics(trainer: Any, module: Any, wall_time: float, last_val: dict[s
     out["steps"] = int(trainer.global_step)
     out["max_steps"] = int(trainer.max_steps)
     out["best_step"] = best_step
+    out["best_val_nll"] = best_val_nll
     out["stopped_early"] = bool(trainer.global_step < trainer.max_steps)
     out["params"] = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
     out["iw_samples"] = module.iw_samples
@@ -313,7 +315,9 @@ def _fit_and_test(trainer: Any, module: Any, datamodule: Any, run_dir: Path, ckp
         last_val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         if not last_val and trainer.is_global_zero:  # resumed after its last validation
             last_val = _last_validation(run_dir / "metrics.csv")
-        best = next((c.best_model_path for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), "")
+        selector = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+        best = selector.best_model_path if selector is not None else ""
+        best_score = selector.best_model_score if selector is not None else None
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     except NumericalDivergence as e:
         kept = f"; last good checkpoint: {last}" if last.is_file() else "; no checkpoint had been written yet"
@@ -331,7 +335,8 @@ def _fit_and_test(trainer: Any, module: Any, datamodule: Any, run_dir: Path, ckp
         if trainer.is_global_zero:
             print(f"ehf train: preempted: {saved}{resume}", file=sys.stderr, flush=True)
         return EXIT_PREEMPTED, {}
-    metrics = _final_metrics(trainer, module, time.time() - start, last_val, _checkpoint_step(best))
+    metrics = _final_metrics(trainer, module, time.time() - start, last_val, _checkpoint_step(best),
+                             None if best_score is None else float(best_score))
     log_to_wandb(trainer, {k: metrics[k] for k in ("test/nll", "test/nll_gap") if k in metrics})  # the sweep's metric
     if trainer.is_global_zero:
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

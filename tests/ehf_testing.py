@@ -7,6 +7,7 @@
   W&B / DDP / launcher (torchrun, srun) / seed variables in ``ENV_DROP``.
 * ``ehf(args, cwd)``: runs ``python -m lightning_ehf ARGS`` and captures its output.
 * ``csv_rows(run_dir)``: the rows of a run's metrics.csv, empty cells left out.
+* ``markdown_table(md, first_column)``: a table of a report's results.md, {first cell: {column: cell}}.
 """
 
 from __future__ import annotations
@@ -56,3 +57,17 @@ def ehf(args, cwd: Path, timeout: float = 120, env: dict | None = None) -> subpr
 def csv_rows(run_dir: Path) -> list[dict]:
     with open(run_dir / "metrics.csv", newline="") as f:
         return [{k: v for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
+
+
+def markdown_table(md: str, first_column: str) -> dict[str, dict[str, str]]:
+    """The markdown table whose header starts with ``first_column``: {first cell: {column: cell}}."""
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_column} |"))
+    head = [c.strip() for c in lines[start].strip("|").split("|")]
+    body = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        body[cells[0]] = dict(zip(head, cells))
+    return body

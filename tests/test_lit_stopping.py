@@ -1,7 +1,8 @@
 """How a run stops and what it tests, through ``ehf train`` in-process (``cli.main``):
 
 * early stopping (``trainer.patience``) stops a run whose validation NLL rises, and not one whose NLL falls;
-* the final test runs on the weights of the best validation's checkpoint, the step metrics.json names;
+* the final test runs on the weights of the best validation's checkpoint, the step (and validation NLL)
+  metrics.json names;
 * ``data.val_fraction``: the validation and training rows a run uses are the counts it prints;
 * a SIGTERM that arrives during the last training step still exits 75 with ``last.ckpt`` at that step.
 
@@ -56,6 +57,7 @@ def test_early_stopping_stops_a_rising_validation_nll_only(direction, tmp_path, 
         assert (m["steps"], m["best_step"], m["stopped_early"]) == (2 * EVERY, EVERY, True), m
     else:  # every validation improves: the run goes to its step cap
         assert (m["steps"], m["best_step"], m["stopped_early"]) == (STEPS, STEPS, False), m
+    assert m["best_val_nll"] == pytest.approx(sign * m["best_step"])  # the scripted NLL of the best step
 
 
 def test_the_test_runs_on_the_best_checkpoints_weights(tmp_path, ehf_clean_env, monkeypatch):

@@ -320,16 +320,31 @@ def test_report_marks_under_trained_cells_and_leaves_them_out_of_means(e2e):
     table = [line for line in md.splitlines() if line.startswith("| ")]
     head = [c.strip() for c in table[0].strip("|").split("|")]
     body = {r[0]: dict(zip(head, r)) for r in ([c.strip() for c in line.strip("|").split("|")] for line in table[1:])}
-    # a best step at the first validation (step 10) is counted, but flagged
+    # a best step at the first validation (step 10) is flagged: counted in seeds, in no unflagged mean
     first = dual["best_step"] <= 10
     assert rows["ehf_dual-seed0"]["first_validation_best"] == str(first)
-    assert body["ehf_dual"]["seeds"] == "1/1" + (" (1 best at the 1st validation)" if first else "")
-    assert body["ehf_dual"]["test NLL"] == f"{dual['test/nll']:.3f}"
-    # ring2d has a known density, so the paired KL estimate is there, beside the unpaired one
-    assert body["ehf_dual"]["paired KL"] == f"{dual['test/kl_paired']:.3f}"
-    assert head.index("paired KL") == head.index("test KL") + 1
-    assert body["nsf_aug"]["seeds"] == "0/1 (1 under-trained)"
+    # the dual cell stopped early (patience 1); the NSF cell ran to its cap without early stopping, which is no flag
+    # (its only validation, at the cap, makes it under-trained and best at the 1st validation)
+    assert (rows["ehf_dual-seed0"]["hit_cap"], rows["nsf_aug-seed0"]["hit_cap"]) == ("False", "False")
+    history = [float(row["val/nll_iw8"]) for row in csv_rows(e2e.dir / "cells" / "ehf_dual-seed0") if row.get("val/nll_iw8")]
+    assert dual["best_val_nll"] == pytest.approx(min(history), rel=1e-6)
+    flagged = rows["ehf_dual-seed0"]["flagged"] == "True"
+    assert body["ehf_dual"]["seeds"] == ("0/1" if flagged else "1/1")
+    assert body["ehf_dual"]["test NLL"] == ("—" if flagged else f"{dual['test/nll']:.3f}")
+    # ring2d has a known density, so the paired KL estimate is there, beside the unpaired one, with its row error
+    assert body["ehf_dual"]["paired KL (all done)"] == f"{dual['test/kl_paired']:.3f}"
+    assert body["ehf_dual"]["test KL (all done)"] == f"{dual['test/kl']:.3f}"
+    assert head.index("test KL") < head.index("test KL (all done)") < head.index("paired KL")
+    assert 0 < dual["test/kl_paired_stderr"] < 1
+    # feasibility of the constrained cell: the largest bracket RMS over √tolerance
+    tol = yaml.safe_load((e2e.dir / "cells" / "ehf_dual-seed0" / "config.yaml").read_text())["constraint"]["tolerance"]
+    rms = max(v for k, v in dual.items() if k.startswith("test/bracket_rms/"))
+    assert float(rows["ehf_dual-seed0"]["feasibility"]) == pytest.approx(rms / math.sqrt(tol))
+    assert body["ehf_dual"]["RMS/√ε"] == f"{rms / math.sqrt(tol):.2f}" and body["nsf_aug"]["RMS/√ε"] == "—"
+    assert body["nsf_aug"]["seeds"] == "0/1" and body["nsf_aug"]["flags"] == "1 under-trained, 1 best at the 1st validation"
     assert body["nsf_aug"]["test NLL"] == "—" and body["nsf_aug"]["test KL"] == "—"  # not in any mean
+    assert body["nsf_aug"]["test KL (all done)"] != "—"
+    assert "estimators differ: EHF's test NLL and KL are importance-weighted (IWAE, K = 4)" in md
     assert body["nsf_aug"]["params"] == str(metrics(e2e.dir / "cells" / "nsf_aug-seed0")["params"])
     for png in ("kl.png", "gap.png", "invariance.png"):
         assert (out / png).stat().st_size > 1000 and f"({png})" in md
@@ -569,9 +584,11 @@ def test_seed_by_seed_comparison_counts_wins_and_mean_differences(tmp_path):
         rows.append(row)
     lines = [ln for ln in _paired(folder, rows) if ln.startswith("| n_train") and "comparison" not in ln]
     assert [ln.split("|")[1].strip() for ln in lines] == ["n_train64", "n_train128"]  # the axis' order
+    head = next([c.strip() for c in ln.strip("|").split("|")] for ln in _paired(folder, rows) if "| comparison |" in ln)
     for line in lines:
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        assert cells[1:] == ["ehf_dual vs ehf_none", "2", "1/2", "+0.050", "2/2", "-1.000"]
+        cells = dict(zip(head, (c.strip() for c in line.strip("|").split("|"))))
+        assert [cells[c] for c in ("comparison", "seeds", "lower test KL", "mean Δ KL", "smaller gap", "mean Δ gap")] == [
+            "ehf_dual vs ehf_none", "2", "1/2", "+0.050", "2/2", "-1.000"]
     # a pair a profile has left out of the grid is skipped, not an error
     path = write_study(tmp_path / "t.yaml", "pairs2", {"method": ["ehf_dual", "ehf_none", "nsf"]},
                        report={"compare": "method", "pairs": [["ehf_dual", "nsf"]]},
@@ -600,13 +617,14 @@ def test_report_writes_one_wandb_summary_table_when_wandb_is_on(e2e, monkeypatch
 
 
 def test_cell_rows_flag_under_trained_and_first_validation_best(tmp_path):
-    """under_trained: best step in the last 10 % of the cap; first_validation_best: best at the first validation."""
+    """under_trained: best step in the last 10 % of the cap, 0.9 × cap included; first_validation_best: best at the
+    first validation."""
     from lightning_ehf.study.report import cell_rows
     from lightning_ehf.study.runner import StudyFolder
 
     path = write_study(tmp_path / "s.yaml", "flags", {"seed": {"key": "seed", "values": [0, 1, 2, 3]}})
     folder = StudyFolder(tmp_path / "out", load_study(path))
-    for cell, best in zip(folder.cells, (10, 11, 900, 901)):
+    for cell, best in zip(folder.cells, (10, 11, 899, 900)):
         run = folder.cell_dir(cell)
         run.mkdir(parents=True)
         (run / "config.yaml").write_text("trainer:\n  val_check_interval: 10\n")

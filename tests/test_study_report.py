@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
+from ehf_testing import markdown_table
 from lightning_ehf import cli
 from lightning_ehf.study.runner import StudyFolder
 from lightning_ehf.study.spec import load_study
@@ -52,22 +53,8 @@ def report(tmp_path, capsys) -> str:
     return (folder.root / "report" / "results.md").read_text()
 
 
-def _table(md: str, first_column: str) -> dict[str, dict[str, str]]:
-    """The markdown table whose header starts with ``first_column``: {first cell: {column: cell}}."""
-    lines = md.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_column} |"))
-    head = [c.strip() for c in lines[start].strip("|").split("|")]
-    body = {}
-    for line in lines[start + 2 :]:
-        if not line.startswith("|"):
-            break
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        body[cells[0]] = dict(zip(head, cells))
-    return body
-
-
 def test_report_spread_is_the_sample_standard_deviation(report):
-    table = _table(report, "method")
+    table = markdown_table(report, "method")
     for method in ("ehf_dual", "ehf_none"):
         kl = [v for (m, _), v in KL.items() if m == method]
         assert table[method]["test KL"] == f"{np.mean(kl):.3f} ± {np.std(kl, ddof=1):.3f}", table[method]
@@ -75,7 +62,7 @@ def test_report_spread_is_the_sample_standard_deviation(report):
 
 
 def test_pairs_count_only_seeds_where_both_cells_are_done(report):
-    (row,) = _table(report, "comparison").values()
+    (row,) = markdown_table(report, "comparison").values()
     both = [s for s in range(4) if ("ehf_dual", s) in KL and ("ehf_none", s) in KL]  # seeds 0 and 2
     delta = np.mean([KL[("ehf_dual", s)] - KL[("ehf_none", s)] for s in both])
     wins = sum(KL[("ehf_dual", s)] < KL[("ehf_none", s)] for s in both)

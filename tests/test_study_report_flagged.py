@@ -1,5 +1,5 @@
-"""A report of a study whose every cell is under-trained (a pilot study) still draws them: open circles at the
-cells' values, none of them in a mean."""
+"""A report of a study whose every cell is flagged (here under-trained: a pilot study) still draws them: open
+circles at the cells' values, none of them in a mean."""
 
 from __future__ import annotations
 
@@ -57,5 +57,5 @@ def test_report_of_under_trained_cells_only_plots_them(tmp_path, monkeypatch):
     assert len({c.get_edgecolor()[0][:3].round(3).tobytes() for c in circles}) == 2  # one colour per method
     assert not ax.lines  # no mean: no cell is good
     assert sorted(t.get_text() for t in figures["kl.png"].legends[0].get_texts()) == [
-        "ehf_dual (under-trained)", "nsf (under-trained)"]
+        "ehf_dual (flagged)", "nsf (flagged)"]
     assert (tmp_path / "study" / "report" / "kl.png").stat().st_size > 1000

@@ -27,7 +27,7 @@ from .precision import eval_dtype, full_precision
 RANK_NOISE_STREAM = 7  # seed-stream key of the per-rank encoder noise
 REPORTED_BOUND = Objective()  # validation and test report the one-sample ELBO
 
-__all__ = ["EHFModule", "RowMean"]
+__all__ = ["EHFModule", "RowMean", "RowStandardError"]
 
 
 class RowMean(Metric):
@@ -55,6 +55,33 @@ class RowMean(Metric):
         return self.total / self.rows
 
 
+class RowStandardError(Metric):
+    """The standard error of the mean over the rows of a split, from per-row values:
+    ``s / √n`` with ``s² = (Σx² − (Σx)²/n) / (n − 1)`` (the sample variance, ``numpy.std(ddof=1)``²). The sums are
+    float64 and added across ranks when computed; below two rows the error is 0."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name in ("total", "squares", "rows"):
+            self.add_state(name, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    @override
+    def update(self, values: Tensor) -> None:
+        values = values.detach().to(torch.float64)
+        self.total += values.sum()
+        self.squares += values.square().sum()
+        self.rows += values.numel()
+
+    @override
+    def compute(self) -> Tensor:
+        if self.rows < 2:
+            return torch.zeros((), dtype=torch.float64)
+        variance = (self.squares - self.total.square() / self.rows) / (self.rows - 1)
+        return (variance.clamp_min(0) / self.rows).sqrt()
+
+
 class EHFModule(L.LightningModule):
     """Trains a density model on −ELBO + Σ_k λ_k (C_k − ε) (docs/design.md §2).
 
@@ -64,7 +91,8 @@ class EHFModule(L.LightningModule):
 
     Metrics: ``{stage}/elbo`` (``train/iwae`` instead when training on ``optim.objective=iwae``),
     ``{stage}/nll_iw{K}``, ``{stage}/kl`` (known target: NLL − entropy), ``{stage}/kl_paired`` (known target
-    density: the mean over rows of ``log p(q) − log p̂(q)``, the same quantity with a much smaller error),
+    density: the mean over rows of ``log p(q) − log p̂(q)``, the same quantity with a much smaller error, and
+    ``{stage}/kl_paired_stderr``, its standard error over the split's rows),
     ``{stage}/bracket_rms/{g}``, ``{stage}/lambda/{g}``, ``{stage}/invariance_error`` with
     ``{stage}/invariance_noise``, ``{stage}/equivariance_error``. The validation and test means over
     rows are torchmetrics metrics (:class:`RowMean`) weighted by batch size and reduced across ranks, so they
@@ -100,6 +128,8 @@ class EHFModule(L.LightningModule):
         # metric states are not persistent: checkpoints (and their strict loading) are unchanged
         self.eval_means = nn.ModuleDict({f"{stage}/{name}": RowMean() for stage in ("val", "test")
                                          for name in [*per_row, f"nll_iw{self.stage_iw[stage]}"]})
+        self.eval_errors = nn.ModuleDict({f"{stage}/kl_paired_stderr": RowStandardError() for stage in ("val", "test")
+                                          if target_log_prob is not None})
         self._compiled_objective: Optional[CompiledObjective] = None  # trainer.compile: built on the first step
         self._last_constraint: Optional[Tensor] = None
         self._constraints: list[Tensor] = []  # of the batches since the last optimiser step (trainer.accumulate_grad_batches)
@@ -158,7 +188,11 @@ class EHFModule(L.LightningModule):
             if self.target_log_prob is not None:
                 # paired with the target's log-density row by row: the two terms move together, so this
                 # estimate of the same KL has a standard error several times smaller than nll − entropy
-                means["kl_paired"] = (nll_rows.double() + self.target_log_prob(q.double())).mean()
+                paired_rows = nll_rows.double() + self.target_log_prob(q.double())
+                means["kl_paired"] = paired_rows.mean()
+                error = self.eval_errors[f"{stage}/kl_paired_stderr"]
+                error.update(paired_rows)
+                self.log(f"{stage}/kl_paired_stderr", error, on_step=False, on_epoch=True, batch_size=bs)
             for name, value in means.items():
                 self._log_mean(f"{stage}/{name}", value, bs, prog_bar=name in (f"nll_iw{k}", "kl"))
         return loss

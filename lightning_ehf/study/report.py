@@ -1,5 +1,6 @@
-"""``ehf study report DIR``: ``results.csv`` (one row per cell), ``results.md`` (mean ± std over seeds,
-under-trained and missing cells marked) and PNG plots, under ``DIR/report/``."""
+"""``ehf study report DIR``: ``results.csv`` (one row per cell, with its flags), ``results.md`` (mean ± std over
+seeds beside all-cell means, flagged and missing cells marked, paired comparisons with t-intervals, feasibility of
+constrained cells) and PNG plots, under ``DIR/report/``."""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .runner import StudyFolder
+from .statistics import (CONFIDENCE, DIVERGED_NATS, FEASIBLE_FACTOR, FLAGS, UNDER_TRAINED_FRACTION, cell_flags,
+                         is_flagged, mean_std, t_interval)
 
 __all__ = ["UNDER_TRAINED_FRACTION", "cell_rows", "write_report"]
 
-#: a cell whose best validation falls in the last 10 % of its step cap may still have been improving
-UNDER_TRAINED_FRACTION = 0.9
 SEED_AXIS = "seed"
 
 # (metrics.json key, column title, digits)
@@ -29,44 +30,46 @@ COLUMNS = [
     ("best_step", "best step", 0),
     ("wall_time_s", "wall s", 0),
 ]
+#: metrics whose mean over every done cell stands beside the mean over unflagged cells
+ALL_DONE_METRICS = ("test/kl", "test/kl_paired")
+ALL_DONE = "(all done)"
+PAIRED_STDERR = "test/kl_paired_stderr"
 
 
 def cell_rows(folder: StudyFolder) -> list[dict[str, Any]]:
-    """One dict per cell: its axis values, state, ``under_trained``, and every metrics.json entry."""
+    """One dict per cell: its axis values, state, ``model_kind``, every metrics.json entry and, for a done cell,
+    its flags (``under_trained``, ``hit_cap``, ``diverged_after_best``, ``first_validation_best``),
+    ``flagged``, ``best_val_nll`` and ``feasibility`` (see :mod:`.statistics`)."""
     rows = []
     for st in folder.states():
         cell = st.cell
+        run = folder.cell_dir(cell)
         row: dict[str, Any] = {"cell": cell.name, **cell.values, "state": st.state}
-        path = folder.cell_dir(cell) / "metrics.json"
         if st.state == "done":
-            row.update(json.loads(path.read_text()))
-            best, cap = row.get("best_step"), row.get("max_steps")
-            row["under_trained"] = bool(best is not None and cap and best > UNDER_TRAINED_FRACTION * cap)
-            row["first_validation_best"] = bool(best is not None and best <= _val_interval(folder.cell_dir(cell)))
+            config = _saved_config(run)
+            row["model_kind"] = (config.get("model") or {}).get("kind")
+            metrics = json.loads((run / "metrics.json").read_text())
+            row.update(metrics)
+            row.update(cell_flags(metrics, config, run))
         rows.append(row)
     return rows
 
 
-def _val_interval(run: Path) -> int:
+def _saved_config(run: Path) -> dict[str, Any]:
+    """The run's config.yaml as plain containers (empty if missing or unreadable)."""
     import yaml
 
     try:
-        return int(yaml.safe_load((run / "config.yaml").read_text())["trainer"]["val_check_interval"])
-    except (OSError, KeyError, TypeError, ValueError):
-        return 0
+        config = yaml.safe_load((run / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return config if isinstance(config, dict) else {}
 
 
 def _fmt(x: Optional[float], digits: int) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "—"
     return f"{x:.{digits}f}"
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return mean, std
 
 
 def _groups(rows: list[dict[str, Any]], axes: list[str]) -> dict[tuple, list[dict[str, Any]]]:
@@ -89,42 +92,80 @@ def _axis_number(folder: StudyFolder, axis: str, value: str) -> Optional[float]:
     return None
 
 
+def _mean_cell(rows: list[dict[str, Any]], metric: str, digits: int) -> str:
+    """``mean ± std`` of a metric over rows (one value: itself; none: —)."""
+    vals = [float(r[metric]) for r in rows if r.get(metric) is not None]
+    if not vals:
+        return "—"
+    if len(vals) == 1:
+        return _fmt(vals[0], digits)
+    m, s = mean_std(vals)
+    return f"{_fmt(m, digits)} ± {_fmt(s, digits)}"
+
+
+def _flag_counts(done: list[dict[str, Any]]) -> str:
+    """How many of a group's done cells carry each flag: ``2 under-trained, 1 hit the cap`` (— if none)."""
+    counts = [f"{n} {phrase}" for flag, phrase in FLAGS.items() if (n := sum(bool(r.get(flag)) for r in done))]
+    return ", ".join(counts) or "—"
+
+
+def _feasibility_cells(done: list[dict[str, Any]]) -> list[str]:
+    """The group's cells within ``FEASIBLE_FACTOR`` of the tolerance (of those with a ratio), and the ratio's mean ± std."""
+    ratios = [float(r["feasibility"]) for r in done if r.get("feasibility") is not None]
+    if not ratios:
+        return ["—", "—"]
+    within = sum(x <= FEASIBLE_FACTOR for x in ratios)
+    return [f"{within}/{len(ratios)}", _mean_cell(done, "feasibility", 2)]
+
+
 def _markdown_table(folder: StudyFolder, rows: list[dict[str, Any]]) -> list[str]:
     axes = [a.name for a in folder.study.axes]
     keys = [a for a in axes if a != SEED_AXIS]
     # the paired KL exists only on targets with a known density (and in runs that logged it)
     columns = [c for c in COLUMNS if c[0] != "test/kl_paired" or any(r.get(c[0]) is not None for r in rows)]
-    head = [*keys, "seeds", *[title for _, title, _ in columns], "params"]
+    titles = []
+    for metric, title, _ in columns:
+        titles += [title, f"{title} {ALL_DONE}"] if metric in ALL_DONE_METRICS else [title]
+    stderr = any(r.get(PAIRED_STDERR) is not None for r in rows)
+    feasible = any(r.get("feasibility") is not None for r in rows)
+    head = [*keys, "seeds", "flags", *titles, *(["paired KL row s.e."] if stderr else []),
+            *([f"feasible (≤ {FEASIBLE_FACTOR}×)", "RMS/√ε"] if feasible else []), "params"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, group in _groups(rows, axes).items():
         done = [r for r in group if r["state"] == "done"]
-        good = [r for r in done if not r["under_trained"]]
-        seeds = f"{len(good)}/{len(group)}"
-        if len(done) > len(good):
-            seeds += f" ({len(done) - len(good)} under-trained)"
-        early = sum(bool(r.get("first_validation_best")) for r in good)
-        if early:
-            seeds += f" ({early} best at the 1st validation)"
-        cells = []
+        good = [r for r in done if not is_flagged(r)]
+        cells = [f"{len(good)}/{len(group)}", _flag_counts(done)]
         for metric, _, digits in columns:
-            vals = [float(r[metric]) for r in good if r.get(metric) is not None]
-            if not vals:
-                cells.append("—")
-            elif len(vals) == 1:
-                cells.append(_fmt(vals[0], digits))
-            else:
-                m, s = _mean_std(vals)
-                cells.append(f"{_fmt(m, digits)} ± {_fmt(s, digits)}")
+            cells.append(_mean_cell(good, metric, digits))
+            if metric in ALL_DONE_METRICS:
+                cells.append(_mean_cell(done, metric, digits))
+        if stderr:  # the largest per-cell standard error over its test rows: the measurement's own noise
+            errs = [float(r[PAIRED_STDERR]) for r in good if r.get(PAIRED_STDERR) is not None]
+            cells.append(f"≤ {max(errs):.2g}" if errs else "—")
+        cells += _feasibility_cells(done) if feasible else []
         params = sorted({int(r["params"]) for r in done if r.get("params") is not None})
-        lines.append("| " + " | ".join([*key, seeds, *cells, ", ".join(map(str, params)) or "—"]) + " |")
+        lines.append("| " + " | ".join([*key, *cells, ", ".join(map(str, params)) or "—"]) + " |")
     return lines
+
+
+def _difference_cells(pairs: list[tuple[dict[str, Any], dict[str, Any]]], metric: str, wins: bool = True) -> list[str]:
+    """Over seed pairs (A, B): how often A is lower (``wins``), the mean of A − B and its t-interval."""
+    values = [(float(a[metric]), float(b[metric])) for a, b in pairs
+              if a.get(metric) is not None and b.get(metric) is not None]
+    if not values:
+        return ["—"] * (3 if wins else 2)
+    diffs = [x - y for x, y in values]
+    interval = t_interval(diffs)
+    cells = [f"{sum(x < y for x, y in values)}/{len(values)}"] if wins else []
+    return cells + [f"{sum(diffs) / len(diffs):+.3f}",
+                    f"[{interval[0]:+.3f}, {interval[1]:+.3f}]" if interval else "—"]
 
 
 def _paired(folder: StudyFolder, rows: list[dict[str, Any]]) -> list[str]:
     """Seed-by-seed comparisons ``report.pairs: [[A, B], ...]`` of two values of the ``compare`` axis, in
-    every group of the other axes: in how many seeds A has the lower test KL and the smaller test − train
-    gap than B, and the mean differences (A − B). Only seeds where both cells are done and not
-    under-trained count."""
+    every group of the other axes: over the seeds where both cells are done and neither is flagged, in how many
+    A has the lower test KL and the smaller test − train gap than B, the mean differences (A − B) and their
+    t-intervals; then the KL difference again over every seed where both cells are done, flagged or not."""
     rep = folder.study.report
     compare = rep.get("compare")
     present = {a.name: list(a.values) for a in folder.study.axes}  # in the study file's order
@@ -133,29 +174,27 @@ def _paired(folder: StudyFolder, rows: list[dict[str, Any]]) -> list[str]:
         return []
     others = [a.name for a in folder.study.axes if a.name not in (compare, SEED_AXIS)]
     by_key = {(tuple(r[a] for a in others), r[compare], r.get(SEED_AXIS)): r for r in rows}
+    ci = f"{CONFIDENCE:.0%} CI"
+    head = [*others, "comparison", "seeds", "lower test KL", "mean Δ KL", f"{ci} Δ KL", "smaller gap", "mean Δ gap",
+            f"{ci} Δ gap", "all done: seeds", "all done: mean Δ KL", f"all done: {ci} Δ KL"]
     lines = ["", "## Seed-by-seed comparisons", "",
-             "Per group, over the seeds where both cells are done and not under-trained: how often the first method "
-             "has the lower value, and the mean difference (first − second; negative favours the first).", "",
-             "| " + " | ".join([*others, "comparison", "seeds", "lower test KL", "mean Δ KL", "smaller gap", "mean Δ gap"])
-             + " |", "|" + "---|" * (len(others) + 6)]
+             "Per group, over the seeds where both cells are done and neither is flagged: how often the first method "
+             "has the lower value, the mean difference (first − second; negative favours the first) and its "
+             f"{CONFIDENCE:.0%} Student-t interval (n − 1 degrees of freedom; none below 2 seeds). A count of lower "
+             "values is a sign count (its smallest one-sided p with n seeds is 2⁻ⁿ: 0.125 with 3), so a difference "
+             "is supported only where its interval excludes 0. The last three columns repeat the KL difference over "
+             "all seeds where both cells are done, flagged cells included.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     groups = sorted({k[0] for k in by_key}, key=lambda g: [present[a].index(v) for a, v in zip(others, g)])
     seeds = sorted({k[2] for k in by_key}, key=str)
     for first, second in pairs:
         for group in groups:
-            both = []
-            for seed in seeds:
-                a, b = by_key.get((group, first, seed)), by_key.get((group, second, seed))
-                if a and b and a["state"] == b["state"] == "done" and not a["under_trained"] and not b["under_trained"]:
-                    both.append((a, b))
-            cells = [f"{first} vs {second}", str(len(both))]
-            for metric in ("test/kl", "test/nll_gap"):
-                pairs_m = [(float(a[metric]), float(b[metric])) for a, b in both
-                           if a.get(metric) is not None and b.get(metric) is not None]
-                if pairs_m:
-                    wins = sum(x < y for x, y in pairs_m)
-                    cells += [f"{wins}/{len(pairs_m)}", f"{sum(x - y for x, y in pairs_m) / len(pairs_m):+.3f}"]
-                else:
-                    cells += ["—", "—"]
+            done = [(a, b) for a, b in ((by_key.get((group, first, s)), by_key.get((group, second, s))) for s in seeds)
+                    if a and b and a["state"] == b["state"] == "done"]
+            clean = [(a, b) for a, b in done if not is_flagged(a) and not is_flagged(b)]
+            cells = [f"{first} vs {second}", str(len(clean)), *_difference_cells(clean, "test/kl"),
+                     *_difference_cells(clean, "test/nll_gap"), str(len(done)),
+                     *_difference_cells(done, "test/kl", wins=False)]
             lines.append("| " + " | ".join([*group, *cells]) + " |")
     return lines
 
@@ -185,13 +224,13 @@ def _plot(folder: StudyFolder, rows: list[dict[str, Any]], metric: str, ylabel: 
                 sel = [r for r in rows if r[x_axis] == xv and (panel is None or r[panel_axis] == panel)
                        and (line is None or r[compare_axis] == line) and r["state"] == "done"
                        and r.get(metric) is not None]
-                good = [float(r[metric]) for r in sel if not r["under_trained"]]
+                good = [float(r[metric]) for r in sel if not is_flagged(r)]
                 x = _axis_number(folder, x_axis, xv) if numeric else float(i)
                 if good:
-                    m, s = _mean_std(good)
+                    m, s = mean_std(good)
                     px.append(x), py.append(m), pe.append(s)
                 for r in sel:
-                    if r["under_trained"]:
+                    if is_flagged(r):
                         open_x.append(x), open_y.append(float(r[metric]))
             positive &= all(y > 0 for y in py + open_y)
             color = f"C{lines.index(line) % 10}"  # one colour per line, for its means and its open circles
@@ -202,7 +241,7 @@ def _plot(folder: StudyFolder, rows: list[dict[str, Any]], metric: str, ylabel: 
                             label=str(line) if line else None)
             if open_x:  # drawn also when no cell of the line is good (a pilot study): the plot is never empty
                 ax.scatter(open_x, open_y, facecolors="none", edgecolors=color, s=30,
-                           label=None if px else f"{line} (under-trained)" if line else "under-trained")
+                           label=None if px else f"{line} (flagged)" if line else "flagged")
         if numeric:
             ax.set_xscale("log", base=2)
         else:
@@ -274,6 +313,75 @@ def _table_value(v: Any) -> Any:
     return v if v is None or isinstance(v, (int, float, str, bool)) else str(v)
 
 
+#: the list of a flag's cells under the table
+FLAG_LISTS = {"under_trained": "Under-trained cells", "hit_cap": "Cells that hit the cap",
+              "diverged_after_best": "Cells that diverged after their best step",
+              "first_validation_best": "Cells best at their first validation"}
+EXACT_MODELS = {"nsf": "NSF", "efm": "efm"}
+
+
+def _flag_statement() -> str:
+    return (f"a done cell is *flagged* when it is *under-trained* (best validation step ≥ "
+            f"{UNDER_TRAINED_FRACTION:.0%} of its step cap: it may still have been improving), *hit the cap* (early "
+            f"stopping was on and never fired), *diverged after best* (final validation NLL non-finite or more than "
+            f"{DIVERGED_NATS:g} nat above the best one: the tested checkpoint predates a blow-up) or *best at the 1st "
+            f"validation* (its optimum may lie before it). A flagged cell supports no claim: `seeds` counts the "
+            f"unflagged cells of all, `flags` counts each flag over the done cells, each mean ± std (sample std over "
+            f"seeds) is over unflagged cells and each column marked {ALL_DONE} over every done cell; plots draw "
+            f"flagged cells as open circles")
+
+
+def _estimator_statement(done: list[dict[str, Any]]) -> Optional[str]:
+    """One sentence on the two estimators, when EHF cells sit beside exact-likelihood ones."""
+    kinds = {r.get("model_kind") for r in done}
+    exact = [name for kind, name in EXACT_MODELS.items() if kind in kinds]
+    if "ehf" not in kinds or not exact:
+        return None
+    ks = sorted({int(r["iw_samples"]) for r in done if r.get("model_kind") == "ehf" and r.get("iw_samples")})
+    return (f"estimators differ: EHF's test NLL and KL are importance-weighted (IWAE, K = "
+            f"{', '.join(map(str, ks)) or 'eval.iw_samples'}) upper bounds on its NLL and KL (in expectation), "
+            f"while {' and '.join(n + chr(39) + 's' for n in exact)} are exact likelihoods")
+
+
+def _feasibility_statement(done: list[dict[str, Any]]) -> Optional[str]:
+    ratios = [float(r["feasibility"]) for r in done if r.get("feasibility") is not None]
+    if not ratios:
+        return None
+    within = sum(x <= FEASIBLE_FACTOR for x in ratios)
+    return (f"feasibility of constrained cells (constraint.mode dual or penalty): RMS/√ε is the largest test "
+            f"bracket RMS over generators ÷ √constraint.tolerance (the tolerance bounds the mean squared bracket, so "
+            f"≤ 1 is feasible), as mean ± std over a group's done cells, flagged or not, beside how many of them are "
+            f"within {FEASIBLE_FACTOR}× (in this study {within} of {len(ratios)} done constrained cells)")
+
+
+def _summary(folder: StudyFolder, rows: list[dict[str, Any]]) -> list[str]:
+    """The bullet list above the table: command, cells, data and budget, hardware, time, flags, estimators."""
+    manifest = json.loads((folder.root / "study.json").read_text())
+    done = [r for r in rows if r["state"] == "done"]
+    wall = sum(float(r.get("wall_time_s") or 0) for r in done)
+    lines = [f"- command: `{manifest.get('command', '')}`",
+             f"- cells: {len(done)} of {len(rows)} done"
+             + (f"; **{len(rows) - len(done)} missing** (not in any mean)" if len(done) < len(rows) else ""),
+             f"- data and budget: {_split_statement(folder.study.base)}",
+             f"- hardware of this report: {_hardware()}",
+             f"- training + test time summed over cells: {wall / 60:.1f} min",
+             f"- {_flag_statement()}"]
+    if any(r.get(PAIRED_STDERR) is not None for r in done):
+        lines.append("- paired KL row s.e.: the largest standard error of one unflagged cell's paired KL over its test "
+                     "rows (the noise of a single measurement, beside the spread over seeds)")
+    lines += [f"- {s}" for s in (_feasibility_statement(done), _estimator_statement(done)) if s]
+    return lines
+
+
+def _flag_lists(rows: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for flag, title in FLAG_LISTS.items():
+        cells = [r["cell"] for r in rows if r["state"] == "done" and r.get(flag)]
+        if cells:
+            lines += ["", f"{title} ({len(cells)}): " + ", ".join(f"`{c}`" for c in cells)]
+    return lines
+
+
 def write_report(folder: StudyFolder) -> dict[str, Any]:
     """Write ``DIR/report/{results.csv,results.md,*.png}`` (plus analyses named by the study file).
     Returns {"md": path, "csv": path, "files": [paths]}."""
@@ -294,28 +402,13 @@ def write_report(folder: StudyFolder) -> dict[str, Any]:
         writer.writerows(rows)
     files.append(csv_path)
 
-    manifest = json.loads((folder.root / "study.json").read_text())
     done = [r for r in rows if r["state"] == "done"]
-    under = [r["cell"] for r in done if r["under_trained"]]
-    wall = sum(float(r.get("wall_time_s") or 0) for r in done)
     md = [f"# Study `{folder.study.name}` (profile `{folder.study.profile}`)", ""]
     if folder.study.description:
         md += [folder.study.description, ""]
-    md += [f"- command: `{manifest.get('command', '')}`",
-           f"- cells: {len(done)} of {len(rows)} done"
-           + (f"; **{len(rows) - len(done)} missing** (not in any mean)" if len(done) < len(rows) else ""),
-           f"- data and budget: {_split_statement(folder.study.base)}",
-           f"- hardware of this report: {_hardware()}",
-           f"- training + test time summed over cells: {wall / 60:.1f} min",
-           f"- mean ± std over seeds of the cells that are done and not under-trained; a cell is "
-           f"*under-trained* when its best validation step lies in the last "
-           f"{100 * (1 - UNDER_TRAINED_FRACTION):.0f} % of its step cap (it may still have been improving): "
-           f"such cells are counted in `seeds` but left out of every mean and drawn as open circles. A cell whose "
-           f"best step is its first validation is counted but flagged: its optimum may lie before that validation",
-           ""]
+    md += [*_summary(folder, rows), ""]
     md += _markdown_table(folder, rows)
-    if under:
-        md += ["", f"Under-trained cells ({len(under)}): " + ", ".join(f"`{c}`" for c in under)]
+    md += _flag_lists(rows)
     failed = [r["cell"] for r in rows if r["state"] == "failed"]
     if failed:
         md += ["", f"Failed cells ({len(failed)}): " + ", ".join(f"`{c}`" for c in failed)
