@@ -22,6 +22,7 @@ from .build import check_logger, make_datamodule, make_module, make_trainer, res
 from .checkpoints import check_state_dict, load_checkpoint
 from .config.load import explicit_keys, flatten, from_saved, load_config, override_value, save_config, to_container
 from .config.schema import Config
+from .core.constraints import INFEASIBLE_OFFSET
 from .errors import EXIT_DIVERGED, EXIT_PREEMPTED, CheckpointError, ConfigError, NumericalDivergence, Preempted, UserError
 from .lit.callbacks import log_to_wandb
 from .lit.module import schedule_change
@@ -318,6 +319,9 @@ def _fit_and_test(trainer: Any, module: Any, datamodule: Any, run_dir: Path, ckp
         selector = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
         best = selector.best_model_path if selector is not None else ""
         best_score = selector.best_model_score if selector is not None else None
+        if selector is not None and selector.monitor == "val/selection" and best_score is not None \
+                and float(best_score) >= INFEASIBLE_OFFSET:
+            best_score = None  # the least infeasible checkpoint: its score is not an NLL
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     except NumericalDivergence as e:
         kept = f"; last good checkpoint: {last}" if last.is_file() else "; no checkpoint had been written yet"

@@ -59,14 +59,20 @@ def test_paired_interval_against_a_hand_computation():
 @pytest.mark.parametrize("row,expected", [
     ({"best_step": "900", "max_steps": "1000", "stopped_early": "True"}, ["under-trained"]),  # the ≥ boundary
     ({"best_step": "899", "max_steps": "1000", "stopped_early": "True"}, []),
-    ({"best_step": "400", "max_steps": "1000", "stopped_early": "False"}, ["hit cap"]),
-    ({"best_step": "400", "max_steps": "1000", "stopped_early": "True", "val/kl": "6.0", "test/kl": "4.9"}, ["diverged"]),
+    ({"best_step": "400", "max_steps": "1000", "stopped_early": "False"}, ["hit the cap"]),
+    ({"best_step": "400", "max_steps": "1000", "stopped_early": "True", "val/kl": "6.0", "test/kl": "4.9"}, ["diverged after best"]),
     ({"best_step": "400", "max_steps": "1000", "stopped_early": "True", "val/kl": "5.8", "test/kl": "4.9"}, []),
     ({"best_step": "50", "max_steps": "1000", "stopped_early": "True", "first_validation_best": "True"},
-     ["best at 1st validation"]),
+     ["best at the 1st validation"]),
 ])
 def test_row_flags(row, expected):
     assert row_flags(row) == expected
+
+
+def test_row_flags_read_the_reports_flag_columns_and_know_fixed_budgets():
+    capped = {"best_step": "400", "max_steps": "1000", "stopped_early": "False", "steps": "1000"}
+    assert row_flags(capped, early_stopping=False) == []  # a learning curve runs to its cap by design
+    assert row_flags({**capped, "hit_cap": "False", "diverged_after_best": "True"}) == ["diverged after best"]
 
 
 def test_verdicts_follow_the_interval(tmp_path):

@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FEASIBLE_RATIO", "LagrangeMultipliers", "MODES", "RULES", "feasibility_ratio", "selection_score"]
+__all__ = ["FEASIBLE_RATIO", "INFEASIBLE_OFFSET", "LagrangeMultipliers", "MODES", "RULES", "feasibility_ratio", "selection_score"]
 
 MODES = ("none", "penalty", "dual")
 RULES = ("additive", "augmented", "geco")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from scipy import stats
+from .statistics import FLAGS, diverged_after_best, hit_cap, t_interval, under_trained
 
 __all__ = ["SUMMARY_STUDIES", "Comparison", "compare_study", "markdown", "paired_interval", "row_flags", "step_cost_ratios"]
 
@@ -31,10 +31,6 @@ PEERS = ("nsf", "nsf_aug", "efm")
 #: each EHF arm and what it is compared with: the strongest peer, or (for the constraint) the same flow without it
 ARMS = {"ehf_invariant": "peer", "ehf_dual": "peer"}
 CONSTRAINT_ARM = ("ehf_dual", "ehf_none")
-#: the share of the step cap after which a best checkpoint may still have been improving
-UNDER_TRAINED_FRACTION = 0.9
-#: a final validation this many nats above the best one: the run blew up after its best checkpoint
-DIVERGED_NATS = 1.0
 
 
 def _number(row: dict[str, Any], key: str) -> Optional[float]:
@@ -51,34 +47,33 @@ def _true(row: dict[str, Any], key: str) -> bool:
     return str(row.get(key, "")).strip().lower() == "true"
 
 
-def row_flags(row: dict[str, Any]) -> list[str]:
-    """The reasons a done cell supports no claim: ``under-trained`` (best step ≥ 0.9 × cap), ``hit cap`` (ran
-    to the cap without early stopping), ``diverged`` (the final validation KL more than 1 nat above the
-    best checkpoint's test KL) and ``best at 1st validation``."""
-    flags = []
+def row_flags(row: dict[str, Any], early_stopping: bool = True) -> list[str]:
+    """The flags of a results.csv row (:mod:`.statistics`), in the reports' words: the row's own flag columns
+    where its report wrote them, else recomputed from its columns. Rows written before ``best_val_nll``
+    existed judge a blow-up by the last validation KL against the tested checkpoint's KL (different rows: a
+    proxy); ``early_stopping`` says whether the study stopped early at all (else reaching the cap is the plan)."""
     best, cap = _number(row, "best_step"), _number(row, "max_steps")
-    if best is not None and cap and best >= UNDER_TRAINED_FRACTION * cap:
-        flags.append("under-trained")
-    if str(row.get("stopped_early", "")).strip().lower() == "false":
-        flags.append("hit cap")
-    final, tested = _number(row, "val/kl"), _number(row, "test/kl")
-    if final is not None and tested is not None and final - tested > DIVERGED_NATS:
-        flags.append("diverged")
-    if _true(row, "first_validation_best"):
-        flags.append("best at 1st validation")
-    return flags
+    flags = {
+        "under_trained": under_trained(None if best is None else int(best), None if cap is None else int(cap)),
+        "first_validation_best": _true(row, "first_validation_best"),
+    }
+    if "hit_cap" in row:
+        flags["hit_cap"] = _true(row, "hit_cap")
+    else:
+        metrics = {"stopped_early": _true(row, "stopped_early"), "steps": _number(row, "steps"), "max_steps": cap}
+        flags["hit_cap"] = hit_cap(metrics, early_stopping)
+    if "diverged_after_best" in row:
+        flags["diverged_after_best"] = _true(row, "diverged_after_best")
+    else:
+        flags["diverged_after_best"] = diverged_after_best(_number(row, "val/kl"), _number(row, "test/kl"))
+    return [FLAGS[name] for name in FLAGS if flags[name]]
 
 
-def paired_interval(differences: list[float], level: float = 0.95) -> tuple[float, float, float]:
-    """Mean of paired differences and its two-sided ``level`` t-interval ``mean ± t_{n−1} s / √n``
-    (``±inf`` with one pair)."""
-    n = len(differences)
-    mean = sum(differences) / n
-    if n < 2:
-        return mean, -math.inf, math.inf
-    sd = math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1))
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
-    return mean, mean - half, mean + half
+def paired_interval(differences: list[float]) -> tuple[float, float, float]:
+    """Mean of paired differences and its 95 % t-interval (``±inf`` with one pair)."""
+    mean = sum(differences) / len(differences)
+    interval = t_interval(differences)
+    return (mean, *interval) if interval is not None else (mean, -math.inf, math.inf)
 
 
 @dataclass(frozen=True)
@@ -123,7 +118,7 @@ def _mean_kl(cells: dict[str, dict[str, Any]]) -> float:
     return sum(values) / len(values) if values else math.inf
 
 
-def _compare(source: str, group: str, methods: dict, arm: str, other: str) -> Optional[Comparison]:
+def _compare(source: str, group: str, methods: dict, arm: str, other: str, early_stopping: bool) -> Optional[Comparison]:
     seeds = sorted(set(methods[arm]) & set(methods[other]))
     pairs = [(methods[arm][s], methods[other][s]) for s in seeds]
     pairs = [(a, b) for a, b in pairs if _number(a, "test/kl") is not None and _number(b, "test/kl") is not None]
@@ -131,7 +126,7 @@ def _compare(source: str, group: str, methods: dict, arm: str, other: str) -> Op
         return None
     diffs = [_number(a, "test/kl") - _number(b, "test/kl") for a, b in pairs]  # type: ignore[operator]
     mean, low, high = paired_interval(diffs)
-    flagged = sum(bool(row_flags(r)) for pair in pairs for r in pair)
+    flagged = sum(bool(row_flags(r, early_stopping)) for pair in pairs for r in pair)
     return Comparison(source, group, arm, other, sum(_number(a, "test/kl") for a, _ in pairs) / len(pairs),  # type: ignore[misc]
                       sum(_number(b, "test/kl") for _, b in pairs) / len(pairs), mean, low, high, len(pairs), flagged)  # type: ignore[misc]
 
@@ -143,6 +138,7 @@ def compare_study(path: Path, source: Optional[str] = None) -> list[Comparison]:
     if not rows or "method" not in rows[0]:
         return []
     source = source or str(path)
+    early_stopping = any(_true(r, "stopped_early") for r in rows)  # no cell stopped early: a fixed budget
     out = []
     for key, methods in _groups(rows).items():
         group = " ".join(key)
@@ -151,9 +147,9 @@ def compare_study(path: Path, source: Optional[str] = None) -> list[Comparison]:
             best_peer = min(peers, key=lambda p: _mean_kl(methods[p]))
             for arm in ARMS:
                 if arm in methods:
-                    out.append(_compare(source, group, methods, arm, best_peer))
+                    out.append(_compare(source, group, methods, arm, best_peer, early_stopping))
         if all(m in methods for m in CONSTRAINT_ARM):
-            out.append(_compare(source, group, methods, *CONSTRAINT_ARM))
+            out.append(_compare(source, group, methods, *CONSTRAINT_ARM, early_stopping))
     return [c for c in out if c is not None]
 
 
