@@ -25,9 +25,8 @@ import torch
 from torch import Tensor
 
 from .symmetries import GroupElement, Symmetry
-from .targets import Target
 
-__all__ = ["CentreOfMassFrame", "FramedFeatures", "FramedTarget", "PairDistanceFeatures", "permute_particles"]
+__all__ = ["CentreOfMassFrame", "FramedFeatures", "PairDistanceFeatures", "permute_particles"]
 
 
 def _helmert(n: int) -> Tensor:
@@ -129,38 +128,6 @@ class FramedFeatures:
             return self.features(x), lambda g: self.frame.to_subspace(self.features.pullback(x, g))
         feats, pullback = inner(x)
         return feats, lambda g: self.frame.to_subspace(pullback(g))
-
-
-class FramedTarget(Target):
-    """A translation-invariant particle target seen in the orthonormal coordinates z of its
-    centre-of-mass-free subspace: samples Bᵀ x, ``log_prob(z) = log p(B z)``, entropy unchanged
-    (B is an isometry of the subspace, so densities carry no Jacobian)."""
-
-    def __init__(self, target: Target, frame: CentreOfMassFrame) -> None:
-        if target.dim != frame.full_dim:
-            raise ValueError(f"target {target.name} has dimension {target.dim}, the frame {frame.full_dim}")
-        self.target, self.frame = target, frame
-        self.name, self.dim = target.name, frame.dim
-        self.finite_pool = getattr(target, "finite_pool", False)
-        self.symmetry_spec = dict(target.symmetry_spec)
-
-    def sample(self, n: int, generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32,
-               device: Any = None) -> Tensor:
-        return self.frame.to_subspace(self.target.sample(n, generator, dtype, device))
-
-    def sample_split(self, split: str, n: int, generator: Optional[torch.Generator] = None,
-                     dtype: torch.dtype = torch.float32, device: Any = None) -> Tensor:
-        return self.frame.to_subspace(self.target.sample_split(split, n, generator, dtype, device))
-
-    def pool_size(self, split: str) -> int:
-        """Samples in the pool of ``split`` (pool targets only)."""
-        return self.target.pool_size(split)  # type: ignore[attr-defined]
-
-    def log_prob(self, z: Tensor) -> Tensor:
-        return self.target.log_prob(self.frame.from_subspace(z))
-
-    def entropy(self, n: int = 100_000, generator: Optional[torch.Generator] = None) -> tuple[float, float]:
-        return self.target.entropy(n, generator)
 
 
 #: Gaussian-basis arguments are clamped here before ``exp``: in float32 exp of arguments below about −87
