@@ -34,14 +34,7 @@ def make_symmetry(sym_cfg: Any, dim: int, target: Optional[Target] = None) -> Sy
     if group == "auto":
         if target is None:
             raise ConfigError("symmetry.group: 'auto' needs a target; file data has no declared symmetry: set symmetry.group")
-        spec = target.symmetry_spec
-        if spec["group"] == "particles":
-            return S.particle_rotations(dim // spec["particle_dim"], spec["particle_dim"])
-        if spec["group"] in ("so2", "so3"):
-            return S.son(dim, spec["coords"])
-        if spec["group"] == "rotations":
-            return S.product(*[S.rotation_plane(dim, a, b) for a, b in spec["planes"]])
-        return S.no_symmetry(dim)
+        return target.symmetry
     try:
         if group == "none":
             return S.no_symmetry(dim)
@@ -78,15 +71,15 @@ def particle_dim_of(cfg: Any, target: Optional[Target] = None) -> Optional[int]:
     the particles the target declares, else None (the data are not particles)."""
     if cfg.symmetry.particle_dim:
         return int(cfg.symmetry.particle_dim)
-    if target is not None and target.symmetry_spec.get("group") == "particles":
-        return int(target.symmetry_spec["particle_dim"])
+    if target is not None and target.particle_dim is not None:
+        return int(target.particle_dim)
     return None
 
 
 def resolve_translation(cfg: Any, target: Optional[Target] = None) -> str:
     """``symmetry.translation``: ``auto`` → what the target declares (``com`` for translation-invariant
     particle targets such as dw4), ``none`` for file data. Refuses combinations that cannot be right."""
-    declared = target.symmetry_spec.get("translation", "none") if target is not None else "none"
+    declared = "com" if target is not None and target.translation_invariant else "none"
     translation = cfg.symmetry.translation
     if translation == "auto":
         return declared
@@ -196,7 +189,7 @@ def make_flow_matching(cfg: Config, symmetry: Symmetry, data_map: DataMap) -> nn
     if particle_dim and symmetry.num_generators:
         group = cfg.symmetry.group
         whole = {"so2": 2, "so3": 3}.get(group) == particle_dim or (
-            group == "auto" and target is not None and target.symmetry_spec.get("group") == "particles")
+            group == "auto" and target is not None and target.particle_dim is not None)
         if not whole:
             raise ConfigError(f"symmetry.group: model.kind=efm on particles needs every particle rotated by the whole "
                               f"rotation group (so2 for 2-D particles, so3 for 3-D, or auto), not {group}")

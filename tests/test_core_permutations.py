@@ -29,7 +29,7 @@ def _invariant_particle_model(target: str, randomize):
     validate(cfg)
     data = make_target(target)
     model = randomize(make_model(cfg, make_data_symmetry(cfg, data.dim, data)), 0.4).to(F64)
-    return model, model.data_map.frame, data.symmetry_spec["particle_dim"], data.dim
+    return model, model.data_map.frame, data.particle_dim, data.dim
 
 
 def _relabeller(frame, n: int, dim: int, order: list[int]):
