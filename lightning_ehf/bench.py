@@ -294,7 +294,8 @@ def _particle_model(device: torch.device, n: int, invariant: bool, today: bool =
     from dataclasses import replace
 
     from lightning_ehf.core import MLPEnergy
-    from lightning_ehf.core.frames import CentreOfMassFrame, FramedFeatures, PairDistanceFeatures
+    from lightning_ehf.core.frames import CentreOfMassFrame
+    from lightning_ehf.core.invariants import FramedFeatures, PairDistanceFeatures
     from lightning_ehf.core.pair_features_reference import ReferencePairDistanceFeatures
 
     symmetry = particle_rotations(n, 3)

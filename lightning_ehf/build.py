@@ -12,7 +12,8 @@ from torch import nn
 from .core import symmetries as S
 from .core.flows import make_ehf
 from .core.coordinates import DataMap
-from .core.frames import CentreOfMassFrame, PairDistanceFeatures
+from .core.frames import CentreOfMassFrame
+from .core.invariants import PairDistanceFeatures
 from .core.symmetries import Symmetry
 from .config.schema import Config, OptimCfg
 from .core.targets import Target, make_target
