@@ -142,10 +142,7 @@ def make_model(cfg: Any, symmetry: Symmetry) -> nn.Module:
     m = cfg.model
     target = make_target(cfg.data.target) if cfg.data.target else None
     data_map = DataMap(symmetry.dim, make_frame(cfg, symmetry, target))
-    try:
-        model_symmetry = data_map.restrict(symmetry)
-    except ValueError as e:
-        raise ConfigError(f"symmetry.translation: {e}") from None
+    model_symmetry = data_map.restrict(symmetry)  # make_frame has refused a group the frame cannot carry
     if m.kind == "efm":
         return make_flow_matching(cfg, model_symmetry, data_map)
     if m.kind == "nsf":
