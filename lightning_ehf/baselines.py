@@ -7,6 +7,7 @@ import torch
 import zuko
 from torch import Tensor, nn
 
+from .core.coordinates import DataMap
 from .core.exact import ExactLikelihood
 from .core.symmetries import Symmetry
 
@@ -18,20 +19,21 @@ class NSFModel(ExactLikelihood, nn.Module):
     with an exact likelihood, so its bound and its reported estimate are both ``log p(q)``. It has no
     Hamiltonians, hence no constraints; the symmetry is kept for the invariance diagnostics."""
 
-    def __init__(self, symmetry: Symmetry, transforms: int = 4, bins: int = 8, hidden: int = 64, depth: int = 2) -> None:
+    def __init__(self, symmetry: Symmetry, transforms: int = 4, bins: int = 8, hidden: int = 64, depth: int = 2,
+                 data_map: DataMap | None = None) -> None:
         super().__init__()
-        self.symmetry = symmetry
+        self.symmetry = symmetry  # in the model's coordinates
         self.dim = symmetry.dim
+        self.data_map = data_map if data_map is not None else DataMap(symmetry.dim)
         self.generator_names: list[str] = []
         self.flow = zuko.flows.NSF(features=symmetry.dim, transforms=transforms, bins=bins,
                                    hidden_features=[hidden] * depth)
 
-    def log_prob(self, q: Tensor) -> Tensor:
-        """``log p(q)`` per row (B,)."""
-        if q.ndim < 1 or q.shape[-1] != self.dim:
-            raise ValueError(f"q must have shape (..., {self.dim}), got {tuple(q.shape)}")
+    def model_log_prob(self, q: Tensor) -> Tensor:
+        """``log p̃(q̃)`` per row (B,) of the model's coordinates."""
         return self.flow().log_prob(q)
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` samples, (n, d). zuko draws from torch's global generator: ``generator`` is not used."""
+    def model_sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` samples of the model's coordinates, (n, d). zuko draws from torch's global generator:
+        ``generator`` is not used."""
         return self.flow().sample((n,))

@@ -287,24 +287,28 @@ SECTIONS = ("training", "eval", "memory", "scaling", "particles", "compile", "qu
 PARTICLE_RECIPE = dict(batch=64, momenta=16, blocks=6, leapfrog_steps=3, hidden=128)  # configs/experiment/dw4.yaml
 
 
-def _particle_model(device: torch.device, n: int, invariant: bool, today: bool = False) -> tuple[torch.nn.Module, Any]:
+def _particle_model(device: torch.device, n: int, invariant: bool, today: bool = False) -> torch.nn.Module:
     """The model ``symmetry.group=so3 symmetry.translation=com [symmetry.permutations=true model.invariant=true]``
-    builds for n particles in 3-D, and its centre-of-mass frame. ``today``: with the pair-distance features
-    as they were before (``lightning_ehf/core/pair_features_reference.py``), and computing the brackets."""
+    builds for n particles in 3-D (it takes the particles and maps them to its centre-of-mass frame).
+    ``today``: with the pair-distance features as they were before
+    (``lightning_ehf/core/pair_features_reference.py``), and computing the brackets."""
     from dataclasses import replace
 
     from lightning_ehf.core import MLPEnergy
-    from lightning_ehf.core.frames import CentreOfMassFrame, FramedFeatures, PairDistanceFeatures
+    from lightning_ehf.core.coordinates import DataMap
+    from lightning_ehf.core.frames import CentreOfMassFrame
+    from lightning_ehf.core.invariants import FramedFeatures, PairDistanceFeatures
     from lightning_ehf.core.pair_features_reference import ReferencePairDistanceFeatures
 
     symmetry = particle_rotations(n, 3)
     if invariant:
         symmetry = replace(symmetry, invariants=PairDistanceFeatures(n, 3))
     frame = CentreOfMassFrame(n, 3)
+    data_map = DataMap(3 * n, frame)
     r = PARTICLE_RECIPE
     torch.manual_seed(0)
-    model = make_ehf(frame.restrict(symmetry), blocks=r["blocks"], leapfrog_steps=r["leapfrog_steps"],
-                     hidden=r["hidden"], kinetic="mlp", invariant=invariant, encoder="gaussian")
+    model = make_ehf(data_map.restrict(symmetry), blocks=r["blocks"], leapfrog_steps=r["leapfrog_steps"],
+                     hidden=r["hidden"], kinetic="mlp", invariant=invariant, encoder="gaussian", data_map=data_map)
     with torch.no_grad():  # away from the zero-initialised start, where every force vanishes
         for name, prm in model.named_parameters():
             if prm.ndim > 0 and "encoder" not in name:
@@ -315,7 +319,7 @@ def _particle_model(device: torch.device, n: int, invariant: bool, today: bool =
             if isinstance(module, MLPEnergy):
                 module.features = features
         model.invariant = False  # the brackets were computed (and were zero)
-    return model.to(device), frame
+    return model.to(device)
 
 
 def _particle_step_fn(model: torch.nn.Module, q: torch.Tensor) -> Callable[[], None]:
@@ -354,8 +358,7 @@ def bench_particles(device: torch.device, quick: bool) -> dict[str, Any]:
     for n in ns:
         q_full = 2.0 * torch.randn(PARTICLE_RECIPE["batch"], 3 * n, generator=gen)
         for kind, invariant in (("invariant", True), ("mlp", False)):
-            model, frame = _particle_model(device, n, invariant)
-            step = _particle_step_fn(model, frame.to_subspace(q_full).to(device))
+            step = _particle_step_fn(_particle_model(device, n, invariant), q_full.to(device))
             seconds = median_time(step, device, repeats, warmup=1)
             measure_memory = not quick or n == 13
             rows[f"{kind}_n{n}"] = {"particles": n, "model": kind, "s_per_step": seconds,
@@ -366,10 +369,8 @@ def bench_particles(device: torch.device, quick: bool) -> dict[str, Any]:
     # today's implementation at 13 particles, alternating with the new one so both see the same machine
     n = 13
     q = 2.0 * torch.randn(PARTICLE_RECIPE["batch"], 3 * n, generator=torch.Generator().manual_seed(1))
-    new_model, frame = _particle_model(device, n, True)
-    old_model, _ = _particle_model(device, n, True, today=True)
-    new_step = _particle_step_fn(new_model, frame.to_subspace(q).to(device))
-    old_step = _particle_step_fn(old_model, frame.to_subspace(q).to(device))
+    new_step = _particle_step_fn(_particle_model(device, n, True), q.to(device))
+    old_step = _particle_step_fn(_particle_model(device, n, True, today=True), q.to(device))
     new_step(), old_step()
     pairs = [(median_time(old_step, device, 1, warmup=0), median_time(new_step, device, 1, warmup=0))
              for _ in range(repeats)]

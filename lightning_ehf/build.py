@@ -11,13 +11,15 @@ from torch import nn
 
 from .core import symmetries as S
 from .core.flows import make_ehf
-from .core.frames import CentreOfMassFrame, FramedTarget, PairDistanceFeatures
+from .core.coordinates import DataMap
+from .core.frames import CentreOfMassFrame
+from .core.invariants import PairDistanceFeatures
 from .core.symmetries import Symmetry
 from .config.schema import Config, OptimCfg
 from .core.targets import Target, make_target
 from .errors import ConfigError
 
-__all__ = ["make_symmetry", "make_data_symmetry", "particle_dim_of", "resolve_translation", "make_model", "make_datamodule", "make_module", "make_trainer", "resolve_encoder", "check_logger",
+__all__ = ["make_symmetry", "make_data_symmetry", "make_frame", "particle_dim_of", "resolve_translation", "make_model", "make_datamodule", "make_module", "make_trainer", "resolve_encoder", "check_logger",
            "resolve_data_file", "make_flow_matching"]
 
 
@@ -33,14 +35,7 @@ def make_symmetry(sym_cfg: Any, dim: int, target: Optional[Target] = None) -> Sy
     if group == "auto":
         if target is None:
             raise ConfigError("symmetry.group: 'auto' needs a target; file data has no declared symmetry: set symmetry.group")
-        spec = target.symmetry_spec
-        if spec["group"] == "particles":
-            return S.particle_rotations(dim // spec["particle_dim"], spec["particle_dim"])
-        if spec["group"] in ("so2", "so3"):
-            return S.son(dim, spec["coords"])
-        if spec["group"] == "rotations":
-            return S.product(*[S.rotation_plane(dim, a, b) for a, b in spec["planes"]])
-        return S.no_symmetry(dim)
+        return target.symmetry
     try:
         if group == "none":
             return S.no_symmetry(dim)
@@ -77,15 +72,15 @@ def particle_dim_of(cfg: Any, target: Optional[Target] = None) -> Optional[int]:
     the particles the target declares, else None (the data are not particles)."""
     if cfg.symmetry.particle_dim:
         return int(cfg.symmetry.particle_dim)
-    if target is not None and target.symmetry_spec.get("group") == "particles":
-        return int(target.symmetry_spec["particle_dim"])
+    if target is not None and target.particle_dim is not None:
+        return int(target.particle_dim)
     return None
 
 
 def resolve_translation(cfg: Any, target: Optional[Target] = None) -> str:
     """``symmetry.translation``: ``auto`` → what the target declares (``com`` for translation-invariant
     particle targets such as dw4), ``none`` for file data. Refuses combinations that cannot be right."""
-    declared = target.symmetry_spec.get("translation", "none") if target is not None else "none"
+    declared = "com" if target is not None and target.translation_invariant else "none"
     translation = cfg.symmetry.translation
     if translation == "auto":
         return declared
@@ -98,32 +93,36 @@ def resolve_translation(cfg: Any, target: Optional[Target] = None) -> str:
     return translation
 
 
-def make_data_symmetry(cfg: Any, data_dim: int, target: Optional[Target] = None
-                       ) -> tuple[Symmetry, Optional[CentreOfMassFrame]]:
-    """The symmetry the model sees, and the centre-of-mass frame when ``symmetry.translation`` is com.
+def make_data_symmetry(cfg: Any, data_dim: int, target: Optional[Target] = None) -> Symmetry:
+    """The symmetry of the data, in their own coordinates.
 
-    Starts from :func:`make_symmetry` on the data's own coordinates. ``symmetry.permutations`` gives a
-    group that rotates every particle alike pair-distance invariants (:class:`PairDistanceFeatures`,
-    unchanged by relabelling the particles). ``com`` then restricts the group to the orthonormal
-    coordinates of the centre-of-mass-free subspace, where the model lives."""
+    Starts from :func:`make_symmetry`. ``symmetry.permutations`` gives a group that rotates every particle
+    alike pair-distance invariants (:class:`PairDistanceFeatures`, unchanged by relabelling the particles)."""
     symmetry = make_symmetry(cfg.symmetry, data_dim, target)
-    particle_dim = particle_dim_of(cfg, target)
     if cfg.symmetry.permutations:
-        if particle_dim is None:
+        if particle_dim_of(cfg, target) is None:
             raise ConfigError("symmetry.permutations: needs particles: set symmetry.particle_dim (or use an N×n×D data file)")
         if symmetry.particles is not None:
             symmetry = replace(symmetry, name=f"{symmetry.name}+perm",
                                invariants=PairDistanceFeatures(*symmetry.particles))
-    frame = None
-    if resolve_translation(cfg, target) == "com":
-        if particle_dim is None:
-            raise ConfigError("symmetry.translation: com needs particles: set symmetry.particle_dim (or use an N×n×D data file)")
-        try:
-            frame = CentreOfMassFrame(data_dim // particle_dim, particle_dim)
-            symmetry = frame.restrict(symmetry)
-        except ValueError as e:
-            raise ConfigError(f"symmetry.translation: {e}") from None
-    return symmetry, frame
+    return symmetry
+
+
+def make_frame(cfg: Any, symmetry: Symmetry, target: Optional[Target] = None) -> Optional[CentreOfMassFrame]:
+    """The centre-of-mass frame when ``symmetry.translation`` is com (else None), checked against the data's
+    ``symmetry``: the model then lives in the orthonormal coordinates of the centre-of-mass-free subspace,
+    where the group acts as :meth:`~.core.frames.CentreOfMassFrame.restrict` makes it."""
+    if resolve_translation(cfg, target) != "com":
+        return None
+    particle_dim = particle_dim_of(cfg, target)
+    if particle_dim is None:
+        raise ConfigError("symmetry.translation: com needs particles: set symmetry.particle_dim (or use an N×n×D data file)")
+    try:
+        frame = CentreOfMassFrame(symmetry.dim // particle_dim, particle_dim)
+        frame.restrict(symmetry)
+    except ValueError as e:
+        raise ConfigError(f"symmetry.translation: {e}") from None
+    return frame
 
 
 def resolve_encoder(model_cfg: Any, symmetry: Symmetry) -> str:
@@ -136,21 +135,28 @@ def resolve_encoder(model_cfg: Any, symmetry: Symmetry) -> str:
 
 
 def make_model(cfg: Any, symmetry: Symmetry) -> nn.Module:
-    """The density model named by ``model.kind``: ``ehf``, the ``nsf`` baseline or the ``efm`` peer."""
+    """The density model named by ``model.kind``: ``ehf``, the ``nsf`` baseline or the ``efm`` peer, on the
+    data's coordinates (``symmetry`` acts on them). The model holds the map to its own coordinates
+    (:class:`~.core.coordinates.DataMap`: the centre-of-mass frame of :func:`make_frame`, if any, and the
+    standardisation)."""
     m = cfg.model
+    target = make_target(cfg.data.target) if cfg.data.target else None
+    data_map = DataMap(symmetry.dim, make_frame(cfg, symmetry, target))
+    model_symmetry = data_map.restrict(symmetry)  # make_frame has refused a group the frame cannot carry
     if m.kind == "efm":
-        return make_flow_matching(cfg, symmetry)
+        return make_flow_matching(cfg, model_symmetry, data_map)
     if m.kind == "nsf":
         from .baselines import NSFModel
 
-        return NSFModel(symmetry, transforms=m.nsf_transforms, bins=m.nsf_bins, hidden=m.hidden, depth=m.depth)
+        return NSFModel(model_symmetry, transforms=m.nsf_transforms, bins=m.nsf_bins, hidden=m.hidden, depth=m.depth,
+                        data_map=data_map)
     try:
         model = make_ehf(
-            symmetry, blocks=m.blocks, leapfrog_steps=m.leapfrog_steps, step_size=m.step_size,
+            model_symmetry, blocks=m.blocks, leapfrog_steps=m.leapfrog_steps, step_size=m.step_size,
             learn_step_size=m.learn_step_size, hidden=m.hidden, depth=m.depth, activation=m.activation,
-            kinetic=m.kinetic, invariant=m.invariant, encoder=resolve_encoder(m, symmetry),
+            kinetic=m.kinetic, invariant=m.invariant, encoder=resolve_encoder(m, model_symmetry),
             sigma_q=m.sigma_q, sigma_p=m.sigma_p, forces=m.forces,
-            reversible={"auto": "auto", "always": True, "never": False}[m.reversible],
+            reversible={"auto": "auto", "always": True, "never": False}[m.reversible], data_map=data_map,
         )
         return model.compile_density(cfg.eval.compile)
     except ValueError as e:
@@ -166,12 +172,12 @@ def make_model(cfg: Any, symmetry: Symmetry) -> nn.Module:
         raise ConfigError(f"{key}: {e}") from None
 
 
-def make_flow_matching(cfg: Config, symmetry: Symmetry) -> nn.Module:
+def make_flow_matching(cfg: Config, symmetry: Symmetry, data_map: DataMap) -> nn.Module:
     """``model.kind=efm``: equivariant flow matching (:mod:`lightning_ehf.core.flow_matching`). Particles
     rotated alike get an EGNN field (relabelling-equivariant with ``symmetry.permutations``, in the
     centre-of-mass frame with ``translation=com``); rotations of disjoint blocks a block-rotation field;
     no group an MLP. Width ``model.hidden``, MLP depth ``model.depth``, ``model.efm_layers`` EGNN layers,
-    base N(0, ``model.sigma_q``² I)."""
+    base N(0, ``model.sigma_q``² I). ``symmetry`` acts on the model's coordinates, ``data_map`` leads there."""
     from .core.flow_matching import make_efm
 
     m = cfg.model
@@ -181,18 +187,17 @@ def make_flow_matching(cfg: Config, symmetry: Symmetry) -> nn.Module:
     if particle_dim and symmetry.num_generators:
         group = cfg.symmetry.group
         whole = {"so2": 2, "so3": 3}.get(group) == particle_dim or (
-            group == "auto" and target is not None and target.symmetry_spec.get("group") == "particles")
+            group == "auto" and target is not None and target.particle_dim is not None)
         if not whole:
             raise ConfigError(f"symmetry.group: model.kind=efm on particles needs every particle rotated by the whole "
                               f"rotation group (so2 for 2-D particles, so3 for 3-D, or auto), not {group}")
-        com = resolve_translation(cfg, target) == "com"
-        n = symmetry.dim // particle_dim + (1 if com else 0)
-        particles = (n, particle_dim)
-        basis = CentreOfMassFrame(n, particle_dim).basis if com else None
+        particles = (data_map.data_dim // particle_dim, particle_dim)
+        basis = data_map.frame.basis if data_map.frame is not None else None
         identical = cfg.symmetry.permutations
     try:
         return make_efm(symmetry, particles=particles, identical=identical, basis=basis, hidden=m.hidden, depth=m.depth,
-                        layers=m.efm_layers, activation=m.activation, sigma=m.sigma_q, atol=m.efm_atol, rtol=m.efm_rtol)
+                        layers=m.efm_layers, activation=m.activation, sigma=m.sigma_q, atol=m.efm_atol, rtol=m.efm_rtol,
+                        data_map=data_map)
     except ValueError as e:
         raise ConfigError(f"model.kind: {e}") from None
 
@@ -213,8 +218,8 @@ def resolve_data_file(cfg: Config, absolute: bool = True) -> Config:
 
 
 def make_datamodule(cfg: Config):
-    """Data module with its declared dimension and symmetry (validated against the config). With
-    ``symmetry.translation=com`` the data module holds the data in centre-of-mass-free coordinates."""
+    """Data module with its declared dimension and symmetry (validated against the config), in the data's
+    own coordinates (the model maps them to its own)."""
     from .config.load import validate_for_dim
     from .data.datamodule import EHFDataModule
 
@@ -233,19 +238,15 @@ def make_datamodule(cfg: Config):
             raise ConfigError(f"symmetry.particle_dim: {cfg.symmetry.particle_dim}, but {d.path} holds particles of "
                               f"{shape[1]} coordinates (shape N×{shape[0]}×{shape[1]})")
     validate_for_dim(cfg, dim)
-    symmetry, frame = make_data_symmetry(cfg, dim, target)
-    if frame is not None:
-        if target is not None:
-            target = FramedTarget(target, frame)
-        if rows is not None:
-            rows = frame.to_subspace(torch.from_numpy(rows)).numpy()
+    symmetry = make_data_symmetry(cfg, dim, target)
+    make_frame(cfg, symmetry, target)  # refused combinations are refused before any file is written
     particle_dim = particle_dim_of(cfg, target)
     permute = dim // particle_dim if cfg.symmetry.permutations and particle_dim else None
     return EHFDataModule(symmetry, target=target, path=d.path, rows=rows, regime=d.regime, n_train=d.n_train,
                          n_val=d.n_val, n_test=d.n_test, batch_size=d.batch_size, augment=d.augment,
                          num_workers=d.num_workers, seed=cfg.seed, val_fraction=d.val_fraction,
                          file_val_fraction=d.file_val_fraction, file_test_fraction=d.file_test_fraction,
-                         frame=frame, permute_particles=permute)
+                         permute_particles=permute)
 
 
 def make_module(cfg: Config, datamodule, run_id: str = "") -> "Any":
@@ -287,10 +288,11 @@ def standardise(model: nn.Module, datamodule) -> None:
     covariance (:mod:`lightning_ehf.core.standardise`), estimated from the training data alone."""
     from .core.standardise import invariant_moments
 
-    frame = datamodule.frame
+    frame = model.data_map.frame
     n_particles = datamodule.permute_particles  # identical particles: also average over relabellings
     try:
-        mean, cov = invariant_moments(datamodule.moment_sample(), model.symmetry.matrices, n_particles=n_particles,
+        sample = model.data_map.to_frame(datamodule.moment_sample())
+        mean, cov = invariant_moments(sample, model.symmetry.matrices, n_particles=n_particles,
                                       basis=frame.basis if (frame is not None and n_particles) else None)
         model.standardise(mean, cov)
     except ValueError as e:

@@ -15,7 +15,6 @@ from torch import Tensor, nn
 from .checkpoints import check_state_dict, load_checkpoint, resolve_checkpoint
 from .config.load import from_saved
 from .config.schema import Config
-from .core.frames import FramedTarget
 from .core.targets import make_target
 from .data.files import load_array
 from .errors import CheckpointError
@@ -29,12 +28,11 @@ EVAL_ROWS = 1024  # rows scored at once
 class Run:
     """A trained model rebuilt from a checkpoint."""
 
-    model: nn.Module
+    model: nn.Module  # takes and returns the data's coordinates (it maps them to its own)
     config: Config
-    dim: int
+    dim: int  # the data's coordinates
     entropy: Optional[float]
     path: Path
-    frame: Any = None  # the CentreOfMassFrame when the model lives in centre-of-mass-free coordinates
 
     def split_data(self, split: str = "test") -> Tensor:
         """The run's fixed ``test`` or ``val`` set, regenerated from its config (targets) or its data file."""
@@ -60,31 +58,27 @@ def load_run(path: str | Path) -> Run:
     hp = ckpt["hyper_parameters"]
     cfg = from_saved(hp["config"])
     target = make_target(cfg.data.target) if cfg.data.target else None
-    dim = int(hp.get("dim") or (target.dim if target is not None else 0))
-    if dim <= 0:
-        raise CheckpointError(f"checkpoint {resolve_checkpoint(path)} does not record the data dimension")
     # the model's dimension; centre-of-mass-free coordinates have one particle's fewer than the data
-    data_dim = target.dim if target is not None else dim
+    model_dim = int(hp.get("dim") or (target.dim if target is not None else 0))
+    if model_dim <= 0:
+        raise CheckpointError(f"checkpoint {resolve_checkpoint(path)} does not record the data dimension")
+    data_dim = target.dim if target is not None else model_dim
     if target is None and resolve_translation(cfg) == "com":
-        data_dim = dim + (particle_dim_of(cfg) or 0)
-    symmetry, frame = make_data_symmetry(cfg, data_dim, target)
+        data_dim = model_dim + (particle_dim_of(cfg) or 0)
+    symmetry = make_data_symmetry(cfg, data_dim, target)
     model = make_model(cfg, symmetry)
     prefix = "model."
     state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     check_state_dict(model, state, resolve_checkpoint(path))
     model.eval()
-    return Run(model, cfg, dim, hp.get("entropy"), resolve_checkpoint(path), frame)
+    return Run(model, cfg, data_dim, hp.get("entropy"), resolve_checkpoint(path))
 
 
 def rows_to_score(run: Run, data: Optional[str], split: Optional[str], n: Optional[int]) -> tuple[Tensor, str]:
-    """The rows to score, in the model's coordinates, and where they come from: a data file, or the run's
+    """The rows to score, in the data's coordinates, and where they come from: a data file, or the run's
     own test (default) or validation set; the first ``n`` rows when given."""
     if data:
-        if run.frame is not None:  # particles as given; the model sees their centre-of-mass-free coordinates
-            rows = load_array(data, expected_dim=run.frame.full_dim, against="the checkpoint's particles")
-            q = run.frame.to_subspace(torch.from_numpy(rows))
-        else:
-            q = torch.from_numpy(load_array(data, expected_dim=run.dim, against="the checkpoint's model"))
+        q = torch.from_numpy(load_array(data, expected_dim=run.dim, against="the checkpoint's model"))
         source = str(data)
     else:
         split = split or "test"
@@ -114,7 +108,6 @@ def evaluate(run: Run, q: Tensor, source: str, k: Optional[int] = None, seed: in
         summary["kl"] = summary["nll"] - run.entropy
         if run.config.data.target is not None:  # the same KL paired row by row with the target's density
             target = make_target(run.config.data.target)
-            target = FramedTarget(target, run.frame) if run.frame is not None else target
             with torch.no_grad():
                 diff = target.log_prob(q).cpu().numpy() - logp_np
             summary["kl_paired"] = float(diff.mean())
@@ -127,8 +120,4 @@ def draw_samples(run: Run, n: int, seed: int = 0) -> tuple[np.ndarray, str]:
     torch.manual_seed(seed)
     with torch.no_grad():
         x = run.model.sample(n).double().cpu()
-    note = ""
-    if run.frame is not None:
-        x = run.frame.from_subspace(x)
-        note = f" ({run.frame.n_particles} particles × {run.frame.particle_dim}, centre of mass at the origin)"
-    return x.numpy(), note
+    return x.numpy(), run.model.data_map.sample_note()

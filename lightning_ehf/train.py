@@ -278,7 +278,9 @@ def _train(cfg: Config, module: Any, datamodule: Any, run_dir: Path, run_id: str
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         verb = f"resuming from step {resume_step} in" if ckpt_path else "run folder:"
-        print(f"{verb} {run_dir}\ndata: {datamodule.describe()}\n{_global_batch(cfg, trainer)}", flush=True)
+        coordinates = module.model.data_map.describe()
+        data = datamodule.describe() + (f"; {coordinates}" if coordinates else "")
+        print(f"{verb} {run_dir}\ndata: {data}\n{_global_batch(cfg, trainer)}", flush=True)
 
     preemption = next(c for c in trainer.callbacks if isinstance(c, Preemption))
     preemption.install()  # a SIGTERM, SIGUSR1 or SIGUSR2 from now on stops the run at its next step boundary

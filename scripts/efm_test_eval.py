@@ -8,12 +8,11 @@ import time
 import torch
 torch.set_num_threads(1)
 from lightning_ehf.evaluate import load_run
-from lightning_ehf.core.frames import FramedTarget
 from lightning_ehf.core.targets import make_target
 run_dir = sys.argv[1]
 run = load_run(run_dir + "/checkpoints/best.ckpt")
 q = run.split_data("test").float()
-target = FramedTarget(make_target(run.config.data.target), run.frame) if run.frame is not None else make_target(run.config.data.target)
+target = make_target(run.config.data.target)  # the run's rows and the model's log_prob are in the data's coordinates
 t0 = time.time(); logp, nfe = [], []
 for i in range(0, q.shape[0], 500):
     logp.append(run.model.log_prob(q[i:i + 500]).double()); nfe.append(run.model.last_nfe)

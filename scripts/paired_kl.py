@@ -30,8 +30,8 @@ def main() -> None:
     args = ap.parse_args()
     for path in args.runs:
         run = load_run(path)
-        if run.frame is not None or run.config.data.target is None:
-            raise SystemExit(f"{path}: needs a target with a known density in the model's own coordinates")
+        if run.config.data.target is None:
+            raise SystemExit(f"{path}: needs a target with a known density")
         target = make_target(run.config.data.target)
         x = run.test_data()[: args.n].double()
         model = run.model.double().eval()

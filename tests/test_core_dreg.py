@@ -56,7 +56,7 @@ def test_dreg_keeps_the_bound_and_the_flow_gradient_and_matches_its_formula(enco
     twin = _model(encoder)  # a frozen copy of the encoder: log h with no path to φ
     twin.encoder.load_state_dict(model.encoder.state_dict())
     twin.requires_grad_(False)
-    log_w = model._log_joint_standard(qs.expand_as(p_leaf), p_leaf) - twin.encoder(qs).log_prob(p_leaf) - model.data_log_det
+    log_w = model._log_joint_standard(qs.expand_as(p_leaf), p_leaf) - twin.encoder(qs).log_prob(p_leaf) - model.data_map.log_det
     dlogw_dp, = torch.autograd.grad(log_w.sum(), p_leaf)
     weights = torch.softmax(log_w.detach(), 0).unsqueeze(-1)
     surrogate = (weights.square() * dlogw_dp * p).sum() / q.shape[0]

@@ -15,7 +15,8 @@ from lightning_ehf.core.flow_matching import (
     BlockRotationAligner, BlockRotationVelocity, EquivariantFlowMatching, MLPVelocity, ParticleAligner, ParticleVelocity,
     divergence, flow_matching_loss, make_efm, ode_log_prob, ode_sample, ot_pair,
 )
-from lightning_ehf.core.frames import CentreOfMassFrame, PairDistanceFeatures
+from lightning_ehf.core.frames import CentreOfMassFrame
+from lightning_ehf.core.invariants import PairDistanceFeatures
 
 TIGHT = dict(atol=1e-8, rtol=1e-8)
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from lightning_ehf.core import particle_rotations, so2
-from lightning_ehf.core.frames import CentreOfMassFrame, PairDistanceFeatures, permute_particles
+from lightning_ehf.core.frames import CentreOfMassFrame, permute_particles
+from lightning_ehf.core.invariants import PairDistanceFeatures
 
 F64 = torch.float64
 

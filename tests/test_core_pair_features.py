@@ -1,4 +1,4 @@
-"""The scalable pair-distance features (core/frames.py) against the implementation they replaced
+"""The scalable pair-distance features (core/invariants.py) against the implementation they replaced
 (``lightning_ehf/core/pair_features_reference.py``): the same values, pullbacks and gradients of every order training
 uses, in float32 and float64, and the same loss and parameter gradients on the dw4 recipe."""
 
@@ -11,9 +11,10 @@ import pytest
 import torch
 from lightning_ehf.core.pair_features_reference import ReferencePairDistanceFeatures
 
-import lightning_ehf.core.frames as frames
+import lightning_ehf.core.invariants as invariants
 from lightning_ehf.core import MLPEnergy, make_ehf, particle_rotations
-from lightning_ehf.core.frames import CentreOfMassFrame, PairDistanceFeatures, FramedFeatures
+from lightning_ehf.core.frames import CentreOfMassFrame
+from lightning_ehf.core.invariants import FramedFeatures, PairDistanceFeatures
 from lightning_ehf.core.hamiltonians import set_force_path
 
 F64 = torch.float64
@@ -108,7 +109,7 @@ def test_results_do_not_depend_on_the_row_chunks(monkeypatch):
         return [feats, force, *torch.autograd.grad(force.square().sum(), (x, g))]
 
     whole = everything()
-    monkeypatch.setattr(frames, "BASIS_ELEMENTS", 720)  # 11 rows in chunks of 3 (10 pairs × 24 bins), 6 (5 norms)
+    monkeypatch.setattr(invariants, "BASIS_ELEMENTS", 720)  # 11 rows in chunks of 3 (10 pairs × 24 bins), 6 (5 norms)
     for a, b in zip(everything(), whole):
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
 

@@ -146,7 +146,7 @@ def test_standardised_invariant_model_stays_exactly_invariant(build, name):
     # not vacuous: a whitening that does not commute with the group breaks it
     w = torch.eye(sym.dim, dtype=F64)
     w[0, 0] = 2.0
-    model.data_scale_inv.copy_(torch.linalg.inv(w))
+    model.data_map.scale_inv.copy_(torch.linalg.inv(w))
     with torch.no_grad():
         assert (model.log_joint(q, p) - model.log_joint(*g.act(q, p))).abs().max() > 1e-3
 
@@ -165,7 +165,7 @@ def test_standardise_refuses_moments_that_break_the_symmetry(build):
     # the free axis may have any mean and scale
     ok = torch.diag(torch.tensor([1.0, 1.0, 9.0], dtype=F64))
     model.standardise(torch.tensor([0.0, 0.0, 4.0], dtype=F64), ok)
-    assert math.isclose(float(model.data_log_det), 0.5 * math.log(9.0), rel_tol=1e-12)
+    assert math.isclose(float(model.data_map.log_det), 0.5 * math.log(9.0), rel_tol=1e-12)
 
 
 def test_state_dict_without_standardisation_loads_as_identity(build):
@@ -174,9 +174,27 @@ def test_state_dict_without_standardisation_loads_as_identity(build):
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("data_")}
     fresh = build(so2(3))
     fresh.load_state_dict(state)
-    torch.testing.assert_close(fresh.data_scale, torch.eye(3, dtype=F64))
-    assert float(fresh.data_log_det) == 0.0
+    torch.testing.assert_close(fresh.data_map.scale, torch.eye(3, dtype=F64))
+    assert float(fresh.data_map.log_det) == 0.0
     # and a standardised one round-trips its buffers
     again = build(so2(3))
     again.load_state_dict(model.state_dict())
-    torch.testing.assert_close(again.data_scale, model.data_scale, rtol=0, atol=0)
+    torch.testing.assert_close(again.data_map.scale, model.data_map.scale, rtol=0, atol=0)
+
+
+def test_state_dict_with_the_standardisation_on_the_model_loads_into_its_data_map(build):
+    """Checkpoints written while the model held the standardisation itself (``data_loc``, ``data_scale``,
+    ``data_scale_inv``, ``data_log_det``) load into the data map and give the same density."""
+    model, _, _ = standardised(build, so2(3))
+    old_names = {"data_map.loc": "data_loc", "data_map.scale": "data_scale", "data_map.scale_inv": "data_scale_inv",
+                 "data_map.log_det": "data_log_det"}
+    old = {old_names.get(k, k): v for k, v in model.state_dict().items()}
+    assert "data_scale" in old and not any(k.startswith("data_map.") for k in old)
+    fresh = build(so2(3))
+    fresh.load_state_dict(old)  # strict: every old key is placed, none is missing
+    for name in ("loc", "scale", "scale_inv", "log_det"):
+        torch.testing.assert_close(getattr(fresh.data_map, name), getattr(model.data_map, name), rtol=0, atol=0)
+    assert float(fresh.data_map.log_det) != 0.0
+    q, p = skewed_data(3, n=16, seed=4), torch.randn(16, 3, dtype=F64)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.log_joint(q, p), model.log_joint(q, p), rtol=0, atol=0)

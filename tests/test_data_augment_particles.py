@@ -29,10 +29,8 @@ def _augmented(target: str, rows: int, step: int = 0):
     dm = make_datamodule(cfg)
     particles = torch.tensor(CONFIGURATIONS[target])
     x = particles.reshape(1, -1).repeat(rows, 1)
-    batch = dm.frame.to_subspace(x) if dm.frame is not None else x
     dm.trainer = SimpleNamespace(training=True, global_rank=0, global_step=step)
-    out = dm.on_after_batch_transfer(batch, 0)
-    out = dm.frame.from_subspace(out) if dm.frame is not None else out
+    out = dm.on_after_batch_transfer(x, 0)  # rows in the data's own coordinates
     return particles, out.reshape(rows, *particles.shape)
 
 

@@ -58,7 +58,7 @@ def test_infinite_regime_moments_are_fresh_training_draws():
 
 def _saved_whitening(run) -> tuple[np.ndarray, np.ndarray]:
     state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-    return state["model.data_loc"].double().numpy(), state["model.data_scale"].double().numpy()
+    return state["model.data_map.loc"].double().numpy(), state["model.data_map.scale"].double().numpy()
 
 
 def _sqrtm(cov: np.ndarray) -> np.ndarray:

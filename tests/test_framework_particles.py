@@ -110,7 +110,7 @@ def test_standardised_run_saves_its_whitening_and_reloads_it(tmp_path):
     run_dir = tmp_path / "run"
     assert cli.main(["train", *tiny("data.target=particles2d"), "model.standardise=true", f"run.dir={run_dir}"]) == 0
     run = load_run(run_dir)
-    w = run.model.data_scale.double()
+    w = run.model.data_map.scale.double()
     a = run.model.symmetry.matrices
     assert (w - torch.eye(6, dtype=w.dtype)).abs().max() > 0.1  # particles2d is far from isotropic
     assert (a @ w - w @ a).abs().max() < 1e-5
@@ -118,8 +118,8 @@ def test_standardised_run_saves_its_whitening_and_reloads_it(tmp_path):
     dm = make_datamodule(cfg)
     fresh = make_model(cfg, dm.symmetry)
     standardise(fresh, dm)
-    torch.testing.assert_close(fresh.data_scale, run.model.data_scale, rtol=0, atol=0)
-    torch.testing.assert_close(fresh.data_loc, run.model.data_loc, rtol=0, atol=0)
+    torch.testing.assert_close(fresh.data_map.scale, run.model.data_map.scale, rtol=0, atol=0)
+    torch.testing.assert_close(fresh.data_map.loc, run.model.data_map.loc, rtol=0, atol=0)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert np.isfinite(metrics["test/kl"])
 

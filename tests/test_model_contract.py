@@ -40,7 +40,7 @@ VARIANTS = {
 def _build(overrides: list[str], seed: int):
     cfg = load_config(overrides=[*SMALL, *overrides])
     target = make_target(cfg.data.target)
-    symmetry, _ = make_data_symmetry(cfg, target.dim, target)
+    symmetry = make_data_symmetry(cfg, target.dim, target)
     torch.manual_seed(seed)
     model = make_model(cfg, symmetry)
     with torch.no_grad():  # away from the initialisation (zeroed output layers): every parameter matters
@@ -58,7 +58,7 @@ def test_every_variant_honours_the_density_model_contract(variant):
     name, overrides = variant
     model = _build(overrides, seed=0)
     assert isinstance(model, DensityModel)
-    d, k = model.symmetry.dim, len(model.generator_names)
+    d, k = model.data_map.data_dim, len(model.generator_names)  # the model takes the data's coordinates
     q = torch.randn(6, d)
 
     objective = Objective() if model.exact_likelihood else Objective("iwae", 3, "dreg")
@@ -88,9 +88,31 @@ def test_every_variant_honours_the_density_model_contract(variant):
     torch.testing.assert_close(again, log_p, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", [n for n in VARIANTS if "particles-com" in n])
+def test_a_centre_of_mass_model_takes_and_returns_particles(name):
+    """With a centre-of-mass frame the model owns the map from the particles to its coordinates: its
+    log-density of the particles is unchanged by translating all of them (the frame drops the centroid and
+    adds no Jacobian), and its samples are particles with their centre of mass at the origin."""
+    model = _build(VARIANTS[name], seed=0).double()
+    frame = model.data_map.frame
+    assert frame is not None and model.data_map.data_dim == frame.full_dim == model.symmetry.dim + frame.particle_dim
+    n, dim = frame.n_particles, frame.particle_dim
+    x = 1.5 * torch.randn(5, n * dim, dtype=torch.float64)
+    shift = 3.0 * torch.randn(5, 1, dim, dtype=torch.float64).expand(5, n, dim).reshape(5, n * dim)
+    with torch.no_grad():
+        torch.manual_seed(3)
+        log_p = model.iwae(x, 4, 4)
+        torch.manual_seed(3)
+        moved = model.iwae(x + shift, 4, 4)
+        samples = model.sample(7)
+    assert (log_p - moved).abs().max() < 1e-9 * max(1.0, float(log_p.abs().max())), (log_p, moved)
+    assert samples.shape == (7, n * dim)
+    assert samples.reshape(7, n, dim).mean(1).abs().max() < 1e-9 * max(1.0, float(samples.abs().max()))
+
+
 def test_an_exact_model_takes_no_bound_options():
     """The NSF has an exact likelihood: it declares so instead of accepting and ignoring IWAE / DReG."""
     model = _build(["model.kind=nsf"], seed=0)
     assert model.exact_likelihood
     with pytest.raises(TypeError):
-        model.elbo_and_constraints(torch.randn(3, model.symmetry.dim), 4, iwae=True)
+        model.elbo_and_constraints(torch.randn(3, model.data_map.data_dim), 4, iwae=True)

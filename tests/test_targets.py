@@ -63,19 +63,51 @@ def test_make_target_unknown_names_choices() -> None:
 
 def test_registry_and_specs() -> None:
     assert sorted(TARGETS) == sorted([*NAMES, "dw4", "lj13"])  # pools of MCMC samples (tests/test_targets_dw4.py, _lj13.py)
+    # name: (dim, the planes (i, j) its generators rotate, particles (n, D) or None, whether the particles are
+    # identical and translation invariant: the pools of MCMC samples are both, no analytic target is either)
     expected = {
-        "ring2d": (2, {"group": "so2", "coords": [0, 1]}),
-        "rings2d": (2, {"group": "so2", "coords": [0, 1]}),
-        "shell3d": (3, {"group": "so3", "coords": [0, 1, 2]}),
-        "particles2d": (6, {"group": "particles", "particle_dim": 2}),
-        "gmm8": (2, {"group": "none"}),
-        "two_rings4d": (4, {"group": "rotations", "planes": [[0, 1], [2, 3]]}),
-        "dw4": (8, {"group": "particles", "particle_dim": 2, "translation": "com"}),
+        "ring2d": (2, [(0, 1)], None, False),
+        "rings2d": (2, [(0, 1)], None, False),
+        "shell3d": (3, [(0, 1), (0, 2), (1, 2)], None, False),
+        "particles2d": (6, [(0, 1)], (3, 2), False),
+        "gmm8": (2, [], None, False),
+        "two_rings4d": (4, [(0, 1), (2, 3)], None, False),
+        "dw4": (8, [(0, 1)], (4, 2), True),
     }
-    for name, (dim, spec) in expected.items():
+    for name, (dim, planes, particles, pool) in expected.items():
         t = make_target(name)
-        assert (t.name, t.dim, t.symmetry_spec) == (name, dim, spec)
+        assert (t.name, t.dim, t.identical, t.translation_invariant) == (name, dim, pool, pool)
+        assert (None if t.n_particles is None else (t.n_particles, t.particle_dim)) == particles
+        sym = t.symmetry
+        assert sym.dim == dim and sym.num_generators == len(planes)
+        n, d = particles if particles is not None else (1, dim)
+        for a, (i, j) in zip(sym.matrices, planes):  # each generator rotates its plane (every particle alike)
+            one = torch.zeros(d, d, dtype=a.dtype)
+            one[i, j], one[j, i] = -1.0, 1.0
+            block = torch.kron(torch.eye(n, dtype=a.dtype), one)
+            assert torch.allclose(a, block) or torch.allclose(a, -block), (name, a)
     assert make_target("gmm8").discrete_rotation_order == 8
+
+
+@pytest.mark.parametrize("name", sorted(TARGETS))
+def test_declared_symmetries_leave_the_density_unchanged(name: str) -> None:
+    """What a target declares holds for its log-density: its group, relabelling the particles when they are
+    ``identical``, moving them all alike when it is ``translation_invariant``."""
+    t = make_target(name)
+    gen = torch.Generator().manual_seed(0)
+    x = t.sample_split("test", 64, gen, dtype=torch.float64)
+    ref = t.log_prob(x)
+    g = t.symmetry.sample(64, gen, dtype=torch.float64, device=x.device)
+    torch.testing.assert_close(t.log_prob(g.act_q(x)), ref, rtol=1e-9, atol=1e-9)
+    if t.n_particles is None:
+        return
+    n, d = t.n_particles, t.particle_dim
+    parts = x.reshape(64, n, d)
+    swap = [1, 0, *range(2, n)]  # a transposition: it reverses particles2d's template, which no rotation undoes
+    relabelled = t.log_prob(parts[:, swap].reshape(64, n * d))
+    moved = t.log_prob((parts + torch.randn(64, 1, d, generator=gen, dtype=x.dtype)).reshape(64, n * d))
+    assert torch.allclose(relabelled, ref, rtol=1e-9, atol=1e-9) == t.identical
+    assert torch.allclose(moved, ref, rtol=1e-9, atol=1e-9) == t.translation_invariant
 
 
 # ---------------------------------------------------------------------------------------- normalisation

@@ -103,7 +103,7 @@ def test_energy_gradient_finite_at_coincident_particles() -> None:
 def test_registry_attributes(dw4: DoubleWellParticles) -> None:
     assert (dw4.name, dw4.dim, dw4.n_particles, dw4.particle_dim, dw4.kT) == ("dw4", 8, 4, 2, 1.0)
     assert dw4.finite_pool and not Target.finite_pool and not make_target("ring2d").finite_pool
-    assert dw4.symmetry_spec == {"group": "particles", "particle_dim": 2, "translation": "com"}
+    assert dw4.identical and dw4.translation_invariant and dw4.symmetry.particles == (4, 2)
     assert math.isfinite(dw4.log_z) and 0 < dw4.log_z_se <= 0.01
 
 

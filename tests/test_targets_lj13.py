@@ -61,7 +61,7 @@ def test_energy_invariances_and_coincident_particles() -> None:
 
 def test_registry_attributes(lj13: LennardJonesCluster) -> None:
     assert (lj13.name, lj13.dim, lj13.n_particles, lj13.particle_dim, lj13.kT) == ("lj13", 39, 13, 3, 1.0)
-    assert lj13.finite_pool and lj13.symmetry_spec == {"group": "particles", "particle_dim": 3, "translation": "com"}
+    assert lj13.finite_pool and lj13.identical and lj13.translation_invariant and lj13.symmetry.particles == (13, 3)
     assert math.isfinite(lj13.log_z) and 0 < lj13.log_z_se <= 0.05
 
 

@@ -46,6 +46,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from .coordinates import DataMap
 from .exact import ExactLikelihood
 from .hamiltonians import make_mlp
 from .random import draw
@@ -420,12 +421,13 @@ class EquivariantFlowMatching(ExactLikelihood, nn.Module):
     exact_likelihood = True
 
     def __init__(self, symmetry: Symmetry, field: nn.Module, aligner: Optional[Aligner] = None, sigma: float = 1.0,
-                 atol: float = 1e-5, rtol: float = 1e-5) -> None:
+                 atol: float = 1e-5, rtol: float = 1e-5, data_map: Optional[DataMap] = None) -> None:
         super().__init__()
         if sigma <= 0 or atol <= 0 or rtol <= 0:
             raise ValueError(f"sigma, atol and rtol must be positive, got {sigma}, {atol}, {rtol}")
-        self.symmetry = symmetry
+        self.symmetry = symmetry  # in the model's coordinates
         self.dim = symmetry.dim
+        self.data_map = data_map if data_map is not None else DataMap(symmetry.dim)
         self.generator_names: list[str] = []
         self.field = field
         self.aligner = aligner
@@ -438,15 +440,15 @@ class EquivariantFlowMatching(ExactLikelihood, nn.Module):
         return -0.5 * d * math.log(2 * math.pi * self.sigma**2) - 0.5 * x.square().sum(-1) / self.sigma**2
 
     def flow_matching_loss(self, x1: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
-        """The training loss on a data batch: base draws paired by minibatch OT over the group orbits."""
+        """The training loss on a data batch (data coordinates): base draws paired by minibatch OT over the
+        group orbits, in the model's coordinates."""
+        x1 = self.data_map.to_model(x1)
         x0 = self.sigma * draw(torch.randn, *x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
         x0 = ot_pair(x0, x1.detach(), self.aligner)
         t = draw(torch.rand, x1.shape[0], generator=generator, device=x1.device, dtype=x1.dtype)
         return flow_matching_loss(self.field, x0, x1, t)
 
-    def log_prob(self, x: Tensor) -> Tensor:
-        if x.shape[-1] != self.dim:
-            raise ValueError(f"x must have shape (..., {self.dim}), got {tuple(x.shape)}")
+    def model_log_prob(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
         rows = x.reshape(-1, self.dim)
         noise = None
@@ -455,7 +457,7 @@ class EquivariantFlowMatching(ExactLikelihood, nn.Module):
         logp, self.last_nfe = ode_log_prob(self.field, rows, self.base_log_prob, self.atol, self.rtol, noise)
         return logp.reshape(lead)
 
-    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
+    def model_sample(self, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
         ref = next(iter(self.parameters()))
         x0 = self.sigma * draw(torch.randn, n, self.dim, generator=generator, device=ref.device, dtype=ref.dtype)
         x1, _ = ode_sample(self.field, x0, self.atol, self.rtol)
@@ -464,11 +466,13 @@ class EquivariantFlowMatching(ExactLikelihood, nn.Module):
 
 def make_efm(symmetry: Symmetry, *, particles: Optional[tuple[int, int]] = None, identical: bool = False,
              basis: Optional[Tensor] = None, hidden: int = 64, depth: int = 2, layers: int = 3,
-             activation: str = "softplus", sigma: float = 1.0, atol: float = 1e-5, rtol: float = 1e-5) -> EquivariantFlowMatching:
+             activation: str = "softplus", sigma: float = 1.0, atol: float = 1e-5, rtol: float = 1e-5,
+             data_map: Optional[DataMap] = None) -> EquivariantFlowMatching:
     """The flow-matching model for a symmetry: an EGNN field for ``particles`` = (n, D) rotated alike
     (``identical``: relabelling too; ``basis``: the centre-of-mass frame's B, the model then lives in its
     coordinates), a block-rotation field for rotations of disjoint blocks, a plain MLP without generators.
-    Raises ``ValueError`` for groups none of them is equivariant under."""
+    ``data_map``: from the data's coordinates to the model's (those ``symmetry`` acts on). Raises
+    ``ValueError`` for groups none of them is equivariant under."""
     if particles is not None:
         n, d = particles
         field: nn.Module = ParticleVelocity(n, d, hidden, layers, activation, identical, basis)
@@ -483,4 +487,4 @@ def make_efm(symmetry: Symmetry, *, particles: Optional[tuple[int, int]] = None,
                          "rotations of disjoint coordinate blocks (so2, so3, rotations) and particles rotated alike")
     if field.dim != symmetry.dim:
         raise ValueError(f"the vector field acts on dimension {field.dim}, the symmetry on {symmetry.dim}")
-    return EquivariantFlowMatching(symmetry, field, aligner, sigma, atol, rtol)
+    return EquivariantFlowMatching(symmetry, field, aligner, sigma, atol, rtol, data_map)

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .brackets import momentum_map_bracket
+from .coordinates import DataMap
 from .hamiltonians import SeparableHamiltonian, set_force_path
 from .integrators import leapfrog
 from .random import draw
@@ -208,11 +209,14 @@ class EquivariantHamiltonianFlow(nn.Module):
     exact_likelihood = False
 
     def __init__(self, base: GaussianBase, flow: HamiltonianFlow, encoder: nn.Module, symmetry: Symmetry,
-                 invariant: bool = False) -> None:
+                 invariant: bool = False, data_map: DataMap | None = None) -> None:
         super().__init__()
         self.invariant = bool(invariant)
         if symmetry.dim != base.dim:
             raise ValueError(f"symmetry acts on dimension {symmetry.dim} but the model has dimension {base.dim}")
+        data_map = data_map if data_map is not None else DataMap(base.dim)
+        if data_map.dim != base.dim:
+            raise ValueError(f"the data map leads to dimension {data_map.dim} but the model has dimension {base.dim}")
         base.check_invariant(symmetry)
         self.base = base
         self.flow = flow
@@ -220,84 +224,70 @@ class EquivariantHamiltonianFlow(nn.Module):
         self.symmetry = symmetry
         self.register_buffer("generators", symmetry.matrices.clone().to(torch.get_default_dtype()), persistent=False)
         self.register_buffer("generator_offsets", symmetry.offsets.clone().to(torch.get_default_dtype()), persistent=False)
-        # the data standardisation q̃ = W⁻¹ (q − μ) (identity until :meth:`standardise`); saved in checkpoints
-        d = base.dim
-        self.register_buffer("data_loc", torch.zeros(d))
-        self.register_buffer("data_scale", torch.eye(d))
-        self.register_buffer("data_scale_inv", torch.eye(d))
-        self.register_buffer("data_log_det", torch.zeros(()))
+        # data coordinates → the flow's: centre-of-mass frame and standardisation (saved in checkpoints)
+        self.data_map = data_map
 
-    _STANDARDISATION = ("data_loc", "data_scale", "data_scale_inv", "data_log_det")
+    #: where checkpoints written before the data map held the standardisation kept its buffers
+    _OLD_STANDARDISATION = {"data_loc": "loc", "data_scale": "scale", "data_scale_inv": "scale_inv",
+                            "data_log_det": "log_det"}
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
-        # checkpoints written before standardisation existed hold no such buffers: they were the identity
-        for name in self._STANDARDISATION:
-            state_dict.setdefault(prefix + name, getattr(self, name).clone())
+        for old, new in self._OLD_STANDARDISATION.items():
+            if prefix + old in state_dict:
+                state_dict[f"{prefix}data_map.{new}"] = state_dict.pop(prefix + old)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def dim(self) -> int:
+        """The flow's coordinates (the data's, less the centre of mass with a frame)."""
         return self.base.dim
+
+    @property
+    def data_dim(self) -> int:
+        """The data's coordinates, which :meth:`log_joint`, the bounds and :meth:`sample` take and return."""
+        return self.data_map.data_dim
 
     @property
     def generator_names(self) -> list[str]:
         return self.symmetry.generator_names
 
     def _check(self, x: Tensor, name: str = "q") -> None:
-        if x.ndim < 1 or x.shape[-1] != self.dim:
-            raise ValueError(f"{name} must have shape (..., {self.dim}), got {tuple(x.shape)}")
+        dim = self.data_dim if name == "q" else self.dim
+        if x.ndim < 1 or x.shape[-1] != dim:
+            raise ValueError(f"{name} must have shape (..., {dim}), got {tuple(x.shape)}")
 
     def _stats(self) -> ConstraintStats:
         return ConstraintStats(self.generators, self.generator_offsets)
 
-    # -- data standardisation ------------------------------------------------------------------
+    # -- data coordinates ----------------------------------------------------------------------
 
     def standardise(self, mean: Tensor, cov: Tensor, atol: float = 1e-6) -> "EquivariantHamiltonianFlow":
-        """Let the flow model ``q̃ = W⁻¹ (q − μ)`` with ``W = cov^{1/2}`` (symmetric square root), so that
-        the base ``N(0, σ_q² I)`` starts near the data's scale in every direction:
-        ``log p(q) = log p̃(q̃) − log |det W|``.
+        """Let the flow model ``q̃ = W⁻¹ (z − μ)`` with ``W = cov^{1/2}`` (symmetric square root), z the
+        data in the frame's coordinates, so that the base ``N(0, σ_q² I)`` starts near the data's scale in
+        every direction: ``log p(q) = log p̃(q̃) − log |det W|`` (:meth:`.DataMap.standardise`).
 
         ``mean`` and ``cov`` must commute with the group (:func:`~.standardise.invariant_moments` makes
         them so): ``A_k μ = 0`` and ``A_k Σ = Σ A_k``, otherwise the symmetry would not survive the map
         and ``ValueError`` is raised."""
-        d = self.dim
-        mean, cov = mean.to(torch.float64), cov.to(torch.float64)
-        if mean.shape != (d,) or cov.shape != (d, d):
-            raise ValueError(f"standardise needs a mean ({d},) and a covariance ({d}, {d}), got {tuple(mean.shape)}, "
-                             f"{tuple(cov.shape)}")
-        evals, evecs = torch.linalg.eigh(0.5 * (cov + cov.T))
-        if evals.min() <= 1e-12 * max(1.0, evals.max().item()):
-            raise ValueError("standardise: the covariance is singular (a direction with no variance)")
-        a = self.symmetry.matrices.to(torch.float64)
-        if len(a):
-            if (a @ mean).abs().max() > atol * max(1.0, mean.abs().max().item()):
-                raise ValueError("standardise: the mean is moved by the group (A_k μ ≠ 0); project it first")
-            if (a @ cov - cov @ a).abs().max() > atol * max(1.0, cov.abs().max().item()):
-                raise ValueError("standardise: the covariance does not commute with the group's generators")
-        w = evecs @ torch.diag(evals.sqrt()) @ evecs.T
-        w_inv = evecs @ torch.diag(evals.rsqrt()) @ evecs.T
-        ref = self.data_scale
-        self.data_loc.copy_(mean.to(ref))
-        self.data_scale.copy_(w.to(ref))
-        self.data_scale_inv.copy_(w_inv.to(ref))
-        self.data_log_det.copy_((0.5 * evals.log().sum()).to(ref))
+        self.data_map.standardise(mean, cov, self.symmetry.matrices, atol)
         return self
 
     def to_standard(self, q: Tensor) -> Tensor:
-        """``q̃ = W⁻¹ (q − μ)``: the coordinates the flow models (q itself unless :meth:`standardise` was called)."""
-        return (q - self.data_loc) @ self.data_scale_inv
+        """``q̃ = W⁻¹ (Bᵀ q − μ)``: data coordinates → the coordinates the flow models (:class:`.DataMap`)."""
+        return self.data_map.to_model(q)
 
     def from_standard(self, q: Tensor) -> Tensor:
-        """``q = W q̃ + μ``."""
-        return q @ self.data_scale + self.data_loc
+        """``q = B (W q̃ + μ)``: the flow's coordinates → data coordinates."""
+        return self.data_map.from_model(q)
 
     # -- joint density -------------------------------------------------------------------------
 
     def log_joint(self, q: Tensor, p: Tensor, stats: ConstraintStats | None = None) -> Tensor:
-        """``log p_θ(q, p) = log π(Φ⁻¹(q̃, p)) − log |det W|``; residuals go into ``stats`` if given."""
+        """``log p_θ(q, p) = log π(Φ⁻¹(q̃, p)) − log |det W|`` of data coordinates q (no Jacobian for the
+        centre-of-mass frame, an isometry); residuals go into ``stats`` if given."""
         self._check(q)
         self._check(p, "p")
-        return self._log_joint_standard(self.to_standard(q), p, stats) - self.data_log_det
+        return self._log_joint_standard(self.to_standard(q), p, stats) - self.data_map.log_det
 
     def _log_joint_standard(self, q: Tensor, p: Tensor, stats: ConstraintStats | None = None) -> Tensor:
         """``log π(Φ⁻¹(q̃, p))`` of standardised coordinates."""
@@ -317,7 +307,7 @@ class EquivariantHamiltonianFlow(nn.Module):
 
     def elbo_and_constraints(self, q: Tensor, n: int = 1, constraints: bool = True,
                              iwae: bool = False, estimator: str = "reparam") -> tuple[Tensor, Tensor]:
-        """A lower bound on ``log p_θ(q)`` per data point (B,) from ``n`` reparameterised momentum samples,
+        """A lower bound on ``log p_θ(q)`` per data point q (B, data coordinates) from ``n`` reparameterised momentum samples,
         and ``C_k`` (k,): the mean squared bracket over all visited states (for the Lagrangian; zeros when
         ``constraints`` is off, or the model is invariant by construction). The bound is the ELBO, the mean of the log-weights
         ``log p_θ(q, p_i) − log h(p_i | q)``, or with ``iwae`` their log-mean-exp, the IWAE bound
@@ -347,7 +337,7 @@ class EquivariantHamiltonianFlow(nn.Module):
             log_h = posterior.log_prob(p)
         else:
             raise ValueError(f"estimator must be 'reparam' or 'dreg', not {estimator!r}")
-        log_w = self._log_joint_standard(q.expand_as(p), p, stats) - log_h - self.data_log_det
+        log_w = self._log_joint_standard(q.expand_as(p), p, stats) - log_h - self.data_map.log_det
         if estimator == "dreg" and iwae and p.requires_grad:
             weights = torch.softmax(log_w.detach(), 0).unsqueeze(-1)  # w̃_i, (n, B, 1)
             p.register_hook(lambda grad: grad * weights)
@@ -359,7 +349,7 @@ class EquivariantHamiltonianFlow(nn.Module):
         return self.elbo_and_constraints(q, n, constraints=False)[0]
 
     def iwae(self, q: Tensor, k: int = 256, chunk: int = 64) -> Tensor:
-        """Importance-weighted bound ``log (1/K) Σ p_θ(q, p_k) / h(p_k | q)`` per data point (B,).
+        """Importance-weighted bound ``log (1/K) Σ p_θ(q, p_k) / h(p_k | q)`` per data point q (B, data coordinates).
 
         Momenta are drawn in chunks of ``chunk`` so large K fits in memory.
         """
@@ -385,7 +375,7 @@ class EquivariantHamiltonianFlow(nn.Module):
                 joint = log_joint(q_m, p)
             log_w.append(joint - posterior.log_prob(p))
             done += m
-        return torch.logsumexp(torch.cat(log_w, 0), 0) - math.log(k) - self.data_log_det
+        return torch.logsumexp(torch.cat(log_w, 0), 0) - math.log(k) - self.data_map.log_det
 
     def compile_density(self, enabled: bool = True) -> "EquivariantHamiltonianFlow":
         """Evaluate densities without autograd through ``torch.compile`` (when enabled): faster per call
@@ -412,14 +402,15 @@ class EquivariantHamiltonianFlow(nn.Module):
     # -- sampling ------------------------------------------------------------------------------
 
     def sample_joint(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Exact samples ``(q, p) = Φ(s_0)``, ``s_0 ~ π``."""
+        """Exact samples ``(q, p) = Φ(s_0)``, ``s_0 ~ π``, q in data coordinates (centre of mass at the origin
+        with a frame)."""
         ref = self.generators
         q0, p0 = self.base.sample(n, generator, dtype=ref.dtype, device=ref.device)
         q, p = self.flow(q0, p0)
         return self.from_standard(q), p
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """Exact samples of q, (n, d)."""
+        """Exact samples of q, (n, data_dim)."""
         return self.sample_joint(n, generator)[0]
 
 
@@ -457,6 +448,7 @@ def make_ehf(
     sigma_p: float = 1.0,
     forces: str = "analytic",
     reversible: bool | str = "auto",
+    data_map: DataMap | None = None,
 ) -> EquivariantHamiltonianFlow:
     """Assemble an EHF from plain arguments (``build`` maps the config onto these).
 
@@ -467,6 +459,8 @@ def make_ehf(
     ``forces``: ``analytic`` (closed form) or ``autograd`` (the reference path).
     ``reversible``: memory-flat backward in every block (True/False), or ``auto``: when
     ``leapfrog_steps ≥ REVERSIBLE_AUTO_STEPS``.
+    ``data_map``: from the data's coordinates to the flow's (:class:`.DataMap`; ``symmetry`` acts on the
+    flow's), the identity when None.
     """
     from .encoders import (ENCODERS, EquivariantMomentumEncoder, FlowMomentumEncoder, FullGaussianMomentumEncoder,
                            GaussianMomentumEncoder)
@@ -506,5 +500,6 @@ def make_ehf(
         enc = FlowMomentumEncoder(d, hidden, depth, sigma_p=sigma_p)
     else:
         enc = GaussianMomentumEncoder(d, hidden, depth, activation, sigma_p)
-    model = EquivariantHamiltonianFlow(base, HamiltonianFlow(flow_blocks), enc, symmetry, invariant=invariant)
+    model = EquivariantHamiltonianFlow(base, HamiltonianFlow(flow_blocks), enc, symmetry, invariant=invariant,
+                                       data_map=data_map)
     return set_force_path(model, forces)

@@ -1,10 +1,10 @@
 """The pair-distance features as they were before the scalable implementation of
-:class:`lightning_ehf.core.frames.PairDistanceFeatures`: the reference its values and gradients (first and
+:class:`lightning_ehf.core.invariants.PairDistanceFeatures`: the reference its values and gradients (first and
 second order) are tested against, and the baseline ``ehf bench`` measures it against in the same process.
 
 Plain autograd through every intermediate, the bases evaluated again in the pullback, no clamp. A
 reference only: nothing but the tests and the benchmark use it (the models use
-:class:`~lightning_ehf.core.frames.PairDistanceFeatures`).
+:class:`~lightning_ehf.core.invariants.PairDistanceFeatures`).
 """
 
 from __future__ import annotations

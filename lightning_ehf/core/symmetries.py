@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from .brackets import momentum_map_bracket
+from .invariants import BlockInvariants, GramInvariants
 from .random import draw
 
 __all__ = [
@@ -219,54 +220,6 @@ def _product_sampler(parts: Sequence[Symmetry]) -> Sampler:
 
 
 # ---------------------------------------------------------------------------------------------
-# Invariant features
-
-
-class _BlockInvariants:
-    """Squared norm of every rotated block, and the untouched coordinates as they are."""
-
-    def __init__(self, d: int, blocks: Sequence[Sequence[int]]) -> None:
-        self.blocks = [list(b) for b in blocks]
-        rotated = {i for b in self.blocks for i in b}
-        self.free = [i for i in range(d) if i not in rotated]
-
-    def __call__(self, x: Tensor) -> Tensor:
-        feats = [x[..., b].square().sum(-1, keepdim=True) for b in self.blocks]
-        if self.free:
-            feats.append(x[..., self.free])
-        return torch.cat(feats, -1)
-
-    def pullback(self, x: Tensor, g: Tensor) -> Tensor:
-        """``J(x)ᵀ g`` for a gradient g in the features: ``2 x_b g_b`` on block b, g itself on free coordinates."""
-        out = x.new_zeros(*g.shape[:-1], x.shape[-1])
-        for k, b in enumerate(self.blocks):
-            out[..., b] = 2.0 * x[..., b] * g[..., k : k + 1]
-        if self.free:
-            out[..., self.free] = g[..., len(self.blocks) :]
-        return out
-
-
-class _GramInvariants:
-    """Pairwise inner products ``x_i · x_j`` (i ≤ j) of the particles: O(D)-invariant features."""
-
-    def __init__(self, n_particles: int, particle_dim: int) -> None:
-        self.n, self.dim = n_particles, particle_dim
-        self.rows, self.cols = torch.triu_indices(n_particles, n_particles)
-
-    def __call__(self, x: Tensor) -> Tensor:
-        parts = x.reshape(*x.shape[:-1], self.n, self.dim)
-        gram = parts @ parts.transpose(-1, -2)
-        return gram[..., self.rows, self.cols]
-
-    def pullback(self, x: Tensor, g: Tensor) -> Tensor:
-        """``∂/∂x_a Σ_{i≤j} g_ij x_i·x_j = (S x)_a`` with ``S = G + Gᵀ``, G upper-triangular holding g."""
-        upper = g.new_zeros(*g.shape[:-1], self.n, self.n)
-        upper[..., self.rows, self.cols] = g
-        parts = x.reshape(*x.shape[:-1], self.n, self.dim)
-        return ((upper + upper.transpose(-1, -2)) @ parts).reshape(*parts.shape[:-2], self.n * self.dim)
-
-
-# ---------------------------------------------------------------------------------------------
 # Constructors
 
 
@@ -299,7 +252,7 @@ def rotation_plane(d: int, i: int, j: int) -> Symmetry:
     i, j = _check_coords(d, [i, j], "rotation plane")
     return Symmetry(
         f"rot[{i},{j}]", d, _plane_generator(d, i, j)[None], torch.zeros(1, d, dtype=torch.float64), [f"L{i}{j}"],
-        sampler=_block_rotation_sampler(d, [i, j]), invariants=_BlockInvariants(d, [[i, j]]), rotation_blocks=[[i, j]],
+        sampler=_block_rotation_sampler(d, [i, j]), invariants=BlockInvariants(d, [[i, j]]), rotation_blocks=[[i, j]],
     )
 
 
@@ -313,7 +266,7 @@ def son(d: int, coords: Sequence[int]) -> Symmetry:
     return Symmetry(
         f"so{len(coords)}{coords}".replace(" ", ""), d, mats, torch.zeros(len(planes), d, dtype=torch.float64),
         [f"L{a}{b}" for a, b in planes],
-        sampler=_block_rotation_sampler(d, coords), invariants=_BlockInvariants(d, [coords]), rotation_blocks=[coords],
+        sampler=_block_rotation_sampler(d, coords), invariants=BlockInvariants(d, [coords]), rotation_blocks=[coords],
     )
 
 
@@ -342,7 +295,7 @@ def particle_rotations(n_particles: int, particle_dim: int) -> Symmetry:
     return Symmetry(
         f"particles{n_particles}x{particle_dim}", d, mats, torch.zeros(len(planes), d, dtype=torch.float64),
         [f"L{a}{b}" for a, b in planes],
-        sampler=_particle_sampler(n_particles, particle_dim), invariants=_GramInvariants(n_particles, particle_dim),
+        sampler=_particle_sampler(n_particles, particle_dim), invariants=GramInvariants(n_particles, particle_dim),
         particles=(n_particles, particle_dim),
     )
 
@@ -386,7 +339,7 @@ def product(*parts: Symmetry) -> Symmetry:
     disjoint = all(p.rotation_blocks for p in parts) and len({i for b in blocks for i in b}) == sum(map(len, blocks))
     return Symmetry(
         "x".join(p.name for p in parts), d, torch.cat([p.matrices for p in parts]), torch.cat([p.offsets for p in parts]),
-        names, sampler=_product_sampler(parts), invariants=_BlockInvariants(d, blocks) if disjoint else None,
+        names, sampler=_product_sampler(parts), invariants=BlockInvariants(d, blocks) if disjoint else None,
         rotation_blocks=blocks if disjoint else [],
     )
 

@@ -1,7 +1,8 @@
 """Analytic target densities with exact sampling and exact, normalised log densities.
 
-Every target offers ``sample``, ``log_prob``, a Monte-Carlo ``entropy`` and a ``symmetry_spec``
-naming the continuous symmetry it is invariant under. Pure torch + numpy.
+Every target offers ``sample``, ``log_prob``, a Monte-Carlo ``entropy``, the continuous symmetry it is
+invariant under (``symmetry``, a :class:`~.symmetries.Symmetry`) and, for particles, what they are
+(``n_particles``, ``particle_dim``, ``identical``, ``translation_invariant``). Pure torch + numpy.
 
 Targets (``make_target(name)``):
 
@@ -32,7 +33,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import symmetries
 from .random import draw
+from .symmetries import Symmetry
 
 __all__ = ["Target", "RadialMixture", "PlaneProduct", "Particles2D", "GMM8", "ParticlePool", "DoubleWellParticles",
            "LennardJonesCluster", "double_well_pair_energy", "lennard_jones_energy", "TARGETS", "make_target"]
@@ -54,15 +57,26 @@ def _log_std_normal_cdf(a: float) -> float:
 class Target:
     """Base class: an analytic density on R^dim with exact sampling.
 
-    Subclasses set ``name``, ``dim``, ``symmetry_spec`` and implement ``sample`` and ``log_prob``.
-    A target whose samples are a fixed, finite pool per split (``finite_pool = True``) also overrides
-    ``sample_split``.
+    Subclasses set ``name``, ``dim`` and implement ``sample``, ``log_prob`` and ``symmetry`` (the group the
+    density is invariant under; none by default). A target of particles sets ``n_particles`` and
+    ``particle_dim`` (coordinates stored particle by particle), ``identical`` when relabelling the particles
+    leaves the density unchanged, and ``translation_invariant`` when moving all of them alike does (its
+    density lives on the centre-of-mass-free subspace). A target whose samples are a fixed, finite pool per
+    split (``finite_pool = True``) also overrides ``sample_split``.
     """
 
     name: str
     dim: int
-    symmetry_spec: dict[str, Any]
     finite_pool: bool = False
+    n_particles: Optional[int] = None
+    particle_dim: Optional[int] = None
+    identical: bool = False
+    translation_invariant: bool = False
+
+    @property
+    def symmetry(self) -> Symmetry:
+        """The continuous group the density is invariant under, acting on its coordinates."""
+        return symmetries.no_symmetry(self.dim)
 
     def sample(self, n: int, generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32,
                device: Any = None) -> Tensor:
@@ -112,8 +126,11 @@ class RadialMixture(Target):
         self._log_consts = [math.log(wk) - math.log(self.std) - 0.5 * _LOG_2PI - _log_std_normal_cdf(mu / self.std)
                             for wk, mu in zip(self.weights, self.radii)]
         self._log_sphere = math.log(2.0 * math.pi) if dim == 2 else math.log(4.0 * math.pi)
-        self.symmetry_spec = ({"group": "so2", "coords": [0, 1]} if dim == 2
-                              else {"group": "so3", "coords": [0, 1, 2]})
+
+    @property
+    def symmetry(self) -> Symmetry:
+        """SO(d), d = 2 or 3: the density depends on |x| alone."""
+        return symmetries.son(self.dim, list(range(self.dim)))
 
     def sample(self, n: int, generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32,
                device: Any = None) -> Tensor:
@@ -139,7 +156,7 @@ class PlaneProduct(Target):
     """Independent 2-D radial densities on consecutive coordinate planes: q = (x₁, …, x_m), x_i ∈ R².
 
     p(q) = Π_i p_i(x_i), each p_i a 2-D :class:`RadialMixture`; invariant under an independent rotation
-    of every plane (2i, 2i+1), declared as ``{"group": "rotations", "planes": [[0, 1], [2, 3], …]}``.
+    of every plane (2i, 2i+1), its ``symmetry``.
     Sampling draws the planes one after the other from the same generator.
     """
 
@@ -148,7 +165,11 @@ class PlaneProduct(Target):
             raise ValueError("PlaneProduct needs one or more 2-D radial densities")
         self.name, self.parts, self.dim = name, list(parts), 2 * len(parts)
         self.planes = [[2 * i, 2 * i + 1] for i in range(len(self.parts))]
-        self.symmetry_spec = {"group": "rotations", "planes": [list(pl) for pl in self.planes]}
+
+    @property
+    def symmetry(self) -> Symmetry:
+        """An independent rotation of every plane (2i, 2i+1)."""
+        return symmetries.product(*[symmetries.rotation_plane(self.dim, a, b) for a, b in self.planes])
 
     def sample(self, n: int, generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32,
                device: Any = None) -> Tensor:
@@ -177,12 +198,17 @@ class Particles2D(Target):
 
     def __init__(self, name: str = "particles2d", n_particles: int = 3, radius: float = 1.5,
                  sigma: float = 0.2) -> None:
-        self.name, self.n_particles, self.dim = name, n_particles, 2 * n_particles
+        self.name, self.n_particles, self.particle_dim, self.dim = name, n_particles, 2, 2 * n_particles
         self.radius, self.sigma = float(radius), float(sigma)
         ang = np.pi / 2 + 2 * np.pi * np.arange(n_particles) / n_particles
         self.template = np.stack([radius * np.cos(ang), radius * np.sin(ang)], axis=-1)  # (m, 2)
         self.template_sq = float((self.template ** 2).sum())  # |T|²
-        self.symmetry_spec = {"group": "particles", "particle_dim": 2}
+
+    @property
+    def symmetry(self) -> Symmetry:
+        """One rotation of every particle alike. Relabelling the particles is not a symmetry: a transposition
+        reverses the template's orientation, which no rotation undoes (``identical`` is False)."""
+        return symmetries.particle_rotations(self.n_particles, 2)
 
     def sample(self, n: int, generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32,
                device: Any = None) -> Tensor:
@@ -223,7 +249,6 @@ class GMM8(Target):
         self.discrete_rotation_order = n_modes
         ang = 2 * np.pi * np.arange(n_modes) / n_modes
         self.means = np.stack([radius * np.cos(ang), radius * np.sin(ang)], axis=-1)  # (K, 2)
-        self.symmetry_spec = {"group": "none"}
 
     def sample(self, n: int, generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32,
                device: Any = None) -> Tensor:
@@ -300,6 +325,8 @@ class ParticlePool(Target):
     """
 
     finite_pool = True
+    identical = True
+    translation_invariant = True
     splits = ("train", "val", "test")
 
     def __init__(self, name: str, n_particles: int, particle_dim: int, parameters: dict[str, float],
@@ -309,9 +336,14 @@ class ParticlePool(Target):
         self.parameters = {k: float(v) for k, v in parameters.items()}
         self.kT = self.parameters["kT"]
         self.path = Path(path) if path is not None else _ASSETS / f"{name}.npz"
-        self.symmetry_spec = {"group": "particles", "particle_dim": particle_dim, "translation": "com"}
         self._pools: Optional[dict[str, Tensor]] = None
         self._log_z = self._log_z_se = math.nan
+
+    @property
+    def symmetry(self) -> Symmetry:
+        """One rotation of every particle alike (E depends on distances alone; translations and relabellings
+        are declared by ``translation_invariant`` and ``identical``)."""
+        return symmetries.particle_rotations(self.n_particles, self.particle_dim)
 
     def energy(self, x: Tensor) -> Tensor:
         """E(x), (..., n·D) -> (...)."""

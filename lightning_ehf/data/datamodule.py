@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 from typing_extensions import override
 
-from ..core.frames import CentreOfMassFrame, permute_particles
+from ..core.frames import permute_particles
 from ..core.symmetries import Symmetry
 from ..core.targets import Target
 from ..errors import ConfigError
@@ -61,8 +61,8 @@ class EHFDataModule(L.LightningDataModule):
     after it reaches the device; the elements of step ``i`` on rank ``r`` are drawn from ``(seed, r, i)``.
     With ``permute_particles = n`` augmentation also relabels the n particles of every row at random.
 
-    With a centre-of-mass ``frame`` every row is held in the frame's coordinates (the target is a
-    :class:`~lightning_ehf.core.frames.FramedTarget`, file rows are mapped by the caller).
+    Rows are held in the data's own coordinates (particles with their centre of mass where it is): a model
+    that lives in other coordinates maps them itself.
 
     Under DDP, rank ``r`` of ``W`` validates and tests rows ``r, r + W, r + 2W, …``: every row exactly
     once (Lightning's distributed sampler would pad with repeated rows), and the logged means (the
@@ -74,8 +74,7 @@ class EHFDataModule(L.LightningDataModule):
                  n_val: Optional[int] = 2000, n_test: Optional[int] = 5000,
                  batch_size: int = 512, augment: bool = False, num_workers: int = 0, seed: int = 0,
                  val_fraction: Optional[float] = None, file_val_fraction: Optional[float] = None,
-                 file_test_fraction: Optional[float] = None, frame: Optional[CentreOfMassFrame] = None,
-                 permute_particles: Optional[int] = None) -> None:
+                 file_test_fraction: Optional[float] = None, permute_particles: Optional[int] = None) -> None:
         super().__init__()
         if (target is None) == (path is None):
             raise ConfigError("data: set exactly one of data.target and data.path")
@@ -92,7 +91,7 @@ class EHFDataModule(L.LightningDataModule):
         if target is not None and regime == "infinite" and getattr(target, "finite_pool", False):
             raise ConfigError(f"data.regime: target {target.name} is a fixed pool of samples, not a sampler; "
                               "set data.regime=finite")
-        self.frame, self.permute_particles = frame, permute_particles
+        self.permute_particles = permute_particles
         if target is not None and getattr(target, "finite_pool", False):  # checked before any file is written
             wanted = {"train": ("data.n_train", n_train), "test": ("data.n_test", n_test)}
             if val_fraction is None:
@@ -210,17 +209,12 @@ class EHFDataModule(L.LightningDataModule):
             g = self.symmetry.sample(batch.shape[0], generator=gen, dtype=batch.dtype, device=batch.device)
             batch = g.act_q(batch)
             if self.permute_particles:
-                x = batch if self.frame is None else self.frame.from_subspace(batch)
-                x = permute_particles(x, self.permute_particles, generator=gen)
-                batch = x if self.frame is None else self.frame.to_subspace(x)
+                batch = permute_particles(batch, self.permute_particles, generator=gen)
         return batch
 
     def describe(self) -> str:
         source = self.target.name if self.target is not None else Path(str(self.path)).name
         text = f"{source} (d={self.dim}, {self.regime}, symmetry {self.symmetry.name})"
-        if self.frame is not None:
-            text += (f"; {self.frame.n_particles} particles × {self.frame.particle_dim} in centre-of-mass-free "
-                     f"coordinates (d={self.frame.full_dim} → {self.frame.dim})")
         if self._file_rows is not None:
             n_train = min(self.n_train, self._file_rows.shape[0] - self.n_val - self.n_test)
             text += (f"; {self._file_rows.shape[0]} rows: {n_train} train, {self.n_val} validate, "

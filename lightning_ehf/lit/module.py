@@ -394,7 +394,7 @@ class EHFModule(L.LightningModule):
         dm = self.trainer.datamodule
         data = dm.val_data if stage == "val" else dm.test_data
         ev = self.config.eval
-        symmetry = self.model.symmetry
+        symmetry = dm.symmetry  # on the data's coordinates, which the model takes
         if data is None or symmetry.num_generators == 0:
             return
         q = data[: ev.n_eval].to(self.device, eval_dtype(self.dtype))
@@ -405,7 +405,9 @@ class EHFModule(L.LightningModule):
         self.log(f"{stage}/invariance_error", err, **log)
         self.log(f"{stage}/invariance_noise", noise, **log)
         if isinstance(self.model, EquivariantHamiltonianFlow):
-            self.log(f"{stage}/equivariance_error", equivariance_error(self.model, q.shape[0], symmetry, generator=gen),
+            # the flow acts on the model's own coordinates, and so does the group it is equivariant under
+            self.log(f"{stage}/equivariance_error",
+                     equivariance_error(self.model, q.shape[0], self.model.symmetry, generator=gen),
                      **log)
         for name, lam in self.multipliers.as_dict().items():
             self.log(f"{stage}/lambda/{name}", lam, **log)

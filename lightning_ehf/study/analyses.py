@@ -147,7 +147,7 @@ def radial_profiles(model: Any, r_max: float = _R_MAX, n_r: int = _N_R, n_theta:
     m = copy.deepcopy(model).to(torch.float64)
     r = torch.linspace(0.0, r_max, n_r, dtype=torch.float64)
     theta = 2 * math.pi * torch.arange(n_theta, dtype=torch.float64) / n_theta
-    pts = torch.zeros(n_r, n_theta, m.dim, dtype=torch.float64)
+    pts = torch.zeros(n_r, n_theta, m.data_dim, dtype=torch.float64)
     pts[..., 0] = r[:, None] * torch.cos(theta)
     pts[..., 1] = r[:, None] * torch.sin(theta)
     with torch.no_grad():
