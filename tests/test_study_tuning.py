@@ -80,6 +80,9 @@ def test_shipped_tuned_profile_gives_every_method_eight_configurations():
     # the grid's width replaces the target's model.hidden: 128
     assert "model.hidden=64" in cell.overrides and "model.hidden=128" not in cell.overrides
     assert "seed=100" in cell.overrides and "model.nsf_bins=16" in cell.overrides
+    for cell in tuning.cells[::13]:  # a spread of the tuning cells validate as configs
+        cfg = tuning.config(cell)
+        assert cfg["seed"] == 100 and cfg["model"]["hidden"] in (64, 128)
     assert load_study(SHIPPED, "quick").tune is None  # the other profiles stay untuned
 
 
@@ -121,6 +124,16 @@ def test_a_tuned_key_on_the_command_line_and_a_study_without_a_seed_axis_are_ref
         load_study(f, extra=["optim.lr=0.5"])
     with pytest.raises(ConfigError, match="needs a seed axis"):
         load_study(tuned_study(tmp_path / "n.yaml", tune, {"method": ["ehf_dual", "nsf"]}))
+    # a mapping axis' key that some of its values set may be tuned, also in a profile that keeps only those
+    axes = {"method": ["ehf_dual", "nsf"], "target": {"ring2d": {"data.target": "ring2d"},
+                                                      "wide": {"data.target": "ring2d", "model.hidden": 32}},
+            "seed": E2E_AXES["seed"]}
+    f = tuned_study(tmp_path / "w.yaml", {"grids": {"ehf_dual": {"model.hidden": [8]}, "nsf": {"model.hidden": [8]}}},
+                    axes, profiles={"wide": {"axes": {"target": ["wide"]}}})
+    from lightning_ehf.study.tuning import tuning_folder
+
+    cells = tuning_folder(tmp_path / "w", load_study(f, "wide")).cells
+    assert cells and all("model.hidden=8" in c.overrides and "model.hidden=32" not in c.overrides for c in cells)
     # a profile's tune section replaces the file's; tune: null turns it off
     f = tuned_study(tmp_path / "p.yaml", tune, profiles={"tuned": {}, "plain": {"tune": None}})
     assert load_study(f, "tuned").tune is not None and load_study(f, "plain").tune is None
@@ -328,6 +341,8 @@ def test_tuned_study_status_and_report_list_every_configuration(tuned):
     with open(tuned.dir / "report" / "results.csv", newline="") as f:
         assert sorted(r["cell"] for r in csv.DictReader(f)) == sorted(f"{m}-seed{s}" for m in E2E_METHODS
                                                                       for s in (0, 1))
+    r = study("report", tuned.dir / "tune", cwd=tuned.tmp, timeout=60)
+    assert r.returncode == 2 and "reports both stages" in r.stderr, r.stdout + r.stderr
     # a tuning cell runs as `ehf study cell DIR/tune cell=NAME` (a W&B agent's command): done, so skipped
     t0 = time.time()
     r = study("cell", tuned.dir / "tune", f"cell={rows[0]['cell']}", cwd=tuned.tmp, timeout=120)

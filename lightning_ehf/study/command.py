@@ -15,7 +15,7 @@ from .runner import (EXIT_PREEMPTED, StudyFolder, cell_command, export_wandb_swe
                      sweep_wandb_mode)
 from .slurm import require_sbatch, run_slurm
 from .spec import Study, load_study
-from .tuning import EvaluationFolder, evaluation_folder, tuning_folder, write_choice
+from .tuning import EvaluationFolder, TuningFolder, evaluation_folder, tuning_folder, write_choice
 
 __all__ = ["cmd_study"]
 
@@ -176,7 +176,11 @@ def cmd_study(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) ->
     if args.study_command == "report":
         from .report import write_report
 
-        out = write_report(open_folder(args.dir))
+        folder = open_folder(args.dir)
+        if isinstance(folder, TuningFolder):
+            raise UserError(f"{args.dir}: the tuning stage of a study; `ehf study report {folder.root.parent}` reports "
+                            "both stages (its Tuning section lists every configuration's score)")
+        out = write_report(folder)
         print(Path(out["md"]).read_text())
         print(f"written: {', '.join(str(p) for p in out['files'])}")
         return 0

@@ -218,9 +218,9 @@ def _grid(raw: Any, where: str) -> dict[str, dict[str, Any]]:
     return configs
 
 
-def _tuning(raw: Any, where: str, axes: list[Axis], unshrunk: dict[str, list[str]]) -> Tuning:
+def _tuning(raw: Any, where: str, axes: list[Axis], unshrunk: dict[str, list[str]], axis_keys: set[str]) -> Tuning:
     """Parse and check a ``tune`` section against the (profile's) axes; adds its matched methods to the
-    method axis."""
+    method axis. ``axis_keys``: the keys every value of a non-method axis sets (in the study file)."""
     if not isinstance(raw, dict) or set(raw) - set(_TUNE_KEYS) or "grids" not in raw:
         raise _fail(where, f"a tune section is a mapping with grids (and seeds, per, matched); allowed keys: "
                            f"{', '.join(_TUNE_KEYS)}")
@@ -272,8 +272,7 @@ def _tuning(raw: Any, where: str, axes: list[Axis], unshrunk: dict[str, list[str
         if str(method) not in unshrunk["method"] and str(method) not in matched:
             raise _fail(f"{where}.grids.{method}", "is not a method of the study")
     # keys every value of a non-method axis sets (data.target, data.n_train, seed) are the grid's cells, not knobs
-    fixed = {k for a in axes if a.name != "method" for k in set.intersection(*[set(ov) for ov in a.values.values()])}
-    fixed |= {"seed", "experiment", "run.dir", "run.root"}
+    fixed = axis_keys | {"seed", "experiment", "run.dir", "run.root"}
     grids: dict[str, dict[str, dict[str, Any]]] = {}
     for method, preset in method_axis.values.items():
         if method not in grids_raw:
@@ -326,6 +325,7 @@ def load_study(path: str | Path, profile: Optional[str] = None, extra: Sequence[
         raise _fail(f"{path}: axes", "needs at least one axis (e.g. method: [ehf_dual, nsf])")
     axes = [_axis(str(n), a, f"{path}: axes.{n}") for n, a in axes_raw.items()]
     unshrunk = {a.name: list(a.values) for a in axes}  # before a profile keeps some of the values
+    axis_keys = {k for a in axes if a.name != "method" for k in set.intersection(*[set(ov) for ov in a.values.values()])}
 
     profiles = raw.get("profiles") or {}
     if not isinstance(profiles, dict):
@@ -365,7 +365,7 @@ def load_study(path: str | Path, profile: Optional[str] = None, extra: Sequence[
     base.update(_overrides(prof.get("base"), f"{path}: profiles.{profile}.base"))
     tune_raw, tune_where = (prof["tune"], f"{path}: profiles.{profile}.tune") if "tune" in prof else \
         (raw.get("tune"), f"{path}: tune")
-    tune = _tuning(tune_raw, tune_where, axes, unshrunk) if tune_raw is not None else None
+    tune = _tuning(tune_raw, tune_where, axes, unshrunk, axis_keys) if tune_raw is not None else None
     # a pair may name a matched method of any tune section (the report skips pairs a profile lacks)
     for section in [raw.get("tune"), *[p.get("tune") for p in profiles.values() if isinstance(p, dict)]]:
         if isinstance(section, dict) and isinstance(section.get("matched"), dict):
