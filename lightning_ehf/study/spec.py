@@ -26,8 +26,9 @@ A study file (YAML)::
     tune:                               # optional (here, or in a profile, which replaces it): a tuned study
       seeds: [100]                      # tuning seeds: the seed axis' values in stage 1, never evaluation seeds
       per: [target, n_train]            # a choice per value of these axes (default: every axis but method, seed)
-      grids:                            # per method, the same number of configurations each
+      grids:                            # every method of the axis, the same number of configurations each
         ehf_dual: {optim.lr: [1.0e-3, 3.0e-3], model.hidden: [64, 128]}          # a product of key lists
+        ehf_none: {optim.lr: [1.0e-3, 3.0e-3], model.hidden: [64, 128]}
         nsf: {optim.lr: [1.0e-3, 3.0e-3],                                         # a list of mappings: keys
               shape: [{model.nsf_transforms: 4}, {model.nsf_transforms: 8}]}     # that change together
         nsf_matched: {optim.lr: [1.0e-3, 3.0e-3], model.nsf_bins: [8, 16]}
