@@ -3,15 +3,20 @@ through one pipeline (data, module, logging, evaluation)."""
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import torch
 import zuko
 from torch import Tensor, nn
 
 from .core.coordinates import DataMap
 from .core.exact import ExactLikelihood
-from .core.symmetries import Symmetry
+from .core.symmetries import Symmetry, no_symmetry
 
-__all__ = ["NSFModel"]
+__all__ = ["NSFModel", "NSF_WIDTHS", "nsf_width_for_params"]
+
+#: the widths a size-matched NSF is chosen from (``ehf bench``'s peer)
+NSF_WIDTHS = range(16, 513, 4)
 
 
 class NSFModel(ExactLikelihood, nn.Module):
@@ -37,3 +42,22 @@ class NSFModel(ExactLikelihood, nn.Module):
         """``n`` samples of the model's coordinates, (n, d). zuko draws from torch's global generator:
         ``generator`` is not used."""
         return self.flow().sample((n,))
+
+
+def nsf_width_for_params(dim: int, n_params: int, transforms: int = 4, bins: int = 8, depth: int = 2,
+                         widths: Iterable[int] = NSF_WIDTHS) -> int:
+    """The width (``model.hidden``) in ``widths`` (increasing) whose NSF on ``dim`` coordinates, with ``transforms``
+    transforms of ``bins`` bins and ``depth`` hidden layers, has the trainable parameter count closest to
+    ``n_params``: the size-matched peer of a model with ``n_params`` parameters. The search stops at the first
+    width above ``n_params``."""
+    best: tuple[int, int] | None = None
+    for hidden in widths:
+        model = NSFModel(no_symmetry(dim), transforms=transforms, bins=bins, hidden=hidden, depth=depth)
+        size = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        if best is None or abs(size - n_params) < abs(best[1] - n_params):
+            best = (hidden, size)
+        if size > n_params:
+            break
+    if best is None:
+        raise ValueError("nsf_width_for_params: no widths to choose from")
+    return best[0]

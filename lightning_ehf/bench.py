@@ -99,19 +99,12 @@ def _encoder(symmetry) -> str:
 
 def size_matched_nsf(device: torch.device, dim: int, n_params: int) -> torch.nn.Module:
     """zuko NSF (4 transforms, 8 bins, 2 hidden layers) whose width gives about ``n_params`` parameters."""
-    from lightning_ehf.baselines import NSFModel
+    from lightning_ehf.baselines import NSFModel, nsf_width_for_params
     from lightning_ehf.core import no_symmetry
 
-    best = None
-    for hidden in range(16, 513, 4):
-        model = NSFModel(no_symmetry(dim), transforms=4, bins=8, hidden=hidden, depth=2)
-        size = sum(p.numel() for p in model.parameters())
-        if best is None or abs(size - n_params) < abs(best[1] - n_params):
-            best = (hidden, size)
-        if size > n_params:
-            break
+    hidden = nsf_width_for_params(dim, n_params, transforms=4, bins=8, depth=2)
     torch.manual_seed(0)
-    return NSFModel(no_symmetry(dim), transforms=4, bins=8, hidden=best[0], depth=2).to(device)
+    return NSFModel(no_symmetry(dim), transforms=4, bins=8, hidden=hidden, depth=2).to(device)
 
 
 def _n_params(model: torch.nn.Module) -> int:

@@ -386,6 +386,7 @@ def write_report(folder: StudyFolder) -> dict[str, Any]:
     """Write ``DIR/report/{results.csv,results.md,*.png}`` (plus analyses named by the study file).
     Returns {"md": path, "csv": path, "files": [paths]}."""
     from .analyses import ANALYSES
+    from .tuning import tuning_section
 
     out = folder.root / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -426,6 +427,9 @@ def write_report(folder: StudyFolder) -> dict[str, Any]:
         section, extra = ANALYSES[name](folder, rows, out)
         md += ["", section]
         files += extra
+    section, extra = tuning_section(folder, out)  # a tuned study: what each method chose
+    md += section
+    files += extra
     mode = str(folder.study.base.get("logger.wandb.mode", "offline"))
     if mode != "disabled":
         run_dir = _wandb_summary(folder, rows, columns, mode, out)

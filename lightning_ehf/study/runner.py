@@ -7,6 +7,7 @@ Layout of a study folder ``DIR``::
     DIR/cells/<cell>/         the cell's run folder (exactly what ``ehf train run.dir=...`` writes)
     DIR/logs/<cell>.log       the cell's output
     DIR/logs/<cell>.json      its state while running or after failing: {state, pid, host, job, beat, rc, ...}
+    DIR/tune/                 a tuned study's first stage (:mod:`.tuning`): the same layout, and choice.json
 
 A running cell's state file carries a heartbeat (``beat``, rewritten every ``HEARTBEAT_S``) and, under SLURM, its
 job id. A cell recorded as running whose process is gone (this host), whose SLURM job has ended (``squeue`` /
@@ -19,6 +20,7 @@ its W&B config has the axes as top-level fields (``cell_wandb_overrides``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -56,10 +58,10 @@ class CellState:
 class StudyFolder:
     """The folder of one study run: cell folders, logs and state files."""
 
-    def __init__(self, root: str | Path, study: Study) -> None:
+    def __init__(self, root: str | Path, study: Study, cells: Optional[list[Cell]] = None) -> None:
         self.root = Path(root).resolve()
         self.study = study
-        self.cells = study.cells()
+        self.cells = study.cells() if cells is None else cells  # a tuned study's stages list their own
         self._configs: dict[str, dict[str, Any]] = {}  # resolved configs, by cell name
 
     def cell_dir(self, cell: Cell) -> Path:
@@ -99,6 +101,7 @@ class StudyFolder:
             "config_files": self.study.config_files, "base": self.study.base, "command": command,
             "axes": {a.name: a.values for a in self.study.axes}, "report": self.study.report,
             "slurm": self.study.slurm, "description": self.study.description,
+            **({"tune": dataclasses.asdict(self.study.tune)} if self.study.tune is not None else {}),
             "cells": [{"name": c.name, "values": c.values, "overrides": list(c.overrides)} for c in self.cells],
         }
         (self.root / "study.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -232,10 +235,17 @@ def cell_wandb_overrides(study: Study, cell: Cell) -> list[str]:
 
 
 def open_folder(root: str | Path) -> StudyFolder:
-    """The study run in ``root`` as its ``study.json`` describes it (for status, report and agents)."""
-    from .spec import Axis
+    """The study run in ``root`` as its ``study.json`` describes it (for status, report and agents). A tuned
+    study's folder gives its evaluation stage, its ``tune/`` folder the tuning stage (:mod:`.tuning`)."""
+    from .spec import Axis, Tuning
 
     root = Path(root)
+    if root.name == "tune" and not (root / "study.json").exists() and (root.parent / "study.json").is_file():
+        from .tuning import tuning_folder
+
+        parent = open_folder(root.parent)
+        if parent.study.tune is not None:
+            return tuning_folder(parent.root, parent.study)
     try:
         m = json.loads((root / "study.json").read_text())
     except FileNotFoundError:
@@ -243,8 +253,13 @@ def open_folder(root: str | Path) -> StudyFolder:
     except ValueError as e:
         raise UserError(f"{root}/study.json: not valid JSON ({e})") from None
     axes = [Axis(name, values) for name, values in m["axes"].items()]
+    tune = Tuning(**m["tune"]) if m.get("tune") else None
     study = Study(m["study"], m["profile"], Path(m["source"]), m["config_files"], m["base"], axes,
-                  m.get("report") or {}, m.get("slurm") or {}, m.get("description") or "")
+                  m.get("report") or {}, m.get("slurm") or {}, m.get("description") or "", tune)
+    if tune is not None:
+        from .tuning import evaluation_folder
+
+        return evaluation_folder(root, study)
     return StudyFolder(root, study)
 
 

@@ -23,11 +23,26 @@ A study file (YAML)::
       pairs: [[ehf_dual, ehf_none]]     # seed-by-seed comparisons of two values of `compare`
       analyses: [potentials]            # study-specific sections (study/analyses.py)
     slurm: {partition: null, time_min: 60, cpus_per_cell: 2, gpus_per_cell: 0}
+    tune:                               # optional (here, or in a profile, which replaces it): a tuned study
+      seeds: [100]                      # tuning seeds: the seed axis' values in stage 1, never evaluation seeds
+      per: [target, n_train]            # a choice per value of these axes (default: every axis but method, seed)
+      grids:                            # every method of the axis, the same number of configurations each
+        ehf_dual: {optim.lr: [1.0e-3, 3.0e-3], model.hidden: [64, 128]}          # a product of key lists
+        ehf_none: {optim.lr: [1.0e-3, 3.0e-3], model.hidden: [64, 128]}
+        nsf: {optim.lr: [1.0e-3, 3.0e-3],                                         # a list of mappings: keys
+              shape: [{model.nsf_transforms: 4}, {model.nsf_transforms: 8}]}     # that change together
+        nsf_matched: {optim.lr: [1.0e-3, 3.0e-3], model.nsf_bins: [8, 16]}
+      matched:                          # methods added to the method axis: an NSF-kind method whose width
+        nsf_matched: {like: nsf, params_of: ehf_dual}   # gives the parameter count of params_of's choice
 
 Each cell is a plain run folder made by ``ehf train`` with the cell's overrides. The cell's name joins
 its value names with ``-`` (``ehf_dual-ring2d-n_train128-seed0``). A key that ``base`` (or the profile's
 ``base``) and an axis both set takes the axis value in every cell; a command-line ``key=value`` that an
 axis sets is refused.
+
+A study with ``tune`` runs in two stages (:mod:`lightning_ehf.study.tuning`): every configuration of every
+method's grid on the tuning seeds, scored on validation NLL alone, then each method's chosen configuration on
+the seed axis' seeds. A grid's keys win over the axes' (a tuned width replaces a target's ``model.hidden``).
 """
 
 from __future__ import annotations
@@ -43,7 +58,7 @@ import yaml
 from ..config.load import override_value
 from ..errors import ConfigError
 
-__all__ = ["METHODS", "Cell", "Study", "load_study"]
+__all__ = ["METHODS", "Cell", "Study", "Tuning", "load_study"]
 
 #: The named methods every study compares, as config overrides. They differ only in what is named here;
 #: data, budget and stopping rule come from the study.
@@ -61,7 +76,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "efm": {"model.kind": "efm", "constraint.mode": "none", "data.augment": False},
 }
 
-_TOP_KEYS = {"study", "description", "config", "base", "axes", "profiles", "report", "slurm"}
+_TOP_KEYS = {"study", "description", "config", "base", "axes", "profiles", "report", "slurm", "tune"}
+_TUNE_KEYS = ("seeds", "per", "grids", "matched")
 _SLURM_KEYS = {"partition": None, "time_min": 60, "cpus_per_cell": 2, "gpus_per_cell": 0, "mem_gb": None,
                "parallelism": None}
 _NAME = re.compile(r"[A-Za-z0-9_.]+")
@@ -84,6 +100,18 @@ class Axis:
 
 
 @dataclass
+class Tuning:
+    """The ``tune`` section of a study: ``grids`` (method -> configuration name -> overrides, the same number
+    of configurations for every method), run on the tuning ``seeds``, chosen per value of the ``per`` axes;
+    ``matched`` (method -> {like, params_of}): NSF-kind methods whose width matches ``params_of``'s choice."""
+
+    seeds: list[int]
+    per: list[str]
+    grids: dict[str, dict[str, dict[str, Any]]]
+    matched: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+@dataclass
 class Study:
     name: str
     profile: str
@@ -94,16 +122,20 @@ class Study:
     report: dict[str, Any] = field(default_factory=dict)
     slurm: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    tune: Optional[Tuning] = None
 
     def cells(self) -> list[Cell]:
-        out = []
-        for combo in itertools.product(*[list(a.values.items()) for a in self.axes]):
-            overrides = dict(self.base)
-            for _, ov in combo:
-                overrides.update(ov)
-            values = {a.name: name for a, (name, _) in zip(self.axes, combo)}
-            out.append(Cell("-".join(values.values()), values, tuple(_dotlist(overrides))))
-        return out
+        return [self.cell({a.name: name for a, name in zip(self.axes, combo)})
+                for combo in itertools.product(*[list(a.values) for a in self.axes])]
+
+    def cell(self, values: dict[str, str], extra: Optional[dict[str, Any]] = None) -> Cell:
+        """The cell taking value ``values[axis]`` on every axis: base, then the axes' overrides, then ``extra``.
+        Its name joins ``values`` (which may hold names that are no axis, e.g. a tuning configuration's)."""
+        overrides = dict(self.base)
+        for axis in self.axes:
+            overrides.update(axis.values[values[axis.name]])
+        overrides.update(extra or {})
+        return Cell("-".join(values.values()), dict(values), tuple(_dotlist(overrides)))
 
 
 def _dotlist(overrides: dict[str, Any]) -> list[str]:
@@ -162,6 +194,109 @@ def _axis(name: str, raw: Any, where: str) -> Axis:
                        f"got {raw!r}")
 
 
+def _grid(raw: Any, where: str) -> dict[str, dict[str, Any]]:
+    """A method's grid: configuration name -> overrides. Each entry is a factor of a product: ``key: [values]``,
+    or ``label: [{key: value, ...}, ...]`` for keys that change together. A configuration's name joins its
+    factors' ``<last part of key><value>`` with ``_`` (``lr0.001_hidden64``)."""
+    if not isinstance(raw, dict) or not raw:
+        raise _fail(where, "must be a mapping of config keys to lists of values (e.g. {optim.lr: [1.0e-3, 3.0e-3]})")
+    factors: list[list[tuple[str, dict[str, Any]]]] = []
+    for key, values in raw.items():
+        if not isinstance(values, list) or not values:
+            raise _fail(f"{where}.{key}", "must be a non-empty list of values")
+        if all(isinstance(v, dict) and v for v in values):
+            factor = [("_".join(f"{str(k).rsplit('.', 1)[-1]}{x}" for k, x in v.items()), dict(v)) for v in values]
+        elif any(isinstance(v, (dict, list)) for v in values):
+            raise _fail(f"{where}.{key}", "a list of plain values, or a list of mappings of keys that change together")
+        else:
+            factor = [(f"{str(key).rsplit('.', 1)[-1]}{v}", {str(key): v}) for v in values]
+        factors.append(factor)
+    configs: dict[str, dict[str, Any]] = {}
+    for combo in itertools.product(*factors):
+        name = "_".join(n for n, _ in combo)
+        if not _KEY_VALUE_NAME.fullmatch(name):
+            raise _fail(where, f"configuration {name!r} cannot be part of a cell's folder name")
+        if name in configs:
+            raise _fail(where, f"two configurations are both named {name!r}; give distinct values")
+        configs[name] = {k: v for _, ov in combo for k, v in ov.items()}
+    return configs
+
+
+def _tuning(raw: Any, where: str, axes: list[Axis], unshrunk: dict[str, list[str]], axis_keys: set[str]) -> Tuning:
+    """Parse and check a ``tune`` section against the (profile's) axes; adds its matched methods to the
+    method axis. ``axis_keys``: the keys every value of a non-method axis sets (in the study file)."""
+    if not isinstance(raw, dict) or set(raw) - set(_TUNE_KEYS) or "grids" not in raw:
+        raise _fail(where, f"a tune section is a mapping with grids (and seeds, per, matched); allowed keys: "
+                           f"{', '.join(_TUNE_KEYS)}")
+    by_name = {a.name: a for a in axes}
+    method_axis, seed_axis = by_name.get("method"), by_name.get("seed")
+    if method_axis is None:
+        raise _fail(where, "needs a method axis (the grids are per method)")
+    if seed_axis is None or not all(list(ov) == ["seed"] for ov in seed_axis.values.values()):
+        raise _fail(where, "needs a seed axis {key: seed, values: [...]} (its seeds are the evaluation seeds)")
+    seeds = raw.get("seeds", [100])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds) \
+            or len(set(seeds)) != len(seeds):
+        raise _fail(f"{where}.seeds", f"must be a list of distinct integers, got {seeds!r}")
+    evaluation = {ov["seed"] for ov in seed_axis.values.values()}
+    shared = sorted(set(seeds) & evaluation)
+    if shared:
+        raise _fail(f"{where}.seeds", f"{shared[0]} is also an evaluation seed (the seed axis); tuning seeds are kept "
+                                      "apart from the seeds that are reported")
+    others = [a.name for a in axes if a.name not in ("method", "seed")]
+    per = raw.get("per", others)
+    if not isinstance(per, list) or not all(p in others for p in per) or len(set(per)) != len(per):
+        raise _fail(f"{where}.per", f"must be a list of distinct axes out of {others} (a choice per value of each), "
+                                    f"got {per!r}")
+    matched_raw = raw.get("matched") or {}
+    if not isinstance(matched_raw, dict):
+        raise _fail(f"{where}.matched", "must be a mapping: new method -> {like: nsf, params_of: ehf_dual}")
+    matched: dict[str, dict[str, str]] = {}
+    for name, spec in matched_raw.items():
+        at = f"{where}.matched.{name}"
+        name = str(name)
+        if not _NAME.fullmatch(name) or name in unshrunk["method"]:
+            raise _fail(at, "must be a new method name (letters, digits, '_' and '.'), not one of the method axis")
+        if not isinstance(spec, dict) or set(spec) != {"like", "params_of"}:
+            raise _fail(at, "is {like: <an NSF method>, params_of: <a method of the method axis>}")
+        like, ref = str(spec["like"]), str(spec["params_of"])
+        preset = method_axis.values.get(like, METHODS.get(like))
+        if preset is None or preset.get("model.kind") != "nsf":
+            raise _fail(f"{at}.like", f"{like!r} is not an NSF method (a method with model.kind: nsf)")
+        if ref not in method_axis.values or ref in matched_raw:
+            raise _fail(f"{at}.params_of", f"{ref!r} is not a method of the method axis")
+        matched[name] = {"like": like, "params_of": ref}
+    for name, spec in matched.items():
+        method_axis.values[name] = dict(method_axis.values.get(spec["like"], METHODS.get(spec["like"], {})))
+
+    grids_raw = raw["grids"]
+    if not isinstance(grids_raw, dict):
+        raise _fail(f"{where}.grids", "must be a mapping: method -> grid")
+    for method in grids_raw:
+        if str(method) not in unshrunk["method"] and str(method) not in matched:
+            raise _fail(f"{where}.grids.{method}", "is not a method of the study")
+    # keys every value of a non-method axis sets (data.target, data.n_train, seed) are the grid's cells, not knobs
+    fixed = axis_keys | {"seed", "experiment", "run.dir", "run.root"}
+    grids: dict[str, dict[str, dict[str, Any]]] = {}
+    for method, preset in method_axis.values.items():
+        if method not in grids_raw:
+            raise _fail(f"{where}.grids", f"has no grid for the method {method!r} (every method is tuned, with the same "
+                                          "number of configurations)")
+        grid = _grid(grids_raw[method], f"{where}.grids.{method}")
+        banned = fixed | set(preset) | ({"model.hidden"} if method in matched else set())
+        for key in sorted({k for ov in grid.values() for k in ov}):
+            if key in banned:
+                why = ("is set by the size matching" if key == "model.hidden" and method in matched else
+                       "is the method's own key" if key in preset else "is set by an axis for every cell")
+                raise _fail(f"{where}.grids.{method}", f"{key} {why}; a grid tunes other keys")
+        grids[method] = grid
+    sizes = {m: len(g) for m, g in grids.items()}
+    if len(set(sizes.values())) > 1:
+        raise _fail(f"{where}.grids", "every method gets the same number of configurations; "
+                                      + ", ".join(f"{m} has {n}" for m, n in sizes.items()))
+    return Tuning(list(seeds), list(per), grids, matched)
+
+
 def load_study(path: str | Path, profile: Optional[str] = None, extra: Sequence[str] = ()) -> Study:
     """Read and check a study file; ``profile`` (default: the file's first) shrinks it; ``extra``
     overrides (``key=value``) go after the study's own for every cell. Raises ConfigError naming the problem."""
@@ -194,6 +329,7 @@ def load_study(path: str | Path, profile: Optional[str] = None, extra: Sequence[
         raise _fail(f"{path}: axes", "needs at least one axis (e.g. method: [ehf_dual, nsf])")
     axes = [_axis(str(n), a, f"{path}: axes.{n}") for n, a in axes_raw.items()]
     unshrunk = {a.name: list(a.values) for a in axes}  # before a profile keeps some of the values
+    axis_keys = {k for a in axes if a.name != "method" for k in set.intersection(*[set(ov) for ov in a.values.values()])}
 
     profiles = raw.get("profiles") or {}
     if not isinstance(profiles, dict):
@@ -203,8 +339,9 @@ def load_study(path: str | Path, profile: Optional[str] = None, extra: Sequence[
     elif profile not in profiles:
         raise _fail("profile", f"{profile!r} is not a profile of {path} (choose from {', '.join(profiles) or 'none'})")
     prof = profiles.get(profile) or {}
-    if not isinstance(prof, dict) or set(prof) - {"axes", "base"}:
-        raise _fail(f"{path}: profiles.{profile}", "a profile holds axes (value names to keep) and base (overrides)")
+    if not isinstance(prof, dict) or set(prof) - {"axes", "base", "tune"}:
+        raise _fail(f"{path}: profiles.{profile}", "a profile holds axes (value names to keep), base (overrides) "
+                                                   "and tune")
     for axis_name, keep in (prof.get("axes") or {}).items():
         axis = next((a for a in axes if a.name == str(axis_name)), None)
         if axis is None:
@@ -230,6 +367,13 @@ def load_study(path: str | Path, profile: Optional[str] = None, extra: Sequence[
             names.append(match[0])
         axis.values = {n: axis.values[n] for n in axis.values if n in names}
     base.update(_overrides(prof.get("base"), f"{path}: profiles.{profile}.base"))
+    tune_raw, tune_where = (prof["tune"], f"{path}: profiles.{profile}.tune") if "tune" in prof else \
+        (raw.get("tune"), f"{path}: tune")
+    tune = _tuning(tune_raw, tune_where, axes, unshrunk, axis_keys) if tune_raw is not None else None
+    # a pair may name a matched method of any tune section (the report skips pairs a profile lacks)
+    for section in [raw.get("tune"), *[p.get("tune") for p in profiles.values() if isinstance(p, dict)]]:
+        if isinstance(section, dict) and isinstance(section.get("matched"), dict):
+            unshrunk["method"] = [*unshrunk.get("method", []), *map(str, section["matched"])]
     for item in extra:
         if "=" not in item:
             raise _fail("override", f"{item!r} is not of the form key=value")
@@ -239,6 +383,8 @@ def load_study(path: str | Path, profile: Optional[str] = None, extra: Sequence[
         if axis is not None:
             # the axis would silently win over the command line: say so instead
             raise _fail(key, f"is set by the study's axis {axis!r}; change the axis (or a profile) in the study file")
+        if tune is not None and any(key in ov for grid in tune.grids.values() for ov in grid.values()):
+            raise _fail(key, "is tuned by the study's tune section; change its grids in the study file")
         base[key] = yaml.safe_load(value) if value.strip() else ""
     if "run.dir" in base or "run.root" in base:
         raise _fail("run.dir", "is set by the study for each cell (DIR/cells/<cell>); do not set it")
@@ -269,7 +415,8 @@ def load_study(path: str | Path, profile: Optional[str] = None, extra: Sequence[
     for analysis in report.get("analyses") or []:
         if analysis not in ANALYSES:
             raise _fail(f"{path}: report.analyses", f"unknown analysis {analysis!r} (choose from {', '.join(ANALYSES)})")
-    study = Study(name, profile, path.resolve(), config_files, base, axes, report, slurm, str(raw.get("description") or ""))
+    study = Study(name, profile, path.resolve(), config_files, base, axes, report, slurm, str(raw.get("description") or ""),
+                  tune)
     names = [c.name for c in study.cells()]
     if len(set(names)) != len(names):
         raise _fail(f"{path}: axes", "two cells get the same name; give the axes' values distinct names")
