@@ -128,7 +128,7 @@ class TuningFolder(StudyFolder):
         """Every group's scores and choice, from the cells that are done or diverged (read on first use)."""
         if self._choices is not None:
             return self._choices
-        from .report import UNDER_TRAINED_FRACTION
+        from .statistics import under_trained
 
         tune = self.study.tune
         assert tune is not None
@@ -140,7 +140,7 @@ class TuningFolder(StudyFolder):
             if st.state == "done":
                 m = _read_json(self.cell_dir(cell) / "metrics.json")
                 best, cap = m.get("best_step"), m.get("max_steps")
-                under = bool(best is not None and cap and best > UNDER_TRAINED_FRACTION * cap)
+                under = under_trained(best, cap)
                 scored.setdefault(key, []).append((validation_nll(self.cell_dir(cell)), False, under))
             elif st.state == "diverged":
                 scored.setdefault(key, []).append((math.inf, True, False))
