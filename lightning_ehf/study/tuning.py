@@ -233,7 +233,7 @@ def _product(lists: list[list[str]]) -> list[tuple[str, ...]]:
 
 def _model_dim(cfg: Any) -> int:
     """The number of coordinates the model of ``cfg`` sees (after a centre-of-mass frame)."""
-    from ..build import make_data_symmetry, resolve_data_file
+    from ..build import make_data_symmetry, make_frame, resolve_data_file
     from ..core.targets import make_target
 
     target = make_target(cfg.data.target) if cfg.data.target else None
@@ -244,7 +244,9 @@ def _model_dim(cfg: Any) -> int:
 
         cfg = resolve_data_file(cfg)
         dim = int(load_array(cfg.data.path).shape[1])
-    return make_data_symmetry(cfg, dim, target)[0].dim
+    symmetry = make_data_symmetry(cfg, dim, target)
+    frame = make_frame(cfg, symmetry, target)
+    return frame.dim if frame is not None else symmetry.dim
 
 
 def tuning_folder(root: str | Path, study: Study) -> TuningFolder:
