@@ -9,7 +9,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from .core import symmetries as S
+from .core import symmetries
 from .core.flows import make_ehf
 from .core.coordinates import DataMap
 from .core.frames import CentreOfMassFrame
@@ -19,8 +19,21 @@ from .config.schema import Config, OptimCfg
 from .core.targets import Target, make_target
 from .errors import ConfigError
 
-__all__ = ["make_symmetry", "make_data_symmetry", "make_frame", "particle_dim_of", "resolve_translation", "make_model", "make_datamodule", "make_module", "make_trainer", "resolve_encoder", "check_logger",
-           "resolve_data_file", "make_flow_matching"]
+__all__ = [
+    "make_symmetry",
+    "make_data_symmetry",
+    "make_frame",
+    "particle_dim_of",
+    "resolve_translation",
+    "make_model",
+    "make_datamodule",
+    "make_module",
+    "make_trainer",
+    "resolve_encoder",
+    "check_logger",
+    "resolve_data_file",
+    "make_flow_matching",
+]
 
 
 def _kron_particles(mats: torch.Tensor, n_particles: int) -> torch.Tensor:
@@ -34,31 +47,35 @@ def make_symmetry(sym_cfg: Any, dim: int, target: Optional[Target] = None) -> Sy
     particle_dim = sym_cfg.particle_dim
     if group == "auto":
         if target is None:
-            raise ConfigError("symmetry.group: 'auto' needs a target; file data has no declared symmetry: set symmetry.group")
+            raise ConfigError(
+                "symmetry.group: 'auto' needs a target; file data has no declared symmetry: set symmetry.group"
+            )
         return target.symmetry
     try:
         if group == "none":
-            return S.no_symmetry(dim)
+            return symmetries.no_symmetry(dim)
         if particle_dim:
             n = dim // particle_dim
             if group in ("so2", "so3"):
                 want = 2 if group == "so2" else 3
                 if particle_dim != want:
-                    raise ConfigError(f"symmetry.particle_dim: {group} per particle needs particle_dim={want}, got {particle_dim}")
-                return S.particle_rotations(n, particle_dim)
+                    raise ConfigError(
+                        f"symmetry.particle_dim: {group} per particle needs particle_dim={want}, got {particle_dim}"
+                    )
+                return symmetries.particle_rotations(n, particle_dim)
             if group == "rotations":
-                one = S.product(*[S.rotation_plane(particle_dim, a, b) for a, b in sym_cfg.planes])
-                return S.from_matrices(_kron_particles(one.matrices, n), one.generator_names)
-            mats = S.from_matrices(list(sym_cfg.matrices)).matrices
-            return S.from_matrices(_kron_particles(mats, n))
+                one = symmetries.product(*[symmetries.rotation_plane(particle_dim, a, b) for a, b in sym_cfg.planes])
+                return symmetries.from_matrices(_kron_particles(one.matrices, n), one.generator_names)
+            mats = symmetries.from_matrices(list(sym_cfg.matrices)).matrices
+            return symmetries.from_matrices(_kron_particles(mats, n))
         if group == "so2":
-            return S.so2(dim, list(sym_cfg.coords) if sym_cfg.coords else (0, 1))
+            return symmetries.so2(dim, list(sym_cfg.coords) if sym_cfg.coords else (0, 1))
         if group == "so3":
-            return S.so3(dim, list(sym_cfg.coords) if sym_cfg.coords else (0, 1, 2))
+            return symmetries.so3(dim, list(sym_cfg.coords) if sym_cfg.coords else (0, 1, 2))
         if group == "rotations":
-            return S.product(*[S.rotation_plane(dim, a, b) for a, b in sym_cfg.planes])
+            return symmetries.product(*[symmetries.rotation_plane(dim, a, b) for a, b in sym_cfg.planes])
         if group == "matrices":
-            return S.from_matrices(list(sym_cfg.matrices))
+            return symmetries.from_matrices(list(sym_cfg.matrices))
     except ValueError as e:
         if isinstance(e, ConfigError):
             raise
@@ -86,10 +103,14 @@ def resolve_translation(cfg: Any, target: Optional[Target] = None) -> str:
         return declared
     if target is not None and translation != declared:
         if declared == "com":
-            raise ConfigError(f"symmetry.translation: target {target.name} is translation invariant, so its density "
-                              "lives on the centre-of-mass-free subspace; use com (or auto)")
-        raise ConfigError(f"symmetry.translation: com needs a translation-invariant density, and target {target.name} "
-                          "is not (its density fixes the centre of mass); com is for dw4 and particle data files")
+            raise ConfigError(
+                f"symmetry.translation: target {target.name} is translation invariant, so its density "
+                "lives on the centre-of-mass-free subspace; use com (or auto)"
+            )
+        raise ConfigError(
+            f"symmetry.translation: com needs a translation-invariant density, and target {target.name} "
+            "is not (its density fixes the centre of mass); com is for dw4 and particle data files"
+        )
     return translation
 
 
@@ -101,10 +122,13 @@ def make_data_symmetry(cfg: Any, data_dim: int, target: Optional[Target] = None)
     symmetry = make_symmetry(cfg.symmetry, data_dim, target)
     if cfg.symmetry.permutations:
         if particle_dim_of(cfg, target) is None:
-            raise ConfigError("symmetry.permutations: needs particles: set symmetry.particle_dim (or use an N×n×D data file)")
+            raise ConfigError(
+                "symmetry.permutations: needs particles: set symmetry.particle_dim (or use an N×n×D data file)"
+            )
         if symmetry.particles is not None:
-            symmetry = replace(symmetry, name=f"{symmetry.name}+perm",
-                               invariants=PairDistanceFeatures(*symmetry.particles))
+            symmetry = replace(
+                symmetry, name=f"{symmetry.name}+perm", invariants=PairDistanceFeatures(*symmetry.particles)
+            )
     return symmetry
 
 
@@ -116,7 +140,9 @@ def make_frame(cfg: Any, symmetry: Symmetry, target: Optional[Target] = None) ->
         return None
     particle_dim = particle_dim_of(cfg, target)
     if particle_dim is None:
-        raise ConfigError("symmetry.translation: com needs particles: set symmetry.particle_dim (or use an N×n×D data file)")
+        raise ConfigError(
+            "symmetry.translation: com needs particles: set symmetry.particle_dim (or use an N×n×D data file)"
+        )
     try:
         frame = CentreOfMassFrame(symmetry.dim // particle_dim, particle_dim)
         frame.restrict(symmetry)
@@ -139,24 +165,41 @@ def make_model(cfg: Any, symmetry: Symmetry) -> nn.Module:
     data's coordinates (``symmetry`` acts on them). The model holds the map to its own coordinates
     (:class:`~.core.coordinates.DataMap`: the centre-of-mass frame of :func:`make_frame`, if any, and the
     standardisation)."""
-    m = cfg.model
+    model_cfg = cfg.model
     target = make_target(cfg.data.target) if cfg.data.target else None
     data_map = DataMap(symmetry.dim, make_frame(cfg, symmetry, target))
     model_symmetry = data_map.restrict(symmetry)  # make_frame has refused a group the frame cannot carry
-    if m.kind == "efm":
+    if model_cfg.kind == "efm":
         return make_flow_matching(cfg, model_symmetry, data_map)
-    if m.kind == "nsf":
+    if model_cfg.kind == "nsf":
         from .baselines import NSFModel
 
-        return NSFModel(model_symmetry, transforms=m.nsf_transforms, bins=m.nsf_bins, hidden=m.hidden, depth=m.depth,
-                        data_map=data_map)
+        return NSFModel(
+            model_symmetry,
+            transforms=model_cfg.nsf_transforms,
+            bins=model_cfg.nsf_bins,
+            hidden=model_cfg.hidden,
+            depth=model_cfg.depth,
+            data_map=data_map,
+        )
     try:
         model = make_ehf(
-            model_symmetry, blocks=m.blocks, leapfrog_steps=m.leapfrog_steps, step_size=m.step_size,
-            learn_step_size=m.learn_step_size, hidden=m.hidden, depth=m.depth, activation=m.activation,
-            kinetic=m.kinetic, invariant=m.invariant, encoder=resolve_encoder(m, model_symmetry),
-            sigma_q=m.sigma_q, sigma_p=m.sigma_p, forces=m.forces,
-            reversible={"auto": "auto", "always": True, "never": False}[m.reversible], data_map=data_map,
+            model_symmetry,
+            blocks=model_cfg.blocks,
+            leapfrog_steps=model_cfg.leapfrog_steps,
+            step_size=model_cfg.step_size,
+            learn_step_size=model_cfg.learn_step_size,
+            hidden=model_cfg.hidden,
+            depth=model_cfg.depth,
+            activation=model_cfg.activation,
+            kinetic=model_cfg.kinetic,
+            invariant=model_cfg.invariant,
+            encoder=resolve_encoder(model_cfg, model_symmetry),
+            sigma_q=model_cfg.sigma_q,
+            sigma_p=model_cfg.sigma_p,
+            forces=model_cfg.forces,
+            reversible={"auto": "auto", "always": True, "never": False}[model_cfg.reversible],
+            data_map=data_map,
         )
         return model.compile_density(cfg.eval.compile)
     except ValueError as e:
@@ -180,24 +223,38 @@ def make_flow_matching(cfg: Config, symmetry: Symmetry, data_map: DataMap) -> nn
     base N(0, ``model.sigma_q``² I). ``symmetry`` acts on the model's coordinates, ``data_map`` leads there."""
     from .core.flow_matching import make_efm
 
-    m = cfg.model
+    model_cfg = cfg.model
     target = make_target(cfg.data.target) if cfg.data.target else None
     particle_dim = particle_dim_of(cfg, target)
     particles, basis, identical = None, None, False
     if particle_dim and symmetry.num_generators:
         group = cfg.symmetry.group
         whole = {"so2": 2, "so3": 3}.get(group) == particle_dim or (
-            group == "auto" and target is not None and target.particle_dim is not None)
+            group == "auto" and target is not None and target.particle_dim is not None
+        )
         if not whole:
-            raise ConfigError(f"symmetry.group: model.kind=efm on particles needs every particle rotated by the whole "
-                              f"rotation group (so2 for 2-D particles, so3 for 3-D, or auto), not {group}")
+            raise ConfigError(
+                f"symmetry.group: model.kind=efm on particles needs every particle rotated by the whole "
+                f"rotation group (so2 for 2-D particles, so3 for 3-D, or auto), not {group}"
+            )
         particles = (data_map.data_dim // particle_dim, particle_dim)
         basis = data_map.frame.basis if data_map.frame is not None else None
         identical = cfg.symmetry.permutations
     try:
-        return make_efm(symmetry, particles=particles, identical=identical, basis=basis, hidden=m.hidden, depth=m.depth,
-                        layers=m.efm_layers, activation=m.activation, sigma=m.sigma_q, atol=m.efm_atol, rtol=m.efm_rtol,
-                        data_map=data_map)
+        return make_efm(
+            symmetry,
+            particles=particles,
+            identical=identical,
+            basis=basis,
+            hidden=model_cfg.hidden,
+            depth=model_cfg.depth,
+            layers=model_cfg.efm_layers,
+            activation=model_cfg.activation,
+            sigma=model_cfg.sigma_q,
+            atol=model_cfg.efm_atol,
+            rtol=model_cfg.efm_rtol,
+            data_map=data_map,
+        )
     except ValueError as e:
         raise ConfigError(f"model.kind: {e}") from None
 
@@ -223,30 +280,45 @@ def make_datamodule(cfg: Config):
     from .config.load import validate_for_dim
     from .data.datamodule import EHFDataModule
 
-    d = cfg.data
-    target = make_target(d.target) if d.target is not None else None
+    data_cfg = cfg.data
+    target = make_target(data_cfg.target) if data_cfg.target is not None else None
     rows = None
     if target is not None:
         dim = target.dim
     else:
         from .data.files import load_array, particle_shape
 
-        rows = load_array(d.path)
+        rows = load_array(data_cfg.path)
         dim = rows.shape[1]
-        shape = particle_shape(d.path)
+        shape = particle_shape(data_cfg.path)
         if shape is not None and cfg.symmetry.particle_dim and int(cfg.symmetry.particle_dim) != shape[1]:
-            raise ConfigError(f"symmetry.particle_dim: {cfg.symmetry.particle_dim}, but {d.path} holds particles of "
-                              f"{shape[1]} coordinates (shape N×{shape[0]}×{shape[1]})")
+            raise ConfigError(
+                f"symmetry.particle_dim: {cfg.symmetry.particle_dim}, but {data_cfg.path} holds particles of "
+                f"{shape[1]} coordinates (shape N×{shape[0]}×{shape[1]})"
+            )
     validate_for_dim(cfg, dim)
     symmetry = make_data_symmetry(cfg, dim, target)
     make_frame(cfg, symmetry, target)  # refused combinations are refused before any file is written
     particle_dim = particle_dim_of(cfg, target)
     permute = dim // particle_dim if cfg.symmetry.permutations and particle_dim else None
-    return EHFDataModule(symmetry, target=target, path=d.path, rows=rows, regime=d.regime, n_train=d.n_train,
-                         n_val=d.n_val, n_test=d.n_test, batch_size=d.batch_size, augment=d.augment,
-                         num_workers=d.num_workers, seed=cfg.seed, val_fraction=d.val_fraction,
-                         file_val_fraction=d.file_val_fraction, file_test_fraction=d.file_test_fraction,
-                         permute_particles=permute)
+    return EHFDataModule(
+        symmetry,
+        target=target,
+        path=data_cfg.path,
+        rows=rows,
+        regime=data_cfg.regime,
+        n_train=data_cfg.n_train,
+        n_val=data_cfg.n_val,
+        n_test=data_cfg.n_test,
+        batch_size=data_cfg.batch_size,
+        augment=data_cfg.augment,
+        num_workers=data_cfg.num_workers,
+        seed=cfg.seed,
+        val_fraction=data_cfg.val_fraction,
+        file_val_fraction=data_cfg.file_val_fraction,
+        file_test_fraction=data_cfg.file_test_fraction,
+        permute_particles=permute,
+    )
 
 
 def make_module(cfg: Config, datamodule, run_id: str = "") -> "Any":
@@ -255,11 +327,21 @@ def make_module(cfg: Config, datamodule, run_id: str = "") -> "Any":
 
     resolve_invariant_constraint(cfg)
     model = make_model(cfg, datamodule.symmetry)
-    moot = {k: v for k, v in (("optim.objective", cfg.optim.objective), ("optim.elbo_samples", cfg.optim.elbo_samples),
-                              ("optim.estimator", cfg.optim.estimator)) if v != OptimCfg.model_fields[k[6:]].default}
+    moot = {
+        k: v
+        for k, v in (
+            ("optim.objective", cfg.optim.objective),
+            ("optim.elbo_samples", cfg.optim.elbo_samples),
+            ("optim.estimator", cfg.optim.estimator),
+        )
+        if v != OptimCfg.model_fields[k[6:]].default
+    }
     if getattr(model, "exact_likelihood", False) and moot:
-        print(f"note: model.kind={cfg.model.kind} has an exact likelihood, so {', '.join(moot)} do not apply: it trains "
-              "on log p(q)", flush=True)
+        print(
+            f"note: model.kind={cfg.model.kind} has an exact likelihood, so {', '.join(moot)} do not apply: it trains "
+            "on log p(q)",
+            flush=True,
+        )
     if cfg.model.standardise and cfg.model.kind == "ehf":
         standardise(model, datamodule)
     entropy = None
@@ -279,8 +361,11 @@ def resolve_invariant_constraint(cfg: Any) -> None:
 
     was = cfg.constraint.mode
     cfg.constraint.mode = "none"
-    rank_zero_only(print)(f"model.invariant=true: every bracket is zero by construction, so constraint.mode={was} "
-                          "becomes none and the bracket statistics are not computed", flush=True)
+    rank_zero_only(print)(
+        f"model.invariant=true: every bracket is zero by construction, so constraint.mode={was} "
+        "becomes none and the bracket statistics are not computed",
+        flush=True,
+    )
 
 
 def standardise(model: nn.Module, datamodule) -> None:
@@ -292,8 +377,12 @@ def standardise(model: nn.Module, datamodule) -> None:
     n_particles = datamodule.permute_particles  # identical particles: also average over relabellings
     try:
         sample = model.data_map.to_frame(datamodule.moment_sample())
-        mean, cov = invariant_moments(sample, model.symmetry.matrices, n_particles=n_particles,
-                                      basis=frame.basis if (frame is not None and n_particles) else None)
+        mean, cov = invariant_moments(
+            sample,
+            model.symmetry.matrices,
+            n_particles=n_particles,
+            basis=frame.basis if (frame is not None and n_particles) else None,
+        )
         model.standardise(mean, cov)
     except ValueError as e:
         raise ConfigError(f"model.standardise: {e}") from None
@@ -304,15 +393,17 @@ def check_logger(cfg: Any) -> None:
     import os
 
     if cfg.logger.wandb.mode == "online" and not (os.environ.get("WANDB_API_KEY") or _netrc_has_wandb()):
-        raise ConfigError("logger.wandb.mode: 'online' needs a W&B API key (run `wandb login` or set WANDB_API_KEY); "
-                          "use offline (default) or disabled")
+        raise ConfigError(
+            "logger.wandb.mode: 'online' needs a W&B API key (run `wandb login` or set WANDB_API_KEY); "
+            "use offline (default) or disabled"
+        )
 
 
 def _wandb_logger(cfg: Any, run_dir, run_id: str, resumed: bool = False):
     import os
 
-    w = cfg.logger.wandb
-    if w.mode == "disabled":
+    wandb_cfg = cfg.logger.wandb
+    if wandb_cfg.mode == "disabled":
         return None
     check_logger(cfg)
     os.environ.setdefault("WANDB_SILENT", "true")
@@ -323,8 +414,15 @@ def _wandb_logger(cfg: Any, run_dir, run_id: str, resumed: bool = False):
 
     keep_run_id_in_sweep(run_id)
     # mode goes straight to wandb.init: WandbLogger(offline=True) would set WANDB_MODE process-wide
-    logger = WandbLogger(save_dir=wandb_save_dir(run_dir), project=w.project, entity=w.entity, id=run_id,
-                         resume="allow", mode=w.mode, **wandb_run_arguments(cfg))
+    logger = WandbLogger(
+        save_dir=wandb_save_dir(run_dir),
+        project=wandb_cfg.project,
+        entity=wandb_cfg.entity,
+        id=run_id,
+        resume="allow",
+        mode=wandb_cfg.mode,
+        **wandb_run_arguments(cfg),
+    )
     # Lightning always passes anonymous=None, which wandb 0.31 answers with a deprecation warning
     logger._wandb_init.pop("anonymous", None)
     if resumed:  # the previous segment's stream may still be closing
@@ -367,17 +465,28 @@ def make_trainer(cfg: Any, run_dir, run_id: str, extra_callbacks: list | None = 
     from .lit.loggers import RunCSVLogger
 
     run_dir = Path(run_dir)
-    t = cfg.trainer
+    trainer_cfg = cfg.trainer
     loggers: list = [RunCSVLogger(str(run_dir), resume_step)]
     wandb_logger = _wandb_logger(cfg, run_dir, run_id, resumed=bool(resume_step))
     if wandb_logger is not None:
         loggers.append(wandb_logger)
-    monitor = ("val/selection" if cfg.constraint.selection == "feasible"
-               else f"val/nll_iw{cfg.eval.val_iw_samples or cfg.eval.iw_samples}")
+    monitor = (
+        "val/selection"
+        if cfg.constraint.selection == "feasible"
+        else f"val/nll_iw{cfg.eval.val_iw_samples or cfg.eval.iw_samples}"
+    )
     last = LastCheckpoint(run_dir / "checkpoints", cfg.checkpoint.every_n_minutes)
     callbacks: list = [
-        ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best", monitor=monitor, mode="min",
-                        save_last=False, save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False),
+        ModelCheckpoint(
+            dirpath=str(run_dir / "checkpoints"),
+            filename="best",
+            monitor=monitor,
+            mode="min",
+            save_last=False,
+            save_top_k=1,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+        ),
         last,
         Preemption(last),
         LearningRateMonitor(logging_interval="step"),
@@ -389,29 +498,55 @@ def make_trainer(cfg: Any, run_dir, run_id: str, extra_callbacks: list | None = 
         callbacks.append(ProgressLines(cfg.progress.every_n_steps, cfg.progress.every_s))
     if cfg.plots.enabled:
         callbacks.append(PlotCallback(run_dir / "plots", cfg.plots.every_n_val, cfg.plots.grid))
-    if t.patience is not None:
-        callbacks.append(EarlyStopping(monitor=monitor, mode="min", patience=int(t.patience), min_delta=float(t.min_delta),
-                                       check_on_train_epoch_end=False, strict=True))
+    if trainer_cfg.patience is not None:
+        callbacks.append(
+            EarlyStopping(
+                monitor=monitor,
+                mode="min",
+                patience=int(trainer_cfg.patience),
+                min_delta=float(trainer_cfg.min_delta),
+                check_on_train_epoch_end=False,
+                strict=True,
+            )
+        )
     callbacks += extra_callbacks or []
-    strategy: Any = t.strategy
-    if t.strategy == "ddp":
+    strategy: Any = trainer_cfg.strategy
+    if trainer_cfg.strategy == "ddp":
         # λ are kept identical by reducing C̄ before each update; not broadcasting buffers lets the
         # val/lambda_rank_spread check see a divergence instead of masking it
-        strategy = DDPStrategy(timeout=timedelta(seconds=t.ddp_timeout_s), broadcast_buffers=False)
+        strategy = DDPStrategy(timeout=timedelta(seconds=trainer_cfg.ddp_timeout_s), broadcast_buffers=False)
     plugins: list = [SafeCheckpointIO()]
-    if SLURMEnvironment.detect():  # SIGTERM, SIGUSR1 and SIGUSR2 are handled by Preemption; no second, requeueing handler
+    if (
+        SLURMEnvironment.detect()
+    ):  # SIGTERM, SIGUSR1 and SIGUSR2 are handled by Preemption; no second, requeueing handler
         plugins.append(SLURMEnvironment(auto_requeue=False))
     return L.Trainer(
-        default_root_dir=str(run_dir), max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices,
-        strategy=strategy, num_nodes=t.num_nodes, precision=t.precision, logger=loggers, callbacks=callbacks,
-        val_check_interval=t.val_check_interval, check_val_every_n_epoch=None, log_every_n_steps=t.log_every_n_steps,
-        accumulate_grad_batches=t.accumulate_grad_batches,
+        default_root_dir=str(run_dir),
+        max_steps=trainer_cfg.max_steps,
+        accelerator=trainer_cfg.accelerator,
+        devices=trainer_cfg.devices,
+        strategy=strategy,
+        num_nodes=trainer_cfg.num_nodes,
+        precision=trainer_cfg.precision,
+        logger=loggers,
+        callbacks=callbacks,
+        val_check_interval=trainer_cfg.val_check_interval,
+        check_val_every_n_epoch=None,
+        log_every_n_steps=trainer_cfg.log_every_n_steps,
+        accumulate_grad_batches=trainer_cfg.accumulate_grad_batches,
         # None when unlimited: Lightning announces an explicit 1.0 ("100% of the batches will be used")
-        limit_val_batches=(None if isinstance(t.limit_val_batches, float) and t.limit_val_batches == 1.0
-                           else t.limit_val_batches),
-        gradient_clip_val=cfg.optim.grad_clip or None, deterministic=t.deterministic,
+        limit_val_batches=(
+            None
+            if isinstance(trainer_cfg.limit_val_batches, float) and trainer_cfg.limit_val_batches == 1.0
+            else trainer_cfg.limit_val_batches
+        ),
+        gradient_clip_val=cfg.optim.grad_clip or None,
+        deterministic=trainer_cfg.deterministic,
         inference_mode=False,  # the reference (autograd) force path needs autograd in validation/test (docs/design.md §6)
-        num_sanity_val_steps=0, enable_model_summary=False, max_epochs=-1, plugins=plugins,
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+        max_epochs=-1,
+        plugins=plugins,
         enable_progress_bar=show_bar,
         use_distributed_sampler=False,  # the data module shards validation/test rows itself, without padding
     )
