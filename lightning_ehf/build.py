@@ -399,7 +399,7 @@ def check_logger(cfg: Any) -> None:
         )
 
 
-def _wandb_logger(cfg: Any, run_dir, run_id: str, resumed: bool = False):
+def _wandb_logger(cfg: Any, run_dir, run_id: str):
     import os
 
     wandb_cfg = cfg.logger.wandb
@@ -410,7 +410,7 @@ def _wandb_logger(cfg: Any, run_dir, run_id: str, resumed: bool = False):
     os.environ.setdefault("WANDB_CONSOLE", "off")  # the run's console is ours (and the CSV/metrics files)
     from lightning.pytorch.loggers import WandbLogger
 
-    from .tracking import keep_run_id_in_sweep, start_run_when_free, wandb_run_arguments, wandb_save_dir
+    from .tracking import keep_run_id_in_sweep, wandb_run_arguments, wandb_save_dir
 
     keep_run_id_in_sweep(run_id)
     # mode goes straight to wandb.init: WandbLogger(offline=True) would set WANDB_MODE process-wide
@@ -425,8 +425,6 @@ def _wandb_logger(cfg: Any, run_dir, run_id: str, resumed: bool = False):
     )
     # Lightning always passes anonymous=None, which wandb 0.31 answers with a deprecation warning
     logger._wandb_init.pop("anonymous", None)
-    if resumed:  # the previous segment's stream may still be closing
-        start_run_when_free(logger)
     return logger
 
 
@@ -467,7 +465,7 @@ def make_trainer(cfg: Any, run_dir, run_id: str, extra_callbacks: list | None = 
     run_dir = Path(run_dir)
     trainer_cfg = cfg.trainer
     loggers: list = [RunCSVLogger(str(run_dir), resume_step)]
-    wandb_logger = _wandb_logger(cfg, run_dir, run_id, resumed=bool(resume_step))
+    wandb_logger = _wandb_logger(cfg, run_dir, run_id)
     if wandb_logger is not None:
         loggers.append(wandb_logger)
     monitor = (

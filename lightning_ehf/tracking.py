@@ -27,7 +27,7 @@ from typing import Any, Optional
 
 from .errors import ConfigError
 
-__all__ = ["WANDB_ENVIRONMENT", "WANDB_FLUSH_S", "start_run_when_free", "apply_wandb_environment", "fresh_run_id", "keep_run_id_in_sweep", "wandb_mode_from_env",
+__all__ = ["WANDB_ENVIRONMENT", "WANDB_FLUSH_S", "apply_wandb_environment", "fresh_run_id", "keep_run_id_in_sweep", "wandb_mode_from_env",
            "wandb_run_arguments", "wandb_save_dir"]
 
 #: config key -> the W&B environment variable that sets it when no config file or override does
@@ -108,20 +108,3 @@ def wandb_run_arguments(cfg: Any, environ: Mapping[str, str] = os.environ) -> di
         out["config"] = {str(k): v for k, v in w.fields.items()}
     return out
 
-
-def start_run_when_free(logger: Any, attempts: int = 12, wait_s: float = 5.0, sleep: Any = None) -> None:
-    """Start the logger's W&B run now. A segment resumed moments after the previous one stopped (a preempted
-    run, a sweep agent's next cell) can find W&B's service still closing the old segment's stream, and
-    ``wandb.init`` then fails with "run ID … is in use": wait ``wait_s`` and try again, up to ``attempts``
-    times. Any other error is raised at once."""
-    import time
-
-    sleep = sleep or time.sleep
-    for attempt in range(attempts):
-        try:
-            logger.experiment  # noqa: B018  (starts the run on rank 0)
-            return
-        except Exception as e:  # wandb's own error types move between versions: match the message
-            if "is in use" not in str(e) or attempt == attempts - 1:
-                raise
-            sleep(wait_s)

@@ -27,7 +27,7 @@ TINY = [*_SHORT_RUN, "plots.enabled=false", "model.hidden=16", "logger.wandb.mod
 FRAMEWORK_TINY = [*_SHORT_RUN, "plots.grid=12", "model.hidden=16"]
 
 ENV_DROP = (
-    "EHF_RUN_DIR", "WANDB_MODE", "WANDB_API_KEY", "WANDB_RUN_ID", "WANDB_DIR",
+    "EHF_RUN_DIR", "WANDB_MODE", "WANDB_API_KEY", "WANDB_RUN_ID", "WANDB_DIR", "WANDB_SERVICE",
     "LOCAL_RANK", "NODE_RANK", "RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
     "PL_GLOBAL_SEED", "PL_SEED_WORKERS", "TORCHELASTIC_RUN_ID", "SLURM_NTASKS",
 )  # fmt: skip

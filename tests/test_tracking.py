@@ -87,28 +87,3 @@ def test_wandb_mode_from_the_environment_reaches_ehf_train(tmp_path, ehf_cli):
     proc = ehf_cli(["print-config"], cwd=tmp_path, env=env)
     assert proc.returncode == 0 and "mode: online" in proc.stdout
 
-
-def test_a_resumed_run_waits_while_wandb_still_holds_its_id():
-    """"run ID … is in use" (the previous segment's stream still closing) is retried after a wait; any other
-    error is raised at once, and so is the last "in use" after every attempt."""
-    from lightning_ehf.tracking import start_run_when_free
-
-    class Logger:
-        def __init__(self, errors):
-            self.errors, self.calls = list(errors), 0
-
-        @property
-        def experiment(self):
-            self.calls += 1
-            if self.errors:
-                raise RuntimeError(self.errors.pop(0))
-            return "run"
-
-    waits = []
-    busy = Logger(["run ID agentrun1 is in use", "run ID agentrun1 is in use"])
-    start_run_when_free(busy, attempts=5, wait_s=2.0, sleep=waits.append)
-    assert busy.calls == 3 and waits == [2.0, 2.0]
-    with pytest.raises(RuntimeError, match="no such entity"):
-        start_run_when_free(Logger(["no such entity"]), sleep=waits.append)
-    with pytest.raises(RuntimeError, match="in use"):
-        start_run_when_free(Logger(["run ID x is in use"] * 3), attempts=3, sleep=lambda s: None)

@@ -319,6 +319,9 @@ def run_cell(folder: StudyFolder, cell: Cell, threads: Optional[int] = None,
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env[var] = str(threads)
     env.pop("EHF_RUN_DIR", None)
+    # a cell starts its own W&B service: one inherited from this process would outlive a preempted cell and keep
+    # its run ID open, so the cell's resumed segment could not reopen that run ("run ID ... is in use")
+    env.pop("WANDB_SERVICE", None)
     if not env.get("WANDB_SWEEP_ID"):
         env.pop("WANDB_RUN_ID", None)  # one W&B run per cell (a sweep agent's id names its one cell's run)
     log = folder.log_path(cell)
