@@ -3,7 +3,7 @@ through one pipeline (data, module, logging, evaluation)."""
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import zuko
@@ -24,15 +24,23 @@ class NSFModel(ExactLikelihood, nn.Module):
     with an exact likelihood, so its bound and its reported estimate are both ``log p(q)``. It has no
     Hamiltonians, hence no constraints; the symmetry is kept for the invariance diagnostics."""
 
-    def __init__(self, symmetry: Symmetry, transforms: int = 4, bins: int = 8, hidden: int = 64, depth: int = 2,
-                 data_map: DataMap | None = None) -> None:
+    def __init__(
+        self,
+        symmetry: Symmetry,
+        transforms: int = 4,
+        bins: int = 8,
+        hidden: int = 64,
+        depth: int = 2,
+        data_map: DataMap | None = None,
+    ) -> None:
         super().__init__()
         self.symmetry = symmetry  # in the model's coordinates
         self.dim = symmetry.dim
         self.data_map = data_map if data_map is not None else DataMap(symmetry.dim)
         self.generator_names: list[str] = []
-        self.flow = zuko.flows.NSF(features=symmetry.dim, transforms=transforms, bins=bins,
-                                   hidden_features=[hidden] * depth)
+        self.flow = zuko.flows.NSF(
+            features=symmetry.dim, transforms=transforms, bins=bins, hidden_features=[hidden] * depth
+        )
 
     def model_log_prob(self, q: Tensor) -> Tensor:
         """``log p̃(q̃)`` per row (B,) of the model's coordinates."""
@@ -44,8 +52,9 @@ class NSFModel(ExactLikelihood, nn.Module):
         return self.flow().sample((n,))
 
 
-def nsf_width_for_params(dim: int, n_params: int, transforms: int = 4, bins: int = 8, depth: int = 2,
-                         widths: Iterable[int] = NSF_WIDTHS) -> int:
+def nsf_width_for_params(
+    dim: int, n_params: int, transforms: int = 4, bins: int = 8, depth: int = 2, widths: Iterable[int] = NSF_WIDTHS
+) -> int:
     """The width (``model.hidden``) in ``widths`` (increasing) whose NSF on ``dim`` coordinates, with ``transforms``
     transforms of ``bins`` bins and ``depth`` hidden layers, has the trainable parameter count closest to
     ``n_params``: the size-matched peer of a model with ``n_params`` parameters. The search stops at the first

@@ -33,9 +33,10 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -75,11 +76,12 @@ def _data(n: int, device: torch.device, dim: int = 2) -> torch.Tensor:
     return torch.randn(n, dim, generator=gen).to(device)
 
 
-def _ehf(device: torch.device, symmetry=None, path: str = "analytic", reversible: bool = False, **kwargs) -> torch.nn.Module:
+def _ehf(
+    device: torch.device, symmetry=None, path: str = "analytic", reversible: bool = False, **kwargs
+) -> torch.nn.Module:
     torch.manual_seed(0)
     config = {**DEFAULT, **kwargs}
-    model = make_ehf(symmetry if symmetry is not None else so2(2), encoder=_encoder(symmetry),
-                     **config)
+    model = make_ehf(symmetry if symmetry is not None else so2(2), encoder=_encoder(symmetry), **config)
     with torch.no_grad():  # away from the zero-initialised start, where every force vanishes
         for name, prm in model.named_parameters():
             if prm.ndim > 0 and "encoder" not in name:
@@ -144,10 +146,13 @@ def bench_training(device: torch.device, quick: bool) -> dict[str, Any]:
     ehf = _ehf(device)
     nsf = size_matched_nsf(device, 2, _n_params(ehf))
     rows = {}
-    for name, model, mode in (("ehf_none", ehf, "none"), ("ehf_dual", ehf, "dual"),
-                              ("reference_none", _ehf(device, path="autograd"), "none"),
-                              ("reference_dual", _ehf(device, path="autograd"), "dual"),
-                              ("nsf", nsf, "none")):
+    for name, model, mode in (
+        ("ehf_none", ehf, "none"),
+        ("ehf_dual", ehf, "dual"),
+        ("reference_none", _ehf(device, path="autograd"), "none"),
+        ("reference_dual", _ehf(device, path="autograd"), "dual"),
+        ("nsf", nsf, "none"),
+    ):
         seconds = median_time(_train_step_fn(model, q, mode), device, repeats)
         rows[name] = {"samples_per_s": batch / seconds, "ms_per_step": 1e3 * seconds, "params": _n_params(model)}
     ratios = {
@@ -165,18 +170,23 @@ def bench_eval(device: torch.device, quick: bool) -> dict[str, Any]:
     rows = {}
     sliced = flows.EVAL_ROWS
     with torch.no_grad():
-        for name, model, rows_at_once in (("ehf", ehf, sliced), ("ehf_one_pass", ehf, None),
-                                          ("reference", _ehf(device, path="autograd"), sliced),
-                                          ("nsf", size_matched_nsf(device, 2, _n_params(ehf)), sliced)):
+        for name, model, rows_at_once in (
+            ("ehf", ehf, sliced),
+            ("ehf_one_pass", ehf, None),
+            ("reference", _ehf(device, path="autograd"), sliced),
+            ("nsf", size_matched_nsf(device, 2, _n_params(ehf)), sliced),
+        ):
             flows.EVAL_ROWS = rows_at_once or points * k  # one_pass: all points × momenta in one flow call
             try:
                 seconds = median_time(lambda m=model: m.iwae(q, k, k), device, repeats, warmup=1)
             finally:
                 flows.EVAL_ROWS = sliced
             rows[name] = {"loglik_per_s": points / seconds}
-    ratios = {"ehf_over_reference": rows["ehf"]["loglik_per_s"] / rows["reference"]["loglik_per_s"],
-              "sliced_over_one_pass": rows["ehf"]["loglik_per_s"] / rows["ehf_one_pass"]["loglik_per_s"],
-              "nsf_over_ehf": rows["nsf"]["loglik_per_s"] / rows["ehf"]["loglik_per_s"]}
+    ratios = {
+        "ehf_over_reference": rows["ehf"]["loglik_per_s"] / rows["reference"]["loglik_per_s"],
+        "sliced_over_one_pass": rows["ehf"]["loglik_per_s"] / rows["ehf_one_pass"]["loglik_per_s"],
+        "nsf_over_ehf": rows["nsf"]["loglik_per_s"] / rows["ehf"]["loglik_per_s"],
+    }
     return {"points": points, "iw_samples": k, "eval_rows": sliced, "rows": rows, "ratios": ratios}
 
 
@@ -206,8 +216,9 @@ def peak_memory(step: Callable[[], Any], device: torch.device) -> float:
         return (torch.cuda.max_memory_allocated() - before) / 2**20
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
+    events = sorted(
+        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
+    )
     current = peak = 0
     for e in events:
         current += e.nbytes()
@@ -221,17 +232,26 @@ def bench_memory(device: torch.device, quick: bool) -> dict[str, Any]:
     for steps in (4, 16, 64):
         for reversible in (False, True):
             rows[f"L{steps}_{'reversible' if reversible else 'stored'}"] = {
-                "peak_mb": step_peak_memory(device, steps, reversible, batch)}
-    ratios = {"reversible_L64_over_L4": rows["L64_reversible"]["peak_mb"] / rows["L4_reversible"]["peak_mb"],
-              "stored_L64_over_L4": rows["L64_stored"]["peak_mb"] / rows["L4_stored"]["peak_mb"]}
+                "peak_mb": step_peak_memory(device, steps, reversible, batch)
+            }
+    ratios = {
+        "reversible_L64_over_L4": rows["L64_reversible"]["peak_mb"] / rows["L4_reversible"]["peak_mb"],
+        "stored_L64_over_L4": rows["L64_stored"]["peak_mb"] / rows["L4_stored"]["peak_mb"],
+    }
     return {"batch": batch, "blocks": DEFAULT["blocks"], "rows": rows, "ratios": ratios}
 
 
 def bench_scaling(device: torch.device, quick: bool) -> dict[str, Any]:
     batch, repeats = 256, (3 if quick else 7)
     by_dim = {}
-    cases = [("d=2", so2(2)), ("d=8", so2(8)), ("d=32", so2(32)), ("d=128", so2(128)),
-             ("3 particles × 2-D", particle_rotations(3, 2)), ("16 particles × 3-D", particle_rotations(16, 3))]
+    cases = [
+        ("d=2", so2(2)),
+        ("d=8", so2(8)),
+        ("d=32", so2(32)),
+        ("d=128", so2(128)),
+        ("3 particles × 2-D", particle_rotations(3, 2)),
+        ("16 particles × 3-D", particle_rotations(16, 3)),
+    ]
     for name, sym in cases:
         q = _data(batch, device, sym.dim)
         seconds = median_time(_train_step_fn(_ehf(device, symmetry=sym), q, "dual"), device, repeats)
@@ -239,8 +259,9 @@ def bench_scaling(device: torch.device, quick: bool) -> dict[str, Any]:
     by_depth = {}
     q = _data(batch, device)
     for blocks, steps in ((2, 3), (6, 3), (12, 3), (6, 8)):
-        seconds = median_time(_train_step_fn(_ehf(device, blocks=blocks, leapfrog_steps=steps), q, "dual"), device,
-                              repeats)
+        seconds = median_time(
+            _train_step_fn(_ehf(device, blocks=blocks, leapfrog_steps=steps), q, "dual"), device, repeats
+        )
         by_depth[f"T={blocks} × L={steps}"] = {"ms_per_step": 1e3 * seconds}
     return {"batch": batch, "by_dim": by_dim, "by_depth": by_depth}
 
@@ -264,13 +285,18 @@ def bench_compile(device: torch.device, quick: bool) -> dict[str, Any]:
     _sync(device)
     first = time.perf_counter() - start
     eager_step(), step()  # warm-up, then alternating steps: both see the same machine
-    pairs = [(median_time(eager_step, device, 1, warmup=0), median_time(step, device, 1, warmup=0))
-             for _ in range(repeats)]
+    pairs = [
+        (median_time(eager_step, device, 1, warmup=0), median_time(step, device, 1, warmup=0)) for _ in range(repeats)
+    ]
     eager, compiled = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
     saved = eager - compiled
-    return {"batch": batch, "eager_ms": 1e3 * eager, "compiled_ms": 1e3 * compiled, "compile_s": first - compiled,
-            "ratios": {"speedup": eager / compiled,
-                       "break_even_steps": (first - compiled) / saved if saved > 0 else None}}
+    return {
+        "batch": batch,
+        "eager_ms": 1e3 * eager,
+        "compiled_ms": 1e3 * compiled,
+        "compile_s": first - compiled,
+        "ratios": {"speedup": eager / compiled, "break_even_steps": (first - compiled) / saved if saved > 0 else None},
+    }
 
 
 # -- many particles: the dw4 recipe on n particles in 3-D ----------------------------------------------
@@ -300,8 +326,16 @@ def _particle_model(device: torch.device, n: int, invariant: bool, today: bool =
     data_map = DataMap(3 * n, frame)
     r = PARTICLE_RECIPE
     torch.manual_seed(0)
-    model = make_ehf(data_map.restrict(symmetry), blocks=r["blocks"], leapfrog_steps=r["leapfrog_steps"],
-                     hidden=r["hidden"], kinetic="mlp", invariant=invariant, encoder="gaussian", data_map=data_map)
+    model = make_ehf(
+        data_map.restrict(symmetry),
+        blocks=r["blocks"],
+        leapfrog_steps=r["leapfrog_steps"],
+        hidden=r["hidden"],
+        kinetic="mlp",
+        invariant=invariant,
+        encoder="gaussian",
+        data_map=data_map,
+    )
     with torch.no_grad():  # away from the zero-initialised start, where every force vanishes
         for name, prm in model.named_parameters():
             if prm.ndim > 0 and "encoder" not in name:
@@ -354,25 +388,39 @@ def bench_particles(device: torch.device, quick: bool) -> dict[str, Any]:
             step = _particle_step_fn(_particle_model(device, n, invariant), q_full.to(device))
             seconds = median_time(step, device, repeats, warmup=1)
             measure_memory = not quick or n == 13
-            rows[f"{kind}_n{n}"] = {"particles": n, "model": kind, "s_per_step": seconds,
-                                    "peak_mb": peak_memory(step, device) if measure_memory else None}
+            rows[f"{kind}_n{n}"] = {
+                "particles": n,
+                "model": kind,
+                "s_per_step": seconds,
+                "peak_mb": peak_memory(step, device) if measure_memory else None,
+            }
     fit = [n for n in ns if n <= 22]
-    exponents = {kind: _fitted_exponent(fit, [rows[f"{kind}_n{n}"]["s_per_step"] for n in fit])
-                 for kind in ("invariant", "mlp")}
+    exponents = {
+        kind: _fitted_exponent(fit, [rows[f"{kind}_n{n}"]["s_per_step"] for n in fit]) for kind in ("invariant", "mlp")
+    }
     # today's implementation at 13 particles, alternating with the new one so both see the same machine
     n = 13
     q = 2.0 * torch.randn(PARTICLE_RECIPE["batch"], 3 * n, generator=torch.Generator().manual_seed(1))
     new_step = _particle_step_fn(_particle_model(device, n, True), q.to(device))
     old_step = _particle_step_fn(_particle_model(device, n, True, today=True), q.to(device))
     new_step(), old_step()
-    pairs = [(median_time(old_step, device, 1, warmup=0), median_time(new_step, device, 1, warmup=0))
-             for _ in range(repeats)]
+    pairs = [
+        (median_time(old_step, device, 1, warmup=0), median_time(new_step, device, 1, warmup=0)) for _ in range(repeats)
+    ]
     old_s, new_s = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
-    today = {"particles": n, "today_s_per_step": old_s, "new_s_per_step": new_s,
-             "today_peak_mb": peak_memory(old_step, device), "new_peak_mb": peak_memory(new_step, device)}
-    ratios = {"step_today_over_new_n13": old_s / new_s,
-              "peak_memory_today_over_new_n13": today["today_peak_mb"] / today["new_peak_mb"],
-              "exponent_invariant_4_to_22": exponents["invariant"], "exponent_mlp_4_to_22": exponents["mlp"]}
+    today = {
+        "particles": n,
+        "today_s_per_step": old_s,
+        "new_s_per_step": new_s,
+        "today_peak_mb": peak_memory(old_step, device),
+        "new_peak_mb": peak_memory(new_step, device),
+    }
+    ratios = {
+        "step_today_over_new_n13": old_s / new_s,
+        "peak_memory_today_over_new_n13": today["today_peak_mb"] / today["new_peak_mb"],
+        "exponent_invariant_4_to_22": exponents["invariant"],
+        "exponent_mlp_4_to_22": exponents["mlp"],
+    }
     return {"recipe": dict(PARTICLE_RECIPE), "rows": rows, "today": today, "ratios": ratios}
 
 
@@ -390,9 +438,20 @@ def _time_to_quality(overrides: list[str], threshold: float, max_steps: int, wor
     from lightning_ehf.train import train
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no device banners in the report
-    cfg = load_config([], [*overrides, f"trainer.max_steps={max_steps}", "trainer.val_check_interval=50",
-                           "data.n_val=1000", "eval.iw_samples=128", "plots.enabled=false", "progress.mode=none",
-                           "logger.wandb.mode=disabled", f"run.dir={workdir}"])
+    cfg = load_config(
+        [],
+        [
+            *overrides,
+            f"trainer.max_steps={max_steps}",
+            "trainer.val_check_interval=50",
+            "data.n_val=1000",
+            "eval.iw_samples=128",
+            "plots.enabled=false",
+            "progress.mode=none",
+            "logger.wandb.mode=disabled",
+            f"run.dir={workdir}",
+        ],
+    )
 
     class Clock(L.Callback):
         def __init__(self) -> None:
@@ -412,8 +471,12 @@ def _time_to_quality(overrides: list[str], threshold: float, max_steps: int, wor
             kl = float(trainer.callback_metrics["val/kl"])
             if self.reached is None and kl <= threshold:
                 wall = time.perf_counter() - self.start
-                self.reached = {"step": trainer.global_step, "val_kl": kl, "train_seconds": wall - self.eval_seconds,
-                                "wall_seconds": wall}
+                self.reached = {
+                    "step": trainer.global_step,
+                    "val_kl": kl,
+                    "train_seconds": wall - self.eval_seconds,
+                    "wall_seconds": wall,
+                }
                 trainer.should_stop = True
 
     clock = Clock()
@@ -428,8 +491,12 @@ def _time_to_quality(overrides: list[str], threshold: float, max_steps: int, wor
 def _default_run(extra: list[str], workdir: Path) -> dict[str, Any]:
     run_dir = workdir / ("nsf" if extra else "ehf")
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "lightning_ehf", "train", *extra, "logger.wandb.mode=disabled",
-                           f"run.dir={run_dir}"], capture_output=True, text=True, cwd=workdir)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightning_ehf", "train", *extra, "logger.wandb.mode=disabled", f"run.dir={run_dir}"],
+        capture_output=True,
+        text=True,
+        cwd=workdir,
+    )
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"ehf train {' '.join(extra)} failed:\n{proc.stderr[-2000:]}")
@@ -438,8 +505,10 @@ def _default_run(extra: list[str], workdir: Path) -> dict[str, Any]:
 
 
 def bench_quality(workdir: Path) -> dict[str, Any]:
-    ttq = {"ehf": _time_to_quality([], 0.05, 3000, workdir / "ttq-ehf"),
-           "nsf": _time_to_quality(["model.kind=nsf"], 0.05, 3000, workdir / "ttq-nsf")}
+    ttq = {
+        "ehf": _time_to_quality([], 0.05, 3000, workdir / "ttq-ehf"),
+        "nsf": _time_to_quality(["model.kind=nsf"], 0.05, 3000, workdir / "ttq-nsf"),
+    }
     ratios = {}
     if "train_seconds" in ttq["ehf"] and "train_seconds" in ttq["nsf"]:
         ratios["time_to_quality_ehf_over_nsf"] = ttq["ehf"]["train_seconds"] / ttq["nsf"]["train_seconds"]
@@ -453,11 +522,15 @@ def bench_quality(workdir: Path) -> dict[str, Any]:
 
 def particles_markdown(p: dict[str, Any]) -> list[str]:
     r = p["recipe"]
-    lines = [f"**Many particles** (n particles in 3-D, centre-of-mass frame; the dw4 recipe: batch {r['batch']} × "
-             f"{r['momenta']} momenta, IWAE, DReG, {r['blocks']} blocks × {r['leapfrog_steps']} leapfrog steps, "
-             f"MLPs {r['hidden']} wide; invariant: pair-distance features, no constraint; MLP: plain EHF, dual "
-             "constraint):", "", "| particles | invariant s/step | invariant peak MB | MLP s/step | MLP peak MB |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"**Many particles** (n particles in 3-D, centre-of-mass frame; the dw4 recipe: batch {r['batch']} × "
+        f"{r['momenta']} momenta, IWAE, DReG, {r['blocks']} blocks × {r['leapfrog_steps']} leapfrog steps, "
+        f"MLPs {r['hidden']} wide; invariant: pair-distance features, no constraint; MLP: plain EHF, dual "
+        "constraint):",
+        "",
+        "| particles | invariant s/step | invariant peak MB | MLP s/step | MLP peak MB |",
+        "|---|---|---|---|---|",
+    ]
     ns = sorted({row["particles"] for row in p["rows"].values()})
 
     def mb(row: dict[str, Any]) -> str:
@@ -467,20 +540,26 @@ def particles_markdown(p: dict[str, Any]) -> list[str]:
         inv, mlp = p["rows"][f"invariant_n{n}"], p["rows"][f"mlp_n{n}"]
         lines.append(f"| {n} | {inv['s_per_step']:.3f} | {mb(inv)} | {mlp['s_per_step']:.3f} | {mb(mlp)} |")
     t, ratios = p["today"], p["ratios"]
-    lines += ["", f"Step time ∝ n^k from 4 to 22 particles: invariant **k = {ratios['exponent_invariant_4_to_22']:.2f}**, "
-              f"MLP k = {ratios['exponent_mlp_4_to_22']:.2f}.", "",
-              f"At {t['particles']} particles, against the implementation before the pair-distance features were made "
-              f"to scale (same process, alternating steps): {t['today_s_per_step']:.2f} s → {t['new_s_per_step']:.2f} s "
-              f"per step, **{ratios['step_today_over_new_n13']:.2f}× faster**; peak memory {t['today_peak_mb']:.0f} MB → "
-              f"**{t['new_peak_mb']:.0f} MB** ({ratios['peak_memory_today_over_new_n13']:.1f}× less)."]
+    lines += [
+        "",
+        f"Step time ∝ n^k from 4 to 22 particles: invariant **k = {ratios['exponent_invariant_4_to_22']:.2f}**, "
+        f"MLP k = {ratios['exponent_mlp_4_to_22']:.2f}.",
+        "",
+        f"At {t['particles']} particles, against the implementation before the pair-distance features were made "
+        f"to scale (same process, alternating steps): {t['today_s_per_step']:.2f} s → {t['new_s_per_step']:.2f} s "
+        f"per step, **{ratios['step_today_over_new_n13']:.2f}× faster**; peak memory {t['today_peak_mb']:.0f} MB → "
+        f"**{t['new_peak_mb']:.0f} MB** ({ratios['peak_memory_today_over_new_n13']:.1f}× less).",
+    ]
     return lines
-
 
 
 def to_markdown(res: dict[str, Any]) -> str:
     hw = res["hardware"]
-    lines = [f"Measured {res['date']} with `{res['command']}` on {hw['cpu']} ({hw['cores']} cores, "
-             f"{hw['torch_threads']} torch threads, device {hw.get('gpu', hw['device'])}), torch {hw['torch']}.", ""]
+    lines = [
+        f"Measured {res['date']} with `{res['command']}` on {hw['cpu']} ({hw['cores']} cores, "
+        f"{hw['torch_threads']} torch threads, device {hw.get('gpu', hw['device'])}), torch {hw['torch']}.",
+        "",
+    ]
     if "training" in res:
         lines += training_markdown(res["training"])
     if "eval" in res:
@@ -494,55 +573,94 @@ def to_markdown(res: dict[str, Any]) -> str:
     if "compile" in res:
         c = res["compile"]
         even = c["ratios"]["break_even_steps"]
-        lines += ["", f"**Compiled training step** (`trainer.compile=true`; default model, ring2d, batch {c['batch']}, dual "
-                  f"constraint): eager {c['eager_ms']:.1f} ms, compiled {c['compiled_ms']:.1f} ms per step "
-                  f"(**{c['ratios']['speedup']:.2f}×**) after {c['compile_s']:.0f} s of compiling; it pays for itself after "
-                  + (f"{even:,.0f} steps." if even is not None else "no number of steps (no speed-up).")]
+        lines += [
+            "",
+            f"**Compiled training step** (`trainer.compile=true`; default model, ring2d, batch {c['batch']}, dual "
+            f"constraint): eager {c['eager_ms']:.1f} ms, compiled {c['compiled_ms']:.1f} ms per step "
+            f"(**{c['ratios']['speedup']:.2f}×**) after {c['compile_s']:.0f} s of compiling; it pays for itself after "
+            + (f"{even:,.0f} steps." if even is not None else "no number of steps (no speed-up)."),
+        ]
     if "quality" in res:
         lines += quality_markdown(res["quality"])
     return "\n".join(lines) + "\n"
 
 
 def training_markdown(t: dict[str, Any]) -> list[str]:
-    lines = [f"**Training** (one optimiser step, batch {t['batch']}, ring2d; default model: 6 blocks × 3 leapfrog "
-              "steps, MLP 64×64):", "", "| model | samples/s | ms/step | parameters |", "|---|---|---|---|"]
-    labels = {"ehf_none": "EHF, constraint off", "ehf_dual": "EHF, dual constraint",
-              "reference_none": "EHF reference path (autograd forces), off",
-              "reference_dual": "EHF reference path (autograd forces), dual", "nsf": "zuko NSF, matched parameters"}
+    lines = [
+        f"**Training** (one optimiser step, batch {t['batch']}, ring2d; default model: 6 blocks × 3 leapfrog "
+        "steps, MLP 64×64):",
+        "",
+        "| model | samples/s | ms/step | parameters |",
+        "|---|---|---|---|",
+    ]
+    labels = {
+        "ehf_none": "EHF, constraint off",
+        "ehf_dual": "EHF, dual constraint",
+        "reference_none": "EHF reference path (autograd forces), off",
+        "reference_dual": "EHF reference path (autograd forces), dual",
+        "nsf": "zuko NSF, matched parameters",
+    }
     for key, row in t["rows"].items():
         lines.append(f"| {labels[key]} | {row['samples_per_s']:.0f} | {row['ms_per_step']:.1f} | {row['params']:,} |")
     r = t["ratios"]
-    lines += ["", f"EHF ÷ reference: **{r['ehf_over_reference']:.2f}×**; constraint overhead (dual ÷ none time): "
-              f"**{r['constraint_overhead']:.3f}**; NSF ÷ EHF: {r['nsf_over_ehf']:.1f}×.", ""]
+    lines += [
+        "",
+        f"EHF ÷ reference: **{r['ehf_over_reference']:.2f}×**; constraint overhead (dual ÷ none time): "
+        f"**{r['constraint_overhead']:.3f}**; NSF ÷ EHF: {r['nsf_over_ehf']:.1f}×.",
+        "",
+    ]
     return lines
 
 
 def eval_markdown(e: dict[str, Any]) -> list[str]:
-    lines = [f"**Evaluation** (IWAE log-likelihoods/s, K = {e['iw_samples']}, {e['points']} points, no autograd):", "",
-              "| model | log-likelihoods/s |", "|---|---|"]
+    lines = [
+        f"**Evaluation** (IWAE log-likelihoods/s, K = {e['iw_samples']}, {e['points']} points, no autograd):",
+        "",
+        "| model | log-likelihoods/s |",
+        "|---|---|",
+    ]
     for key, row in e["rows"].items():
         lines.append(f"| {key} | {row['loglik_per_s']:.1f} |")
     sliced = e["ratios"].get("sliced_over_one_pass")
-    lines += ["", f"EHF ÷ reference: **{e['ratios']['ehf_over_reference']:.2f}×**; "
-              + (f"slices of {e.get('eval_rows')} rows ÷ one pass over all rows: {sliced:.2f}×; " if sliced else "")
-              + f"NSF (exact) ÷ EHF: {e['ratios']['nsf_over_ehf']:.1f}×.", ""]
+    lines += [
+        "",
+        f"EHF ÷ reference: **{e['ratios']['ehf_over_reference']:.2f}×**; "
+        + (f"slices of {e.get('eval_rows')} rows ÷ one pass over all rows: {sliced:.2f}×; " if sliced else "")
+        + f"NSF (exact) ÷ EHF: {e['ratios']['nsf_over_ehf']:.1f}×.",
+        "",
+    ]
     return lines
 
 
 def memory_markdown(m: dict[str, Any]) -> list[str]:
-    lines = [f"**Peak memory of one training step** (batch {m['batch']}, {m['blocks']} blocks, MB allocated "
-              "during the step above what was allocated before it):", "", "| leapfrog steps per block | states stored | reversible backward |",
-              "|---|---|---|"]
+    lines = [
+        f"**Peak memory of one training step** (batch {m['batch']}, {m['blocks']} blocks, MB allocated "
+        "during the step above what was allocated before it):",
+        "",
+        "| leapfrog steps per block | states stored | reversible backward |",
+        "|---|---|---|",
+    ]
     for steps in (4, 16, 64):
-        lines.append(f"| {steps} | {m['rows'][f'L{steps}_stored']['peak_mb']:.1f} | "
-                     f"{m['rows'][f'L{steps}_reversible']['peak_mb']:.1f} |")
-    lines += ["", f"L = 64 ÷ L = 4: stored {m['ratios']['stored_L64_over_L4']:.2f}×, reversible "
-              f"**{m['ratios']['reversible_L64_over_L4']:.2f}×**.", ""]
+        lines.append(
+            f"| {steps} | {m['rows'][f'L{steps}_stored']['peak_mb']:.1f} | "
+            f"{m['rows'][f'L{steps}_reversible']['peak_mb']:.1f} |"
+        )
+    lines += [
+        "",
+        f"L = 64 ÷ L = 4: stored {m['ratios']['stored_L64_over_L4']:.2f}×, reversible "
+        f"**{m['ratios']['reversible_L64_over_L4']:.2f}×**.",
+        "",
+    ]
     return lines
 
 
 def scaling_markdown(s: dict[str, Any]) -> list[str]:
-    lines = [f"**Step time** (dual constraint, batch {s['batch']}):", "", "| case | dimension | ms/step |", "|---|---|---|"]
+    lines = [
+        f"**Step time** (dual constraint, batch {s['batch']}):",
+        "",
+        "| case | dimension | ms/step |",
+        "|---|---|---|",
+    ]
     for key, row in s["by_dim"].items():
         lines.append(f"| {key} | {row['dim']} | {row['ms_per_step']:.1f} |")
     for key, row in s["by_depth"].items():
@@ -551,15 +669,27 @@ def scaling_markdown(s: dict[str, Any]) -> list[str]:
 
 
 def quality_markdown(qd: dict[str, Any]) -> list[str]:
-    lines = ["", "**Time to quality** (ring2d, infinite data, validation every 50 steps on 1,000 points at "
-              "K = 128; seconds of training, evaluation excluded):", "",
-              "| model | steps | training s | wall s | val KL then | test KL then |", "|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        "**Time to quality** (ring2d, infinite data, validation every 50 steps on 1,000 points at "
+        "K = 128; seconds of training, evaluation excluded):",
+        "",
+        "| model | steps | training s | wall s | val KL then | test KL then |",
+        "|---|---|---|---|---|---|",
+    ]
     for key, row in qd["time_to_quality"].items():
-        lines.append(f"| {key} | {row.get('step')} | {row.get('train_seconds', float('nan')):.1f} | "
-                     f"{row.get('wall_seconds', float('nan')):.1f} | {row.get('val_kl', float('nan')):.4f} | "
-                     f"{row['test_kl']:.4f} |")
-    lines += ["", "**Default run** (`ehf train`, 2,000 steps, validation and test included):", "",
-              "| model | wall_time_s | whole process s | test KL |", "|---|---|---|---|"]
+        lines.append(
+            f"| {key} | {row.get('step')} | {row.get('train_seconds', float('nan')):.1f} | "
+            f"{row.get('wall_seconds', float('nan')):.1f} | {row.get('val_kl', float('nan')):.4f} | "
+            f"{row['test_kl']:.4f} |"
+        )
+    lines += [
+        "",
+        "**Default run** (`ehf train`, 2,000 steps, validation and test included):",
+        "",
+        "| model | wall_time_s | whole process s | test KL |",
+        "|---|---|---|---|",
+    ]
     for key, row in qd["default_run"].items():
         lines.append(f"| {key} | {row['wall_time_s']:.1f} | {row['process_s']:.1f} | {row['test_kl']:.4f} |")
     lines += [""] + [f"- {k}: **{v:.2f}**" for k, v in qd["ratios"].items()]
@@ -571,12 +701,22 @@ def default_out() -> Path:
     return Path.cwd() / "runs" / "bench" / datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def run(quick: bool = False, quality: bool = False, out: Path | None = None, memory: bool = True,
-        command: str = "ehf bench", only: list[str] | None = None) -> dict[str, Any]:
+def run(
+    quick: bool = False,
+    quality: bool = False,
+    out: Path | None = None,
+    memory: bool = True,
+    command: str = "ehf bench",
+    only: list[str] | None = None,
+) -> dict[str, Any]:
     """Run the sections (``only``: just these, by name) and write bench.json and bench.md to ``out``."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    res: dict[str, Any] = {"date": datetime.now().strftime("%Y-%m-%d %H:%M"), "command": command, "quick": quick,
-                           "hardware": hardware()}
+    res: dict[str, Any] = {
+        "date": datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "command": command,
+        "quick": quick,
+        "hardware": hardware(),
+    }
     steps = [("training", lambda: bench_training(device, quick)), ("eval", lambda: bench_eval(device, quick))]
     if memory:
         steps.append(("memory", lambda: bench_memory(device, quick)))
@@ -611,8 +751,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="folder for bench.json and bench.md (default ./runs/bench/<time>)")
     ap.add_argument("--only", help=f"comma-separated sections to run ({', '.join(SECTIONS)})")
     args = ap.parse_args(argv)
-    res = run(args.quick, args.quality, args.out, command="ehf bench " + " ".join(argv or sys.argv[1:]),
-              only=args.only.split(",") if args.only else None)
+    res = run(
+        args.quick,
+        args.quality,
+        args.out,
+        command="ehf bench " + " ".join(argv or sys.argv[1:]),
+        only=args.only.split(",") if args.only else None,
+    )
     print(Path(res["out"], "bench.md").read_text())
     print(f"written: {res['out']}/bench.json, bench.md")
     return 0

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
 
+from .config.schema import Config, OptimCfg
 from .core import symmetries
-from .core.flows import make_ehf
 from .core.coordinates import DataMap
+from .core.flows import make_ehf
 from .core.frames import CentreOfMassFrame
 from .core.invariants import PairDistanceFeatures
 from .core.symmetries import Symmetry
-from .config.schema import Config, OptimCfg
 from .core.targets import Target, make_target
 from .errors import ConfigError
 
@@ -41,7 +41,7 @@ def _kron_particles(mats: torch.Tensor, n_particles: int) -> torch.Tensor:
     return torch.stack([torch.kron(eye, m) for m in mats])
 
 
-def make_symmetry(sym_cfg: Any, dim: int, target: Optional[Target] = None) -> Symmetry:
+def make_symmetry(sym_cfg: Any, dim: int, target: Target | None = None) -> Symmetry:
     """Symmetry from ``symmetry.*`` keys; ``auto`` takes the target's declared group."""
     group = sym_cfg.group
     particle_dim = sym_cfg.particle_dim
@@ -84,7 +84,7 @@ def make_symmetry(sym_cfg: Any, dim: int, target: Optional[Target] = None) -> Sy
     raise ConfigError(f"symmetry.group: unknown group '{group}'")
 
 
-def particle_dim_of(cfg: Any, target: Optional[Target] = None) -> Optional[int]:
+def particle_dim_of(cfg: Any, target: Target | None = None) -> int | None:
     """Coordinates per particle: ``symmetry.particle_dim`` (set by hand or by an N×n×D data file), else
     the particles the target declares, else None (the data are not particles)."""
     if cfg.symmetry.particle_dim:
@@ -94,7 +94,7 @@ def particle_dim_of(cfg: Any, target: Optional[Target] = None) -> Optional[int]:
     return None
 
 
-def resolve_translation(cfg: Any, target: Optional[Target] = None) -> str:
+def resolve_translation(cfg: Any, target: Target | None = None) -> str:
     """``symmetry.translation``: ``auto`` → what the target declares (``com`` for translation-invariant
     particle targets such as dw4), ``none`` for file data. Refuses combinations that cannot be right."""
     declared = "com" if target is not None and target.translation_invariant else "none"
@@ -114,7 +114,7 @@ def resolve_translation(cfg: Any, target: Optional[Target] = None) -> str:
     return translation
 
 
-def make_data_symmetry(cfg: Any, data_dim: int, target: Optional[Target] = None) -> Symmetry:
+def make_data_symmetry(cfg: Any, data_dim: int, target: Target | None = None) -> Symmetry:
     """The symmetry of the data, in their own coordinates.
 
     Starts from :func:`make_symmetry`. ``symmetry.permutations`` gives a group that rotates every particle
@@ -132,7 +132,7 @@ def make_data_symmetry(cfg: Any, data_dim: int, target: Optional[Target] = None)
     return symmetry
 
 
-def make_frame(cfg: Any, symmetry: Symmetry, target: Optional[Target] = None) -> Optional[CentreOfMassFrame]:
+def make_frame(cfg: Any, symmetry: Symmetry, target: Target | None = None) -> CentreOfMassFrame | None:
     """The centre-of-mass frame when ``symmetry.translation`` is com (else None), checked against the data's
     ``symmetry``: the model then lives in the orthonormal coordinates of the centre-of-mass-free subspace,
     where the group acts as :meth:`~.core.frames.CentreOfMassFrame.restrict` makes it."""
@@ -321,7 +321,7 @@ def make_datamodule(cfg: Config):
     )
 
 
-def make_module(cfg: Config, datamodule, run_id: str = "") -> "Any":
+def make_module(cfg: Config, datamodule, run_id: str = "") -> Any:
     """The LightningModule for a config and its data (entropy of a known target included)."""
     from .lit.module import EHFModule
 
@@ -458,8 +458,8 @@ def make_trainer(cfg: Any, run_dir, run_id: str, extra_callbacks: list | None = 
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.strategies import DDPStrategy
 
-    from .lit.callbacks import LastCheckpoint, PlotCallback, Preemption, ProgressLines, StepProgressBar
     from .lit.atomic_io import SafeCheckpointIO
+    from .lit.callbacks import LastCheckpoint, PlotCallback, Preemption, ProgressLines, StepProgressBar
     from .lit.loggers import RunCSVLogger
 
     run_dir = Path(run_dir)

@@ -32,7 +32,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupted or foreign file
-        raise CheckpointError(f"checkpoint {p} cannot be read (corrupted or not a checkpoint): {type(e).__name__}") from None
+        raise CheckpointError(
+            f"checkpoint {p} cannot be read (corrupted or not a checkpoint): {type(e).__name__}"
+        ) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt.get("hyper_parameters", {}):
         raise CheckpointError(f"checkpoint {p} was not written by lightning_ehf (no state_dict/config)")
     return ckpt
@@ -53,4 +55,6 @@ def check_state_dict(module: nn.Module, state_dict: dict[str, Any], path: str | 
     try:
         module.load_state_dict(state_dict)
     except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {path} does not match the model its config builds: {_mismatch_summary(e)}") from None
+        raise CheckpointError(
+            f"checkpoint {path} does not match the model its config builds: {_mismatch_summary(e)}"
+        ) from None

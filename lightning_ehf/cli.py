@@ -12,8 +12,8 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from .errors import EXIT_PREEMPTED, UserError
 
@@ -25,11 +25,16 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model; prints the run folder and the final results")
-    t.add_argument("-c", "--config", action="append", default=[], metavar="FILE.yaml", help="config files, merged in order")
+    t.add_argument(
+        "-c", "--config", action="append", default=[], metavar="FILE.yaml", help="config files, merged in order"
+    )
     t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. trainer.max_steps=500")
-    t.add_argument("--resume", metavar="RUN_DIR|CKPT",
-                   help="continue a stopped run from its last checkpoint; -c files and overrides may repeat the "
-                        "run's original command, but only trainer.max_steps and progress.* may change")
+    t.add_argument(
+        "--resume",
+        metavar="RUN_DIR|CKPT",
+        help="continue a stopped run from its last checkpoint; -c files and overrides may repeat the "
+        "run's original command, but only trainer.max_steps and progress.* may change",
+    )
 
     pc = sub.add_parser("print-config", help="print the resolved config")
     pc.add_argument("-c", "--config", action="append", default=[], metavar="FILE.yaml")
@@ -38,8 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="per-row IWAE log-likelihoods of a data file (or the run's test set)")
     e.add_argument("--ckpt", required=True, help="checkpoint (.ckpt) or run folder")
     e.add_argument("--data", help="data file (.npy, .npz, .csv); default: the run's test set (see --split)")
-    e.add_argument("--split", choices=("test", "val"),
-                   help="instead of --data: the run's test set (the default) or its validation set")
+    e.add_argument(
+        "--split",
+        choices=("test", "val"),
+        help="instead of --data: the run's test set (the default) or its validation set",
+    )
     e.add_argument("--n", type=int, help="use only the first N rows")
     e.add_argument("--iw", type=int, help="importance samples K (default: the run's eval.iw_samples)")
     e.add_argument("--out", help="write log p(q) per row, float64 shape (N,), to this .npy")
@@ -56,22 +64,42 @@ def _parser() -> argparse.ArgumentParser:
     ss = st.add_subparsers(dest="study_command", required=True)
     r = ss.add_parser("run", help="run (or continue) a study: every cell is an ordinary run folder")
     r.add_argument("-c", "--config", required=True, metavar="STUDY.yaml", help="the study file (configs/study/)")
-    r.add_argument("overrides", nargs="*", metavar="profile=NAME|key=value",
-                   help="profile=quick|full|... picks a profile; other key=value overrides go to every cell")
+    r.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="profile=NAME|key=value",
+        help="profile=quick|full|... picks a profile; other key=value overrides go to every cell",
+    )
     r.add_argument("--dir", help="study folder (default runs/study/<study>-<profile>; a rerun continues it)")
-    r.add_argument("--launcher", choices=("local", "slurm", "wandb"), default="local",
-                   help="local: worker processes here; slurm: a job array (submitit); wandb: write a grid sweep")
+    r.add_argument(
+        "--launcher",
+        choices=("local", "slurm", "wandb"),
+        default="local",
+        help="local: worker processes here; slurm: a job array (submitit); wandb: write a grid sweep",
+    )
     r.add_argument("--workers", type=int, default=1, help="local: cells at once (torch threads = cores ÷ workers)")
     r.add_argument("--cores", type=int, help="local: cores to share among the workers (default: all)")
-    r.add_argument("--cluster", choices=("slurm", "local"), default="slurm",
-                   help="slurm launcher: submit with sbatch (slurm) or try the path with submitit's local executor")
+    r.add_argument(
+        "--cluster",
+        choices=("slurm", "local"),
+        default="slurm",
+        help="slurm launcher: submit with sbatch (slurm) or try the path with submitit's local executor",
+    )
     r.add_argument("--no-wait", action="store_true", help="slurm launcher: submit and return (then: ehf study status)")
-    for flag, key, typ in (("--partition", "partition", str), ("--time-min", "time_min", int),
-                           ("--cpus-per-cell", "cpus_per_cell", int), ("--gpus-per-cell", "gpus_per_cell", int)):
-        r.add_argument(flag, dest=f"slurm_{key}", type=typ, help=f"slurm launcher: overrides the study file's slurm.{key}")
+    for flag, key, typ in (
+        ("--partition", "partition", str),
+        ("--time-min", "time_min", int),
+        ("--cpus-per-cell", "cpus_per_cell", int),
+        ("--gpus-per-cell", "gpus_per_cell", int),
+    ):
+        r.add_argument(
+            flag, dest=f"slurm_{key}", type=typ, help=f"slurm launcher: overrides the study file's slurm.{key}"
+        )
     r.add_argument("--dry-run", action="store_true", help="list the cells, their state and commands; run nothing")
-    for name, text in (("status", "done / running / failed / pending cells of a study folder"),
-                       ("report", "results.csv, results.md and plots of a study folder")):
+    for name, text in (
+        ("status", "done / running / failed / pending cells of a study folder"),
+        ("report", "results.csv, results.md and plots of a study folder"),
+    ):
         x = ss.add_parser(name, help=text)
         x.add_argument("dir", metavar="DIR")
     c = ss.add_parser("cell", help="run one cell of a study folder (what a W&B sweep agent calls)")
@@ -82,10 +110,14 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="fewer repeats: a few minutes on 2 CPU cores")
     b.add_argument("--quality", action="store_true", help="also time to quality and the default runs (minutes)")
     b.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
-    b.add_argument("--out", help="folder for bench.json and bench.md (default ./runs/bench/<time>, under the working "
-                                 "directory)")
-    b.add_argument("--only", help="comma-separated sections to run: training, eval, memory, scaling, particles, "
-                                  "compile (only when named: minutes of compiling), quality")
+    b.add_argument(
+        "--out", help="folder for bench.json and bench.md (default ./runs/bench/<time>, under the working directory)"
+    )
+    b.add_argument(
+        "--only",
+        help="comma-separated sections to run: training, eval, memory, scaling, particles, "
+        "compile (only when named: minutes of compiling), quality",
+    )
     return p
 
 
@@ -161,22 +193,27 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> int:
+def cmd_bench(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     from .bench import SECTIONS, run
 
     words = list(argv) if argv is not None else sys.argv[1:]
     unknown = sorted(set(args.only.split(",")) - set(SECTIONS)) if args.only else []
     if unknown:
         raise UserError(f"--only: unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
-    res = run(quick=args.quick, quality=args.quality, out=Path(args.out) if args.out else None,
-              memory=not args.no_memory, command="ehf " + " ".join(words),
-              only=args.only.split(",") if args.only else None)
+    res = run(
+        quick=args.quick,
+        quality=args.quality,
+        out=Path(args.out) if args.out else None,
+        memory=not args.no_memory,
+        command="ehf " + " ".join(words),
+        only=args.only.split(",") if args.only else None,
+    )
     print(Path(res["out"], "bench.md").read_text())
     print(f"written: {res['out']}/bench.json and bench.md")
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "train":

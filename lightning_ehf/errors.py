@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 EXIT_DIVERGED = 3  # training diverged: non-finite loss or gradient (the last good checkpoint is kept)
 EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1, retry later (``ehf train --resume``)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ class Run:
     model: nn.Module  # takes and returns the data's coordinates (it maps them to its own)
     config: Config
     dim: int  # the data's coordinates
-    entropy: Optional[float]
+    entropy: float | None
     path: Path
 
     def split_data(self, split: str = "test") -> Tensor:
@@ -68,13 +68,13 @@ def load_run(path: str | Path) -> Run:
     symmetry = make_data_symmetry(cfg, data_dim, target)
     model = make_model(cfg, symmetry)
     prefix = "model."
-    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     check_state_dict(model, state, resolve_checkpoint(path))
     model.eval()
     return Run(model, cfg, data_dim, hp.get("entropy"), resolve_checkpoint(path))
 
 
-def rows_to_score(run: Run, data: Optional[str], split: Optional[str], n: Optional[int]) -> tuple[Tensor, str]:
+def rows_to_score(run: Run, data: str | None, split: str | None, n: int | None) -> tuple[Tensor, str]:
     """The rows to score, in the data's coordinates, and where they come from: a data file, or the run's
     own test (default) or validation set; the first ``n`` rows when given."""
     if data:
@@ -90,8 +90,9 @@ def _stderr(values: np.ndarray) -> float:
     return float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
 
 
-def evaluate(run: Run, q: Tensor, source: str, k: Optional[int] = None, seed: int = 0,
-             paired: bool = True) -> tuple[dict[str, Any], np.ndarray]:
+def evaluate(
+    run: Run, q: Tensor, source: str, k: int | None = None, seed: int = 0, paired: bool = True
+) -> tuple[dict[str, Any], np.ndarray]:
     """``log p̂(q)`` per row (IWAE with ``k`` importance samples, default the run's ``eval.iw_samples``; in
     float64) and a summary: ``nll`` with its standard error and, for the run's own rows of a known target
     (``paired``), ``kl = nll − H`` and ``kl_paired`` = mean of ``log p(q) − log p̂(q)`` with its error."""
@@ -102,8 +103,13 @@ def evaluate(run: Run, q: Tensor, source: str, k: Optional[int] = None, seed: in
     with torch.no_grad():
         logp = torch.cat([model.iwae(q[i : i + EVAL_ROWS], k, chunk) for i in range(0, q.shape[0], EVAL_ROWS)])
     logp_np = logp.cpu().numpy().astype(np.float64)
-    summary: dict[str, Any] = {"source": source, "n": int(q.shape[0]), "iw_samples": k,
-                               "nll": float(-logp_np.mean()), "nll_stderr": _stderr(logp_np)}
+    summary: dict[str, Any] = {
+        "source": source,
+        "n": int(q.shape[0]),
+        "iw_samples": k,
+        "nll": float(-logp_np.mean()),
+        "nll_stderr": _stderr(logp_np),
+    }
     if run.entropy is not None and paired:
         summary["kl"] = summary["nll"] - run.entropy
         if run.config.data.target is not None:  # the same KL paired row by row with the target's density

@@ -36,8 +36,14 @@ def hardware() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                            "torch": torch.__version__, "python": platform.python_version(), "device": "cpu"}
+    info: dict[str, Any] = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": "cpu",
+    }
     if torch.cuda.is_available():
         info["device"] = "cuda"
         info["gpu"] = torch.cuda.get_device_name(0)

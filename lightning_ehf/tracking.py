@@ -23,12 +23,20 @@ import re
 import secrets
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["WANDB_ENVIRONMENT", "WANDB_FLUSH_S", "apply_wandb_environment", "fresh_run_id", "keep_run_id_in_sweep", "wandb_mode_from_env",
-           "wandb_run_arguments", "wandb_save_dir"]
+__all__ = [
+    "WANDB_ENVIRONMENT",
+    "WANDB_FLUSH_S",
+    "apply_wandb_environment",
+    "fresh_run_id",
+    "keep_run_id_in_sweep",
+    "wandb_mode_from_env",
+    "wandb_run_arguments",
+    "wandb_save_dir",
+]
 
 #: config key -> the W&B environment variable that sets it when no config file or override does
 WANDB_ENVIRONMENT = {
@@ -41,7 +49,7 @@ _MODE_ALIASES = {"dryrun": "offline", "run": "online"}  # W&B's older names of t
 _RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
-def wandb_mode_from_env(environ: Mapping[str, str] = os.environ) -> Optional[str]:
+def wandb_mode_from_env(environ: Mapping[str, str] = os.environ) -> str | None:
     """``WANDB_MODE`` as one of online|offline|disabled (``dryrun`` and ``run`` are W&B's old names), or None
     when unset. Any other value raises ConfigError naming the variable."""
     raw = environ.get("WANDB_MODE", "").strip()
@@ -49,8 +57,9 @@ def wandb_mode_from_env(environ: Mapping[str, str] = os.environ) -> Optional[str
         return None
     mode = _MODE_ALIASES.get(raw, raw)
     if mode not in ("online", "offline", "disabled"):
-        raise ConfigError(f"WANDB_MODE={raw!r}: not a W&B mode (online, offline or disabled); unset it or set "
-                          "logger.wandb.mode")
+        raise ConfigError(
+            f"WANDB_MODE={raw!r}: not a W&B mode (online, offline or disabled); unset it or set logger.wandb.mode"
+        )
     return mode
 
 
@@ -77,7 +86,7 @@ def fresh_run_id(environ: Mapping[str, str] = os.environ) -> str:
     return secrets.token_hex(4)
 
 
-def keep_run_id_in_sweep(run_id: str, environ: Optional[dict[str, str]] = None) -> None:
+def keep_run_id_in_sweep(run_id: str, environ: dict[str, str] | None = None) -> None:
     """Under a sweep agent (``WANDB_SWEEP_ID``) ``wandb.init`` ignores its ``id`` argument and takes
     ``WANDB_RUN_ID``: point that at ``run_id`` so a resumed cell continues its first segment's W&B run."""
     env = os.environ if environ is None else environ
@@ -98,8 +107,11 @@ def wandb_run_arguments(cfg: Any, environ: Mapping[str, str] = os.environ) -> di
 
     w = cfg.logger.wandb
     name = w.name or (None if environ.get("WANDB_NAME") else cfg.experiment)
-    out: dict[str, Any] = {"name": name, "tags": list(w.tags) or None,
-                           "settings": wandb.Settings(x_transaction_log_flush_interval=WANDB_FLUSH_S)}
+    out: dict[str, Any] = {
+        "name": name,
+        "tags": list(w.tags) or None,
+        "settings": wandb.Settings(x_transaction_log_flush_interval=WANDB_FLUSH_S),
+    }
     if w.group:
         out["group"] = str(w.group)
     if w.job_type:
@@ -107,4 +119,3 @@ def wandb_run_arguments(cfg: Any, environ: Mapping[str, str] = os.environ) -> di
     if w.fields:
         out["config"] = {str(k): v for k, v in w.fields.items()}
     return out
-

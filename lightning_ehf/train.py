@@ -13,17 +13,26 @@ import os
 import secrets
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from .build import check_logger, make_datamodule, make_module, make_trainer, resolve_data_file
 from .checkpoints import check_state_dict, load_checkpoint
 from .config.load import explicit_keys, flatten, from_saved, load_config, override_value, save_config, to_container
 from .config.schema import Config
 from .core.constraints import INFEASIBLE_OFFSET
-from .errors import EXIT_DIVERGED, EXIT_PREEMPTED, CheckpointError, ConfigError, NumericalDivergence, Preempted, UserError
+from .errors import (
+    EXIT_DIVERGED,
+    EXIT_PREEMPTED,
+    CheckpointError,
+    ConfigError,
+    NumericalDivergence,
+    Preempted,
+    UserError,
+)
 from .lit.callbacks import log_to_wandb
 from .lit.module import schedule_change
 from .tracking import fresh_run_id
@@ -33,14 +42,14 @@ __all__ = ["RESUMABLE_KEYS", "ResumePoint", "RunResult", "quiet_known_noise", "r
 RUN_DIR_ENV = "EHF_RUN_DIR"  # lets DDP child processes (which re-run the command) join rank 0's run
 
 
-def _inherited_run_dir() -> Optional[Path]:
+def _inherited_run_dir() -> Path | None:
     """The run folder of rank 0, for the DDP child processes Lightning launches (LOCAL_RANK > 0)."""
     if int(os.environ.get("LOCAL_RANK", 0)) > 0 and os.environ.get(RUN_DIR_ENV):
         return Path(os.environ[RUN_DIR_ENV])
     return None
 
 
-def _external_launch() -> Optional[tuple[str, int, int]]:
+def _external_launch() -> tuple[str, int, int] | None:
     """(launcher, global rank, number of processes) when torchrun or SLURM's srun started this process as
     one of several (the environments Lightning detects the same way), else None."""
     from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
@@ -62,8 +71,10 @@ def _new_run_dir(cfg: Config, run_id: str) -> Path:
     if launch is not None and not cfg.run.dir:
         # each process would name its own timestamped folder: checkpoints and the test would disagree
         name, _, world = launch
-        raise ConfigError(f"run.dir: must be set when {name} starts {world} processes, so that all of them use "
-                          f"the same run folder (on a file system every node sees), e.g. run.dir=/shared/runs/<name>")
+        raise ConfigError(
+            f"run.dir: must be set when {name} starts {world} processes, so that all of them use "
+            f"the same run folder (on a file system every node sees), e.g. run.dir=/shared/runs/<name>"
+        )
     if cfg.run.dir:
         run_dir = Path(cfg.run.dir)
         # other ranks may already see the files rank 0 writes at start: only rank 0 checks
@@ -104,8 +115,10 @@ def _resumable_overrides(files: Sequence[str], overrides: Sequence[str], saved: 
         if key in RESUMABLE_KEYS or key.startswith(RESUMABLE_PREFIXES):
             keep.append(f"{key}={override_value(new)}")
         elif not _same_as_saved(key, new, old, run_dir):
-            raise UserError(f"{key}: cannot be changed when resuming (the run has {old!r}, {where} sets "
-                            f"{new!r}; only {', '.join(RESUMABLE_KEYS)} and logger.wandb.* can)")
+            raise UserError(
+                f"{key}: cannot be changed when resuming (the run has {old!r}, {where} sets "
+                f"{new!r}; only {', '.join(RESUMABLE_KEYS)} and logger.wandb.* can)"
+            )
     return keep
 
 
@@ -139,8 +152,14 @@ def resume_point(path: str | Path, files: Sequence[str] = (), overrides: Sequenc
     return ResumePoint(run_dir, ckpt_path, cfg, ckpt)
 
 
-def _final_metrics(trainer: Any, module: Any, wall_time: float, last_val: dict[str, float],
-                   best_step: Optional[int], best_val_nll: Optional[float]) -> dict[str, Any]:
+def _final_metrics(
+    trainer: Any,
+    module: Any,
+    wall_time: float,
+    last_val: dict[str, float],
+    best_step: int | None,
+    best_val_nll: float | None,
+) -> dict[str, Any]:
     """metrics.json: the last validation's ``val/*``, the ``test/*`` of the best checkpoint, and
     ``best_step`` (the step of that checkpoint), ``best_val_nll`` (its validation NLL, the lowest
     ``val/nll_iw{K}``), ``max_steps`` (the cap), ``stopped_early`` (by ``trainer.patience``), ``steps``,
@@ -166,7 +185,7 @@ def _final_metrics(trainer: Any, module: Any, wall_time: float, last_val: dict[s
     return dict(sorted(out.items()))
 
 
-def _checkpoint_step(path: str) -> Optional[int]:
+def _checkpoint_step(path: str) -> int | None:
     if not path or not Path(path).is_file():
         return None
     return int(load_checkpoint(path).get("global_step", 0))
@@ -190,8 +209,14 @@ def _print_results(run_dir: Path, metrics: dict[str, Any]) -> None:
     table = Table(title=f"results  ({run_dir})")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    shown = ["test/nll", "test/kl", "test/elbo", "test/invariance_error", "test/invariance_noise",
-             "test/equivariance_error"]
+    shown = [
+        "test/nll",
+        "test/kl",
+        "test/elbo",
+        "test/invariance_error",
+        "test/invariance_noise",
+        "test/equivariance_error",
+    ]
     shown += sorted(k for k in metrics if k.startswith(("test/bracket_rms", "test/lambda")))
     if metrics.get("train/nonfinite_skips"):
         shown.append("train/nonfinite_skips")
@@ -226,7 +251,7 @@ class RunResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def train(cfg: Optional[Config], resume: Optional[ResumePoint] = None, callbacks: Sequence[Any] = ()) -> RunResult:
+def train(cfg: Config | None, resume: ResumePoint | None = None, callbacks: Sequence[Any] = ()) -> RunResult:
     """Train ``cfg`` into a new run folder (or continue ``resume``, with its config), test the best
     checkpoint, write ``metrics.json`` and print the results. ``callbacks``: extra Lightning callbacks.
 
@@ -235,7 +260,7 @@ def train(cfg: Optional[Config], resume: Optional[ResumePoint] = None, callbacks
     if resume is not None:
         cfg = resume.config
         run_id = str(resume.state["hyper_parameters"].get("run_id") or secrets.token_hex(4))
-        resume_step: Optional[int] = int(resume.state.get("global_step", 0))
+        resume_step: int | None = int(resume.state.get("global_step", 0))
         note = schedule_change(from_saved(resume.state["hyper_parameters"]["config"]), cfg, resume_step)
         if note and int(os.environ.get("LOCAL_RANK", 0)) == 0:
             print(note, flush=True)
@@ -264,8 +289,16 @@ def train(cfg: Optional[Config], resume: Optional[ResumePoint] = None, callbacks
             os.environ.pop(RUN_DIR_ENV, None)
 
 
-def _train(cfg: Config, module: Any, datamodule: Any, run_dir: Path, run_id: str, ckpt_path: Optional[Path],
-           resume_step: Optional[int], extra_callbacks: Optional[list] = None) -> tuple[int, dict[str, Any]]:
+def _train(
+    cfg: Config,
+    module: Any,
+    datamodule: Any,
+    run_dir: Path,
+    run_id: str,
+    ckpt_path: Path | None,
+    resume_step: int | None,
+    extra_callbacks: list | None = None,
+) -> tuple[int, dict[str, Any]]:
     from .lit.callbacks import Preemption
 
     try:  # before anything is written: Lightning refuses some combinations only here
@@ -298,13 +331,16 @@ def _global_batch(cfg: Config, trainer: Any) -> str:
         return f"{n} {word}{'s' if n != 1 else ''}"
 
     accumulate = int(trainer.accumulate_grad_batches)
-    text = (f"global batch: {batch * devices * nodes * accumulate} = {batch} per device × {count(devices, 'device')} "
-            f"× {count(nodes, 'node')}")
+    text = (
+        f"global batch: {batch * devices * nodes * accumulate} = {batch} per device × {count(devices, 'device')} "
+        f"× {count(nodes, 'node')}"
+    )
     return text + (f" × {accumulate} accumulated batches per optimiser step" if accumulate > 1 else "")
 
 
-def _fit_and_test(trainer: Any, module: Any, datamodule: Any, run_dir: Path, ckpt_path: Optional[Path],
-                  preemption: Any) -> tuple[int, dict[str, Any]]:
+def _fit_and_test(
+    trainer: Any, module: Any, datamodule: Any, run_dir: Path, ckpt_path: Path | None, preemption: Any
+) -> tuple[int, dict[str, Any]]:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -321,8 +357,12 @@ def _fit_and_test(trainer: Any, module: Any, datamodule: Any, run_dir: Path, ckp
         selector = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
         best = selector.best_model_path if selector is not None else ""
         best_score = selector.best_model_score if selector is not None else None
-        if selector is not None and selector.monitor == "val/selection" and best_score is not None \
-                and float(best_score) >= INFEASIBLE_OFFSET:
+        if (
+            selector is not None
+            and selector.monitor == "val/selection"
+            and best_score is not None
+            and float(best_score) >= INFEASIBLE_OFFSET
+        ):
             best_score = None  # the least infeasible checkpoint: its score is not an NLL
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     except NumericalDivergence as e:
@@ -341,13 +381,17 @@ def _fit_and_test(trainer: Any, module: Any, datamodule: Any, run_dir: Path, ckp
         if trainer.is_global_zero:
             print(f"ehf train: preempted: {saved}{resume}", file=sys.stderr, flush=True)
         return EXIT_PREEMPTED, {}
-    metrics = _final_metrics(trainer, module, time.time() - start, last_val, _checkpoint_step(best),
-                             None if best_score is None else float(best_score))
+    metrics = _final_metrics(
+        trainer,
+        module,
+        time.time() - start,
+        last_val,
+        _checkpoint_step(best),
+        None if best_score is None else float(best_score),
+    )
     log_to_wandb(trainer, {k: metrics[k] for k in ("test/nll", "test/nll_gap") if k in metrics})  # the sweep's metric
     if trainer.is_global_zero:
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         _print_results(run_dir, metrics)
         print(f"run folder: {run_dir}")
     return 0, metrics
-
-

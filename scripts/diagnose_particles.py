@@ -50,8 +50,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lightning_ehf.evaluate import load_run  # noqa: E402
 from lightning_ehf.core.targets import make_target  # noqa: E402
+from lightning_ehf.evaluate import load_run  # noqa: E402
 
 
 def cpu_s() -> float:
@@ -89,8 +89,12 @@ def bound_summary(lw: torch.Tensor, log_t: torch.Tensor, entropy: float, ks: lis
 
     def pack(name: str, per_point: torch.Tensor) -> None:
         kl = log_t - per_point
-        res[name] = {"nll": float(-per_point.mean()), "kl_nll_minus_H": float(-per_point.mean() - entropy),
-                     "kl_paired": float(kl.mean()), "kl_paired_se": float(kl.std() / math.sqrt(n))}
+        res[name] = {
+            "nll": float(-per_point.mean()),
+            "kl_nll_minus_H": float(-per_point.mean() - entropy),
+            "kl_paired": float(kl.mean()),
+            "kl_paired_se": float(kl.std() / math.sqrt(n)),
+        }
 
     pack("elbo", lw.mean(0))
     for k in ks:
@@ -103,8 +107,12 @@ def bound_summary(lw: torch.Tensor, log_t: torch.Tensor, entropy: float, ks: lis
     lse = torch.logsumexp(lw, 0)
     ess = torch.exp(2 * lse - torch.logsumexp(2 * lw, 0))
     wmax = torch.exp(lw.max(0).values - lse)
-    res["ess_at_kmax"] = {"median": float(ess.median()), "mean": float(ess.mean()), "min": float(ess.min()),
-                          "frac_below_10": float((ess < 10).double().mean())}
+    res["ess_at_kmax"] = {
+        "median": float(ess.median()),
+        "mean": float(ess.mean()),
+        "min": float(ess.min()),
+        "frac_below_10": float((ess < 10).double().mean()),
+    }
     res["max_weight_at_kmax_median"] = float(wmax.median())
     res["logw_std_median"] = float(lw.std(0).median())
     # paired gaps (per point), with standard errors
@@ -193,11 +201,14 @@ def encoder_calibration(model, n: int, seed: int) -> dict:
         z = (p - post.mean) / post.stddev
         scale = post.stddev
     z2 = z.square()
-    return {"mean_z2_per_dim": z2.mean(0).tolist(), "mean_z_per_dim": z.mean(0).tolist(),
-            "frac_abs_z_gt_3": float((z.abs() > 3).double().mean()),
-            "encoder_scale_median_per_dim": scale.median(0).values.tolist(),
-            "posterior_p_std_per_dim_pooled": p.std(0).tolist(),
-            "log_h_on_exact_posterior_mean": float(post.log_prob(p).mean())}
+    return {
+        "mean_z2_per_dim": z2.mean(0).tolist(),
+        "mean_z_per_dim": z.mean(0).tolist(),
+        "frac_abs_z_gt_3": float((z.abs() > 3).double().mean()),
+        "encoder_scale_median_per_dim": scale.median(0).values.tolist(),
+        "posterior_p_std_per_dim_pooled": p.std(0).tolist(),
+        "log_h_on_exact_posterior_mean": float(post.log_prob(p).mean()),
+    }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -257,7 +268,7 @@ def knn_kl(p: torch.Tensor, q: torch.Tensor, k: int = 1, chunk: int = 1000) -> f
     m = q.shape[0]
     rho, nu = [], []
     for i in range(0, n, chunk):
-        blk = p[i:i + chunk]
+        blk = p[i : i + chunk]
         dp = torch.cdist(blk, p, compute_mode="donot_use_mm_for_euclid_dist")
         dp[torch.arange(len(blk)), torch.arange(i, i + len(blk))] = float("inf")
         rho.append(dp.topk(k, largest=False).values[:, -1])
@@ -280,16 +291,23 @@ def dv_lower_bounds(ts: torch.Tensor, ms: torch.Tensor, target, U: np.ndarray, c
     mu_o, cov_o = yf.mean(0), torch.cov(yf.T)
     mu_r, s_r = rf.mean(), rf.std()
     gauss_o = torch.distributions.MultivariateNormal(mu_o, cov_o)
-    ref_o = torch.distributions.MultivariateNormal(torch.zeros(4, dtype=ms.dtype), target.sigma ** 2 * torch.eye(4, dtype=ms.dtype))
+    ref_o = torch.distributions.MultivariateNormal(
+        torch.zeros(4, dtype=ms.dtype), target.sigma**2 * torch.eye(4, dtype=ms.dtype)
+    )
     radius_t = float(np.linalg.norm(target.template))
     norm_r = torch.distributions.Normal(mu_r, s_r)
-    ref_r = torch.distributions.Normal(torch.tensor(radius_t, dtype=ms.dtype), torch.tensor(target.sigma, dtype=ms.dtype))
+    ref_r = torch.distributions.Normal(
+        torch.tensor(radius_t, dtype=ms.dtype), torch.tensor(target.sigma, dtype=ms.dtype)
+    )
 
     def g_all(x: torch.Tensor) -> dict[str, torch.Tensor]:
         y, r = x @ Ct, (x @ Ut).norm(dim=-1)
         log_mhat = norm_r.log_prob(r) - torch.log(2 * math.pi * r) + gauss_o.log_prob(y)
-        return {"orth4": ref_o.log_prob(y) - gauss_o.log_prob(y), "radius1": ref_r.log_prob(r) - norm_r.log_prob(r),
-                "full6": target.log_prob(x) - log_mhat}
+        return {
+            "orth4": ref_o.log_prob(y) - gauss_o.log_prob(y),
+            "radius1": ref_r.log_prob(r) - norm_r.log_prob(r),
+            "full6": target.log_prob(x) - log_mhat,
+        }
 
     gp, gq = g_all(ts), g_all(ev)
     out = {}
@@ -299,8 +317,12 @@ def dv_lower_bounds(ts: torch.Tensor, ms: torch.Tensor, target, U: np.ndarray, c
         w = torch.exp(b - lme)  # e^g / E[e^g]
         se = math.sqrt(float(a.var()) / len(a) + float(w.var()) / len(b))
         out[key] = [float(a.mean() - lme), se]
-    out["fit"] = {"orth_mean": mu_o.tolist(), "orth_std_eigs": torch.linalg.eigvalsh(cov_o).sqrt().tolist(),
-                  "radius_mean": float(mu_r), "radius_std": float(s_r)}
+    out["fit"] = {
+        "orth_mean": mu_o.tolist(),
+        "orth_std_eigs": torch.linalg.eigvalsh(cov_o).sqrt().tolist(),
+        "radius_mean": float(mu_r),
+        "radius_std": float(s_r),
+    }
     return out
 
 
@@ -308,11 +330,14 @@ def moments(s: dict[str, np.ndarray], x: np.ndarray, comp: np.ndarray) -> dict:
     orth = x @ comp.T
     ev = np.linalg.eigvalsh(np.cov(orth.T))
     return {
-        "pair_distance_mean": float(s["pair_distance"].mean()), "pair_distance_std": float(s["pair_distance"].std()),
+        "pair_distance_mean": float(s["pair_distance"].mean()),
+        "pair_distance_std": float(s["pair_distance"].std()),
         "angle_std_deg": float(s["triangle_angle_deg"].std()),
-        "particle_radius_mean": float(s["particle_radius"].mean()), "particle_radius_std": float(s["particle_radius"].std()),
+        "particle_radius_mean": float(s["particle_radius"].mean()),
+        "particle_radius_std": float(s["particle_radius"].std()),
         "centroid_std": float(s["centroid_coord"].std()),
-        "plane_radius_mean": float(s["plane_radius"].mean()), "plane_radius_std": float(s["plane_radius"].std()),
+        "plane_radius_mean": float(s["plane_radius"].mean()),
+        "plane_radius_std": float(s["plane_radius"].std()),
         "orth_std_eigs": np.sqrt(np.clip(ev, 0, None)).tolist(),
         "per_dim_std": x.std(0).tolist(),
     }
@@ -331,15 +356,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=300, help="test points for the bounds (default 300)")
     ap.add_argument("--k-max", type=int, default=4096, help="momenta per point in the bound pass")
     ap.add_argument("--light-k-max", type=int, default=256, help="k_max for the cells not named by --full")
-    ap.add_argument("--full", nargs="*", default=None,
-                    help="folder names that get k_max and the encoder refit (default: every EHF cell)")
-    ap.add_argument("--chunk", type=int, default=64, help="momenta per chunk (64: larger chunks run 2x slower on a CPU)")
+    ap.add_argument(
+        "--full",
+        nargs="*",
+        default=None,
+        help="folder names that get k_max and the encoder refit (default: every EHF cell)",
+    )
+    ap.add_argument(
+        "--chunk", type=int, default=64, help="momenta per chunk (64: larger chunks run 2x slower on a CPU)"
+    )
     ap.add_argument("--ks", type=int, nargs="+", default=[16, 256, 4096])
     ap.add_argument("--refit-steps", type=int, default=1500)
     ap.add_argument("--refit-batch", type=int, default=256)
     ap.add_argument("--refit-lr", type=float, default=1e-3)
-    ap.add_argument("--finetune-steps", type=int, default=0,
-                    help="fine-tune flow + encoder of the --full cells on IWAE_k and (control) on the ELBO over k momenta")
+    ap.add_argument(
+        "--finetune-steps",
+        type=int,
+        default=0,
+        help="fine-tune flow + encoder of the --full cells on IWAE_k and (control) on the ELBO over k momenta",
+    )
     ap.add_argument("--finetune-k", type=int, default=16)
     ap.add_argument("--finetune-batch", type=int, default=64)
     ap.add_argument("--finetune-lr", type=float, default=1e-3)
@@ -347,7 +382,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-samples", type=int, default=5000)
     ap.add_argument("--knn-k", type=int, nargs="+", default=[1, 5])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="/tmp/particles_diag_run.json", help="JSON; the tables go to the same name with .md, the figure to _hist.png")
+    ap.add_argument(
+        "--out",
+        default="/tmp/particles_diag_run.json",
+        help="JSON; the tables go to the same name with .md, the figure to _hist.png",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     t_start, c_start = time.time(), cpu_s()
@@ -369,10 +408,16 @@ def main(argv: list[str] | None = None) -> int:
     ts = target.sample(args.n_samples, generator=g, dtype=torch.float64)
     ts2 = target.sample(args.n_samples, generator=g, dtype=torch.float64)
     t_stats = stats_of(ts.numpy(), U, comp)
-    t2_stats = stats_of(ts2.numpy(), U, comp)
-    report: dict = {"args": vars(args), "entropy": entropy, "n_points": args.n, "cells": {},
-                    "target": {"moments": moments(t_stats, ts.numpy(), comp),
-                               "cov_eigs": np.linalg.eigvalsh(np.cov(ts.numpy().T)).tolist()}}
+    report: dict = {
+        "args": vars(args),
+        "entropy": entropy,
+        "n_points": args.n,
+        "cells": {},
+        "target": {
+            "moments": moments(t_stats, ts.numpy(), comp),
+            "cov_eigs": np.linalg.eigvalsh(np.cov(ts.numpy().T)).tolist(),
+        },
+    }
 
     def sample_block(samples: torch.Tensor) -> dict:
         s = stats_of(samples.numpy(), U, comp)
@@ -380,9 +425,12 @@ def main(argv: list[str] | None = None) -> int:
         for key in s:
             res["w1"][key] = w1(t_stats[key], s[key])
         res["w1"]["plane_angle_vs_uniform"] = circular_w1_uniform_deg(s["plane_angle_deg"])
-        parts = {"full6": (ts, samples), "plane2": (ts @ torch.tensor(U.T), samples @ torch.tensor(U.T)),
-                 "orth4": (ts @ torch.tensor(comp.T), samples @ torch.tensor(comp.T)),
-                 "plane_radius1": (torch.tensor(t_stats["plane_radius"])[:, None], torch.tensor(s["plane_radius"])[:, None])}
+        parts = {
+            "full6": (ts, samples),
+            "plane2": (ts @ torch.tensor(U.T), samples @ torch.tensor(U.T)),
+            "orth4": (ts @ torch.tensor(comp.T), samples @ torch.tensor(comp.T)),
+            "plane_radius1": (torch.tensor(t_stats["plane_radius"])[:, None], torch.tensor(s["plane_radius"])[:, None]),
+        }
         for k in args.knn_k:
             for name, (a, b) in parts.items():
                 res["knn_kl"][f"{name}_k{k}"] = knn_kl(a, b, k)
@@ -396,8 +444,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, run in runs:
         c0 = cpu_s()
         model = run.model.double().eval()
-        cell: dict = {"kind": "ehf" if is_ehf(model) else "nsf", "config_model": run.config.model.model_dump(),
-                      "constraint": run.config.constraint.mode}
+        cell: dict = {
+            "kind": "ehf" if is_ehf(model) else "nsf",
+            "config_model": run.config.model.model_dump(),
+            "constraint": run.config.constraint.mode,
+        }
         print(f"== {name} ({cell['kind']})", flush=True)
         full = args.full is None or name in args.full
         if is_ehf(model):
@@ -409,8 +460,12 @@ def main(argv: list[str] | None = None) -> int:
             cell["bound"] = bound_summary(lw, log_t, entropy, ks)
             cell["bound"]["cpu_s"] = cpu_s() - c1
             b = cell["bound"]
-            print("   bound: " + ", ".join(f"{k} KL {b[k]['kl_paired']:.3f}" for k in b if k.startswith(("elbo", "iwae")))
-                  + f"; ESS@{kmax} median {b['ess_at_kmax']['median']:.1f} ({b['cpu_s']:.0f} s CPU)", flush=True)
+            print(
+                "   bound: "
+                + ", ".join(f"{k} KL {b[k]['kl_paired']:.3f}" for k in b if k.startswith(("elbo", "iwae")))
+                + f"; ESS@{kmax} median {b['ess_at_kmax']['median']:.1f} ({b['cpu_s']:.0f} s CPU)",
+                flush=True,
+            )
             cell["encoder_calibration"] = encoder_calibration(model, args.n_samples, args.seed)
             if full and args.refit_steps > 0:
                 c1 = cpu_s()
@@ -423,31 +478,52 @@ def main(argv: list[str] | None = None) -> int:
                 r["cpu_s"] = cpu_s() - c1
                 r["encoder_calibration"] = encoder_calibration(refit, args.n_samples, args.seed)
                 cell["refit"] = r
-                print("   refit: " + ", ".join(f"{k} KL {r[k]['kl_paired']:.3f}" for k in r if k.startswith(("elbo", "iwae")))
-                      + f"; ESS@{kmax} median {r['ess_at_kmax']['median']:.1f} ({r['cpu_s']:.0f} s CPU)", flush=True)
+                print(
+                    "   refit: "
+                    + ", ".join(f"{k} KL {r[k]['kl_paired']:.3f}" for k in r if k.startswith(("elbo", "iwae")))
+                    + f"; ESS@{kmax} median {r['ess_at_kmax']['median']:.1f} ({r['cpu_s']:.0f} s CPU)",
+                    flush=True,
+                )
             if full and args.finetune_steps > 0:
                 cell["finetune"] = {}
                 for objective in ("iwae", "elbo"):
                     c1 = cpu_s()
-                    ft, trend = finetune(model, objective, args.finetune_steps, args.finetune_batch, args.finetune_k,
-                                         args.finetune_lr, args.seed)
+                    ft, trend = finetune(
+                        model,
+                        objective,
+                        args.finetune_steps,
+                        args.finetune_batch,
+                        args.finetune_k,
+                        args.finetune_lr,
+                        args.seed,
+                    )
                     ft = ft.double()
-                    r = bound_summary(log_weights(ft, x, args.finetune_eval_k, args.chunk, args.seed), log_t, entropy,
-                                      [k for k in args.ks if k <= args.finetune_eval_k])
+                    r = bound_summary(
+                        log_weights(ft, x, args.finetune_eval_k, args.chunk, args.seed),
+                        log_t,
+                        entropy,
+                        [k for k in args.ks if k <= args.finetune_eval_k],
+                    )
                     with torch.no_grad():
                         sm = ft.sample(args.n_samples, torch.Generator().manual_seed(args.seed + 20)).double()
                     r["samples"], all_stats[f"{name} ft-{objective}"] = sample_block(sm)
                     r["trend"], r["cpu_s"] = trend, cpu_s() - c1
                     r["step_sizes"] = [float(b.step_size) for b in ft.flow.blocks]
                     cell["finetune"][objective] = r
-                    print(f"   finetune[{objective}]: IWAE{args.finetune_eval_k} KL {r[f'iwae{args.finetune_eval_k}']['kl_paired']:.3f}, "
-                          f"DV full6 {r['samples']['dv_lower_bound']['full6'][0]:.3f} ({r['cpu_s']:.0f} s CPU)", flush=True)
+                    print(
+                        f"   finetune[{objective}]: IWAE{args.finetune_eval_k} KL {r[f'iwae{args.finetune_eval_k}']['kl_paired']:.3f}, "
+                        f"DV full6 {r['samples']['dv_lower_bound']['full6'][0]:.3f} ({r['cpu_s']:.0f} s CPU)",
+                        flush=True,
+                    )
         else:
             with torch.no_grad():
                 lp = model.log_prob(x)
                 kl = log_t - lp
-                cell["exact"] = {"kl_paired": float(kl.mean()), "kl_paired_se": float(kl.std() / math.sqrt(args.n)),
-                                 "kl_nll_minus_H": float(-lp.mean() - entropy)}
+                cell["exact"] = {
+                    "kl_paired": float(kl.mean()),
+                    "kl_paired_se": float(kl.std() / math.sqrt(args.n)),
+                    "kl_nll_minus_H": float(-lp.mean() - entropy),
+                }
                 klt = target.log_prob(ts) - model.log_prob(ts)
                 cell["exact_on_knn_target_samples"] = [float(klt.mean()), float(klt.std() / math.sqrt(len(ts)))]
             print(f"   exact KL {cell['exact']['kl_paired']:.3f}", flush=True)
@@ -456,8 +532,11 @@ def main(argv: list[str] | None = None) -> int:
             samples = model.sample(args.n_samples, torch.Generator().manual_seed(args.seed + 20)).double()
         cell["samples"], all_stats[name] = sample_block(samples)
         cell["cpu_s_total"] = cpu_s() - c0
-        print(f"   samples: W1 pair {cell['samples']['w1']['pair_distance']:.3f}, kNN KL full6 k1 "
-              f"{cell['samples']['knn_kl']['full6_k1']:.3f} ({cell['cpu_s_total']:.0f} s CPU for the cell)", flush=True)
+        print(
+            f"   samples: W1 pair {cell['samples']['w1']['pair_distance']:.3f}, kNN KL full6 k1 "
+            f"{cell['samples']['knn_kl']['full6_k1']:.3f} ({cell['cpu_s_total']:.0f} s CPU for the cell)",
+            flush=True,
+        )
         report["cells"][name] = cell
 
     report["wall_s"], report["cpu_s"] = time.time() - t_start, cpu_s() - c_start
@@ -469,12 +548,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def markdown(rep: dict, args) -> str:
-    L = [f"n = {rep['n_points']} test points (common to every cell), target entropy {rep['entropy']:.4f}, "
-         f"seed {args.seed}, {args.n_samples} samples for the sample statistics. KL values are "
-         f"mean_i[log t(q_i) − bound(q_i)] (± standard error over the points).", ""]
-    L += ["### Bound (KL upper bounds, nats)", "",
-          "| cell | encoder | ELBO | IWAE 16 | IWAE 256 | IWAE 4096 | ESS@k_max (median) | k_max |",
-          "|---|---|---|---|---|---|---|---|"]
+    L = [
+        f"n = {rep['n_points']} test points (common to every cell), target entropy {rep['entropy']:.4f}, "
+        f"seed {args.seed}, {args.n_samples} samples for the sample statistics. KL values are "
+        f"mean_i[log t(q_i) − bound(q_i)] (± standard error over the points).",
+        "",
+    ]
+    L += [
+        "### Bound (KL upper bounds, nats)",
+        "",
+        "| cell | encoder | ELBO | IWAE 16 | IWAE 256 | IWAE 4096 | ESS@k_max (median) | k_max |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, c in rep["cells"].items():
         rows = []
         if "bound" in c:
@@ -482,65 +567,125 @@ def markdown(rep: dict, args) -> str:
         if "refit" in c:
             rows.append((f"refit ({c['refit']['steps']}×{c['refit']['batch']})", c["refit"]))
         for lab, b in rows:
-            cells = [f"{b[k]['kl_paired']:.3f} ± {b[k]['kl_paired_se']:.3f}" if k in b else "—"
-                     for k in ("elbo", "iwae16", "iwae256", "iwae4096")]
-            L.append(f"| {name} | {lab} | " + " | ".join(cells) + f" | {b['ess_at_kmax']['median']:.1f} | {b['k_max']} |")
+            cells = [
+                f"{b[k]['kl_paired']:.3f} ± {b[k]['kl_paired_se']:.3f}" if k in b else "—"
+                for k in ("elbo", "iwae16", "iwae256", "iwae4096")
+            ]
+            L.append(
+                f"| {name} | {lab} | " + " | ".join(cells) + f" | {b['ess_at_kmax']['median']:.1f} | {b['k_max']} |"
+            )
         if "exact" in c:
             e = c["exact"]
             L.append(f"| {name} | exact | {e['kl_paired']:.3f} ± {e['kl_paired_se']:.3f} | | | | | |")
-    L += ["", "### Flow's own fit: W1 to the target (target-vs-target floor first)", "",
-          "| cell | pair dist | angle (°) | particle radius | centroid | plane radius | plane angle vs U (°) | orth coords |",
-          "|---|---|---|---|---|---|---|---|"]
-    keys = ["pair_distance", "triangle_angle_deg", "particle_radius", "centroid_coord", "plane_radius",
-            "plane_angle_vs_uniform", "orth_coord"]
-    for name, blk in [("target (floor)", rep["target_vs_target"])] + [(n, c["samples"]) for n, c in rep["cells"].items()]:
-        L.append(f"| {name} | " + " | ".join(fmt(blk["w1"][k], 3 if "deg" not in k and "angle" not in k else 2)
-                                            for k in keys) + " |")
+    L += [
+        "",
+        "### Flow's own fit: W1 to the target (target-vs-target floor first)",
+        "",
+        "| cell | pair dist | angle (°) | particle radius | centroid | plane radius | plane angle vs U (°) | orth coords |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    keys = [
+        "pair_distance",
+        "triangle_angle_deg",
+        "particle_radius",
+        "centroid_coord",
+        "plane_radius",
+        "plane_angle_vs_uniform",
+        "orth_coord",
+    ]
+    for name, blk in [("target (floor)", rep["target_vs_target"])] + [
+        (n, c["samples"]) for n, c in rep["cells"].items()
+    ]:
+        L.append(
+            f"| {name} | "
+            + " | ".join(fmt(blk["w1"][k], 3 if "deg" not in k and "angle" not in k else 2) for k in keys)
+            + " |"
+        )
     kk = args.knn_k
-    L += ["", "### k-NN KL(target ‖ model) without a bound (nats)", "",
-          "| cell | " + " | ".join(f"{p} k={k}" for k in kk for p in ("full 6-D", "plane 2-D", "orth 4-D", "radius 1-D"))
-          + " | exact KL (NSF) |", "|---|" + "---|" * (4 * len(kk) + 1)]
-    for name, blk in [("target (floor)", rep["target_vs_target"])] + [(n, c["samples"]) for n, c in rep["cells"].items()]:
+    L += [
+        "",
+        "### k-NN KL(target ‖ model) without a bound (nats)",
+        "",
+        "| cell | "
+        + " | ".join(f"{p} k={k}" for k in kk for p in ("full 6-D", "plane 2-D", "orth 4-D", "radius 1-D"))
+        + " | exact KL (NSF) |",
+        "|---|" + "---|" * (4 * len(kk) + 1),
+    ]
+    for name, blk in [("target (floor)", rep["target_vs_target"])] + [
+        (n, c["samples"]) for n, c in rep["cells"].items()
+    ]:
         vals = [blk["knn_kl"][f"{p}_k{k}"] for k in kk for p in ("full6", "plane2", "orth4", "plane_radius1")]
         ex = rep["cells"].get(name, {}).get("exact_on_knn_target_samples")
         L.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in vals) + f" | {fmt(ex[0]) if ex else '—'} |")
-    L += ["", "### Donsker–Varadhan lower bounds on KL(target ‖ model), no bound on the model needed (nats ± se)", "",
-          "| cell | full 6-D (g = log t − log m̂) | orth 4-D Gaussian g | plane radius 1-D g | exact KL (NSF) |", "|---|---|---|---|---|"]
-    for name, blk in [("target (floor)", rep["target_vs_target"])] + [(n, c["samples"]) for n, c in rep["cells"].items()]:
+    L += [
+        "",
+        "### Donsker–Varadhan lower bounds on KL(target ‖ model), no bound on the model needed (nats ± se)",
+        "",
+        "| cell | full 6-D (g = log t − log m̂) | orth 4-D Gaussian g | plane radius 1-D g | exact KL (NSF) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, blk in [("target (floor)", rep["target_vs_target"])] + [
+        (n, c["samples"]) for n, c in rep["cells"].items()
+    ]:
         dv = blk["dv_lower_bound"]
         ex = rep["cells"].get(name, {}).get("exact_on_knn_target_samples")
-        L.append(f"| {name} | " + " | ".join(f"{dv[k][0]:.3f} ± {dv[k][1]:.3f}" for k in ("full6", "orth4", "radius1"))
-                 + f" | {fmt(ex[0]) if ex else '—'} |")
+        L.append(
+            f"| {name} | "
+            + " | ".join(f"{dv[k][0]:.3f} ± {dv[k][1]:.3f}" for k in ("full6", "orth4", "radius1"))
+            + f" | {fmt(ex[0]) if ex else '—'} |"
+        )
     ft_rows = [(n, o, r) for n, c in rep["cells"].items() for o, r in c.get("finetune", {}).items()]
     if ft_rows:
         a = rep["args"]
-        L += ["", f"### Fine-tune of flow + encoder on fresh data ({a['finetune_steps']} steps, batch {a['finetune_batch']}, "
-                  f"k = {a['finetune_k']} momenta, lr {a['finetune_lr']})", "",
-              f"| cell | objective | ELBO KL | IWAE {a['finetune_eval_k']} KL | DV LB full 6-D | DV LB orth 4-D | orth std (eigen) | plane radius std |",
-              "|---|---|---|---|---|---|---|---|"]
+        L += [
+            "",
+            f"### Fine-tune of flow + encoder on fresh data ({a['finetune_steps']} steps, batch {a['finetune_batch']}, "
+            f"k = {a['finetune_k']} momenta, lr {a['finetune_lr']})",
+            "",
+            f"| cell | objective | ELBO KL | IWAE {a['finetune_eval_k']} KL | DV LB full 6-D | DV LB orth 4-D | orth std (eigen) | plane radius std |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         ek = f"iwae{a['finetune_eval_k']}"
         for n, o, r in ft_rows:
             sm = r["samples"]
-            L.append(f"| {n} | {o} | {r['elbo']['kl_paired']:.3f} | {r[ek]['kl_paired']:.3f} ± {r[ek]['kl_paired_se']:.3f} | "
-                     f"{sm['dv_lower_bound']['full6'][0]:.3f} | {sm['dv_lower_bound']['orth4'][0]:.3f} | "
-                     + ", ".join(f"{v:.3f}" for v in sm["moments"]["orth_std_eigs"])
-                     + f" | {sm['moments']['plane_radius_std']:.3f} |")
-    L += ["", "### Moments", "",
-          "| cell | pair dist mean/std | angle std (°) | particle radius mean/std | centroid std | plane radius mean/std | orth std (eigen) |",
-          "|---|---|---|---|---|---|---|"]
-    for name, m in [("target", rep["target"]["moments"])] + [(n, c["samples"]["moments"]) for n, c in rep["cells"].items()]:
-        L.append(f"| {name} | {m['pair_distance_mean']:.3f} / {m['pair_distance_std']:.3f} | {m['angle_std_deg']:.2f} | "
-                 f"{m['particle_radius_mean']:.3f} / {m['particle_radius_std']:.3f} | {m['centroid_std']:.3f} | "
-                 f"{m['plane_radius_mean']:.3f} / {m['plane_radius_std']:.3f} | "
-                 + ", ".join(f"{v:.3f}" for v in m["orth_std_eigs"]) + " |")
+            L.append(
+                f"| {n} | {o} | {r['elbo']['kl_paired']:.3f} | {r[ek]['kl_paired']:.3f} ± {r[ek]['kl_paired_se']:.3f} | "
+                f"{sm['dv_lower_bound']['full6'][0]:.3f} | {sm['dv_lower_bound']['orth4'][0]:.3f} | "
+                + ", ".join(f"{v:.3f}" for v in sm["moments"]["orth_std_eigs"])
+                + f" | {sm['moments']['plane_radius_std']:.3f} |"
+            )
+    L += [
+        "",
+        "### Moments",
+        "",
+        "| cell | pair dist mean/std | angle std (°) | particle radius mean/std | centroid std | plane radius mean/std | orth std (eigen) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, m in [("target", rep["target"]["moments"])] + [
+        (n, c["samples"]["moments"]) for n, c in rep["cells"].items()
+    ]:
+        L.append(
+            f"| {name} | {m['pair_distance_mean']:.3f} / {m['pair_distance_std']:.3f} | {m['angle_std_deg']:.2f} | "
+            f"{m['particle_radius_mean']:.3f} / {m['particle_radius_std']:.3f} | {m['centroid_std']:.3f} | "
+            f"{m['plane_radius_mean']:.3f} / {m['plane_radius_std']:.3f} | "
+            + ", ".join(f"{v:.3f}" for v in m["orth_std_eigs"])
+            + " |"
+        )
     L += ["", "### Encoder against exact posterior samples (mean z² per dimension; 1 if calibrated)", ""]
     for name, c in rep["cells"].items():
-        for lab, cal in (("trained", c.get("encoder_calibration")), ("refit", c.get("refit", {}).get("encoder_calibration"))):
+        for lab, cal in (
+            ("trained", c.get("encoder_calibration")),
+            ("refit", c.get("refit", {}).get("encoder_calibration")),
+        ):
             if cal:
-                L.append(f"- {name} ({lab}): mean z² " + ", ".join(f"{v:.2f}" for v in cal["mean_z2_per_dim"])
-                         + f"; |z| > 3: {cal['frac_abs_z_gt_3']:.3f}; encoder σ (median) "
-                         + ", ".join(f"{v:.2f}" for v in cal["encoder_scale_median_per_dim"])
-                         + "; pooled posterior p std " + ", ".join(f"{v:.2f}" for v in cal["posterior_p_std_per_dim_pooled"]))
+                L.append(
+                    f"- {name} ({lab}): mean z² "
+                    + ", ".join(f"{v:.2f}" for v in cal["mean_z2_per_dim"])
+                    + f"; |z| > 3: {cal['frac_abs_z_gt_3']:.3f}; encoder σ (median) "
+                    + ", ".join(f"{v:.2f}" for v in cal["encoder_scale_median_per_dim"])
+                    + "; pooled posterior p std "
+                    + ", ".join(f"{v:.2f}" for v in cal["posterior_p_std_per_dim_pooled"])
+                )
     L += ["", f"CPU {rep['cpu_s']:.0f} s, wall {rep['wall_s']:.0f} s.", ""]
     return "\n".join(L)
 
@@ -559,8 +704,15 @@ def figure(all_stats: dict, path: Path) -> None:
         bins = np.linspace(lo - 0.5 * span, hi + 0.5 * span, 80)
         for name, s in all_stats.items():
             label = name.replace("-particles2d-n_train1024", "")
-            ax.hist(s[key], bins=bins, density=True, histtype="step", lw=2.0 if name == "target" else 1.2,
-                    color="k" if name == "target" else None, label=label)
+            ax.hist(
+                s[key],
+                bins=bins,
+                density=True,
+                histtype="step",
+                lw=2.0 if name == "target" else 1.2,
+                color="k" if name == "target" else None,
+                label=label,
+            )
         ax.set_title(key)
     axes.flat[0].legend(fontsize=7)
     fig.tight_layout()

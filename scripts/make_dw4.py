@@ -42,11 +42,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pool_checks import agree, mean_se, split_pools
 from torch import Tensor
 
 from lightning_ehf.core.frames import CentreOfMassFrame
 from lightning_ehf.core.targets import double_well_pair_energy
-from pool_checks import agree, mean_se, split_pools
 
 OUT = Path(__file__).resolve().parent.parent / "lightning_ehf" / "assets" / "dw4.npz"
 SEED = 20240604
@@ -66,8 +66,9 @@ N_CENTERS, BANDWIDTH, DEFENSIVE, N_PROPOSAL_A = 4000, 0.2, 0.02, 100_000
 N_PROPOSAL_B, CHUNK_B = 32_000_000, 500_000
 
 _PAIR_I, _PAIR_J = torch.triu_indices(N_PARTICLES, N_PARTICLES, 1)
-_JZ = torch.kron(torch.eye(N_PARTICLES - 1, dtype=torch.float64), torch.tensor([[0.0, -1.0], [1.0, 0.0]],
-                                                                             dtype=torch.float64))
+_JZ = torch.kron(
+    torch.eye(N_PARTICLES - 1, dtype=torch.float64), torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=torch.float64)
+)
 
 
 BASIS = CentreOfMassFrame(N_PARTICLES, PARTICLE_DIM).basis  # B = H ⊗ I₂, float64
@@ -110,8 +111,10 @@ def run_parallel_tempering(n_chains: int, g: torch.Generator) -> tuple[Tensor, d
         _, grad = energy_and_grad(z)
         z = z - RELAX_RATE * grad / grad.norm(dim=-1, keepdim=True).clamp(min=1.0)
     sf0 = short_well_fraction(z[0])
-    print(f"start (after relaxation): short-well fraction compact {sf0[compact].mean():.3f}, "
-          f"spread {sf0[~compact].mean():.3f}")
+    print(
+        f"start (after relaxation): short-well fraction compact {sf0[compact].mean():.3f}, "
+        f"spread {sf0[~compact].mean():.3f}"
+    )
 
     e, grad = energy_and_grad(z)
     step = INITIAL_STEP * temps.clone()  # (K, 1)
@@ -154,17 +157,28 @@ def run_parallel_tempering(n_chains: int, g: torch.Generator) -> tuple[Tensor, d
                 swaps_done += int(swap.sum())
         if it % 500 == 0:
             sf = short_well_fraction(z[0])
-            print(f"step {it:5d}: acceptance {[round(v, 3) for v in rate.tolist()]}, T=1 short-well fraction "
-                  f"compact {sf[compact].mean():.4f} spread {sf[~compact].mean():.4f}, mean E {e[0].mean():.4f}"
-                  f"  ({time.time() - t0:.0f} s)", flush=True)
+            print(
+                f"step {it:5d}: acceptance {[round(v, 3) for v in rate.tolist()]}, T=1 short-well fraction "
+                f"compact {sf[compact].mean():.4f} spread {sf[~compact].mean():.4f}, mean E {e[0].mean():.4f}"
+                f"  ({time.time() - t0:.0f} s)",
+                flush=True,
+            )
     n_prod = N_STEPS - ADAPT_STEPS
-    settings = {"sampler": "parallel-tempering MALA, one sample (the T = 1 replica's final state) per chain",
-                "n_chains": n_chains, "temperatures": TEMPERATURES, "n_steps": N_STEPS,
-                "adapt_steps": ADAPT_STEPS, "adapt_every": ADAPT_EVERY, "target_acceptance": TARGET_ACCEPTANCE,
-                "mala_steps": step[:, 0].tolist(), "swap_every": SWAP_EVERY,
-                "acceptance": (accepted_prod / n_prod).tolist(), "swap_acceptance": swaps_done / max(swaps_tried, 1),
-                "init": f"even chains z ~ N(0, {COMPACT_SCALE}²), odd N(0, {SPREAD_SCALE}²), then {RELAX_STEPS} "
-                        f"clipped gradient steps of rate {RELAX_RATE}"}
+    settings = {
+        "sampler": "parallel-tempering MALA, one sample (the T = 1 replica's final state) per chain",
+        "n_chains": n_chains,
+        "temperatures": TEMPERATURES,
+        "n_steps": N_STEPS,
+        "adapt_steps": ADAPT_STEPS,
+        "adapt_every": ADAPT_EVERY,
+        "target_acceptance": TARGET_ACCEPTANCE,
+        "mala_steps": step[:, 0].tolist(),
+        "swap_every": SWAP_EVERY,
+        "acceptance": (accepted_prod / n_prod).tolist(),
+        "swap_acceptance": swaps_done / max(swaps_tried, 1),
+        "init": f"even chains z ~ N(0, {COMPACT_SCALE}²), odd N(0, {SPREAD_SCALE}²), then {RELAX_STEPS} "
+        f"clipped gradient steps of rate {RELAX_RATE}",
+    }
     return z[0], settings
 
 
@@ -172,8 +186,11 @@ def log_mean_exp(log_w: Tensor) -> tuple[float, float, float]:
     """log mean w, its delta-method standard error std(w)/(√N mean w), and the ESS (Σw)²/Σw²."""
     w = torch.exp(log_w - log_w.max())
     n = len(w)
-    return (float(log_w.max() + w.mean().log()), float(w.std() / (w.mean() * math.sqrt(n))),
-            float(w.sum() ** 2 / w.square().sum()))
+    return (
+        float(log_w.max() + w.mean().log()),
+        float(w.std() / (w.mean() * math.sqrt(n))),
+        float(w.sum() ** 2 / w.square().sum()),
+    )
 
 
 def log_gaussian(z: Tensor, s: float) -> Tensor:
@@ -201,8 +218,10 @@ def importance_log_z_kernels(centers: Tensor, broad: float, g: torch.Generator) 
     z = torch.cos(theta)[:, None] * z + torch.sin(theta)[:, None] * (z @ _JZ.T)  # exp(θJ) z
     defensive = torch.rand(n, generator=g, dtype=torch.float64) < DEFENSIVE
     z[defensive] = broad * torch.randn(int(defensive.sum()), dim, generator=g, dtype=torch.float64)
-    log_q = torch.logaddexp(math.log1p(-DEFENSIVE) + rotation_kernel_mixture_log_q(z, centers, BANDWIDTH),
-                            math.log(DEFENSIVE) + log_gaussian(z, broad))
+    log_q = torch.logaddexp(
+        math.log1p(-DEFENSIVE) + rotation_kernel_mixture_log_q(z, centers, BANDWIDTH),
+        math.log(DEFENSIVE) + log_gaussian(z, broad),
+    )
     log_z, se, ess = log_mean_exp(-energy(z) / KT - log_q)
     return {"log_z": log_z, "se": se, "ess": ess, "n": n}
 
@@ -211,7 +230,7 @@ def importance_log_z_broad(broad: float, g: torch.Generator) -> dict:
     """Proposal B: N(0, broad² I). Also the self-normalised estimates of E_p[E] and E_p[short-well fraction],
     with delta-method standard errors √(Σ w²(f − f̄)²)/Σw. Only the draws whose log-weight is within 40 of
     their chunk's largest are kept: the others carry < e⁻⁴⁰ of a kept weight each."""
-    kept_log_w, kept_e, kept_sf, sum_w, sum_w2, log_ref = [], [], [], 0.0, 0.0, None
+    kept_log_w, kept_e, kept_sf = [], [], []
     for _ in range(N_PROPOSAL_B // CHUNK_B):
         z = broad * torch.randn(CHUNK_B, BASIS.shape[1], generator=g, dtype=torch.float64)
         e = energy(z)
@@ -233,8 +252,14 @@ def importance_log_z_broad(broad: float, g: torch.Generator) -> dict:
         mean = float((w * f).sum() / w.sum())
         return mean, float(torch.sqrt((w.square() * (f - mean).square()).sum()) / w.sum())
 
-    return {"log_z": log_z, "se": se, "ess": ess, "n": N_PROPOSAL_B, "mean_energy": weighted(e),
-            "short_well_fraction": weighted(sf)}
+    return {
+        "log_z": log_z,
+        "se": se,
+        "ess": ess,
+        "n": N_PROPOSAL_B,
+        "mean_energy": weighted(e),
+        "short_well_fraction": weighted(sf),
+    }
 
 
 def main() -> None:
@@ -254,9 +279,11 @@ def main() -> None:
 
     n_chains = sum(SPLITS.values())
     z, settings = run_parallel_tempering(n_chains, g)
-    print(f"MCMC: {n_chains} chains × {N_STEPS} steps, temperatures {[round(t, 3) for t in TEMPERATURES]}, "
-          f"MALA steps {[round(s, 4) for s in settings['mala_steps']]}, acceptance after tuning "
-          f"{[round(a, 3) for a in settings['acceptance']]}, swap acceptance {settings['swap_acceptance']:.3f}")
+    print(
+        f"MCMC: {n_chains} chains × {N_STEPS} steps, temperatures {[round(t, 3) for t in TEMPERATURES]}, "
+        f"MALA steps {[round(s, 4) for s in settings['mala_steps']]}, acceptance after tuning "
+        f"{[round(a, 3) for a in settings['acceptance']]}, swap acceptance {settings['swap_acceptance']:.3f}"
+    )
 
     e, sf = energy(z), short_well_fraction(z)
     compact = torch.arange(n_chains) % 2 == 0
@@ -269,13 +296,17 @@ def main() -> None:
     centers = z[rows["train"]][:N_CENTERS]
     t1 = time.time()
     is_a = importance_log_z_kernels(centers, broad, g)
-    print(f"log Z, proposal A (rotation-averaged kernels on {N_CENTERS} train samples, h = {BANDWIDTH}, "
-          f"{DEFENSIVE:.0%} N(0, {broad:.3f}²)): {is_a['log_z']:.4f} ± {is_a['se']:.4f}, "
-          f"ESS {is_a['ess']:.0f} of {is_a['n']}  ({time.time() - t1:.0f} s)")
+    print(
+        f"log Z, proposal A (rotation-averaged kernels on {N_CENTERS} train samples, h = {BANDWIDTH}, "
+        f"{DEFENSIVE:.0%} N(0, {broad:.3f}²)): {is_a['log_z']:.4f} ± {is_a['se']:.4f}, "
+        f"ESS {is_a['ess']:.0f} of {is_a['n']}  ({time.time() - t1:.0f} s)"
+    )
     t1 = time.time()
     is_b = importance_log_z_broad(broad, g)
-    print(f"log Z, proposal B (N(0, {broad:.3f}² I₆)): {is_b['log_z']:.4f} ± {is_b['se']:.4f}, "
-          f"ESS {is_b['ess']:.0f} of {is_b['n']}  ({time.time() - t1:.0f} s)")
+    print(
+        f"log Z, proposal B (N(0, {broad:.3f}² I₆)): {is_b['log_z']:.4f} ± {is_b['se']:.4f}, "
+        f"ESS {is_b['ess']:.0f} of {is_b['n']}  ({time.time() - t1:.0f} s)"
+    )
     print("importance-sampling checks:")
     agree("log Z, proposal A vs B", is_a["log_z"], is_a["se"], is_b["log_z"], is_b["se"], 3.0)
     agree("mean energy, MCMC vs importance sampling (B)", *mean_se(e), *is_b["mean_energy"], 4.0)
@@ -287,22 +318,49 @@ def main() -> None:
     h, se_h = float(test_e.mean() / KT + log_z), math.hypot(float(test_e.std() / math.sqrt(len(test_e))), log_z_se)
     print(f"entropy on the test pool: H = ⟨E⟩/kT + log Z = {h:.4f} ± {se_h:.4f}")
 
-    metadata = {"seed": SEED, "energy": "sum_{i<j} a (d_ij - d0)^4 + b (d_ij - d0)^2", "n_particles": N_PARTICLES,
-                "particle_dim": PARTICLE_DIM, "splits": {s: f"chains {r.start}-{r.stop - 1}" for s, r in rows.items()},
-                "mcmc": settings,
-                "log_z_estimate": {"method": "importance sampling over the 6-D centre-of-mass-free subspace",
-                                   "proposal_a": {"kind": "rotation-averaged Gaussian kernels on train samples",
-                                                  "n_centers": N_CENTERS, "bandwidth": BANDWIDTH,
-                                                  "defensive_weight": DEFENSIVE, "defensive_std": broad, **is_a},
-                                   "proposal_b": {"kind": "isotropic Gaussian", "std": broad,
-                                                  **{k: is_b[k] for k in ("log_z", "se", "ess", "n")}},
-                                   "stored": "proposal_a"},
-                "entropy_test_pool": [h, se_h]}
+    metadata = {
+        "seed": SEED,
+        "energy": "sum_{i<j} a (d_ij - d0)^4 + b (d_ij - d0)^2",
+        "n_particles": N_PARTICLES,
+        "particle_dim": PARTICLE_DIM,
+        "splits": {s: f"chains {r.start}-{r.stop - 1}" for s, r in rows.items()},
+        "mcmc": settings,
+        "log_z_estimate": {
+            "method": "importance sampling over the 6-D centre-of-mass-free subspace",
+            "proposal_a": {
+                "kind": "rotation-averaged Gaussian kernels on train samples",
+                "n_centers": N_CENTERS,
+                "bandwidth": BANDWIDTH,
+                "defensive_weight": DEFENSIVE,
+                "defensive_std": broad,
+                **is_a,
+            },
+            "proposal_b": {
+                "kind": "isotropic Gaussian",
+                "std": broad,
+                **{k: is_b[k] for k in ("log_z", "se", "ess", "n")},
+            },
+            "stored": "proposal_a",
+        },
+        "entropy_test_pool": [h, se_h],
+    }
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(OUT, **pools, log_z=np.float64(log_z), log_z_se=np.float64(log_z_se), a=np.float64(A),
-                        b=np.float64(B), d0=np.float64(D0), kT=np.float64(KT), metadata=np.array(json.dumps(metadata)))
-    print(f"wrote {OUT} ({OUT.stat().st_size} bytes): " + ", ".join(f"{s} {p.shape}" for s, p in pools.items())
-          + f"; log Z = {log_z:.4f} ± {log_z_se:.4f}  (total {time.time() - t0:.0f} s)")
+    np.savez_compressed(
+        OUT,
+        **pools,
+        log_z=np.float64(log_z),
+        log_z_se=np.float64(log_z_se),
+        a=np.float64(A),
+        b=np.float64(B),
+        d0=np.float64(D0),
+        kT=np.float64(KT),
+        metadata=np.array(json.dumps(metadata)),
+    )
+    print(
+        f"wrote {OUT} ({OUT.stat().st_size} bytes): "
+        + ", ".join(f"{s} {p.shape}" for s, p in pools.items())
+        + f"; log Z = {log_z:.4f} ± {log_z_se:.4f}  (total {time.time() - t0:.0f} s)"
+    )
 
 
 if __name__ == "__main__":

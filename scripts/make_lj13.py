@@ -40,11 +40,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pool_checks import agree, mean_se, split_pools
 from torch import Tensor
 
 from lightning_ehf.core.frames import CentreOfMassFrame
 from lightning_ehf.core.targets import lennard_jones_energy
-from pool_checks import agree, mean_se, split_pools
 
 OUT = Path(__file__).resolve().parent.parent / "lightning_ehf" / "assets" / "lj13.npz"
 SEED = 20261207
@@ -102,20 +102,26 @@ def drift(grad: Tensor, step: Tensor) -> Tensor:
     return d * (MAX_DRIFT / d.norm(dim=-1, keepdim=True).clamp(min=MAX_DRIFT))
 
 
-def mala_step(z: Tensor, e: Tensor, grad: Tensor, step: Tensor, log_density, g: torch.Generator
-              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def mala_step(
+    z: Tensor, e: Tensor, grad: Tensor, step: Tensor, log_density, g: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One Metropolis-adjusted Langevin step (clipped drift) on exp(log_density) (log_density(z) → (log p,
     ∇ log p)); e, grad are log p and its gradient at z. Returns the new state, its log p and gradient, and
     the acceptances."""
-    proposal = z + drift(grad, step) + torch.sqrt(2 * step)[..., None] * torch.randn(z.shape, generator=g,
-                                                                                      dtype=z.dtype)
+    proposal = (
+        z + drift(grad, step) + torch.sqrt(2 * step)[..., None] * torch.randn(z.shape, generator=g, dtype=z.dtype)
+    )
     e_new, grad_new = log_density(proposal)
     log_fwd = -(proposal - z - drift(grad, step)).square().sum(-1) / (4 * step)
     log_back = -(z - proposal - drift(grad_new, step)).square().sum(-1) / (4 * step)
     log_alpha = e_new - e + log_back - log_fwd
     accept = torch.log(torch.rand(log_alpha.shape, generator=g, dtype=z.dtype)) < log_alpha
-    return (torch.where(accept[..., None], proposal, z), torch.where(accept, e_new, e),
-            torch.where(accept[..., None], grad_new, grad), accept)
+    return (
+        torch.where(accept[..., None], proposal, z),
+        torch.where(accept, e_new, e),
+        torch.where(accept[..., None], grad_new, grad),
+        accept,
+    )
 
 
 def log_target(z: Tensor) -> tuple[Tensor, Tensor]:
@@ -151,13 +157,23 @@ def run_mala(n_chains: int, g: torch.Generator) -> tuple[Tensor, dict]:
             accepted_prod += rate
         if it % 500 == 0:
             e = -lp * KT
-            print(f"step {it:5d}: acceptance {rate:.3f}, step {float(step):.2e}, mean E compact "
-                  f"{e[compact].mean():.3f} spread {e[~compact].mean():.3f}  ({time.time() - t0:.0f} s)", flush=True)
-    settings = {"sampler": "MALA, one sample (the final state) per chain", "n_chains": n_chains, "n_steps": N_STEPS,
-                "adapt_steps": ADAPT_STEPS, "adapt_every": ADAPT_EVERY, "target_acceptance": TARGET_ACCEPTANCE,
-                "mala_step": float(step), "acceptance": accepted_prod / (N_STEPS - ADAPT_STEPS),
-                "init": f"even chains z ~ N(0, {COMPACT_SCALE}²), odd N(0, {SPREAD_SCALE}²), then {RELAX_STEPS} "
-                        f"clipped gradient steps of rate {RELAX_RATE}"}
+            print(
+                f"step {it:5d}: acceptance {rate:.3f}, step {float(step):.2e}, mean E compact "
+                f"{e[compact].mean():.3f} spread {e[~compact].mean():.3f}  ({time.time() - t0:.0f} s)",
+                flush=True,
+            )
+    settings = {
+        "sampler": "MALA, one sample (the final state) per chain",
+        "n_chains": n_chains,
+        "n_steps": N_STEPS,
+        "adapt_steps": ADAPT_STEPS,
+        "adapt_every": ADAPT_EVERY,
+        "target_acceptance": TARGET_ACCEPTANCE,
+        "mala_step": float(step),
+        "acceptance": accepted_prod / (N_STEPS - ADAPT_STEPS),
+        "init": f"even chains z ~ N(0, {COMPACT_SCALE}²), odd N(0, {SPREAD_SCALE}²), then {RELAX_STEPS} "
+        f"clipped gradient steps of rate {RELAX_RATE}",
+    }
     settings["energy_halfway"] = halfway
     return z, settings
 
@@ -201,9 +217,18 @@ def ais(n: int, k_temps: int, power: float, g: torch.Generator, steps: Tensor | 
         mean = float((w * f).sum() / w.sum())
         return mean, float(torch.sqrt((w.square() * (f - mean).square()).sum()) / w.sum())
 
-    return {"log_z": log_z, "se": se, "ess": float(w.sum() ** 2 / w.square().sum()), "n": n, "temperatures": k_temps,
-            "power": power, "log_w_std": float(log_w.std()), "mean_energy": weighted(energy),
-            "mean_sq_radius": weighted(z.square().sum(-1)), "steps": torch.tensor(used, dtype=torch.float64)}
+    return {
+        "log_z": log_z,
+        "se": se,
+        "ess": float(w.sum() ** 2 / w.square().sum()),
+        "n": n,
+        "temperatures": k_temps,
+        "power": power,
+        "log_w_std": float(log_w.std()),
+        "mean_energy": weighted(energy),
+        "mean_sq_radius": weighted(z.square().sum(-1)),
+        "steps": torch.tensor(used, dtype=torch.float64),
+    }
 
 
 def main() -> None:
@@ -225,8 +250,10 @@ def main() -> None:
 
     n_chains = sum(SPLITS.values())
     z, settings = run_mala(n_chains, g)
-    print(f"MCMC: {n_chains} chains × {N_STEPS} steps, MALA step {settings['mala_step']:.2e}, acceptance after "
-          f"tuning {settings['acceptance']:.3f}  ({time.time() - t0:.0f} s)")
+    print(
+        f"MCMC: {n_chains} chains × {N_STEPS} steps, MALA step {settings['mala_step']:.2e}, acceptance after "
+        f"tuning {settings['acceptance']:.3f}  ({time.time() - t0:.0f} s)"
+    )
 
     e, _ = energy_and_grad(z)
     r2 = z.square().sum(-1)
@@ -245,8 +272,11 @@ def main() -> None:
         at = torch.linspace(0, AIS_PILOT[1] - 1, k_temps).round().long()
         runs.append(ais(n, k_temps, power, g, steps=pilot["steps"][at]))
         r = runs[-1]
-        print(f"log Z, AIS ({n} chains, {k_temps} temperatures, β = (k/K)^{power}): {r['log_z']:.4f} ± {r['se']:.4f}, "
-              f"ESS {r['ess']:.0f}, std log w {r['log_w_std']:.3f}  ({time.time() - t1:.0f} s)", flush=True)
+        print(
+            f"log Z, AIS ({n} chains, {k_temps} temperatures, β = (k/K)^{power}): {r['log_z']:.4f} ± {r['se']:.4f}, "
+            f"ESS {r['ess']:.0f}, std log w {r['log_w_std']:.3f}  ({time.time() - t1:.0f} s)",
+            flush=True,
+        )
     print("importance-sampling checks:")
     agree("log Z, AIS run 1 vs run 2", runs[0]["log_z"], runs[0]["se"], runs[1]["log_z"], runs[1]["se"], 3.0)
     agree("mean energy, MCMC vs AIS", *mean_se(e), *runs[0]["mean_energy"], 4.0)
@@ -258,20 +288,37 @@ def main() -> None:
     h, se_h = float(test_e.mean() / KT + log_z), math.hypot(float(test_e.std() / math.sqrt(len(test_e))), log_z_se)
     print(f"entropy on the test pool: H = ⟨E⟩/kT + log Z = {h:.4f} ± {se_h:.4f}")
 
-    metadata = {"seed": SEED, "energy": "eps sum_{i<j} [(r_m/d_ij)^12 - 2 (r_m/d_ij)^6] + c/2 sum_i |x_i - mean x|^2",
-                "n_particles": N_PARTICLES, "particle_dim": PARTICLE_DIM,
-                "splits": {s: f"chains {r.start}-{r.stop - 1}" for s, r in rows.items()}, "mcmc": settings,
-                "log_z_estimate": {"method": "annealed importance sampling from N(0, kT/c I) over the 36-D "
-                                             "centre-of-mass-free subspace",
-                                   "runs": [{k: v for k, v in r.items() if k != "steps"} for r in runs],
-                                   "stored": "runs[0]"},
-                "entropy_test_pool": [h, se_h]}
+    metadata = {
+        "seed": SEED,
+        "energy": "eps sum_{i<j} [(r_m/d_ij)^12 - 2 (r_m/d_ij)^6] + c/2 sum_i |x_i - mean x|^2",
+        "n_particles": N_PARTICLES,
+        "particle_dim": PARTICLE_DIM,
+        "splits": {s: f"chains {r.start}-{r.stop - 1}" for s, r in rows.items()},
+        "mcmc": settings,
+        "log_z_estimate": {
+            "method": "annealed importance sampling from N(0, kT/c I) over the 36-D centre-of-mass-free subspace",
+            "runs": [{k: v for k, v in r.items() if k != "steps"} for r in runs],
+            "stored": "runs[0]",
+        },
+        "entropy_test_pool": [h, se_h],
+    }
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(OUT, **pools, log_z=np.float64(log_z), log_z_se=np.float64(log_z_se),
-                        epsilon=np.float64(EPSILON), r_min=np.float64(R_MIN), confinement=np.float64(CONFINEMENT),
-                        kT=np.float64(KT), metadata=np.array(json.dumps(metadata)))
-    print(f"wrote {OUT} ({OUT.stat().st_size} bytes): " + ", ".join(f"{s} {p.shape}" for s, p in pools.items())
-          + f"; log Z = {log_z:.4f} ± {log_z_se:.4f}  (total {time.time() - t0:.0f} s)")
+    np.savez_compressed(
+        OUT,
+        **pools,
+        log_z=np.float64(log_z),
+        log_z_se=np.float64(log_z_se),
+        epsilon=np.float64(EPSILON),
+        r_min=np.float64(R_MIN),
+        confinement=np.float64(CONFINEMENT),
+        kT=np.float64(KT),
+        metadata=np.array(json.dumps(metadata)),
+    )
+    print(
+        f"wrote {OUT} ({OUT.stat().st_size} bytes): "
+        + ", ".join(f"{s} {p.shape}" for s, p in pools.items())
+        + f"; log Z = {log_z:.4f} ± {log_z_se:.4f}  (total {time.time() - t0:.0f} s)"
+    )
 
 
 if __name__ == "__main__":

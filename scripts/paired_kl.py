@@ -17,8 +17,8 @@ import math
 
 import torch
 
-from lightning_ehf.evaluate import load_run
 from lightning_ehf.core.targets import make_target
+from lightning_ehf.evaluate import load_run
 
 
 def main() -> None:
@@ -40,8 +40,11 @@ def main() -> None:
             log_q = torch.cat([model.iwae(c, args.iw, 64) for c in x.split(250)])
         diff, nll = target.log_prob(x) - log_q, -log_q
         se = lambda v: float(v.std() / math.sqrt(len(v)))  # noqa: E731
-        print(f"{path}: n={len(x)} K={args.iw}  paired KL {float(diff.mean()):.4f} ± {se(diff):.4f}   "
-              f"NLL − entropy {float(nll.mean()) - run.entropy:.4f} ± {se(nll):.4f}", flush=True)
+        print(
+            f"{path}: n={len(x)} K={args.iw}  paired KL {float(diff.mean()):.4f} ± {se(diff):.4f}   "
+            f"NLL − entropy {float(nll.mean()) - run.entropy:.4f} ± {se(nll):.4f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

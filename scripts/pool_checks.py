@@ -20,8 +20,9 @@ def mean_se(v: Tensor) -> tuple[float, float]:
     return float(v.mean()), float(v.std() / math.sqrt(len(v)))
 
 
-def split_pools(z: Tensor, energy: Tensor, splits: dict[str, int], basis: Tensor, n_particles: int,
-                particle_dim: int) -> tuple[dict[str, slice], dict[str, np.ndarray]]:
+def split_pools(
+    z: Tensor, energy: Tensor, splits: dict[str, int], basis: Tensor, n_particles: int, particle_dim: int
+) -> tuple[dict[str, slice], dict[str, np.ndarray]]:
     """Consecutive chains by split (``splits``: rows per split, in order): their rows, after checking that
     every two splits agree in mean energy within 3 standard errors, and the pools as float32 configurations
     x = B z (asserted centre-of-mass free)."""

@@ -24,8 +24,18 @@ from pydantic_core import PydanticCustomError
 from lightning_ehf.config.schema import FILE_DEFAULTS, Config, check_coords, check_matrices, check_planes
 from lightning_ehf.errors import ConfigError
 
-__all__ = ["explicit_keys", "flatten", "from_saved", "load_config", "override_value", "save_config", "to_container", "to_yaml",
-           "validate", "validate_for_dim"]
+__all__ = [
+    "explicit_keys",
+    "flatten",
+    "from_saved",
+    "load_config",
+    "override_value",
+    "save_config",
+    "to_container",
+    "to_yaml",
+    "validate",
+    "validate_for_dim",
+]
 
 _DEFAULTS_KEY = "defaults"
 
@@ -88,8 +98,15 @@ def _quoted_number(value: Any) -> bool:
         return False
 
 
-_EXPECTED = {"int_type": "an integer", "float_type": "a number", "string_type": "a string", "bool_type": "true or false",
-             "model_type": "a section (mapping)", "dict_type": "a section (mapping)", "list_type": "a list"}
+_EXPECTED = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "string_type": "a string",
+    "bool_type": "true or false",
+    "model_type": "a section (mapping)",
+    "dict_type": "a section (mapping)",
+    "list_type": "a list",
+}
 
 
 def _dotted(loc: Sequence[Any]) -> str:
@@ -116,7 +133,8 @@ def _message(err: ValidationError, provenance: Mapping[str, str]) -> str:
     key = _dotted(loc)
     plain = key.split("[")[0]
     set_at = next((provenance[k] for k in (plain, *_parents(key)) if k in provenance), "") or next(
-        (where for k, where in reversed(provenance.items()) if k.startswith(plain + ".")), "")
+        (where for k, where in reversed(provenance.items()) if k.startswith(plain + ".")), ""
+    )
     where = f" (in {set_at})" if set_at else ""
     if kind == "ehf_config":
         return _one_line(f"{ctx['key']}: {ctx['message']}")
@@ -126,7 +144,9 @@ def _message(err: ValidationError, provenance: Mapping[str, str]) -> str:
         return _one_line(f"unknown config key '{key}'{where}{hint}")
     if kind == "literal_error":
         if not isinstance(value, str):
-            return _one_line(f"{key}: expected a string, got {_describe(value)}; quote it if you mean the string{where}")
+            return _one_line(
+                f"{key}: expected a string, got {_describe(value)}; quote it if you mean the string{where}"
+            )
         allowed = [a.strip("'") for a in ctx["expected"].replace(" or ", ", ").split(", ")]
         close = difflib.get_close_matches(value, allowed, n=1)
         nullable = " or null" if _nullable(loc) else ""
@@ -168,16 +188,34 @@ def _nullable(loc: Sequence[Any]) -> bool:
 def _range(loc: Sequence[Any]) -> str:
     """A key's allowed range from its schema bounds: ``> 0``, ``>= 0``, ``in [0, 1)``."""
     field = _field(loc)
-    metadata = [*field.metadata, *(m for arg in get_args(field.annotation) for info in getattr(arg, "__metadata__", ())
-                                   for m in getattr(info, "metadata", [info]))]
-    bounds = {name: getattr(m, name) for m in metadata for name in ("gt", "ge", "lt", "le")
-              if getattr(m, name, None) is not None}
+    metadata = [
+        *field.metadata,
+        *(
+            m
+            for arg in get_args(field.annotation)
+            for info in getattr(arg, "__metadata__", ())
+            for m in getattr(info, "metadata", [info])
+        ),
+    ]
+    bounds = {
+        name: getattr(m, name)
+        for m in metadata
+        for name in ("gt", "ge", "lt", "le")
+        if getattr(m, name, None) is not None
+    }
     low = f"[{bounds['ge']}" if "ge" in bounds else f"({bounds['gt']}" if "gt" in bounds else None
     high = f"{bounds['le']}]" if "le" in bounds else f"{bounds['lt']})" if "lt" in bounds else None
     if low and high:
         return f"in {low}, {high}"
-    return f">= {bounds['ge']}" if "ge" in bounds else f"> {bounds['gt']}" if "gt" in bounds else \
-        f"<= {bounds['le']}" if "le" in bounds else f"< {bounds['lt']}"
+    return (
+        f">= {bounds['ge']}"
+        if "ge" in bounds
+        else f"> {bounds['gt']}"
+        if "gt" in bounds
+        else f"<= {bounds['le']}"
+        if "le" in bounds
+        else f"< {bounds['lt']}"
+    )
 
 
 def _validated(raw: Mapping[str, Any], provenance: Mapping[str, str] | None = None) -> Config:
@@ -253,8 +291,9 @@ def _parse_override(item: str) -> dict[str, Any]:
     try:
         parsed = OmegaConf.from_dotlist([item])
     except yaml.YAMLError as err:
-        raise ConfigError(_one_line(f"{key}: cannot parse value {value!r} of override {item!r}: {_yaml_problem(err)}")) \
-            from None
+        raise ConfigError(
+            _one_line(f"{key}: cannot parse value {value!r} of override {item!r}: {_yaml_problem(err)}")
+        ) from None
     except (OmegaConfBaseException, ValueError) as err:
         raise ConfigError(_one_line(f"bad override {item!r}: {str(err).splitlines()[0]}")) from None
     raw = OmegaConf.to_container(parsed, resolve=False)
@@ -289,8 +328,9 @@ def explicit_keys(files: Sequence[str | Path] = (), overrides: Sequence[str] = (
     return out
 
 
-def load_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = (),
-                base: Mapping[str, Any] | None = None) -> Config:
+def load_config(
+    files: Sequence[str | Path] = (), overrides: Sequence[str] = (), base: Mapping[str, Any] | None = None
+) -> Config:
     """The validated config: schema defaults ← YAML ``files`` (left to right) ← ``key=value`` ``overrides``.
 
     A file may list other files (paths relative to itself) under a top-level ``defaults:`` key; they
@@ -299,7 +339,9 @@ def load_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = (),
     nobody set. ``base``: a saved config to start from instead of the schema defaults (every key of it
     counts as set). Raises ConfigError (one line, naming key or file).
     """
-    merged: dict[str, Any] = copy.deepcopy(dict(base)) if base is not None else Config().model_dump()  # ${...} may name defaults
+    merged: dict[str, Any] = (
+        copy.deepcopy(dict(base)) if base is not None else Config().model_dump()
+    )  # ${...} may name defaults
     provenance: dict[str, str] = dict.fromkeys(flatten(base or {}), "the saved config")
     for where, raw in _layers(files, overrides):
         _merge_into(merged, raw)
@@ -343,8 +385,11 @@ def validate_for_dim(cfg: Config, dim: int) -> None:
     if sym.particle_dim is not None and dim % sym.particle_dim != 0:
         raise ConfigError(f"symmetry.particle_dim: {sym.particle_dim} does not divide the data dimension d={dim}")
     bound = sym.particle_dim or dim
-    where = (f"a particle has symmetry.particle_dim={sym.particle_dim} coordinates" if sym.particle_dim is not None
-             else f"the data has d={dim}")
+    where = (
+        f"a particle has symmetry.particle_dim={sym.particle_dim} coordinates"
+        if sym.particle_dim is not None
+        else f"the data has d={dim}"
+    )
     try:
         if sym.group == "rotations" and sym.planes is not None:
             check_planes(sym.planes, bound, where)

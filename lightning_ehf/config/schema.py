@@ -9,13 +9,21 @@ should change; :mod:`lightning_ehf.config.load` turns every failure into one lin
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, Optional, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-__all__ = ["Config", "FILE_DEFAULTS", "ROTATION_GROUPS", "choices", "config_error", "check_planes", "check_coords",
-           "check_matrices"]
+__all__ = [
+    "Config",
+    "FILE_DEFAULTS",
+    "ROTATION_GROUPS",
+    "choices",
+    "config_error",
+    "check_planes",
+    "check_coords",
+    "check_matrices",
+]
 
 Positive = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -46,17 +54,17 @@ class Section(BaseModel):
 
 
 class DataCfg(Section):
-    target: Optional[Target] = "ring2d"  # contract: an analytic target, or null for file data
+    target: Target | None = "ring2d"  # contract: an analytic target, or null for file data
     # contract: user data file (.npy/.npz/.csv; N×d, or N×n×D particles); implies FILE_DEFAULTS
-    path: Optional[str] = None
+    path: str | None = None
     regime: Literal["finite", "infinite"] = "infinite"  # contract: finite|infinite (file data: finite)
     n_train: Positive = 20000  # contract: training set size (finite regime; file data: at most this many rows train)
     # contract: validation samples / rows of the file; null (files only): file_val_fraction of the rows
-    n_val: Optional[Positive] = 1000
+    n_val: Positive | None = 1000
     # contract: finite targets: validation rows come out of n_train (e.g. 0.2); null: n_val fresh samples
-    val_fraction: Optional[Fraction] = None
+    val_fraction: Fraction | None = None
     # contract: test samples / rows of the file; null (files only): file_test_fraction of the rows
-    n_test: Optional[Positive] = 5000
+    n_test: Positive | None = 5000
     # contract: file data with n_val=null: this fraction of its rows validates (at least 1)
     file_val_fraction: Fraction = 0.1
     # contract: file data with n_test=null: this fraction of its rows tests (at least 1)
@@ -66,32 +74,50 @@ class DataCfg(Section):
     num_workers: Annotated[int, Field(ge=0)] = 0
 
     @model_validator(mode="after")
-    def _sources_and_splits(self) -> "DataCfg":
+    def _sources_and_splits(self) -> DataCfg:
         if self.target is None and not self.path:
-            raise config_error("data.target", "no data: set data.target (an analytic target) or data.path (a data file)")
+            raise config_error(
+                "data.target", "no data: set data.target (an analytic target) or data.path (a data file)"
+            )
         if self.target is not None and self.path:
-            raise config_error("data.path", f"both data.target={self.target} and data.path are set; remove data.target "
-                                            "(or set data.target=null) to use the file")
+            raise config_error(
+                "data.path",
+                f"both data.target={self.target} and data.path are set; remove data.target "
+                "(or set data.target=null) to use the file",
+            )
         if self.path is not None and not self.path.strip():
             raise config_error("data.path", "is empty")
         if self.path is not None and self.regime != "finite":
-            raise config_error("data.regime", "file data (data.path) is a fixed sample: data.regime must be finite "
-                                              "(what data.path implies when data.regime is not set)")
+            raise config_error(
+                "data.regime",
+                "file data (data.path) is a fixed sample: data.regime must be finite "
+                "(what data.path implies when data.regime is not set)",
+            )
         for key in ("n_val", "n_test"):
             if getattr(self, key) is None and self.path is None:
-                raise config_error(f"data.{key}", f"null (a fraction of a data file's rows, data.file_{key[2:]}_fraction) "
-                                                  "needs data.path; a target needs a number of samples")
+                raise config_error(
+                    f"data.{key}",
+                    f"null (a fraction of a data file's rows, data.file_{key[2:]}_fraction) "
+                    "needs data.path; a target needs a number of samples",
+                )
         if self.file_val_fraction + self.file_test_fraction >= 1:
-            raise config_error("data.file_test_fraction", "data.file_val_fraction + data.file_test_fraction must be < 1 "
-                                                          "(the rest of a data file's rows train)")
+            raise config_error(
+                "data.file_test_fraction",
+                "data.file_val_fraction + data.file_test_fraction must be < 1 (the rest of a data file's rows train)",
+            )
         if self.val_fraction is not None:
             if self.regime != "finite" or self.target is None:
-                raise config_error("data.val_fraction", "applies to a finite training set of a target (data.regime=finite);"
-                                                        " an infinite stream or a file has its own validation rows "
-                                                        "(data.n_val)")
+                raise config_error(
+                    "data.val_fraction",
+                    "applies to a finite training set of a target (data.regime=finite);"
+                    " an infinite stream or a file has its own validation rows "
+                    "(data.n_val)",
+                )
             if not 1 <= round(self.val_fraction * self.n_train) < self.n_train:
-                raise config_error("data.val_fraction", f"{self.val_fraction} of data.n_train={self.n_train} leaves no "
-                                                        "validation or no training rows")
+                raise config_error(
+                    "data.val_fraction",
+                    f"{self.val_fraction} of data.n_train={self.n_train} leaves no validation or no training rows",
+                )
         return self
 
 
@@ -113,8 +139,10 @@ def check_planes(planes: Any, bound: int | None, where: str = "", key: str = "sy
             raise config_error(f"{key}[{i}]", f"plane {plane!r} is listed twice")
         seen.add(frozenset(plane))
         if bound is not None and max(plane) >= bound:
-            raise config_error(f"{key}[{i}]", f"plane {plane!r} uses coordinate {max(plane)}, but {where} "
-                                              f"(valid indices 0..{bound - 1})")
+            raise config_error(
+                f"{key}[{i}]",
+                f"plane {plane!r} uses coordinate {max(plane)}, but {where} (valid indices 0..{bound - 1})",
+            )
 
 
 def check_coords(group: str, coords: Any, bound: int | None, where: str = "", key: str = "symmetry.coords") -> None:
@@ -154,10 +182,10 @@ def check_matrices(matrices: Any, bound: int | None, where: str = "", key: str =
 
 class SymmetryCfg(Section):
     group: Group = "auto"  # contract: auto (the target's) | none | so2 | so3 | rotations | matrices
-    planes: Optional[list[list[int]]] = None  # contract: rotation planes, e.g. [[0,1],[2,3]]
-    coords: Optional[list[int]] = None  # coordinates so2/so3 act on (default: the first 2 / 3)
-    particle_dim: Optional[Positive] = None  # contract: q holds particles of this many coordinates
-    matrices: Optional[list[Any]] = None  # contract: explicit generators, each d×d (list of lists)
+    planes: list[list[int]] | None = None  # contract: rotation planes, e.g. [[0,1],[2,3]]
+    coords: list[int] | None = None  # coordinates so2/so3 act on (default: the first 2 / 3)
+    particle_dim: Positive | None = None  # contract: q holds particles of this many coordinates
+    matrices: list[Any] | None = None  # contract: explicit generators, each d×d (list of lists)
     # contract: auto (the target's: com for dw4, else none) | none | com (particles: model the centre-of-mass-free
     # coordinates)
     translation: Literal["auto", "none", "com"] = "auto"
@@ -165,23 +193,28 @@ class SymmetryCfg(Section):
     permutations: bool = False
 
     @model_validator(mode="after")
-    def _group_arguments(self) -> "SymmetryCfg":
+    def _group_arguments(self) -> SymmetryCfg:
         if self.group == "rotations":
             if self.planes is None:
-                raise config_error("symmetry.planes", "symmetry.group=rotations needs symmetry.planes, e.g. [[0,1],[2,3]]")
+                raise config_error(
+                    "symmetry.planes", "symmetry.group=rotations needs symmetry.planes, e.g. [[0,1],[2,3]]"
+                )
             check_planes(self.planes, None)
         if self.group in ("so2", "so3"):
             check_coords(self.group, self.coords, None)
         if self.group == "matrices":
             if self.matrices is None:
-                raise config_error("symmetry.matrices",
-                                   "symmetry.group=matrices needs symmetry.matrices (a list of d×d generators)")
+                raise config_error(
+                    "symmetry.matrices", "symmetry.group=matrices needs symmetry.matrices (a list of d×d generators)"
+                )
             check_matrices(self.matrices, None)
         return self
 
 
 class ModelCfg(Section):
-    kind: Literal["ehf", "nsf", "efm"] = "ehf"  # contract: ehf | nsf (the zuko baseline) | efm (equivariant flow matching)
+    kind: Literal["ehf", "nsf", "efm"] = (
+        "ehf"  # contract: ehf | nsf (the zuko baseline) | efm (equivariant flow matching)
+    )
     invariant: bool = False  # contract: invariant-by-construction Hamiltonians
     blocks: Positive = 6  # T: flow blocks, each with its own Hamiltonian
     leapfrog_steps: Positive = 3  # L: leapfrog steps per block
@@ -241,14 +274,15 @@ class TrainerCfg(Section):
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu"] = "auto"  # contract
     devices: Any = 1  # contract: a count, -1 (all), 'auto' or a list of device indices
     # contract
-    strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook", "fsdp", "deepspeed",
-                      "single_device"] = "auto"
+    strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook", "fsdp", "deepspeed", "single_device"] = (
+        "auto"
+    )
     num_nodes: Positive = 1  # contract
     # contract
     precision: Literal["32-true", "32", "64-true", "64", "16-mixed", "bf16-mixed", "16-true", "bf16-true"] = "32-true"
     val_check_interval: Positive = 500  # validate every this many training steps
     # contract: stop after this many validations without improvement of the validation NLL (null: off)
-    patience: Optional[Positive] = None
+    patience: Positive | None = None
     min_delta: NonNegative = 0.0  # contract: an improvement must lower the validation NLL by more than this (nats)
     log_every_n_steps: Positive = 25
     deterministic: bool = True
@@ -256,7 +290,9 @@ class TrainerCfg(Section):
     # CUDA graphs (reduce-overhead). On a CPU compiling costs minutes: only long runs gain (docs/benchmarks.md)
     compile: bool = False
     ddp_timeout_s: Positive = 300
-    accumulate_grad_batches: Positive = 1  # optimiser step every this many batches (global batch × this); passed to Lightning
+    accumulate_grad_batches: Positive = (
+        1  # optimiser step every this many batches (global batch × this); passed to Lightning
+    )
     # validate on this many batches (an integer) or this fraction of them (a number in (0, 1]); passed to Lightning
     limit_val_batches: Any = 1.0
 
@@ -265,8 +301,10 @@ class TrainerCfg(Section):
     def _limit_val_batches(cls, limit: Any) -> Any:
         count = isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1
         if not (count or isinstance(limit, float) and 0 < limit <= 1):
-            raise config_error("trainer.limit_val_batches", "must be a number of batches (an integer >= 1) or a fraction "
-                                                            f"in (0, 1], got {limit!r}")
+            raise config_error(
+                "trainer.limit_val_batches",
+                f"must be a number of batches (an integer >= 1) or a fraction in (0, 1], got {limit!r}",
+            )
         return limit
 
     @field_validator("devices", mode="after")
@@ -275,8 +313,10 @@ class TrainerCfg(Section):
         count = isinstance(devices, int) and not isinstance(devices, bool) and (devices >= 1 or devices == -1)
         indices = isinstance(devices, list) and devices and all(_is_index(d) for d in devices)
         if not (devices == "auto" or count or indices):
-            raise config_error("trainer.devices", "must be a positive count, -1 (all), 'auto' or a list of device "
-                                                  f"indices, got {devices!r}")
+            raise config_error(
+                "trainer.devices",
+                f"must be a positive count, -1 (all), 'auto' or a list of device indices, got {devices!r}",
+            )
         return devices
 
 
@@ -285,12 +325,14 @@ class WandbCfg(Section):
     # WANDB_PROJECT, WANDB_ENTITY when set (lightning_ehf/tracking.py); otherwise these defaults
     mode: Literal["offline", "online", "disabled"] = "offline"  # contract: offline | online | disabled
     project: str = "lightning_ehf"  # contract
-    entity: Optional[str] = None
+    entity: str | None = None
     tags: list[str] = Field(default_factory=list)
-    name: Optional[str] = None  # the run's display name (null: the experiment's name; a study cell: the cell's name)
-    group: Optional[str] = None  # W&B group (a study cell: the study's name)
-    job_type: Optional[str] = None  # W&B job type (a study cell: its method)
-    fields: dict[str, Any] = Field(default_factory=dict)  # extra top-level fields of the W&B config (a study cell: its axes)
+    name: str | None = None  # the run's display name (null: the experiment's name; a study cell: the cell's name)
+    group: str | None = None  # W&B group (a study cell: the study's name)
+    job_type: str | None = None  # W&B job type (a study cell: its method)
+    fields: dict[str, Any] = Field(
+        default_factory=dict
+    )  # extra top-level fields of the W&B config (a study cell: its axes)
 
 
 class LoggerCfg(Section):
@@ -300,7 +342,7 @@ class LoggerCfg(Section):
 class EvalCfg(Section):
     # contract: K of the IWAE estimate for the test NLL (and validation, unless val_iw_samples)
     iw_samples: Positive = 256
-    val_iw_samples: Optional[Positive] = None  # contract: K of the validation NLL (null: iw_samples)
+    val_iw_samples: Positive | None = None  # contract: K of the validation NLL (null: iw_samples)
     iw_chunk: Positive = 64  # momentum samples evaluated at once (memory bound)
     n_group_samples: Positive = 4  # group elements for the invariance error
     n_eval: Positive = 512  # data points used for the invariance / equivariance errors
@@ -323,11 +365,11 @@ class ProgressCfg(Section):
 
 class CheckpointCfg(Section):
     # contract: also refresh last.ckpt after this many minutes of training (null: off)
-    every_n_minutes: Optional[float] = None
+    every_n_minutes: float | None = None
 
     @field_validator("every_n_minutes", mode="after")
     @classmethod
-    def _minutes(cls, minutes: Optional[float]) -> Optional[float]:
+    def _minutes(cls, minutes: float | None) -> float | None:
         if minutes is not None and not minutes > 0:
             raise config_error("checkpoint.every_n_minutes", f"must be > 0 (minutes) or null (off), got {minutes!r}")
         return minutes
@@ -335,7 +377,7 @@ class CheckpointCfg(Section):
 
 class RunCfg(Section):
     root: str = "runs"
-    dir: Optional[str] = None  # contract: exact run folder (default runs/<experiment>/<timestamp>-<id>)
+    dir: str | None = None  # contract: exact run folder (default runs/<experiment>/<timestamp>-<id>)
 
 
 class Config(Section):
@@ -360,7 +402,9 @@ class Config(Section):
         if not name.strip():
             raise config_error("experiment", "must be a non-empty name")
         if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", name):
-            raise config_error("experiment", f"must be a plain folder name (letters, digits, '.', '_', '-'), got {name!r}")
+            raise config_error(
+                "experiment", f"must be a plain folder name (letters, digits, '.', '_', '-'), got {name!r}"
+            )
         return name
 
     @field_validator("seed", mode="after")
@@ -371,25 +415,37 @@ class Config(Section):
         return seed
 
     @model_validator(mode="after")
-    def _across_sections(self) -> "Config":
+    def _across_sections(self) -> Config:
         group, target = self.symmetry.group, self.data.target
         if group == "auto" and target is None:
-            raise config_error("symmetry.group", "is auto, but file data declares no symmetry: set symmetry.group "
-                                                 "(none, so2, so3, rotations or matrices)")
+            raise config_error(
+                "symmetry.group",
+                "is auto, but file data declares no symmetry: set symmetry.group "
+                "(none, so2, so3, rotations or matrices)",
+            )
         rotation_like = (*ROTATION_GROUPS, "auto")
         if self.model.invariant:
             if group not in rotation_like:
-                raise config_error("model.invariant", "invariant-by-construction Hamiltonians need a rotation group "
-                                                      f"(so2, so3, rotations), not symmetry.group={group}")
+                raise config_error(
+                    "model.invariant",
+                    "invariant-by-construction Hamiltonians need a rotation group "
+                    f"(so2, so3, rotations), not symmetry.group={group}",
+                )
             # efm's vector field is equivariant by construction, so the key states what it is anyway
             if self.model.kind not in ("ehf", "efm"):
-                raise config_error("model.invariant", f"needs model.kind=ehf (or efm, which is always equivariant), "
-                                                      f"not {self.model.kind}")
+                raise config_error(
+                    "model.invariant",
+                    f"needs model.kind=ehf (or efm, which is always equivariant), not {self.model.kind}",
+                )
         if self.model.encoder == "equivariant" and group not in rotation_like:
-            raise config_error("model.encoder", "the equivariant encoder needs a rotation group (so2, so3, rotations), "
-                                                f"not symmetry.group={group}")
+            raise config_error(
+                "model.encoder",
+                f"the equivariant encoder needs a rotation group (so2, so3, rotations), not symmetry.group={group}",
+            )
         if self.data.augment and group == "none" and not self.symmetry.permutations:
-            raise config_error("data.augment", "needs a symmetry to sample group elements from, but symmetry.group=none")
+            raise config_error(
+                "data.augment", "needs a symmetry to sample group elements from, but symmetry.group=none"
+            )
         return self
 
 

@@ -1,11 +1,11 @@
 """Poisson brackets: a generic autograd version and the closed form for momentum maps.
 
-    {f, g} = ∇_q f · ∇_p g − ∇_p f · ∇_q g
+{f, g} = ∇_q f · ∇_p g − ∇_p f · ∇_q g
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -30,10 +31,10 @@ class CompiledObjective:
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
-        self._compiled: Optional[Callable[..., Any]] = None
+        self._compiled: Callable[..., Any] | None = None
         self.failed = False
         self.calls = 0
-        self.compile_seconds: Optional[float] = None
+        self.compile_seconds: float | None = None
         self._cuda = False
 
     def _compile(self, args: tuple[Any, ...]) -> Callable[..., Any]:
@@ -55,8 +56,11 @@ class CompiledObjective:
                 torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are no longer needed
             out = self._compiled(*args)
         except Exception as err:  # no compiler on this platform, an unsupported operation, ...: stay eager
-            warnings.warn(f"torch.compile of the training objective failed ({type(err).__name__}: "
-                          f"{str(err).splitlines()[0] if str(err) else ''}); training eagerly", stacklevel=2)
+            warnings.warn(
+                f"torch.compile of the training objective failed ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}); training eagerly",
+                stacklevel=2,
+            )
             self.failed = True
             return self.fn(*args)
         self.calls += 1

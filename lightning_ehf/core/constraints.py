@@ -9,12 +9,20 @@ same update and holds the same λ.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FEASIBLE_RATIO", "INFEASIBLE_OFFSET", "LagrangeMultipliers", "MODES", "RULES", "feasibility_ratio", "selection_score"]
+__all__ = [
+    "FEASIBLE_RATIO",
+    "INFEASIBLE_OFFSET",
+    "LagrangeMultipliers",
+    "MODES",
+    "RULES",
+    "feasibility_ratio",
+    "selection_score",
+]
 
 MODES = ("none", "penalty", "dual")
 RULES = ("additive", "augmented", "geco")
@@ -55,8 +63,16 @@ class LagrangeMultipliers(nn.Module):
             λ clamped to [1e-6, 1e6] so it can recover from either end.
     """
 
-    def __init__(self, names: Sequence[str], mode: str = "dual", rule: str = "additive", tolerance: float = 1e-3,
-                 lr: float = 1.0, init: float = 0.0, ema: float = 0.9) -> None:
+    def __init__(
+        self,
+        names: Sequence[str],
+        mode: str = "dual",
+        rule: str = "additive",
+        tolerance: float = 1e-3,
+        lr: float = 1.0,
+        init: float = 0.0,
+        ema: float = 0.9,
+    ) -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"unknown constraint mode '{mode}'; choose from {MODES}")

@@ -16,8 +16,6 @@ and its samples are mapped back by ``x = B (W q̃ + μ)`` (centre of mass at the
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor, nn
 
@@ -36,7 +34,7 @@ class DataMap(nn.Module):
 
     _STANDARDISATION = ("loc", "scale", "scale_inv", "log_det")
 
-    def __init__(self, data_dim: int, frame: Optional[CentreOfMassFrame] = None) -> None:
+    def __init__(self, data_dim: int, frame: CentreOfMassFrame | None = None) -> None:
         super().__init__()
         if frame is not None and frame.full_dim != data_dim:
             raise ValueError(f"the centre-of-mass frame has {frame.full_dim} coordinates, the data {data_dim}")
@@ -67,8 +65,10 @@ class DataMap(nn.Module):
         f = self.frame
         if f is None:
             return ""
-        return (f"{f.n_particles} particles × {f.particle_dim} in centre-of-mass-free coordinates "
-                f"(d={f.full_dim} → {f.dim})")
+        return (
+            f"{f.n_particles} particles × {f.particle_dim} in centre-of-mass-free coordinates "
+            f"(d={f.full_dim} → {f.dim})"
+        )
 
     def sample_note(self) -> str:
         """What samples mapped back to the data's coordinates look like (empty without a frame)."""
@@ -106,8 +106,10 @@ class DataMap(nn.Module):
         d = self.dim
         mean, cov = mean.to(torch.float64), cov.to(torch.float64)
         if mean.shape != (d,) or cov.shape != (d, d):
-            raise ValueError(f"standardise needs a mean ({d},) and a covariance ({d}, {d}), got {tuple(mean.shape)}, "
-                             f"{tuple(cov.shape)}")
+            raise ValueError(
+                f"standardise needs a mean ({d},) and a covariance ({d}, {d}), got {tuple(mean.shape)}, "
+                f"{tuple(cov.shape)}"
+            )
         evals, evecs = torch.linalg.eigh(0.5 * (cov + cov.T))
         if evals.min() <= 1e-12 * max(1.0, evals.max().item()):
             raise ValueError("standardise: the covariance is singular (a direction with no variance)")

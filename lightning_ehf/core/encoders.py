@@ -13,8 +13,14 @@ from torch.distributions import Distribution, Independent, MultivariateNormal, N
 
 from .hamiltonians import make_mlp
 
-__all__ = ["GaussianMomentumEncoder", "FullGaussianMomentumEncoder", "FlowMomentumEncoder", "EquivariantMomentumEncoder",
-           "FramedGaussian", "ENCODERS"]
+__all__ = [
+    "GaussianMomentumEncoder",
+    "FullGaussianMomentumEncoder",
+    "FlowMomentumEncoder",
+    "EquivariantMomentumEncoder",
+    "FramedGaussian",
+    "ENCODERS",
+]
 
 #: The ``encoder`` choices of :func:`~lightning_ehf.core.flows.make_ehf`.
 ENCODERS = ("gaussian", "full", "flow", "equivariant")
@@ -26,7 +32,9 @@ class GaussianMomentumEncoder(nn.Module):
     Initialised at ``N(0, σ_p² I)``: the exact posterior of an identity flow.
     """
 
-    def __init__(self, dim: int, hidden: int = 64, depth: int = 2, activation: str = "softplus", sigma_p: float = 1.0) -> None:
+    def __init__(
+        self, dim: int, hidden: int = 64, depth: int = 2, activation: str = "softplus", sigma_p: float = 1.0
+    ) -> None:
         super().__init__()
         self.dim = dim
         self.net = make_mlp(dim, 2 * dim, hidden, depth, activation)
@@ -49,7 +57,9 @@ class FullGaussianMomentumEncoder(nn.Module):
     particles rotated together). Initialised at ``N(0, σ_p² I)``, like the diagonal encoder.
     """
 
-    def __init__(self, dim: int, hidden: int = 64, depth: int = 2, activation: str = "softplus", sigma_p: float = 1.0) -> None:
+    def __init__(
+        self, dim: int, hidden: int = 64, depth: int = 2, activation: str = "softplus", sigma_p: float = 1.0
+    ) -> None:
         super().__init__()
         self.dim = dim
         rows, cols = torch.tril_indices(dim, dim, offset=-1)
@@ -95,8 +105,9 @@ class FlowMomentumEncoder(nn.Module):
             order = torch.randperm(dim, generator=torch.Generator().manual_seed(t // 2))
             if t % 2:
                 order = dim - 1 - order
-            layer = MaskedAutoregressiveTransform(dim, context=dim, passes=2, order=order,
-                                                  hidden_features=[hidden] * depth)
+            layer = MaskedAutoregressiveTransform(
+                dim, context=dim, passes=2, order=order, hidden_features=[hidden] * depth
+            )
             last = layer.hyper[-1]
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
@@ -140,8 +151,16 @@ class EquivariantMomentumEncoder(nn.Module):
     axis-aligned diagonal Gaussian.
     """
 
-    def __init__(self, dim: int, planes: list[list[int]], invariants, hidden: int = 64, depth: int = 2,
-                 activation: str = "softplus", sigma_p: float = 1.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        planes: list[list[int]],
+        invariants,
+        hidden: int = 64,
+        depth: int = 2,
+        activation: str = "softplus",
+        sigma_p: float = 1.0,
+    ) -> None:
         super().__init__()
         if not planes or any(len(pl) != 2 for pl in planes):
             raise ValueError("the equivariant encoder needs rotation planes of 2 coordinates each")

@@ -3,8 +3,6 @@ exact log-likelihood shares: no momenta, no bound, no Hamiltonians."""
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -26,7 +24,7 @@ class ExactLikelihood:
     def model_log_prob(self, q: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def model_sample(self, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
+    def model_sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         raise NotImplementedError
 
     def log_prob(self, x: Tensor) -> Tensor:
@@ -35,7 +33,7 @@ class ExactLikelihood:
             raise ValueError(f"x must have shape (..., {self.data_map.data_dim}), got {tuple(x.shape)}")
         return self.model_log_prob(self.data_map.to_model(x)) - self.data_map.log_det
 
-    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` samples in data coordinates, (n, data_dim)."""
         return self.data_map.from_model(self.model_sample(n, generator))
 

@@ -41,7 +41,7 @@ Pure torch; ``scipy.optimize.linear_sum_assignment`` and ``torchdiffeq`` are imp
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -53,9 +53,21 @@ from .random import draw
 from .symmetries import Symmetry
 
 __all__ = [
-    "EXACT_DIVERGENCE_MAX_DIM", "MLPVelocity", "BlockRotationVelocity", "ParticleVelocity",
-    "EuclideanAligner", "BlockRotationAligner", "ParticleAligner", "kabsch", "ot_pair",
-    "flow_matching_loss", "divergence", "ode_log_prob", "ode_sample", "EquivariantFlowMatching", "make_efm",
+    "EXACT_DIVERGENCE_MAX_DIM",
+    "MLPVelocity",
+    "BlockRotationVelocity",
+    "ParticleVelocity",
+    "EuclideanAligner",
+    "BlockRotationAligner",
+    "ParticleAligner",
+    "kabsch",
+    "ot_pair",
+    "flow_matching_loss",
+    "divergence",
+    "ode_log_prob",
+    "ode_sample",
+    "EquivariantFlowMatching",
+    "make_efm",
 ]
 
 #: Largest dimension with the exact divergence; above it, Hutchinson's estimate.
@@ -94,8 +106,15 @@ class BlockRotationVelocity(nn.Module):
     features) and a, c, w the outputs of one MLP. ``J`` turns a plane by 90°; it commutes with SO(2), so
     both terms are equivariant (for |b| ≥ 3 only multiples of x_b are)."""
 
-    def __init__(self, dim: int, blocks: Sequence[Sequence[int]], invariants: Callable[[Tensor], Tensor],
-                 hidden: int = 64, depth: int = 2, activation: str = "softplus") -> None:
+    def __init__(
+        self,
+        dim: int,
+        blocks: Sequence[Sequence[int]],
+        invariants: Callable[[Tensor], Tensor],
+        hidden: int = 64,
+        depth: int = 2,
+        activation: str = "softplus",
+    ) -> None:
         super().__init__()
         self.dim = dim
         self.blocks = [list(b) for b in blocks]
@@ -170,11 +189,21 @@ class ParticleVelocity(nn.Module):
     orthonormal centre-of-mass-free coordinates z = Bᵀ x), the field takes z, acts on x = B z and returns
     Bᵀ v, which also removes any common drift (translation invariance)."""
 
-    def __init__(self, n_particles: int, particle_dim: int, hidden: int = 64, layers: int = 3,
-                 activation: str = "softplus", identical: bool = False, basis: Optional[Tensor] = None) -> None:
+    def __init__(
+        self,
+        n_particles: int,
+        particle_dim: int,
+        hidden: int = 64,
+        layers: int = 3,
+        activation: str = "softplus",
+        identical: bool = False,
+        basis: Tensor | None = None,
+    ) -> None:
         super().__init__()
         if n_particles < 2 or particle_dim < 2:
-            raise ValueError(f"an EGNN field needs at least 2 particles of dimension ≥ 2, got {n_particles}×{particle_dim}")
+            raise ValueError(
+                f"an EGNN field needs at least 2 particles of dimension ≥ 2, got {n_particles}×{particle_dim}"
+            )
         self.n, self.d_particle = n_particles, particle_dim
         self.identical = identical
         self.chiral = particle_dim == 2
@@ -184,8 +213,9 @@ class ParticleVelocity(nn.Module):
         self.register_buffer("off_diagonal", 1.0 - torch.eye(n_particles), persistent=False)
         n_dir = 2 if self.chiral else 1
         self.embed = nn.Linear((1 if identical else n_particles) + 2, hidden)
-        self.layers = nn.ModuleList([_EGNNLayer(hidden, n_dir, activation, update_nodes=i < layers - 1 or basis is None)
-                                     for i in range(layers)])
+        self.layers = nn.ModuleList(
+            [_EGNNLayer(hidden, n_dir, activation, update_nodes=i < layers - 1 or basis is None) for i in range(layers)]
+        )
         self.origin = make_mlp(hidden, n_dir, hidden, 1, activation) if basis is None else None
 
     @staticmethod
@@ -198,8 +228,11 @@ class ParticleVelocity(nn.Module):
         x = x.reshape(-1, self.n, self.d_particle)
         b = x.shape[0]
         tc = _time_column(t, z).reshape(b, 1, 1)
-        labels = (x.new_ones(b, self.n, 1) if self.identical
-                  else torch.eye(self.n, dtype=x.dtype, device=x.device).expand(b, self.n, self.n))
+        labels = (
+            x.new_ones(b, self.n, 1)
+            if self.identical
+            else torch.eye(self.n, dtype=x.dtype, device=x.device).expand(b, self.n, self.n)
+        )
         h = self.embed(torch.cat([labels, x.square().sum(-1, keepdim=True), tc.expand(b, self.n, 1)], -1))
         mask = self.off_diagonal.to(x)[None, :, :, None]
         t_edge = tc[..., None].expand(b, self.n, self.n, 1)
@@ -281,8 +314,9 @@ class ParticleAligner:
     finds the exact alignment of a rotated, relabelled copy with distinct norms, and a good one otherwise. Works in particle coordinates x;
     with a frame (``basis`` B) the inputs and outputs are centre-of-mass-free coordinates z = Bᵀ x."""
 
-    def __init__(self, n_particles: int, particle_dim: int, identical: bool, basis: Optional[Tensor] = None,
-                 rounds: int = 2) -> None:
+    def __init__(
+        self, n_particles: int, particle_dim: int, identical: bool, basis: Tensor | None = None, rounds: int = 2
+    ) -> None:
         self.n, self.d, self.identical, self.basis = n_particles, particle_dim, identical, basis
         self.rounds = rounds if identical else 1
 
@@ -323,14 +357,16 @@ Aligner = Callable[[Tensor, Tensor], "tuple[Tensor, Tensor]"]
 
 
 @torch.no_grad()
-def ot_pair(x0: Tensor, x1: Tensor, aligner: Optional[Aligner] = None) -> Tensor:
+def ot_pair(x0: Tensor, x1: Tensor, aligner: Aligner | None = None) -> Tensor:
     """Base points re-ordered (and aligned over the group) so that row i pairs with data row i: the
     minibatch optimal-transport plan with uniform weights, i.e. the assignment that minimises the summed
     aligned squared distances (``scipy.optimize.linear_sum_assignment``)."""
     from scipy.optimize import linear_sum_assignment
 
     if x0.shape != x1.shape:
-        raise ValueError(f"a minibatch OT pairing needs batches of equal shape, got {tuple(x0.shape)} and {tuple(x1.shape)}")
+        raise ValueError(
+            f"a minibatch OT pairing needs batches of equal shape, got {tuple(x0.shape)} and {tuple(x1.shape)}"
+        )
     cost, aligned = (aligner or EuclideanAligner())(x0, x1)
     rows, cols = linear_sum_assignment(cost.detach().cpu().double().numpy())
     rows_t = torch.as_tensor(rows, device=x0.device)
@@ -350,7 +386,7 @@ def flow_matching_loss(field: Field, x0: Tensor, x1: Tensor, t: Tensor) -> Tenso
 # -- the ODE: likelihood and sampling -------------------------------------------------------------
 
 
-def divergence(v: Tensor, x: Tensor, noise: Optional[Tensor] = None) -> Tensor:
+def divergence(v: Tensor, x: Tensor, noise: Tensor | None = None) -> Tensor:
     """``∇·v`` per row, (n,): exact with one backward pass per coordinate, or Hutchinson's
     ``εᵀ (∂v/∂x) ε`` with the given noise ε (n, d). Rows must not depend on each other."""
     if noise is not None:
@@ -374,8 +410,14 @@ class _Counted:
         return self.fn(t, state)
 
 
-def ode_log_prob(field: Field, x1: Tensor, base_log_prob: Callable[[Tensor], Tensor], atol: float = 1e-5,
-                 rtol: float = 1e-5, noise: Optional[Tensor] = None) -> tuple[Tensor, int]:
+def ode_log_prob(
+    field: Field,
+    x1: Tensor,
+    base_log_prob: Callable[[Tensor], Tensor],
+    atol: float = 1e-5,
+    rtol: float = 1e-5,
+    noise: Tensor | None = None,
+) -> tuple[Tensor, int]:
     """``log p_1(x_1)`` by solving ``d(x, ℓ)/dt = (v, ∇·v)`` from t = 1 to 0 with dopri5:
     ``log p_1(x_1) = log p_0(x_0) + ℓ(0)``, ``ℓ(1) = 0``. Graph-free (nothing is kept for a backward pass).
     ``noise``: Hutchinson's ε (exact divergence when None). Returns the log-density (n,) and the number of
@@ -420,8 +462,16 @@ class EquivariantFlowMatching(ExactLikelihood, nn.Module):
 
     exact_likelihood = True
 
-    def __init__(self, symmetry: Symmetry, field: nn.Module, aligner: Optional[Aligner] = None, sigma: float = 1.0,
-                 atol: float = 1e-5, rtol: float = 1e-5, data_map: Optional[DataMap] = None) -> None:
+    def __init__(
+        self,
+        symmetry: Symmetry,
+        field: nn.Module,
+        aligner: Aligner | None = None,
+        sigma: float = 1.0,
+        atol: float = 1e-5,
+        rtol: float = 1e-5,
+        data_map: DataMap | None = None,
+    ) -> None:
         super().__init__()
         if sigma <= 0 or atol <= 0 or rtol <= 0:
             raise ValueError(f"sigma, atol and rtol must be positive, got {sigma}, {atol}, {rtol}")
@@ -439,7 +489,7 @@ class EquivariantFlowMatching(ExactLikelihood, nn.Module):
         d = self.dim
         return -0.5 * d * math.log(2 * math.pi * self.sigma**2) - 0.5 * x.square().sum(-1) / self.sigma**2
 
-    def flow_matching_loss(self, x1: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+    def flow_matching_loss(self, x1: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """The training loss on a data batch (data coordinates): base draws paired by minibatch OT over the
         group orbits, in the model's coordinates."""
         x1 = self.data_map.to_model(x1)
@@ -457,17 +507,28 @@ class EquivariantFlowMatching(ExactLikelihood, nn.Module):
         logp, self.last_nfe = ode_log_prob(self.field, rows, self.base_log_prob, self.atol, self.rtol, noise)
         return logp.reshape(lead)
 
-    def model_sample(self, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
+    def model_sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         ref = next(iter(self.parameters()))
         x0 = self.sigma * draw(torch.randn, n, self.dim, generator=generator, device=ref.device, dtype=ref.dtype)
         x1, _ = ode_sample(self.field, x0, self.atol, self.rtol)
         return x1
 
 
-def make_efm(symmetry: Symmetry, *, particles: Optional[tuple[int, int]] = None, identical: bool = False,
-             basis: Optional[Tensor] = None, hidden: int = 64, depth: int = 2, layers: int = 3,
-             activation: str = "softplus", sigma: float = 1.0, atol: float = 1e-5, rtol: float = 1e-5,
-             data_map: Optional[DataMap] = None) -> EquivariantFlowMatching:
+def make_efm(
+    symmetry: Symmetry,
+    *,
+    particles: tuple[int, int] | None = None,
+    identical: bool = False,
+    basis: Tensor | None = None,
+    hidden: int = 64,
+    depth: int = 2,
+    layers: int = 3,
+    activation: str = "softplus",
+    sigma: float = 1.0,
+    atol: float = 1e-5,
+    rtol: float = 1e-5,
+    data_map: DataMap | None = None,
+) -> EquivariantFlowMatching:
     """The flow-matching model for a symmetry: an EGNN field for ``particles`` = (n, D) rotated alike
     (``identical``: relabelling too; ``basis``: the centre-of-mass frame's B, the model then lives in its
     coordinates), a block-rotation field for rotations of disjoint blocks, a plain MLP without generators.
@@ -480,11 +541,15 @@ def make_efm(symmetry: Symmetry, *, particles: Optional[tuple[int, int]] = None,
     elif symmetry.num_generators == 0:
         field, aligner = MLPVelocity(symmetry.dim, hidden, depth, activation), EuclideanAligner()
     elif symmetry.rotation_blocks and symmetry.invariants is not None:
-        field = BlockRotationVelocity(symmetry.dim, symmetry.rotation_blocks, symmetry.invariants, hidden, depth, activation)
+        field = BlockRotationVelocity(
+            symmetry.dim, symmetry.rotation_blocks, symmetry.invariants, hidden, depth, activation
+        )
         aligner = BlockRotationAligner(symmetry.dim, symmetry.rotation_blocks)
     else:
-        raise ValueError(f"no equivariant vector field for symmetry '{symmetry.name}': efm supports none, "
-                         "rotations of disjoint coordinate blocks (so2, so3, rotations) and particles rotated alike")
+        raise ValueError(
+            f"no equivariant vector field for symmetry '{symmetry.name}': efm supports none, "
+            "rotations of disjoint coordinate blocks (so2, so3, rotations) and particles rotated alike"
+        )
     if field.dim != symmetry.dim:
         raise ValueError(f"the vector field acts on dimension {field.dim}, the symmetry on {symmetry.dim}")
     return EquivariantFlowMatching(symmetry, field, aligner, sigma, atol, rtol, data_map)

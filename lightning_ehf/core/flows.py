@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -37,8 +37,16 @@ REVERSIBLE_AUTO_STEPS = 32
 #: does not depend on it.
 EVAL_ROWS = 1024
 
-__all__ = ["GaussianBase", "HamiltonianBlock", "HamiltonianFlow", "EquivariantHamiltonianFlow", "ConstraintStats", "make_ehf",
-           "REVERSIBLE_AUTO_STEPS", "EVAL_ROWS"]
+__all__ = [
+    "GaussianBase",
+    "HamiltonianBlock",
+    "HamiltonianFlow",
+    "EquivariantHamiltonianFlow",
+    "ConstraintStats",
+    "make_ehf",
+    "REVERSIBLE_AUTO_STEPS",
+    "EVAL_ROWS",
+]
 
 
 class GaussianBase(nn.Module):
@@ -58,8 +66,13 @@ class GaussianBase(nn.Module):
         const = -d * math.log(2 * math.pi) - d * math.log(self.sigma_q) - d * math.log(self.sigma_p)
         return const - 0.5 * (q.square().sum(-1) / self.sigma_q**2 + p.square().sum(-1) / self.sigma_p**2)
 
-    def sample(self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
-               device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> tuple[Tensor, Tensor]:
         z = draw(torch.randn, 2, n, self.dim, generator=generator, device=torch.device(device or "cpu"), dtype=dtype)
         return self.sigma_q * z[0], self.sigma_p * z[1]
 
@@ -91,8 +104,14 @@ class HamiltonianBlock(nn.Module):
     (docs/benchmarks.md).
     """
 
-    def __init__(self, hamiltonian: SeparableHamiltonian, n_steps: int, step_size: float, learn_step_size: bool = True,
-                 reversible: bool = False) -> None:
+    def __init__(
+        self,
+        hamiltonian: SeparableHamiltonian,
+        n_steps: int,
+        step_size: float,
+        learn_step_size: bool = True,
+        reversible: bool = False,
+    ) -> None:
         super().__init__()
         if n_steps < 1 or step_size <= 0:
             raise ValueError(f"need n_steps ≥ 1 and step_size > 0, got {n_steps}, {step_size}")
@@ -109,8 +128,9 @@ class HamiltonianBlock(nn.Module):
     def step_size(self) -> Tensor:
         return self.log_step.exp()
 
-    def integrate(self, q: Tensor, p: Tensor, reverse: bool, create_graph: bool,
-                  stats: "ConstraintStats | None" = None) -> tuple[Tensor, Tensor]:
+    def integrate(
+        self, q: Tensor, p: Tensor, reverse: bool, create_graph: bool, stats: ConstraintStats | None = None
+    ) -> tuple[Tensor, Tensor]:
         """L leapfrog steps (backwards in time when ``reverse``); residuals of the visited states go
         into ``stats``. ``create_graph``: differentiable with respect to the parameters."""
         if self.reversible and create_graph and (stats is None or stats.record is None):
@@ -121,11 +141,14 @@ class HamiltonianBlock(nn.Module):
             return q, p
         h = self.hamiltonian
         return leapfrog(
-            q, p,
+            q,
+            p,
             grad_u=lambda x: h.potential.grad(x, create_graph),
             grad_k=lambda x: h.kinetic.grad(x, create_graph),
             step=self.step_size if create_graph else self.step_size.detach(),
-            n_steps=self.n_steps, reverse=reverse, on_state=stats.on_state if stats is not None else None,
+            n_steps=self.n_steps,
+            reverse=reverse,
+            on_state=stats.on_state if stats is not None else None,
         )
 
 
@@ -136,13 +159,13 @@ class HamiltonianFlow(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
 
-    def forward(self, q: Tensor, p: Tensor, stats: "ConstraintStats | None" = None) -> tuple[Tensor, Tensor]:
+    def forward(self, q: Tensor, p: Tensor, stats: ConstraintStats | None = None) -> tuple[Tensor, Tensor]:
         graph = torch.is_grad_enabled()
         for block in self.blocks:
             q, p = block.integrate(q, p, reverse=False, create_graph=graph, stats=stats)
         return q, p
 
-    def inverse(self, q: Tensor, p: Tensor, stats: "ConstraintStats | None" = None) -> tuple[Tensor, Tensor]:
+    def inverse(self, q: Tensor, p: Tensor, stats: ConstraintStats | None = None) -> tuple[Tensor, Tensor]:
         graph = torch.is_grad_enabled()
         for t in reversed(range(len(self.blocks))):
             q, p = self.blocks[t].integrate(q, p, reverse=True, create_graph=graph, stats=stats)
@@ -208,8 +231,15 @@ class EquivariantHamiltonianFlow(nn.Module):
 
     exact_likelihood = False
 
-    def __init__(self, base: GaussianBase, flow: HamiltonianFlow, encoder: nn.Module, symmetry: Symmetry,
-                 invariant: bool = False, data_map: DataMap | None = None) -> None:
+    def __init__(
+        self,
+        base: GaussianBase,
+        flow: HamiltonianFlow,
+        encoder: nn.Module,
+        symmetry: Symmetry,
+        invariant: bool = False,
+        data_map: DataMap | None = None,
+    ) -> None:
         super().__init__()
         self.invariant = bool(invariant)
         if symmetry.dim != base.dim:
@@ -223,13 +253,19 @@ class EquivariantHamiltonianFlow(nn.Module):
         self.encoder = encoder
         self.symmetry = symmetry
         self.register_buffer("generators", symmetry.matrices.clone().to(torch.get_default_dtype()), persistent=False)
-        self.register_buffer("generator_offsets", symmetry.offsets.clone().to(torch.get_default_dtype()), persistent=False)
+        self.register_buffer(
+            "generator_offsets", symmetry.offsets.clone().to(torch.get_default_dtype()), persistent=False
+        )
         # data coordinates → the flow's: centre-of-mass frame and standardisation (saved in checkpoints)
         self.data_map = data_map
 
     #: where checkpoints written before the data map held the standardisation kept its buffers
-    _OLD_STANDARDISATION = {"data_loc": "loc", "data_scale": "scale", "data_scale_inv": "scale_inv",
-                            "data_log_det": "log_det"}
+    _OLD_STANDARDISATION = {
+        "data_loc": "loc",
+        "data_scale": "scale",
+        "data_scale_inv": "scale_inv",
+        "data_log_det": "log_det",
+    }
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
         for old, new in self._OLD_STANDARDISATION.items():
@@ -261,7 +297,7 @@ class EquivariantHamiltonianFlow(nn.Module):
 
     # -- data coordinates ----------------------------------------------------------------------
 
-    def standardise(self, mean: Tensor, cov: Tensor, atol: float = 1e-6) -> "EquivariantHamiltonianFlow":
+    def standardise(self, mean: Tensor, cov: Tensor, atol: float = 1e-6) -> EquivariantHamiltonianFlow:
         """Let the flow model ``q̃ = W⁻¹ (z − μ)`` with ``W = cov^{1/2}`` (symmetric square root), z the
         data in the frame's coordinates, so that the base ``N(0, σ_q² I)`` starts near the data's scale in
         every direction: ``log p(q) = log p̃(q̃) − log |det W|`` (:meth:`.DataMap.standardise`).
@@ -305,8 +341,9 @@ class EquivariantHamiltonianFlow(nn.Module):
 
     # -- marginal bounds -----------------------------------------------------------------------
 
-    def elbo_and_constraints(self, q: Tensor, n: int = 1, constraints: bool = True,
-                             iwae: bool = False, estimator: str = "reparam") -> tuple[Tensor, Tensor]:
+    def elbo_and_constraints(
+        self, q: Tensor, n: int = 1, constraints: bool = True, iwae: bool = False, estimator: str = "reparam"
+    ) -> tuple[Tensor, Tensor]:
         """A lower bound on ``log p_θ(q)`` per data point q (B, data coordinates) from ``n`` reparameterised momentum samples,
         and ``C_k`` (k,): the mean squared bracket over all visited states (for the Lagrangian; zeros when
         ``constraints`` is off, or the model is invariant by construction). The bound is the ELBO, the mean of the log-weights
@@ -377,7 +414,7 @@ class EquivariantHamiltonianFlow(nn.Module):
             done += m
         return torch.logsumexp(torch.cat(log_w, 0), 0) - math.log(k) - self.data_map.log_det
 
-    def compile_density(self, enabled: bool = True) -> "EquivariantHamiltonianFlow":
+    def compile_density(self, enabled: bool = True) -> EquivariantHamiltonianFlow:
         """Evaluate densities without autograd through ``torch.compile`` (when enabled): faster per call
         once compiled, but compiling costs seconds to minutes per new input shape, so it pays off only for
         large evaluations (docs/benchmarks.md). Falls back to eager evaluation if compilation fails."""
@@ -393,7 +430,10 @@ class EquivariantHamiltonianFlow(nn.Module):
             try:
                 return compiled(q, p)
             except Exception as err:  # compilation can fail on a platform without a compiler: stay eager
-                warnings.warn(f"torch.compile of the density failed ({type(err).__name__}: {err}); evaluating eagerly")
+                warnings.warn(
+                    f"torch.compile of the density failed ({type(err).__name__}: {err}); evaluating eagerly",
+                    stacklevel=2,
+                )
                 self._compiled_log_joint = None
                 return self._log_joint_standard(q, p)
 
@@ -462,8 +502,13 @@ def make_ehf(
     ``data_map``: from the data's coordinates to the flow's (:class:`.DataMap`; ``symmetry`` acts on the
     flow's), the identity when None.
     """
-    from .encoders import (ENCODERS, EquivariantMomentumEncoder, FlowMomentumEncoder, FullGaussianMomentumEncoder,
-                           GaussianMomentumEncoder)
+    from .encoders import (
+        ENCODERS,
+        EquivariantMomentumEncoder,
+        FlowMomentumEncoder,
+        FullGaussianMomentumEncoder,
+        GaussianMomentumEncoder,
+    )
     from .hamiltonians import MLPEnergy, QuadraticKinetic
 
     d = symmetry.dim
@@ -474,7 +519,9 @@ def make_ehf(
     features = None
     if invariant:
         if symmetry.invariants is None:
-            raise ValueError(f"symmetry '{symmetry.name}' has no invariant features; invariant Hamiltonians need a rotation group")
+            raise ValueError(
+                f"symmetry '{symmetry.name}' has no invariant features; invariant Hamiltonians need a rotation group"
+            )
         features = symmetry.invariants
     if reversible not in (True, False, "auto"):
         raise ValueError(f"reversible must be True, False or 'auto', got {reversible!r}")
@@ -487,12 +534,21 @@ def make_ehf(
             kin = QuadraticKinetic(d)
         else:
             kin = MLPEnergy(d, hidden, depth, activation, features=features, quadratic_part=True)
-        flow_blocks.append(HamiltonianBlock(SeparableHamiltonian(potential, kin), leapfrog_steps, step_size, learn_step_size,
-                                            reversible=use_reversible))
+        flow_blocks.append(
+            HamiltonianBlock(
+                SeparableHamiltonian(potential, kin),
+                leapfrog_steps,
+                step_size,
+                learn_step_size,
+                reversible=use_reversible,
+            )
+        )
     if encoder == "equivariant":
         planes = symmetry.rotation_blocks
         if not planes or any(len(b) != 2 for b in planes) or symmetry.invariants is None:
-            raise ValueError(f"the equivariant encoder needs rotations of disjoint 2-D planes; symmetry '{symmetry.name}' is not")
+            raise ValueError(
+                f"the equivariant encoder needs rotations of disjoint 2-D planes; symmetry '{symmetry.name}' is not"
+            )
         enc: nn.Module = EquivariantMomentumEncoder(d, planes, symmetry.invariants, hidden, depth, activation, sigma_p)
     elif encoder == "full":
         enc = FullGaussianMomentumEncoder(d, hidden, depth, activation, sigma_p)
@@ -500,6 +556,7 @@ def make_ehf(
         enc = FlowMomentumEncoder(d, hidden, depth, sigma_p=sigma_p)
     else:
         enc = GaussianMomentumEncoder(d, hidden, depth, activation, sigma_p)
-    model = EquivariantHamiltonianFlow(base, HamiltonianFlow(flow_blocks), enc, symmetry, invariant=invariant,
-                                       data_map=data_map)
+    model = EquivariantHamiltonianFlow(
+        base, HamiltonianFlow(flow_blocks), enc, symmetry, invariant=invariant, data_map=data_map
+    )
     return set_force_path(model, forces)

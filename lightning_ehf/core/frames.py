@@ -19,7 +19,6 @@ builds that symmetry (its invariant features seen in z: :class:`~.invariants.Fra
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -48,8 +47,10 @@ class CentreOfMassFrame:
 
     def __init__(self, n_particles: int, particle_dim: int) -> None:
         if n_particles < 2 or particle_dim < 1:
-            raise ValueError(f"a centre-of-mass frame needs at least 2 particles of dimension ≥ 1, got "
-                             f"{n_particles} of dimension {particle_dim}")
+            raise ValueError(
+                f"a centre-of-mass frame needs at least 2 particles of dimension ≥ 1, got "
+                f"{n_particles} of dimension {particle_dim}"
+            )
         self.n_particles, self.particle_dim = n_particles, particle_dim
         self.full_dim = n_particles * particle_dim
         self.dim = (n_particles - 1) * particle_dim
@@ -91,12 +92,14 @@ class CentreOfMassFrame:
         mats = symmetry.matrices.to(torch.float64)
         for a, name in zip(mats, symmetry.generator_names):
             if not torch.allclose(a @ proj, proj @ a, atol=1e-9):
-                raise ValueError(f"generator '{name}' of symmetry '{symmetry.name}' does not preserve the "
-                                 "centre-of-mass-free subspace (it acts differently on different particles)")
+                raise ValueError(
+                    f"generator '{name}' of symmetry '{symmetry.name}' does not preserve the "
+                    "centre-of-mass-free subspace (it acts differently on different particles)"
+                )
         restricted = torch.einsum("ia,kij,jb->kab", basis, mats, basis)
         offsets = symmetry.offsets.to(torch.float64) @ basis
 
-        def sample(n: int, generator: Optional[torch.Generator], dtype: torch.dtype, device: torch.device) -> GroupElement:
+        def sample(n: int, generator: torch.Generator | None, dtype: torch.dtype, device: torch.device) -> GroupElement:
             g = symmetry.sample(n, generator, dtype, device)
             b = basis.to(dtype=dtype, device=device)
             return GroupElement(b.T @ g.matrix @ b, g.shift @ b)
@@ -104,11 +107,18 @@ class CentreOfMassFrame:
         invariants = None
         if symmetry.invariants is not None:
             invariants = FramedFeatures(symmetry.invariants, self)
-        return Symmetry(f"{symmetry.name}|com", self.dim, restricted, offsets, list(symmetry.generator_names),
-                        sampler=sample, invariants=invariants)
+        return Symmetry(
+            f"{symmetry.name}|com",
+            self.dim,
+            restricted,
+            offsets,
+            list(symmetry.generator_names),
+            sampler=sample,
+            invariants=invariants,
+        )
 
 
-def permute_particles(x: Tensor, n_particles: int, generator: Optional[torch.Generator] = None) -> Tensor:
+def permute_particles(x: Tensor, n_particles: int, generator: torch.Generator | None = None) -> Tensor:
     """Relabel the particles of every row of x (..., n·D) by its own uniformly random permutation."""
     rows = x.reshape(-1, n_particles, x.shape[-1] // n_particles)
     keys = torch.rand(rows.shape[0], n_particles, generator=generator, device="cpu").to(x.device)

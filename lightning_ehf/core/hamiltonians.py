@@ -18,8 +18,8 @@ path (``torch.autograd.grad`` of E) is the reference the analytic one is tested 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -40,7 +40,9 @@ FORCE_PATHS = ("analytic", "autograd")
 ACTIVATIONS: dict[str, type[nn.Module]] = {"softplus": nn.Softplus, "tanh": nn.Tanh, "silu": nn.SiLU}
 
 
-def make_mlp(d_in: int, d_out: int, hidden: int, depth: int, activation: str = "softplus", out_bias: bool = True) -> nn.Sequential:
+def make_mlp(
+    d_in: int, d_out: int, hidden: int, depth: int, activation: str = "softplus", out_bias: bool = True
+) -> nn.Sequential:
     """A plain MLP with ``depth`` hidden layers of width ``hidden`` and a smooth activation."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation '{activation}'; choose from {sorted(ACTIVATIONS)}")
@@ -159,8 +161,9 @@ class MLPEnergy(Energy):
         return g
 
 
-def _features_with_pullback(features: Callable[[Tensor], Tensor], x: Tensor
-                            ) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+def _features_with_pullback(
+    features: Callable[[Tensor], Tensor], x: Tensor
+) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
     """``φ(x)`` and the map ``g ↦ J_φ(x)ᵀ g``. Feature maps with a ``with_pullback`` method share work between
     the two (the pair-distance features evaluate their bases once); any other is pulled back by
     :func:`_pullback`."""

@@ -9,7 +9,7 @@ L + 1 potential gradients and L kinetic gradients.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from torch import Tensor
 
@@ -27,7 +27,7 @@ def leapfrog(
     step: Tensor | float,
     n_steps: int,
     reverse: bool = False,
-    on_state: Optional[StateCallback] = None,
+    on_state: StateCallback | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Integrate ``n_steps`` leapfrog steps of size ``step`` (``−step`` when ``reverse``).
 

@@ -14,7 +14,8 @@ Every feature map offers ``__call__(x)`` (..., F) and ``pullback(x, g)`` (..., d
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -100,14 +101,14 @@ class _RadialBasis:
             self._scaled[key] = (self.centres / self.width).to(dtype=r.dtype, device=r.device)
         return r[..., None] * (1.0 / self.width) - self._scaled[key]
 
-    def phi_and_u_phi(self, r: Tensor, out: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    def phi_and_u_phi(self, r: Tensor, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``φ(r)`` and ``u φ(r)`` (written into ``out`` if given), the argument of exp clamped at
         :data:`EXP_FLOOR` (no graph recorded)."""
         u = self.u(r)
         phi = u.square().mul_(-0.5).clamp_min_(EXP_FLOOR).exp_()
         return phi, (u.mul_(phi) if out is None else torch.mul(u, phi, out=out))
 
-    def u_phi_and_curvature(self, r: Tensor, out: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    def u_phi_and_curvature(self, r: Tensor, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``u φ(r)`` (written into ``out`` if given) and ``(u² − 1) φ(r)``; differentiable when r carries a
         graph (a double backward)."""
         u = self.u(r)
@@ -142,7 +143,7 @@ class _SharedSlope:
     weights): one evaluation of the bases serves both backwards too. Held only between the two."""
 
     def __init__(self) -> None:
-        self.u_phi: Optional[Tensor] = None
+        self.u_phi: Tensor | None = None
 
 
 class _Histogram(torch.autograd.Function):
@@ -154,8 +155,9 @@ class _Histogram(torch.autograd.Function):
     autograd and their training gradients (a double backward) work too."""
 
     @staticmethod
-    def forward(ctx: Any, r: Tensor, basis: _RadialBasis, with_slope: bool,
-                shared: Optional[_SharedSlope]) -> tuple[Tensor, Tensor]:
+    def forward(
+        ctx: Any, r: Tensor, basis: _RadialBasis, with_slope: bool, shared: _SharedSlope | None
+    ) -> tuple[Tensor, Tensor]:
         rows, m = r.shape[0], basis.n_bins
         hist = r.new_empty(rows, m)
         u_phi = r.new_empty(rows, r.shape[1], m) if with_slope else r.new_empty(0)
@@ -169,7 +171,7 @@ class _Histogram(torch.autograd.Function):
         return hist, u_phi
 
     @staticmethod
-    def backward(ctx: Any, grad_hist: Tensor, grad_u_phi: Tensor) -> tuple[Optional[Tensor], None, None, None]:
+    def backward(ctx: Any, grad_hist: Tensor, grad_u_phi: Tensor) -> tuple[Tensor | None, None, None, None]:
         (r,) = ctx.saved_tensors
         u_phi = None
         if ctx.shared is not None:
@@ -190,8 +192,9 @@ class _Contract(torch.autograd.Function):
     graph is recorded, and leaves ``u φ`` in ``shared`` for the histogram's backward."""
 
     @staticmethod
-    def forward(ctx: Any, r: Tensor, g: Tensor, u_phi: Optional[Tensor], basis: _RadialBasis,
-                shared: Optional[_SharedSlope]) -> Tensor:
+    def forward(
+        ctx: Any, r: Tensor, g: Tensor, u_phi: Tensor | None, basis: _RadialBasis, shared: _SharedSlope | None
+    ) -> Tensor:
         g = g.expand(r.shape[0], -1)
         if u_phi is not None and u_phi.numel():
             out = _contract(u_phi, g)
@@ -204,7 +207,7 @@ class _Contract(torch.autograd.Function):
         return out.mul_(-1.0 / basis.width)
 
     @staticmethod
-    def backward(ctx: Any, grad_c: Tensor) -> tuple[Optional[Tensor], Optional[Tensor], None, None, None]:
+    def backward(ctx: Any, grad_c: Tensor) -> tuple[Tensor | None, Tensor | None, None, None, None]:
         r, g = ctx.saved_tensors
         basis, w = ctx.basis, ctx.basis.width
         want_r, want_g = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
@@ -221,8 +224,13 @@ class _Contract(torch.autograd.Function):
         if kept is not None:
             ctx.shared.u_phi = kept
         ctx.shared = None
-        return ((torch.cat(grad_r) * (1.0 / w**2) if want_r else None),
-                (torch.cat(grad_g) * (-1.0 / w) if want_g else None), None, None, None)
+        return (
+            (torch.cat(grad_r) * (1.0 / w**2) if want_r else None),
+            (torch.cat(grad_g) * (-1.0 / w) if want_g else None),
+            None,
+            None,
+            None,
+        )
 
 
 class PairDistanceFeatures:
@@ -295,8 +303,13 @@ class PairDistanceFeatures:
         """``J(x)ᵀ g`` for a gradient g (..., 2·n_bins) in the features."""
         parts, diff, r_pair, r_norm = self._arguments(x)
         g_pair, g_norm = self._weights(x, g)
-        return self._gather(x, parts, diff, _Contract.apply(r_pair, g_pair, None, self.basis, None),
-                            _Contract.apply(r_norm, g_norm, None, self.basis, None))
+        return self._gather(
+            x,
+            parts,
+            diff,
+            _Contract.apply(r_pair, g_pair, None, self.basis, None),
+            _Contract.apply(r_norm, g_norm, None, self.basis, None),
+        )
 
     def with_pullback(self, x: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
         """The features φ(x) and the map ``g ↦ J(x)ᵀ g``, sharing one evaluation of the bases."""
@@ -307,8 +320,13 @@ class PairDistanceFeatures:
 
         def pullback(g: Tensor) -> Tensor:
             g_pair, g_norm = self._weights(x, g)
-            return self._gather(x, parts, diff, _Contract.apply(r_pair, g_pair, pair_slope, self.basis, shared[0]),
-                                _Contract.apply(r_norm, g_norm, norm_slope, self.basis, shared[1]))
+            return self._gather(
+                x,
+                parts,
+                diff,
+                _Contract.apply(r_pair, g_pair, pair_slope, self.basis, shared[0]),
+                _Contract.apply(r_norm, g_norm, norm_slope, self.basis, shared[1]),
+            )
 
         return torch.cat([pair, norm], -1).reshape(*x.shape[:-1], 2 * self.n_bins), pullback
 
@@ -316,7 +334,7 @@ class PairDistanceFeatures:
 class FramedFeatures:
     """Features of the particles, φ(B z), as a function of z; pullback Bᵀ J_φ(Bz)ᵀ g."""
 
-    def __init__(self, features: Any, frame: "CentreOfMassFrame") -> None:
+    def __init__(self, features: Any, frame: CentreOfMassFrame) -> None:
         self.features, self.frame = features, frame
 
     def __call__(self, z: Tensor) -> Tensor:

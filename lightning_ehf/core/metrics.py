@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
-
-from typing import Callable
 
 from .symmetries import GroupElement, Symmetry
 
@@ -15,8 +15,15 @@ PhaseMap = Callable[[Tensor, Tensor], "tuple[Tensor, Tensor]"]
 
 
 @torch.no_grad()
-def invariance_error(model: nn.Module, q: Tensor, symmetry: Symmetry, n_group: int = 4, k: int = 32, chunk: int = 64,
-                     generator: torch.Generator | None = None) -> tuple[float, float]:
+def invariance_error(
+    model: nn.Module,
+    q: Tensor,
+    symmetry: Symmetry,
+    n_group: int = 4,
+    k: int = 32,
+    chunk: int = 64,
+    generator: torch.Generator | None = None,
+) -> tuple[float, float]:
     """``E |log p̂(q) − log p̂(g·q)|`` over random group elements g, and its noise floor.
 
     ``log p̂`` is the IWAE_k estimate, itself random; the noise floor ``E |log p̂(q) − log p̂'(q)|``

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,8 +12,9 @@ from torch import Tensor
 __all__ = ["draw", "stream_seed"]
 
 
-def draw(fn: Callable[..., Tensor], *args: Any, generator: Optional[torch.Generator], device: torch.device,
-         **kwargs: Any) -> Tensor:
+def draw(
+    fn: Callable[..., Tensor], *args: Any, generator: torch.Generator | None, device: torch.device, **kwargs: Any
+) -> Tensor:
     """Call a torch random function on the generator's device (so a CPU generator also serves CUDA
     tensors, and results do not depend on the target device), then move the result to ``device``."""
     where = generator.device if generator is not None else device

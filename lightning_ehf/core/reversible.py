@@ -24,8 +24,14 @@ from .brackets import momentum_map_bracket
 __all__ = ["reversible_leapfrog"]
 
 
-def _step(block: nn.Module, q: Tensor, p: Tensor, h: Tensor, graph: bool, generators: tuple[Tensor, Tensor] | None,
-          ) -> tuple[Tensor, Tensor, Tensor | None]:
+def _step(
+    block: nn.Module,
+    q: Tensor,
+    p: Tensor,
+    h: Tensor,
+    graph: bool,
+    generators: tuple[Tensor, Tensor] | None,
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """One leapfrog step of ``h`` (signed) and the sum over its two states of mean_batch ``{g_k, H}²``."""
     ham = block.hamiltonian
     force = ham.potential.grad(q, graph)
@@ -44,8 +50,16 @@ def _step(block: nn.Module, q: Tensor, p: Tensor, h: Tensor, graph: bool, genera
 
 class _ReversibleLeapfrog(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, q: Tensor, p: Tensor, log_step: Tensor, block: nn.Module, reverse: bool,
-                generators: tuple[Tensor, Tensor] | None, *params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(
+        ctx: Any,
+        q: Tensor,
+        p: Tensor,
+        log_step: Tensor,
+        block: nn.Module,
+        reverse: bool,
+        generators: tuple[Tensor, Tensor] | None,
+        *params: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor]:
         sign = -1.0 if reverse else 1.0
         h = sign * log_step.exp()
         k = generators[0].shape[0] if generators is not None else 0
@@ -97,8 +111,9 @@ def _hamiltonian_parameters(block: nn.Module) -> list[Tensor]:
     return [prm for prm in block.hamiltonian.parameters() if prm.requires_grad]
 
 
-def reversible_leapfrog(block: nn.Module, q: Tensor, p: Tensor, reverse: bool,
-                        generators: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def reversible_leapfrog(
+    block: nn.Module, q: Tensor, p: Tensor, reverse: bool, generators: tuple[Tensor, Tensor] | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """``block.n_steps`` leapfrog steps of ``block``'s Hamiltonian with a memory-flat backward pass.
 
     Returns ``(q', p', S)`` with ``S_k = Σ_states mean_batch {g_k, H}²`` over the 2L states visited

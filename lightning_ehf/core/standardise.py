@@ -70,8 +70,9 @@ def _relabelling_average(matrix: Tensor, n_particles: int) -> Tensor:
     return out.transpose(1, 2).reshape(d, d)
 
 
-def invariant_moments(x: Tensor, generators: Tensor, n_particles: int | None = None,
-                      basis: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def invariant_moments(
+    x: Tensor, generators: Tensor, n_particles: int | None = None, basis: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """The mean and covariance of the rows of x (N, d), projected so that they commute with the group.
 
     Args:

@@ -13,9 +13,9 @@ invariant-by-construction Hamiltonians and encoders.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
-from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -98,7 +98,9 @@ class Symmetry:
     def __post_init__(self) -> None:
         k = len(self.generator_names)
         if self.matrices.shape != (k, self.dim, self.dim):
-            raise ValueError(f"generators must have shape ({k}, {self.dim}, {self.dim}), got {tuple(self.matrices.shape)}")
+            raise ValueError(
+                f"generators must have shape ({k}, {self.dim}, {self.dim}), got {tuple(self.matrices.shape)}"
+            )
         if self.offsets.shape != (k, self.dim):
             raise ValueError(f"offsets must have shape ({k}, {self.dim}), got {tuple(self.offsets.shape)}")
 
@@ -243,16 +245,28 @@ def _check_coords(d: int, coords: Sequence[int], what: str) -> list[int]:
 
 def no_symmetry(d: int) -> Symmetry:
     """The trivial group: no generators."""
-    return Symmetry("none", d, torch.zeros(0, d, d, dtype=torch.float64), torch.zeros(0, d, dtype=torch.float64), [],
-                    sampler=lambda n, gen, dtype, dev: _identity_elements(n, d, dtype, dev))
+    return Symmetry(
+        "none",
+        d,
+        torch.zeros(0, d, d, dtype=torch.float64),
+        torch.zeros(0, d, dtype=torch.float64),
+        [],
+        sampler=lambda n, gen, dtype, dev: _identity_elements(n, d, dtype, dev),
+    )
 
 
 def rotation_plane(d: int, i: int, j: int) -> Symmetry:
     """SO(2) rotating coordinates (i, j) of ``R^d``; momentum map ``q_i p_j − q_j p_i``."""
     i, j = _check_coords(d, [i, j], "rotation plane")
     return Symmetry(
-        f"rot[{i},{j}]", d, _plane_generator(d, i, j)[None], torch.zeros(1, d, dtype=torch.float64), [f"L{i}{j}"],
-        sampler=_block_rotation_sampler(d, [i, j]), invariants=BlockInvariants(d, [[i, j]]), rotation_blocks=[[i, j]],
+        f"rot[{i},{j}]",
+        d,
+        _plane_generator(d, i, j)[None],
+        torch.zeros(1, d, dtype=torch.float64),
+        [f"L{i}{j}"],
+        sampler=_block_rotation_sampler(d, [i, j]),
+        invariants=BlockInvariants(d, [[i, j]]),
+        rotation_blocks=[[i, j]],
     )
 
 
@@ -264,9 +278,14 @@ def son(d: int, coords: Sequence[int]) -> Symmetry:
     planes = list(combinations(coords, 2))
     mats = torch.stack([_plane_generator(d, a, b) for a, b in planes])
     return Symmetry(
-        f"so{len(coords)}{coords}".replace(" ", ""), d, mats, torch.zeros(len(planes), d, dtype=torch.float64),
+        f"so{len(coords)}{coords}".replace(" ", ""),
+        d,
+        mats,
+        torch.zeros(len(planes), d, dtype=torch.float64),
         [f"L{a}{b}" for a, b in planes],
-        sampler=_block_rotation_sampler(d, coords), invariants=BlockInvariants(d, [coords]), rotation_blocks=[coords],
+        sampler=_block_rotation_sampler(d, coords),
+        invariants=BlockInvariants(d, [coords]),
+        rotation_blocks=[coords],
     )
 
 
@@ -293,9 +312,13 @@ def particle_rotations(n_particles: int, particle_dim: int) -> Symmetry:
     eye = torch.eye(n_particles, dtype=torch.float64)
     mats = torch.stack([torch.kron(eye, _plane_generator(particle_dim, a, b)) for a, b in planes])
     return Symmetry(
-        f"particles{n_particles}x{particle_dim}", d, mats, torch.zeros(len(planes), d, dtype=torch.float64),
+        f"particles{n_particles}x{particle_dim}",
+        d,
+        mats,
+        torch.zeros(len(planes), d, dtype=torch.float64),
         [f"L{a}{b}" for a, b in planes],
-        sampler=_particle_sampler(n_particles, particle_dim), invariants=GramInvariants(n_particles, particle_dim),
+        sampler=_particle_sampler(n_particles, particle_dim),
+        invariants=GramInvariants(n_particles, particle_dim),
         particles=(n_particles, particle_dim),
     )
 
@@ -308,7 +331,9 @@ def translation(d: int, direction: Sequence[float], name: str = "T") -> Symmetry
     return Symmetry(f"translation{name}", d, torch.zeros(1, d, d, dtype=torch.float64), v[None], [name])
 
 
-def from_matrices(matrices: Sequence[Sequence[Sequence[float]]] | Tensor, names: Sequence[str] | None = None) -> Symmetry:
+def from_matrices(
+    matrices: Sequence[Sequence[Sequence[float]]] | Tensor, names: Sequence[str] | None = None
+) -> Symmetry:
     """Explicit linear generators ``A_k`` (each d×d). Group elements are ``exp(Σ t_k A_k)``, t ~ N(0, 1)."""
     mats = torch.as_tensor(matrices, dtype=torch.float64)
     if mats.ndim == 2:
@@ -338,8 +363,13 @@ def product(*parts: Symmetry) -> Symmetry:
     blocks = [b for p in parts for b in p.rotation_blocks]
     disjoint = all(p.rotation_blocks for p in parts) and len({i for b in blocks for i in b}) == sum(map(len, blocks))
     return Symmetry(
-        "x".join(p.name for p in parts), d, torch.cat([p.matrices for p in parts]), torch.cat([p.offsets for p in parts]),
-        names, sampler=_product_sampler(parts), invariants=BlockInvariants(d, blocks) if disjoint else None,
+        "x".join(p.name for p in parts),
+        d,
+        torch.cat([p.matrices for p in parts]),
+        torch.cat([p.offsets for p in parts]),
+        names,
+        sampler=_product_sampler(parts),
+        invariants=BlockInvariants(d, blocks) if disjoint else None,
         rotation_blocks=blocks if disjoint else [],
     )
 
@@ -353,9 +383,11 @@ def one_parameter_subgroup(symmetry: Symmetry, k: int) -> Symmetry:
     a = symmetry.matrices[k].to(torch.float64)
     b = symmetry.offsets[k].to(torch.float64)
     d = symmetry.dim
-    periodic = bool((b.abs() < 1e-12).all() and ((a + a.T).abs() < 1e-12).all()
-                    and torch.allclose(torch.linalg.matrix_exp(2 * torch.pi * a), torch.eye(d, dtype=torch.float64),
-                                       atol=1e-9))
+    periodic = bool(
+        (b.abs() < 1e-12).all()
+        and ((a + a.T).abs() < 1e-12).all()
+        and torch.allclose(torch.linalg.matrix_exp(2 * torch.pi * a), torch.eye(d, dtype=torch.float64), atol=1e-9)
+    )
     aug = torch.zeros(d + 1, d + 1, dtype=torch.float64)
     aug[:d, :d], aug[:d, d] = a, b
 
@@ -368,5 +400,11 @@ def one_parameter_subgroup(symmetry: Symmetry, k: int) -> Symmetry:
         return GroupElement(e[:, :d, :d].to(dtype), e[:, :d, d].to(dtype))
 
     name = symmetry.generator_names[k]
-    return Symmetry(f"{symmetry.name}/{name}", d, symmetry.matrices[k : k + 1].clone(),
-                    symmetry.offsets[k : k + 1].clone(), [name], sampler=sample)
+    return Symmetry(
+        f"{symmetry.name}/{name}",
+        d,
+        symmetry.matrices[k : k + 1].clone(),
+        symmetry.offsets[k : k + 1].clone(),
+        [name],
+        sampler=sample,
+    )

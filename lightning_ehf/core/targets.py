@@ -26,8 +26,9 @@ Targets (``make_target(name)``):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,8 +38,20 @@ from . import symmetries
 from .random import draw
 from .symmetries import Symmetry
 
-__all__ = ["Target", "RadialMixture", "PlaneProduct", "Particles2D", "GMM8", "ParticlePool", "DoubleWellParticles",
-           "LennardJonesCluster", "double_well_pair_energy", "lennard_jones_energy", "TARGETS", "make_target"]
+__all__ = [
+    "Target",
+    "RadialMixture",
+    "PlaneProduct",
+    "Particles2D",
+    "GMM8",
+    "ParticlePool",
+    "DoubleWellParticles",
+    "LennardJonesCluster",
+    "double_well_pair_energy",
+    "lennard_jones_energy",
+    "TARGETS",
+    "make_target",
+]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 _ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -68,8 +81,8 @@ class Target:
     name: str
     dim: int
     finite_pool: bool = False
-    n_particles: Optional[int] = None
-    particle_dim: Optional[int] = None
+    n_particles: int | None = None
+    particle_dim: int | None = None
     identical: bool = False
     translation_invariant: bool = False
 
@@ -78,13 +91,24 @@ class Target:
         """The continuous group the density is invariant under, acting on its coordinates."""
         return symmetries.no_symmetry(self.dim)
 
-    def sample(self, n: int, generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32,
-               device: Any = None) -> Tensor:
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: Any = None,
+    ) -> Tensor:
         """Draw ``n`` exact samples, shape ``(n, dim)``; all randomness comes from ``generator``."""
         raise NotImplementedError
 
-    def sample_split(self, split: str, n: int, generator: Optional[torch.Generator] = None,
-                     dtype: torch.dtype = torch.float32, device: Any = None) -> Tensor:
+    def sample_split(
+        self,
+        split: str,
+        n: int,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: Any = None,
+    ) -> Tensor:
         """``n`` samples for the data split ``split`` (``"train"``, ``"val"`` or ``"test"``), shape ``(n, dim)``.
 
         An analytic target draws fresh exact samples for every split, so this is ``sample(n, …)`` and the
@@ -96,7 +120,7 @@ class Target:
         """Normalised log density of ``x`` (shape ``(..., dim)``) -> shape ``(...)``; differentiable."""
         raise NotImplementedError
 
-    def entropy(self, n: int = 100_000, generator: Optional[torch.Generator] = None) -> tuple[float, float]:
+    def entropy(self, n: int = 100_000, generator: torch.Generator | None = None) -> tuple[float, float]:
         """Monte-Carlo differential entropy H = −E_p[log p(x)] (float64) and its standard error."""
         lp = self.log_prob(self.sample(n, generator=generator, dtype=torch.float64, device="cpu"))
         return float(-lp.mean()), float(lp.std() / math.sqrt(n))
@@ -113,8 +137,9 @@ class RadialMixture(Target):
     The direction is uniform on the sphere S^{d−1}. p is integrable but infinite at x = 0 (log_prob = +inf).
     """
 
-    def __init__(self, name: str, dim: int, radii: Sequence[float], std: float,
-                 weights: Optional[Sequence[float]] = None) -> None:
+    def __init__(
+        self, name: str, dim: int, radii: Sequence[float], std: float, weights: Sequence[float] | None = None
+    ) -> None:
         if dim not in (2, 3):
             raise ValueError(f"RadialMixture supports dim 2 or 3, got {dim}")
         self.name, self.dim = name, dim
@@ -123,8 +148,10 @@ class RadialMixture(Target):
         w = np.full(len(self.radii), 1.0 / len(self.radii)) if weights is None else np.asarray(weights, float)
         self.weights = (w / w.sum()).tolist()
         # log w_k − log s − ½ log 2π − log Φ(μ_k/s): per-component constants of log N_trunc.
-        self._log_consts = [math.log(wk) - math.log(self.std) - 0.5 * _LOG_2PI - _log_std_normal_cdf(mu / self.std)
-                            for wk, mu in zip(self.weights, self.radii)]
+        self._log_consts = [
+            math.log(wk) - math.log(self.std) - 0.5 * _LOG_2PI - _log_std_normal_cdf(mu / self.std)
+            for wk, mu in zip(self.weights, self.radii)
+        ]
         self._log_sphere = math.log(2.0 * math.pi) if dim == 2 else math.log(4.0 * math.pi)
 
     @property
@@ -132,17 +159,24 @@ class RadialMixture(Target):
         """SO(d), d = 2 or 3: the density depends on |x| alone."""
         return symmetries.son(self.dim, list(range(self.dim)))
 
-    def sample(self, n: int, generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32,
-               device: Any = None) -> Tensor:
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: Any = None,
+    ) -> Tensor:
         device = _resolve_device(device)
         cum = torch.tensor(np.cumsum(self.weights)[:-1].tolist(), dtype=torch.float64, device=device)
-        k = torch.searchsorted(cum, draw(torch.rand, n, generator=generator, device=device, dtype=torch.float64),
-                               right=True)
+        k = torch.searchsorted(
+            cum, draw(torch.rand, n, generator=generator, device=device, dtype=torch.float64), right=True
+        )
         mu = torch.tensor(self.radii, dtype=dtype, device=device)[k]
         r = mu + self.std * draw(torch.randn, n, generator=generator, device=device, dtype=dtype)
         while bool((bad := r <= 0).any()):  # exact truncation by rejection (rare: μ/s ≥ 6.7 here)
-            r[bad] = mu[bad] + self.std * draw(torch.randn, int(bad.sum()), generator=generator, device=device,
-                                                dtype=dtype)
+            r[bad] = mu[bad] + self.std * draw(
+                torch.randn, int(bad.sum()), generator=generator, device=device, dtype=dtype
+            )
         u = draw(torch.randn, n, self.dim, generator=generator, device=device, dtype=dtype)
         return r[:, None] * u / torch.linalg.vector_norm(u, dim=-1, keepdim=True)
 
@@ -171,8 +205,13 @@ class PlaneProduct(Target):
         """An independent rotation of every plane (2i, 2i+1)."""
         return symmetries.product(*[symmetries.rotation_plane(self.dim, a, b) for a, b in self.planes])
 
-    def sample(self, n: int, generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32,
-               device: Any = None) -> Tensor:
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: Any = None,
+    ) -> Tensor:
         return torch.cat([p.sample(n, generator, dtype, device) for p in self.parts], dim=-1)
 
     def log_prob(self, x: Tensor) -> Tensor:
@@ -196,13 +235,14 @@ class Particles2D(Target):
     |x|² + |T|² − 2ρ = |x − R(θ*)T|² (computed directly, which avoids cancellation in float32).
     """
 
-    def __init__(self, name: str = "particles2d", n_particles: int = 3, radius: float = 1.5,
-                 sigma: float = 0.2) -> None:
+    def __init__(
+        self, name: str = "particles2d", n_particles: int = 3, radius: float = 1.5, sigma: float = 0.2
+    ) -> None:
         self.name, self.n_particles, self.particle_dim, self.dim = name, n_particles, 2, 2 * n_particles
         self.radius, self.sigma = float(radius), float(sigma)
         ang = np.pi / 2 + 2 * np.pi * np.arange(n_particles) / n_particles
         self.template = np.stack([radius * np.cos(ang), radius * np.sin(ang)], axis=-1)  # (m, 2)
-        self.template_sq = float((self.template ** 2).sum())  # |T|²
+        self.template_sq = float((self.template**2).sum())  # |T|²
 
     @property
     def symmetry(self) -> Symmetry:
@@ -210,8 +250,13 @@ class Particles2D(Target):
         reverses the template's orientation, which no rotation undoes (``identical`` is False)."""
         return symmetries.particle_rotations(self.n_particles, 2)
 
-    def sample(self, n: int, generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32,
-               device: Any = None) -> Tensor:
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: Any = None,
+    ) -> Tensor:
         device = _resolve_device(device)
         theta = 2 * math.pi * draw(torch.rand, n, generator=generator, device=device, dtype=dtype)
         c, s = torch.cos(theta)[:, None], torch.sin(theta)[:, None]
@@ -230,9 +275,10 @@ class Particles2D(Target):
         resid = xs - torch.stack([c * T[:, 0] - s * T[:, 1], s * T[:, 0] + c * T[:, 1]], dim=-1)
         # |x − R(θ*)T|² = |x|² + |T|² − 2ρ; at ρ = 0 use the right side (θ* undefined there).
         d2 = torch.where(rho2 > tiny, resid.square().sum(dim=(-1, -2)), x.square().sum(-1) + self.template_sq)
-        var = self.sigma ** 2
-        return (-self.n_particles * math.log(2 * math.pi * var) - d2 / (2 * var)
-                + torch.log(torch.special.i0e(rho / var)))
+        var = self.sigma**2
+        return (
+            -self.n_particles * math.log(2 * math.pi * var) - d2 / (2 * var) + torch.log(torch.special.i0e(rho / var))
+        )
 
 
 class GMM8(Target):
@@ -250,8 +296,13 @@ class GMM8(Target):
         ang = 2 * np.pi * np.arange(n_modes) / n_modes
         self.means = np.stack([radius * np.cos(ang), radius * np.sin(ang)], axis=-1)  # (K, 2)
 
-    def sample(self, n: int, generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32,
-               device: Any = None) -> Tensor:
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: Any = None,
+    ) -> Tensor:
         device = _resolve_device(device)
         k = draw(torch.randint, len(self.means), (n,), generator=generator, device=device)
         mu = torch.as_tensor(self.means, dtype=dtype, device=device)[k]
@@ -260,12 +311,13 @@ class GMM8(Target):
     def log_prob(self, x: Tensor) -> Tensor:
         mu = torch.as_tensor(self.means, dtype=x.dtype, device=x.device)
         sq = (x[..., None, :] - mu).square().sum(dim=-1)
-        var = self.sigma ** 2
+        var = self.sigma**2
         return torch.logsumexp(-sq / (2 * var), dim=-1) - math.log(len(self.means)) - math.log(2 * math.pi * var)
 
 
-def double_well_pair_energy(x: Tensor, n_particles: int, particle_dim: int, a: float = 0.9, b: float = -4.0,
-                            d0: float = 4.0) -> Tensor:
+def double_well_pair_energy(
+    x: Tensor, n_particles: int, particle_dim: int, a: float = 0.9, b: float = -4.0, d0: float = 4.0
+) -> Tensor:
     """Double-well pair energy of ``n_particles`` particles in R^D, x of shape (..., n·D) -> shape (...):
 
         E(x) = Σ_{i<j} a (d_ij − d₀)⁴ + b (d_ij − d₀)²,   d_ij = |x_i − x_j|,
@@ -283,8 +335,9 @@ def double_well_pair_energy(x: Tensor, n_particles: int, particle_dim: int, a: f
     return (a * u**4 + b * u**2).sum(dim=-1)
 
 
-def lennard_jones_energy(x: Tensor, n_particles: int, particle_dim: int, epsilon: float = 1.0, r_min: float = 1.0,
-                         confinement: float = 1.0) -> Tensor:
+def lennard_jones_energy(
+    x: Tensor, n_particles: int, particle_dim: int, epsilon: float = 1.0, r_min: float = 1.0, confinement: float = 1.0
+) -> Tensor:
     """Lennard-Jones cluster energy with a harmonic confinement to the centre of mass, x (..., n·D) -> (...):
 
         E(x) = ε Σ_{i<j} [(r_m/d_ij)¹² − 2 (r_m/d_ij)⁶] + (c/2) Σ_i |x_i − x̄|²,   x̄ = (1/n) Σ_i x_i,
@@ -329,14 +382,15 @@ class ParticlePool(Target):
     translation_invariant = True
     splits = ("train", "val", "test")
 
-    def __init__(self, name: str, n_particles: int, particle_dim: int, parameters: dict[str, float],
-                 path: Optional[Path] = None) -> None:
+    def __init__(
+        self, name: str, n_particles: int, particle_dim: int, parameters: dict[str, float], path: Path | None = None
+    ) -> None:
         self.name, self.n_particles, self.particle_dim = name, n_particles, particle_dim
         self.dim = n_particles * particle_dim
         self.parameters = {k: float(v) for k, v in parameters.items()}
         self.kT = self.parameters["kT"]
         self.path = Path(path) if path is not None else _ASSETS / f"{name}.npz"
-        self._pools: Optional[dict[str, Tensor]] = None
+        self._pools: dict[str, Tensor] | None = None
         self._log_z = self._log_z_se = math.nan
 
     @property
@@ -353,8 +407,10 @@ class ParticlePool(Target):
         """The pools (float32 CPU tensors, by split), read from ``self.path`` on first use."""
         if self._pools is None:
             if not self.path.is_file():
-                raise FileNotFoundError(f"the {self.name} samples file {self.path} is missing; write it with "
-                                        f"`python scripts/make_{self.name}.py`")
+                raise FileNotFoundError(
+                    f"the {self.name} samples file {self.path} is missing; write it with "
+                    f"`python scripts/make_{self.name}.py`"
+                )
             with np.load(self.path) as data:
                 stored = {k: float(data[k]) for k in self.parameters}
                 if stored != self.parameters:  # log Z belongs to the energy it was computed for
@@ -363,8 +419,9 @@ class ParticlePool(Target):
                 log_z, log_z_se = float(data["log_z"]), float(data["log_z_se"])
             for split, pool in pools.items():
                 if pool.ndim != 2 or pool.shape[1] != self.dim:
-                    raise ValueError(f"{self.path}: the '{split}' pool has shape {tuple(pool.shape)}, "
-                                     f"expected (n, {self.dim})")
+                    raise ValueError(
+                        f"{self.path}: the '{split}' pool has shape {tuple(pool.shape)}, expected (n, {self.dim})"
+                    )
             self._pools, self._log_z, self._log_z_se = pools, log_z, log_z_se
         return self._pools
 
@@ -389,8 +446,14 @@ class ParticlePool(Target):
             raise ValueError(f"unknown split '{split}' for {self.name}; choose from {', '.join(self.splits)}")
         return self._load()[split]
 
-    def sample_split(self, split: str, n: int, generator: Optional[torch.Generator] = None,
-                     dtype: torch.dtype = torch.float32, device: Any = None) -> Tensor:
+    def sample_split(
+        self,
+        split: str,
+        n: int,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: Any = None,
+    ) -> Tensor:
         """``n`` distinct rows of the ``split`` pool, shape ``(n, dim)``: the first n of a random permutation
         drawn from ``generator`` (so the seed picks the rows, and for one seed a smaller n takes a subset of
         the rows of a larger one). Raises ``ValueError`` if n exceeds the pool."""
@@ -400,15 +463,20 @@ class ParticlePool(Target):
         rows = draw(torch.randperm, len(pool), generator=generator, device=torch.device("cpu"))[:n]
         return pool[rows].to(device=_resolve_device(device), dtype=dtype)
 
-    def sample(self, n: int, generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32,
-               device: Any = None) -> Tensor:
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: Any = None,
+    ) -> Tensor:
         """``n`` distinct rows of the ``test`` pool (see ``sample_split``)."""
         return self.sample_split("test", n, generator, dtype, device)
 
     def log_prob(self, x: Tensor) -> Tensor:
         return -self.energy(x) / self.kT - self.log_z
 
-    def entropy(self, n: int = 100_000, generator: Optional[torch.Generator] = None) -> tuple[float, float]:
+    def entropy(self, n: int = 100_000, generator: torch.Generator | None = None) -> tuple[float, float]:
         """H = −mean log p(x) = mean E(x)/kT + log Z over the ``test`` pool (float64), and its standard error.
 
         Uses the whole pool when ``n`` ≥ its size (the default), else n rows chosen by ``generator``. The
@@ -418,8 +486,11 @@ class ParticlePool(Target):
         test pool pairs the Monte-Carlo parts.)
         """
         pool = self._pool("test")
-        x = (pool.to(torch.float64) if n >= len(pool)
-             else self.sample_split("test", n, generator, dtype=torch.float64, device="cpu"))
+        x = (
+            pool.to(torch.float64)
+            if n >= len(pool)
+            else self.sample_split("test", n, generator, dtype=torch.float64, device="cpu")
+        )
         lp = self.log_prob(x)
         se_mc = float(lp.std() / math.sqrt(len(x)))
         return float(-lp.mean()), math.hypot(se_mc, self.log_z_se)
@@ -430,8 +501,17 @@ class DoubleWellParticles(ParticlePool):
     pools of 10000 (``train``), 2000 (``val``) and 5000 (``test``) rows from parallel-tempering MCMC
     (:class:`ParticlePool`, ``scripts/make_dw4.py``)."""
 
-    def __init__(self, name: str = "dw4", n_particles: int = 4, particle_dim: int = 2, a: float = 0.9,
-                 b: float = -4.0, d0: float = 4.0, kT: float = 1.0, path: Optional[Path] = None) -> None:
+    def __init__(
+        self,
+        name: str = "dw4",
+        n_particles: int = 4,
+        particle_dim: int = 2,
+        a: float = 0.9,
+        b: float = -4.0,
+        d0: float = 4.0,
+        kT: float = 1.0,
+        path: Path | None = None,
+    ) -> None:
         super().__init__(name, n_particles, particle_dim, {"a": a, "b": b, "d0": d0, "kT": kT}, path)
         self.a, self.b, self.d0 = self.parameters["a"], self.parameters["b"], self.parameters["d0"]
 
@@ -444,10 +524,24 @@ class LennardJonesCluster(ParticlePool):
     mass (:func:`lennard_jones_energy`, ε = r_m = c = 1), at kT = 1; pools from MALA chains, log Z by annealed
     importance sampling (:class:`ParticlePool`, ``scripts/make_lj13.py``)."""
 
-    def __init__(self, name: str = "lj13", n_particles: int = 13, particle_dim: int = 3, epsilon: float = 1.0,
-                 r_min: float = 1.0, confinement: float = 1.0, kT: float = 1.0, path: Optional[Path] = None) -> None:
-        super().__init__(name, n_particles, particle_dim,
-                         {"epsilon": epsilon, "r_min": r_min, "confinement": confinement, "kT": kT}, path)
+    def __init__(
+        self,
+        name: str = "lj13",
+        n_particles: int = 13,
+        particle_dim: int = 3,
+        epsilon: float = 1.0,
+        r_min: float = 1.0,
+        confinement: float = 1.0,
+        kT: float = 1.0,
+        path: Path | None = None,
+    ) -> None:
+        super().__init__(
+            name,
+            n_particles,
+            particle_dim,
+            {"epsilon": epsilon, "r_min": r_min, "confinement": confinement, "kT": kT},
+            path,
+        )
 
     def energy(self, x: Tensor) -> Tensor:
         p = self.parameters
@@ -460,11 +554,14 @@ TARGETS: dict[str, Callable[[], Target]] = {
     "shell3d": lambda: RadialMixture("shell3d", 3, radii=[2.0], std=0.25),
     "particles2d": lambda: Particles2D("particles2d", n_particles=3, radius=1.5, sigma=0.2),
     "gmm8": lambda: GMM8("gmm8"),
-    "two_rings4d": lambda: PlaneProduct("two_rings4d", [RadialMixture("ring_a", 2, radii=[2.0], std=0.25),
-                                                        RadialMixture("ring_b", 2, radii=[1.0], std=0.2)]),
+    "two_rings4d": lambda: PlaneProduct(
+        "two_rings4d",
+        [RadialMixture("ring_a", 2, radii=[2.0], std=0.25), RadialMixture("ring_b", 2, radii=[1.0], std=0.2)],
+    ),
     "dw4": lambda: DoubleWellParticles("dw4", n_particles=4, particle_dim=2, a=0.9, b=-4.0, d0=4.0, kT=1.0),
-    "lj13": lambda: LennardJonesCluster("lj13", n_particles=13, particle_dim=3, epsilon=1.0, r_min=1.0, confinement=1.0,
-                                        kT=1.0),
+    "lj13": lambda: LennardJonesCluster(
+        "lj13", n_particles=13, particle_dim=3, epsilon=1.0, r_min=1.0, confinement=1.0, kT=1.0
+    ),
 }
 
 

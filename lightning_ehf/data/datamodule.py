@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -13,10 +13,10 @@ from torch.utils.data import DataLoader, IterableDataset
 from typing_extensions import override
 
 from ..core.frames import permute_particles
+from ..core.random import stream_seed
 from ..core.symmetries import Symmetry
 from ..core.targets import Target
 from ..errors import ConfigError
-from ..core.random import stream_seed
 from .datasets import ArrayDataset, ArrayStream, TargetStream
 from .files import load_array
 
@@ -26,8 +26,14 @@ __all__ = ["EHFDataModule", "file_split_sizes"]
 _SPLIT_STREAM = {"train": 1, "val": 2, "test": 3, "shuffle": 4, "augment": 5, "moments": 6}
 
 
-def file_split_sizes(n_rows: int, n_val: Optional[int], n_test: Optional[int], val_fraction: Optional[float] = None,
-                     test_fraction: Optional[float] = None, path: object = "the data file") -> tuple[int, int]:
+def file_split_sizes(
+    n_rows: int,
+    n_val: int | None,
+    n_test: int | None,
+    val_fraction: float | None = None,
+    test_fraction: float | None = None,
+    path: object = "the data file",
+) -> tuple[int, int]:
     """Validation and test rows of a data file of ``n_rows`` rows: ``n_val`` / ``n_test`` rows as given,
     or, where null (the default for files), ``max(1, round(fraction · n_rows))``: 26 + 26 of 256 rows at
     10 % each. Raises ConfigError naming the keys when no training row would be left."""
@@ -35,16 +41,22 @@ def file_split_sizes(n_rows: int, n_val: Optional[int], n_test: Optional[int], v
     t = n_test if n_test is not None else max(1, round(float(test_fraction) * n_rows))  # type: ignore[arg-type]
     if v + t >= n_rows:
         if n_val is not None and n_test is not None:
-            raise ConfigError(f"data.n_val + data.n_test = {v + t} leaves no training rows in {path} ({n_rows} rows); lower them")
-        keys = (f"{'data.n_val' if n_val is not None else 'data.file_val_fraction'} + "
-                f"{'data.n_test' if n_test is not None else 'data.file_test_fraction'}")
-        raise ConfigError(f"{keys}: {v} validation + {t} test rows (at least 1 each) leave no training rows in {path} "
-                          f"({n_rows} rows); lower them or use a larger file")
+            raise ConfigError(
+                f"data.n_val + data.n_test = {v + t} leaves no training rows in {path} ({n_rows} rows); lower them"
+            )
+        keys = (
+            f"{'data.n_val' if n_val is not None else 'data.file_val_fraction'} + "
+            f"{'data.n_test' if n_test is not None else 'data.file_test_fraction'}"
+        )
+        raise ConfigError(
+            f"{keys}: {v} validation + {t} test rows (at least 1 each) leave no training rows in {path} "
+            f"({n_rows} rows); lower them or use a larger file"
+        )
     return v, t
 
 
 class EHFDataModule(L.LightningDataModule):
-    """Data for one run. Declares ``dim``, ``symmetry`` and (for analytic data) ``target``.
+    r"""Data for one run. Declares ``dim``, ``symmetry`` and (for analytic data) ``target``.
 
     * Target, ``regime='finite'``: ``n_train`` samples drawn once from the seed; fixed val/test sets.
       With ``val_fraction`` the validation rows are the first ``round(val_fraction · n_train)`` of those
@@ -69,12 +81,25 @@ class EHFDataModule(L.LightningDataModule):
     module's ``MeanMetric``\ s, weighted by rows and reduced across ranks) are means over the whole set.
     """
 
-    def __init__(self, symmetry: Symmetry, target: Optional[Target] = None, path: Optional[str] = None,
-                 rows: Optional[np.ndarray] = None, regime: str = "infinite", n_train: int = 20000,
-                 n_val: Optional[int] = 2000, n_test: Optional[int] = 5000,
-                 batch_size: int = 512, augment: bool = False, num_workers: int = 0, seed: int = 0,
-                 val_fraction: Optional[float] = None, file_val_fraction: Optional[float] = None,
-                 file_test_fraction: Optional[float] = None, permute_particles: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        symmetry: Symmetry,
+        target: Target | None = None,
+        path: str | None = None,
+        rows: np.ndarray | None = None,
+        regime: str = "infinite",
+        n_train: int = 20000,
+        n_val: int | None = 2000,
+        n_test: int | None = 5000,
+        batch_size: int = 512,
+        augment: bool = False,
+        num_workers: int = 0,
+        seed: int = 0,
+        val_fraction: float | None = None,
+        file_val_fraction: float | None = None,
+        file_test_fraction: float | None = None,
+        permute_particles: int | None = None,
+    ) -> None:
         super().__init__()
         if (target is None) == (path is None):
             raise ConfigError("data: set exactly one of data.target and data.path")
@@ -89,8 +114,9 @@ class EHFDataModule(L.LightningDataModule):
             raise ConfigError("data.val_fraction: applies to the finite training set of a target (data.regime=finite)")
         self.val_fraction = val_fraction
         if target is not None and regime == "infinite" and getattr(target, "finite_pool", False):
-            raise ConfigError(f"data.regime: target {target.name} is a fixed pool of samples, not a sampler; "
-                              "set data.regime=finite")
+            raise ConfigError(
+                f"data.regime: target {target.name} is a fixed pool of samples, not a sampler; set data.regime=finite"
+            )
         self.permute_particles = permute_particles
         if target is not None and getattr(target, "finite_pool", False):  # checked before any file is written
             wanted = {"train": ("data.n_train", n_train), "test": ("data.n_test", n_test)}
@@ -98,17 +124,20 @@ class EHFDataModule(L.LightningDataModule):
                 wanted["val"] = ("data.n_val", n_val)
             for split, (key, n) in wanted.items():
                 if n is not None and n > target.pool_size(split):
-                    raise ConfigError(f"{key}: {target.name} has {target.pool_size(split)} '{split}' samples; asked for {n}")
-        self.train_data: Optional[Tensor] = None
-        self.val_data: Optional[Tensor] = None
-        self.test_data: Optional[Tensor] = None
-        self._file_rows: Optional[Tensor] = None
+                    raise ConfigError(
+                        f"{key}: {target.name} has {target.pool_size(split)} '{split}' samples; asked for {n}"
+                    )
+        self.train_data: Tensor | None = None
+        self.val_data: Tensor | None = None
+        self.test_data: Tensor | None = None
+        self._file_rows: Tensor | None = None
         if path is not None:
             if rows is None:  # ``rows``: the file's contents when the caller has read it already
                 rows = load_array(path, expected_dim=symmetry.dim)
             self._file_rows = torch.from_numpy(rows).float()
-            self.n_val, self.n_test = file_split_sizes(self._file_rows.shape[0], n_val, n_test, file_val_fraction,
-                                                       file_test_fraction, path)
+            self.n_val, self.n_test = file_split_sizes(
+                self._file_rows.shape[0], n_val, n_test, file_val_fraction, file_test_fraction, path
+            )
 
     @property
     def dim(self) -> int:
@@ -120,7 +149,7 @@ class EHFDataModule(L.LightningDataModule):
         return self.target.sample_split(split, n, generator=gen, dtype=torch.float32)
 
     @override
-    def setup(self, stage: Optional[str] = None) -> None:
+    def setup(self, stage: str | None = None) -> None:
         if self.val_data is not None:
             return
         if self._file_rows is not None:
@@ -161,10 +190,14 @@ class EHFDataModule(L.LightningDataModule):
         rank, world = self._rank_and_world()
         if self.regime == "infinite":
             assert self.target is not None
-            stream: IterableDataset = TargetStream(self.target, self.batch_size, self.seed, rank=rank, start_index=start)
+            stream: IterableDataset = TargetStream(
+                self.target, self.batch_size, self.seed, rank=rank, start_index=start
+            )
         else:
             assert self.train_data is not None
-            stream = ArrayStream(self.train_data, self.batch_size, self.seed, rank=rank, world_size=world, start_index=start)
+            stream = ArrayStream(
+                self.train_data, self.batch_size, self.seed, rank=rank, world_size=world, start_index=start
+            )
         # a private generator: creating the iterator must not draw from the global random stream
         return DataLoader(stream, batch_size=None, num_workers=self.num_workers, generator=torch.Generator())
 
@@ -172,11 +205,16 @@ class EHFDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return (int(trainer.global_rank), int(trainer.world_size)) if trainer is not None else (0, 1)
 
-    def _fixed_loader(self, data: Optional[Tensor]) -> DataLoader:
+    def _fixed_loader(self, data: Tensor | None) -> DataLoader:
         assert data is not None
         rank, world = self._rank_and_world()
-        return DataLoader(ArrayDataset(data[rank::world]), batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
-                          generator=torch.Generator())
+        return DataLoader(
+            ArrayDataset(data[rank::world]),
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            generator=torch.Generator(),
+        )
 
     @override
     def val_dataloader(self) -> DataLoader:
@@ -205,7 +243,8 @@ class EHFDataModule(L.LightningDataModule):
         if self.augment and trainer is not None and trainer.training:
             # indexed by step (not the global random stream), so a run resumed at any step sees the same
             gen = torch.Generator().manual_seed(
-                stream_seed(self.seed, _SPLIT_STREAM["augment"], trainer.global_rank, trainer.global_step))
+                stream_seed(self.seed, _SPLIT_STREAM["augment"], trainer.global_rank, trainer.global_step)
+            )
             g = self.symmetry.sample(batch.shape[0], generator=gen, dtype=batch.dtype, device=batch.device)
             batch = g.act_q(batch)
             if self.permute_particles:
@@ -217,8 +256,7 @@ class EHFDataModule(L.LightningDataModule):
         text = f"{source} (d={self.dim}, {self.regime}, symmetry {self.symmetry.name})"
         if self._file_rows is not None:
             n_train = min(self.n_train, self._file_rows.shape[0] - self.n_val - self.n_test)
-            text += (f"; {self._file_rows.shape[0]} rows: {n_train} train, {self.n_val} validate, "
-                     f"{self.n_test} test")
+            text += f"; {self._file_rows.shape[0]} rows: {n_train} train, {self.n_val} validate, {self.n_test} test"
         if self.val_fraction is not None:
             n_val = round(self.val_fraction * self.n_train)
             text += f"; of n_train={self.n_train} samples, {self.n_train - n_val} train and {n_val} validate"

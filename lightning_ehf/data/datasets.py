@@ -5,7 +5,7 @@ Pure torch (no Lightning): the data modules wrap these.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -45,8 +45,15 @@ class TargetStream(IterableDataset):
     Yields whole batches (use ``DataLoader(batch_size=None)``).
     """
 
-    def __init__(self, target: Target, batch_size: int, seed: int, rank: int = 0, start_index: int = 0,
-                 dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        target: Target,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        start_index: int = 0,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         super().__init__()
         self.target, self.batch_size, self.seed, self.rank = target, batch_size, seed, rank
         self.start_index, self.dtype = start_index, dtype
@@ -73,8 +80,9 @@ class ArrayStream(IterableDataset):
     uninterrupted run would have, with no epoch-boundary effects.
     """
 
-    def __init__(self, data: Tensor, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                 start_index: int = 0) -> None:
+    def __init__(
+        self, data: Tensor, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, start_index: int = 0
+    ) -> None:
         super().__init__()
         if data.ndim != 2:
             raise ValueError(f"expected an (N, d) tensor, got shape {tuple(data.shape)}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_warn
@@ -18,8 +18,11 @@ __all__ = ["SafeCheckpointIO", "nonfinite_entries"]
 
 def nonfinite_entries(state_dict: dict[str, Any]) -> list[str]:
     """Names of floating-point tensors holding NaN or ±Inf."""
-    return [k for k, v in state_dict.items()
-            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    return [
+        k
+        for k, v in state_dict.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
 
 
 def _remove_stale_temporaries(path: Path) -> None:
@@ -35,11 +38,13 @@ class SafeCheckpointIO(TorchCheckpointIO):
     a kill during a save leaves the previous file intact; refuses to write non-finite weights."""
 
     @override
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         bad = nonfinite_entries(checkpoint.get("state_dict", {}))
         if bad:
-            rank_zero_warn(f"not writing checkpoint {path}: non-finite values in {', '.join(bad[:5])}; "
-                           "the previous checkpoint is kept")
+            rank_zero_warn(
+                f"not writing checkpoint {path}: non-finite values in {', '.join(bad[:5])}; "
+                "the previous checkpoint is kept"
+            )
             return
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any, Optional, TextIO
+from typing import Any, TextIO
 
 import lightning as L
 import torch
@@ -22,8 +22,15 @@ from typing_extensions import override
 from ..errors import Preempted
 from .plots import make_all_plots
 
-__all__ = ["PREEMPTION_SIGNALS", "LastCheckpoint", "PlotCallback", "Preemption", "ProgressLines", "StepProgressBar",
-           "log_to_wandb"]
+__all__ = [
+    "PREEMPTION_SIGNALS",
+    "LastCheckpoint",
+    "PlotCallback",
+    "Preemption",
+    "ProgressLines",
+    "StepProgressBar",
+    "log_to_wandb",
+]
 
 
 class PlotCallback(Callback):
@@ -42,8 +49,9 @@ class PlotCallback(Callback):
         dm = trainer.datamodule
         data = dm.val_data if dm.val_data is not None else dm.test_data
         with torch.random.fork_rng(devices=[]):  # plots must not shift the training random stream
-            paths = make_all_plots(pl_module.model, data.to(pl_module.device, pl_module.dtype), self.folder,
-                                   dm.target, self.grid)
+            paths = make_all_plots(
+                pl_module.model, data.to(pl_module.device, pl_module.dtype), self.folder, dm.target, self.grid
+            )
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 for p in paths:
@@ -71,10 +79,10 @@ class LastCheckpoint(Checkpoint):
     A subclass of ``Checkpoint`` so that Lightning runs it after the best-checkpoint callback: the file
     then carries that callback's updated state."""
 
-    def __init__(self, dirpath: Path, every_n_minutes: Optional[float] = None) -> None:
+    def __init__(self, dirpath: Path, every_n_minutes: float | None = None) -> None:
         self.path = Path(dirpath) / "last.ckpt"
         self.every_s = every_n_minutes * 60.0 if every_n_minutes else None
-        self._saved_step: Optional[int] = None
+        self._saved_step: int | None = None
         self._saved_at = time.monotonic()
 
     def save(self, trainer: L.Trainer) -> None:
@@ -144,7 +152,7 @@ class Preemption(Callback):
         self.last = last
         self.signals = signals
         self.requested = False
-        self.received: Optional[str] = None  # the name of the signal this process received
+        self.received: str | None = None  # the name of the signal this process received
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -164,7 +172,7 @@ class Preemption(Callback):
             signal.signal(signum, previous)
         self._previous.clear()
 
-    def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.requested = True
         self.received = self.received or signal.Signals(signum).name
 
@@ -215,7 +223,7 @@ class ProgressLines(Callback):
     SHOWN = ("train/elbo", "train/iwae", "train/lambda/")
     SHOWN_VAL = ("val/nll", "val/kl", "val/elbo", "val/invariance_error", "val/lambda/")
 
-    def __init__(self, every_n_steps: int, every_s: float, stream: Optional[TextIO] = None) -> None:
+    def __init__(self, every_n_steps: int, every_s: float, stream: TextIO | None = None) -> None:
         self.every_n_steps = every_n_steps
         self.every_s = every_s
         self.stream = stream
@@ -243,19 +251,26 @@ class ProgressLines(Callback):
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         step, now = trainer.global_step, time.monotonic()
-        due = (step - self._last_step >= self.every_n_steps or now - self._last_time >= self.every_s
-               or step >= trainer.max_steps)
+        due = (
+            step - self._last_step >= self.every_n_steps
+            or now - self._last_time >= self.every_s
+            or step >= trainer.max_steps
+        )
         if not due:
             return
         elapsed = now - self._start
         rate = (step - self._start_step) / elapsed if elapsed > 0 else 0.0
         left = f"  left {_duration((trainer.max_steps - step) / rate)}" if rate > 0 else ""
-        self._print(trainer, f"{self._metrics(trainer, self.SHOWN)}  {rate:.3g} steps/s  "
-                             f"elapsed {_duration(elapsed)}{left}", training=True)
+        self._print(
+            trainer,
+            f"{self._metrics(trainer, self.SHOWN)}  {rate:.3g} steps/s  elapsed {_duration(elapsed)}{left}",
+            training=True,
+        )
 
     @override
-    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
-                                dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         if trainer.state.fn == TrainerFn.FITTING and time.monotonic() - self._last_time >= self.every_s:
             total = trainer.num_val_batches[dataloader_idx] if trainer.num_val_batches else "?"
             self._print(trainer, f"validating: batch {batch_idx + 1}/{total}")

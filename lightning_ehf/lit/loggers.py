@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import os
-from typing import Optional
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger
@@ -18,7 +17,7 @@ class _ResumingWriter(ExperimentWriter):
     """Keeps the rows of ``metrics.csv`` logged before ``resume_step`` (later rows belong to the part
     of the killed run that is being redone) and appends after them."""
 
-    def __init__(self, log_dir: str, resume_step: Optional[int]) -> None:
+    def __init__(self, log_dir: str, resume_step: int | None) -> None:
         self._resume_step = resume_step
         super().__init__(log_dir)
 
@@ -42,7 +41,7 @@ class _ResumingWriter(ExperimentWriter):
 class RunCSVLogger(CSVLogger):
     """``metrics.csv`` directly in the run folder; appends when resuming at ``resume_step``."""
 
-    def __init__(self, run_dir: str, resume_step: Optional[int] = None) -> None:
+    def __init__(self, run_dir: str, resume_step: int | None = None) -> None:
         super().__init__(save_dir=run_dir, name="", version="")
         self._resume_step = resume_step
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import lightning as L
 import torch
@@ -99,18 +100,26 @@ class EHFModule(L.LightningModule):
     are means over the whole split on any number of ranks.
     """
 
-    def __init__(self, config: Config, model: nn.Module, entropy: Optional[float] = None, run_id: str = "",
-                 target_log_prob: Optional[Callable[[Tensor], Tensor]] = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        model: nn.Module,
+        entropy: float | None = None,
+        run_id: str = "",
+        target_log_prob: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
         super().__init__()
         # plain containers in the checkpoint: weights_only loading (docs/design.md §6)
-        self.save_hyperparameters({"config": to_container(config), "entropy": entropy, "dim": int(model.symmetry.dim),
-                                   "run_id": run_id})
+        self.save_hyperparameters(
+            {"config": to_container(config), "entropy": entropy, "dim": int(model.symmetry.dim), "run_id": run_id}
+        )
         self.config = config
         self.model = model
         c = config.constraint
         names = list(getattr(model, "generator_names", []))
-        self.multipliers = LagrangeMultipliers(names, mode=c.mode, rule=c.rule, tolerance=c.tolerance, lr=c.lr,
-                                               init=c.init, ema=c.ema)
+        self.multipliers = LagrangeMultipliers(
+            names, mode=c.mode, rule=c.rule, tolerance=c.tolerance, lr=c.lr, init=c.init, ema=c.ema
+        )
         o = config.optim
         # an exact likelihood is its own tightest bound: the bound and the encoder's estimator do not apply
         exact = bool(getattr(model, "exact_likelihood", False))
@@ -126,23 +135,35 @@ class EHFModule(L.LightningModule):
         # ODE models (efm): function evaluations per likelihood solve, and 1 when its divergence is exact
         per_row += ["nfe", "divergence_exact"] if hasattr(model, "last_nfe") else []
         # metric states are not persistent: checkpoints (and their strict loading) are unchanged
-        self.eval_means = nn.ModuleDict({f"{stage}/{name}": RowMean() for stage in ("val", "test")
-                                         for name in [*per_row, f"nll_iw{self.stage_iw[stage]}"]})
-        self.eval_errors = nn.ModuleDict({f"{stage}/kl_paired_stderr": RowStandardError() for stage in ("val", "test")
-                                          if target_log_prob is not None})
-        self._compiled_objective: Optional[CompiledObjective] = None  # trainer.compile: built on the first step
-        self._last_constraint: Optional[Tensor] = None
-        self._constraints: list[Tensor] = []  # of the batches since the last optimiser step (trainer.accumulate_grad_batches)
+        self.eval_means = nn.ModuleDict(
+            {
+                f"{stage}/{name}": RowMean()
+                for stage in ("val", "test")
+                for name in [*per_row, f"nll_iw{self.stage_iw[stage]}"]
+            }
+        )
+        self.eval_errors = nn.ModuleDict(
+            {
+                f"{stage}/kl_paired_stderr": RowStandardError()
+                for stage in ("val", "test")
+                if target_log_prob is not None
+            }
+        )
+        self._compiled_objective: CompiledObjective | None = None  # trainer.compile: built on the first step
+        self._last_constraint: Tensor | None = None
+        self._constraints: list[
+            Tensor
+        ] = []  # of the batches since the last optimiser step (trainer.accumulate_grad_batches)
         self._stepped = False  # an optimiser step ran in this batch
-        self._last_batch: Optional[Tensor] = None
+        self._last_batch: Tensor | None = None
         self._last_loss_finite = True
-        self._resume_rng: Optional[dict[str, Any]] = None
+        self._resume_rng: dict[str, Any] | None = None
         self.nonfinite_skips = 0
         # training seconds (wall time of fit, validations excluded) before this process: restored on resume
         self._elapsed_before = 0.0
-        self._fit_t0: Optional[float] = None
+        self._fit_t0: float | None = None
         self._val_seconds = 0.0  # time spent validating in this process
-        self._val_t0: Optional[float] = None
+        self._val_t0: float | None = None
 
     # -- the shared step -----------------------------------------------------------------------
 
@@ -161,8 +182,12 @@ class EHFModule(L.LightningModule):
         loss = lagrangian(elbo, constraint, self.multipliers)
         bs = q.shape[0]
         means = {objective.name: elbo.mean(), "loss": loss}
-        means.update({f"bracket_rms/{name}": c.clamp_min(0).sqrt()
-                      for name, c in zip(self.multipliers.names, constraint.detach())})
+        means.update(
+            {
+                f"bracket_rms/{name}": c.clamp_min(0).sqrt()
+                for name, c in zip(self.multipliers.names, constraint.detach())
+            }
+        )
         if train:
             for name, value in means.items():
                 self.log(f"train/{name}", value, prog_bar=name in ("elbo", "iwae"), on_step=True, batch_size=bs)
@@ -259,19 +284,26 @@ class EHFModule(L.LightningModule):
         # Gradients are already reduced across ranks here, so every rank takes the same decision.
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         grads_finite = not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())  # one sync
-        loss_finite = bool(self.trainer.strategy.reduce(
-            torch.tensor(float(self._last_loss_finite), device=self.device), reduce_op="min"))
+        loss_finite = bool(
+            self.trainer.strategy.reduce(
+                torch.tensor(float(self._last_loss_finite), device=self.device), reduce_op="min"
+            )
+        )
         if grads_finite and loss_finite:
             return
         what = "gradient" if loss_finite else "loss"
         block = self._diverging_block()
         where = f" in flow block {block + 1}" if block is not None else ""
         if self.config.optim.on_nonfinite == "stop":
-            eps = (f" (its step size is {float(self.model.flow.blocks[block].step_size.detach()):.3g})"
-                   if block is not None else "")
+            eps = (
+                f" (its step size is {float(self.model.flow.blocks[block].step_size.detach()):.3g})"
+                if block is not None
+                else ""
+            )
             raise NumericalDivergence(
                 f"non-finite {what} at step {self.global_step}{where}{eps}: the leapfrog integration likely "
-                f"diverged; lower model.step_size (or model.leapfrog_steps), or set optim.on_nonfinite=skip")
+                f"diverged; lower model.step_size (or model.leapfrog_steps), or set optim.on_nonfinite=skip"
+            )
         for p in self.parameters():
             p.grad = None  # Adam skips parameters without gradient: this step changes nothing
         self._last_constraint = None
@@ -280,11 +312,13 @@ class EHFModule(L.LightningModule):
         if block is not None:
             with torch.no_grad():
                 self.model.flow.blocks[block].log_step -= math.log(2.0)
-        rank_zero_warn(f"step {self.global_step}: non-finite {what}{where}; batch skipped"
-                       + (f", step size of block {block + 1} halved" if block is not None else ""))
+        rank_zero_warn(
+            f"step {self.global_step}: non-finite {what}{where}; batch skipped"
+            + (f", step size of block {block + 1} halved" if block is not None else "")
+        )
 
     @torch.no_grad()
-    def _diverging_block(self) -> Optional[int]:
+    def _diverging_block(self) -> int | None:
         """The first flow block (in the density direction) whose output is non-finite on the last
         batch, agreed across ranks; None when the blow-up is not in the flow's states."""
         flow = getattr(self.model, "flow", None)
@@ -399,16 +433,19 @@ class EHFModule(L.LightningModule):
             return
         q = data[: ev.n_eval].to(self.device, eval_dtype(self.dtype))
         gen = torch.Generator(device="cpu").manual_seed(self.config.seed + 17)
-        err, noise = invariance_error(self.model, q, symmetry, n_group=ev.n_group_samples, k=ev.invariance_iw,
-                                      chunk=ev.iw_chunk, generator=gen)
+        err, noise = invariance_error(
+            self.model, q, symmetry, n_group=ev.n_group_samples, k=ev.invariance_iw, chunk=ev.iw_chunk, generator=gen
+        )
         log = dict(sync_dist=True, batch_size=1.0)  # one estimate per rank, equally weighted
         self.log(f"{stage}/invariance_error", err, **log)
         self.log(f"{stage}/invariance_noise", noise, **log)
         if isinstance(self.model, EquivariantHamiltonianFlow):
             # the flow acts on the model's own coordinates, and so does the group it is equivariant under
-            self.log(f"{stage}/equivariance_error",
-                     equivariance_error(self.model, q.shape[0], self.model.symmetry, generator=gen),
-                     **log)
+            self.log(
+                f"{stage}/equivariance_error",
+                equivariance_error(self.model, q.shape[0], self.model.symmetry, generator=gen),
+                **log,
+            )
         for name, lam in self.multipliers.as_dict().items():
             self.log(f"{stage}/lambda/{name}", lam, **log)
         self.log(f"{stage}/lambda_rank_spread", self._lambda_rank_spread(), **log)
@@ -436,6 +473,7 @@ class EHFModule(L.LightningModule):
         rows; 0 when nothing is constrained) and ``val/selection``, the score that picks ``best.ckpt`` and drives
         early stopping (:func:`~lightning_ehf.core.constraints.selection_score`). The split's means are already
         added across ranks, so every rank logs the same values."""
+
         def mean(name: str) -> float:
             return float(self.eval_means[f"val/{name}"].compute())
 
@@ -502,7 +540,9 @@ def schedule_change(saved: Config, resumed: Config, step: int) -> str:
     before, after = lr_factor(saved, step), lr_factor(resumed, step)
     if resumed.optim.scheduler == "none" and before == after:
         return f"trainer.max_steps {old} -> {new} on resume at step {step}: the learning rate stays constant"
-    return (f"trainer.max_steps {old} -> {new} on resume at step {step}: the {resumed.optim.scheduler} schedule is "
-            f"recomputed for {new} steps, so the learning rate moves from {before:.3g}× to {after:.3g}× optim.lr at "
-            f"this step: from here it follows the schedule of a {new}-step run, down to 0.02× at step {new} (the steps "
-            f"before followed the {old}-step schedule)")
+    return (
+        f"trainer.max_steps {old} -> {new} on resume at step {step}: the {resumed.optim.scheduler} schedule is "
+        f"recomputed for {new} steps, so the learning rate moves from {before:.3g}× to {after:.3g}× optim.lr at "
+        f"this step: from here it follows the schedule of a {new}-step run, down to 0.02× at step {new} (the steps "
+        f"before followed the {old}-step schedule)"
+    )

@@ -7,7 +7,6 @@ shown, with the other coordinates at 0 (a slice) for densities and potentials.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -41,7 +40,7 @@ def _model_log_density(model: nn.Module, pts: Tensor, k: int = 16, batch: int = 
     return torch.cat([model.iwae(pts[i : i + batch], k, k) for i in range(0, pts.shape[0], batch)])
 
 
-def plot_density(model: nn.Module, data: Tensor, path: Path, target: Optional[Target] = None, grid: int = 80) -> Path:
+def plot_density(model: nn.Module, data: Tensor, path: Path, target: Target | None = None, grid: int = 80) -> Path:
     """Model density (IWAE_16 estimate) beside the target density on a grid."""
     ref = next(iter(model.parameters()))
     dim = data.shape[-1]
@@ -83,7 +82,7 @@ def plot_samples(model: nn.Module, data: Tensor, path: Path, n: int = 2000) -> P
     return path
 
 
-def plot_potentials(model: nn.Module, data: Tensor, path: Path, grid: int = 80) -> Optional[Path]:
+def plot_potentials(model: nn.Module, data: Tensor, path: Path, grid: int = 80) -> Path | None:
     """Learned potential ``U_t(q)`` of every block on the (0, 1) plane, and radial profiles
     ``U_t(r e₀)`` when the symmetry is a rotation group."""
     blocks = getattr(getattr(model, "flow", None), "blocks", None)
@@ -119,8 +118,9 @@ def plot_potentials(model: nn.Module, data: Tensor, path: Path, grid: int = 80) 
     return path
 
 
-def make_all_plots(model: nn.Module, data: Tensor, folder: Path, target: Optional[Target] = None,
-                   grid: int = 80, tag: str = "") -> list[Path]:
+def make_all_plots(
+    model: nn.Module, data: Tensor, folder: Path, target: Target | None = None, grid: int = 80, tag: str = ""
+) -> list[Path]:
     """All figures into ``folder`` (names ``density{tag}.png`` …); returns the written paths."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = [

@@ -18,8 +18,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 from ..config.load import from_saved
 from ..config.schema import Config
@@ -85,7 +86,7 @@ def _load(cell_dir: Path) -> Any:
     return load_run(best if best.is_file() else cell_dir)
 
 
-def _fmt(x: Optional[float], digits: int = 3) -> str:
+def _fmt(x: float | None, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
     return f"{x:.{digits}g}"
@@ -196,7 +197,7 @@ def local_minima(r: Any, u: Any, rel_prominence: float = 1e-3) -> list[float]:
     return found
 
 
-def _ring_radii(target_name: Optional[str]) -> list[float]:
+def _ring_radii(target_name: str | None) -> list[float]:
     """Ring radii of the target in the plane (0, 1): ``radii`` of a radial target, or of its first plane."""
     if not target_name:
         return []
@@ -217,8 +218,12 @@ def _ring_match(radius: float, minima: Sequence[float]) -> dict[str, Any]:
     """The located minimum nearest a ring radius, its distance, and whether it lies within RING_TOLERANCE."""
     near = min(minima, key=lambda m: abs(m - radius)) if minima else None
     dist = abs(near - radius) if near is not None else None
-    return {"radius": radius, "nearest_minimum": near, "distance": dist,
-            "within": dist is not None and dist <= RING_TOLERANCE}
+    return {
+        "radius": radius,
+        "nearest_minimum": near,
+        "distance": dist,
+        "within": dist is not None and dist <= RING_TOLERANCE,
+    }
 
 
 def potentials(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tuple[str, list[Path]]:
@@ -239,14 +244,28 @@ def potentials(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tuple[
         radii = _ring_radii(run.config.data.target)
         rings = [_ring_match(radius, minima) for radius in radii]
         data_side = [_ring_match(radius, block_minima[-1]) for radius in radii]
-        results.append({"cell": cell.name, "target": _target_of(cell, run.config), "method": _method(row, cell),
-                        "seed": _seed(cell), "minima": minima, "block_minima": block_minima,
-                        "rings": rings, "rings_matched": sum(x["within"] for x in rings),
-                        "data_side_rings": data_side, "data_side_matched": sum(x["within"] for x in data_side),
-                        "r": r, "u": u})
+        results.append(
+            {
+                "cell": cell.name,
+                "target": _target_of(cell, run.config),
+                "method": _method(row, cell),
+                "seed": _seed(cell),
+                "minima": minima,
+                "block_minima": block_minima,
+                "rings": rings,
+                "rings_matched": sum(x["within"] for x in rings),
+                "data_side_rings": data_side,
+                "data_side_matched": sum(x["within"] for x in data_side),
+                "r": r,
+                "u": u,
+            }
+        )
     if not results:
-        return ("## Potentials\n\nNo done EHF cell to analyse" + (f" (nsf cells have no potentials: "
-                f"{', '.join(skipped)})" if skipped else "") + ".\n"), []
+        return (
+            "## Potentials\n\nNo done EHF cell to analyse"
+            + (f" (nsf cells have no potentials: {', '.join(skipped)})" if skipped else "")
+            + ".\n"
+        ), []
 
     files: list[Path] = []
     targets = list(dict.fromkeys(x["target"] for x in results))
@@ -306,25 +325,56 @@ def potentials(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tuple[
             mine = [x for x in group if x["method"] == method]
             per_ring = [f"{sum(x['rings'][i]['within'] for x in mine)}/{len(mine)}" for i in range(len(radii))]
             data_side = sum(x["data_side_matched"] for x in mine) / len(mine)
-            summary.append([method, str(len(mine)),
-                            f"{sum(x['rings_matched'] for x in mine) / len(mine):.2f} / {len(radii)}", *per_ring,
-                            f"{data_side:.2f} / {len(radii)}"])
-        md += [f"### {target}" + (f" (ring radii {', '.join(f'{x:g}' for x in radii)})" if radii else
-                                   " (no ring radii known for this target)"), "", _table(header, table), "",
-               "Rings found per method: the mean over seeds of the number of rings matched, and per ring the seeds "
-               "that match it; and the mean number matched by the data-side block U_T alone:", "",
-               _table(["method", "seeds", "rings matched by the sum (mean)", *[f"r={x:g}" for x in radii],
-                       "rings matched by U_T (mean)"], summary), ""]
+            summary.append(
+                [
+                    method,
+                    str(len(mine)),
+                    f"{sum(x['rings_matched'] for x in mine) / len(mine):.2f} / {len(radii)}",
+                    *per_ring,
+                    f"{data_side:.2f} / {len(radii)}",
+                ]
+            )
+        md += [
+            f"### {target}"
+            + (
+                f" (ring radii {', '.join(f'{x:g}' for x in radii)})"
+                if radii
+                else " (no ring radii known for this target)"
+            ),
+            "",
+            _table(header, table),
+            "",
+            "Rings found per method: the mean over seeds of the number of rings matched, and per ring the seeds "
+            "that match it; and the mean number matched by the data-side block U_T alone:",
+            "",
+            _table(
+                [
+                    "method",
+                    "seeds",
+                    "rings matched by the sum (mean)",
+                    *[f"r={x:g}" for x in radii],
+                    "rings matched by U_T (mean)",
+                ],
+                summary,
+            ),
+            "",
+        ]
         for x in group:
             for ring in x["rings"]:
                 if ring["within"]:
-                    md.append(f"- {x['cell']}: ring r = {ring['radius']:g}: a minimum lies within {RING_TOLERANCE} "
-                              f"(at {ring['nearest_minimum']:.2f}).")
+                    md.append(
+                        f"- {x['cell']}: ring r = {ring['radius']:g}: a minimum lies within {RING_TOLERANCE} "
+                        f"(at {ring['nearest_minimum']:.2f})."
+                    )
                 else:
-                    where = (f"the nearest is at {ring['nearest_minimum']:.2f}, {ring['distance']:.2f} away"
-                             if ring["nearest_minimum"] is not None else "no minimum was located")
-                    md.append(f"- {x['cell']}: ring r = {ring['radius']:g}: no minimum within {RING_TOLERANCE} "
-                              f"({where}).")
+                    where = (
+                        f"the nearest is at {ring['nearest_minimum']:.2f}, {ring['distance']:.2f} away"
+                        if ring["nearest_minimum"] is not None
+                        else "no minimum was located"
+                    )
+                    md.append(
+                        f"- {x['cell']}: ring r = {ring['radius']:g}: no minimum within {RING_TOLERANCE} ({where})."
+                    )
         md.append("")
     if skipped:
         md.append(f"Skipped (nsf: no Hamiltonians): {', '.join(skipped)}.\n")
@@ -411,11 +461,22 @@ def representation(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tu
             continue
         q = run.split_data("test")[:_N_STATES]
         measures = representation_measures(run.model, q, seed=run.config.seed)
-        results.append({"cell": cell.name, "target": _target_of(cell, run.config), "method": _method(row, cell),
-                        "seed": _seed(cell), "kind": _kind(run.config), **measures})
+        results.append(
+            {
+                "cell": cell.name,
+                "target": _target_of(cell, run.config),
+                "method": _method(row, cell),
+                "seed": _seed(cell),
+                "kind": _kind(run.config),
+                **measures,
+            }
+        )
     if not results:
-        return ("## Representation\n\nNo done EHF cell with a symmetry to analyse"
-                + (f" (skipped: {', '.join(skipped)})" if skipped else "") + ".\n"), []
+        return (
+            "## Representation\n\nNo done EHF cell with a symmetry to analyse"
+            + (f" (skipped: {', '.join(skipped)})" if skipped else "")
+            + ".\n"
+        ), []
     md = [
         "## Representation",
         "",
@@ -439,12 +500,19 @@ def representation(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tu
     for target in targets:
         group = [x for x in results if x["target"] == target]
         names = group[0]["generators"]
-        methods = sorted(dict.fromkeys(x["method"] for x in group),
-                         key=lambda mth: order.get(next(x["kind"] for x in group if x["method"] == mth), 1))
+        methods = sorted(
+            dict.fromkeys(x["method"] for x in group),
+            key=lambda mth: order.get(next(x["kind"] for x in group if x["method"] == mth), 1),
+        )
         cross_pairs = [(k, j) for k in range(len(names)) for j in range(len(names)) if k != j]
-        header = ["method", "kind", "seeds", *[f"equivariance error {n}" for n in names],
-                  *[f"charge change {n}" for n in names], *[f"rotating {names[k]} → change of {names[j]}"
-                                                            for k, j in cross_pairs]]
+        header = [
+            "method",
+            "kind",
+            "seeds",
+            *[f"equivariance error {n}" for n in names],
+            *[f"charge change {n}" for n in names],
+            *[f"rotating {names[k]} → change of {names[j]}" for k, j in cross_pairs],
+        ]
         table = []
         for method in methods:
             mine = [x for x in group if x["method"] == method]
@@ -453,21 +521,39 @@ def representation(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tu
             line += [_mean_std([x["charge_change"][k] for x in mine]) for k in range(len(names))]
             line += [_mean_std([x["cross"][k][j] for x in mine]) for k, j in cross_pairs]
             table.append(line)
-        per_cell = [[x["cell"], *[_fmt(v) for v in x["equivariance"]], *[_fmt(v) for v in x["charge_change"]],
-                     *[_fmt(x["cross"][k][j]) for k, j in cross_pairs]] for x in group]
+        per_cell = [
+            [
+                x["cell"],
+                *[_fmt(v) for v in x["equivariance"]],
+                *[_fmt(v) for v in x["charge_change"]],
+                *[_fmt(x["cross"][k][j]) for k, j in cross_pairs],
+            ]
+            for x in group
+        ]
         png = out_dir / ("representation.png" if len(targets) == 1 else f"representation_{target}.png")
         _representation_bars(group, methods, names, png, target)
         files.append(png)
-        md += [f"### {target} (generators {', '.join(names)})", "", _table(header, table), "", "Per cell:", "",
-               _table(["cell", *header[3:]], per_cell), "", f"![representation {target}]({png.name})", ""]
+        md += [
+            f"### {target} (generators {', '.join(names)})",
+            "",
+            _table(header, table),
+            "",
+            "Per cell:",
+            "",
+            _table(["cell", *header[3:]], per_cell),
+            "",
+            f"![representation {target}]({png.name})",
+            "",
+        ]
     if skipped:
         md.append(f"Skipped (nsf, or no generators: nothing to measure): {', '.join(skipped)}.\n")
     files.append(_write_json(out_dir / "representation.json", {"cells": results}))
     return "\n".join(md) + "\n", files
 
 
-def _representation_bars(group: list[dict[str, Any]], methods: list[str], names: list[str], png: Path,
-                         target: str) -> None:
+def _representation_bars(
+    group: list[dict[str, Any]], methods: list[str], names: list[str], png: Path, target: str
+) -> None:
     """Bars per measure (equivariance and charge change per generator), one bar per method: mean over seeds,
     whiskers ± std (clipped at the log axis' floor)."""
     import numpy as np
@@ -482,8 +568,14 @@ def _representation_bars(group: list[dict[str, Any]], methods: list[str], names:
         vals = np.array([[*x["equivariance"], *x["charge_change"]] for x in mine], dtype=float)
         mean = np.maximum(vals.mean(0), floor)
         std = vals.std(0, ddof=1) if len(mine) > 1 else np.zeros_like(mean)
-        ax.bar(np.arange(len(labels)) + (i - (len(methods) - 1) / 2) * width, mean, width,
-               yerr=[np.minimum(std, mean - floor / 2), std], capsize=2, label=f"{method} ({mine[0]['kind']})")
+        ax.bar(
+            np.arange(len(labels)) + (i - (len(methods) - 1) / 2) * width,
+            mean,
+            width,
+            yerr=[np.minimum(std, mean - floor / 2), std],
+            capsize=2,
+            label=f"{method} ({mine[0]['kind']})",
+        )
     ax.set_xticks(np.arange(len(labels)))
     ax.set_xticklabels(labels, fontsize=8)
     ax.set_yscale("log")
@@ -497,7 +589,7 @@ def _representation_bars(group: list[dict[str, Any]], methods: list[str], names:
 # -- learning curves -----------------------------------------------------------------------------
 
 
-def _curve(cell_dir: Path) -> Optional[dict[str, Any]]:
+def _curve(cell_dir: Path) -> dict[str, Any] | None:
     """Validation rows of a cell's metrics.csv: step, samples seen, training seconds, the metric."""
     path = cell_dir / "metrics.csv"
     if not path.is_file():
@@ -524,8 +616,14 @@ def _curve(cell_dir: Path) -> Optional[dict[str, Any]]:
         seconds.append(float(t) if t != "" else math.nan)
     if not steps:
         return None
-    return {"metric": key, "steps": steps, "samples": [s * batch for s in steps], "seconds": seconds,
-            "values": values, "batch": batch}
+    return {
+        "metric": key,
+        "steps": steps,
+        "samples": [s * batch for s in steps],
+        "seconds": seconds,
+        "values": values,
+        "batch": batch,
+    }
 
 
 def _band(xs: Sequence[Sequence[float]], ys: Sequence[Sequence[float]], on_grid: bool):
@@ -547,8 +645,9 @@ def _band(xs: Sequence[Sequence[float]], ys: Sequence[Sequence[float]], on_grid:
         if not pairs:
             return None
         grid = np.linspace(min(cx.min() for cx, _ in pairs), max(cx.max() for cx, _ in pairs), 200)
-        table = np.stack([np.where((grid >= cx.min()) & (grid <= cx.max()), np.interp(grid, cx, cy), np.nan)
-                          for cx, cy in pairs])
+        table = np.stack(
+            [np.where((grid >= cx.min()) & (grid <= cx.max()), np.interp(grid, cx, cy), np.nan) for cx, cy in pairs]
+        )
     keep = np.isfinite(table).any(0)
     table, grid = table[:, keep], grid[keep]
     return grid, np.nanmean(table, 0), np.nanmin(table, 0), np.nanmax(table, 0)
@@ -596,8 +695,18 @@ def learning_curves(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> t
             bests = [min(c["values"]) for c in mine]
             secs = [c["seconds"][-1] for c in mine]
             per_k = [1000 * c["seconds"][-1] / c["steps"][-1] for c in mine if not math.isnan(c["seconds"][-1])]
-            summary.append([panel, method, str(len(mine)), _mean_std(finals), _mean_std(bests),
-                            _fmt(sum(c["samples"][-1] for c in mine) / len(mine)), _mean_std(secs), _mean_std(per_k)])
+            summary.append(
+                [
+                    panel,
+                    method,
+                    str(len(mine)),
+                    _mean_std(finals),
+                    _mean_std(bests),
+                    _fmt(sum(c["samples"][-1] for c in mine) / len(mine)),
+                    _mean_std(secs),
+                    _mean_std(per_k),
+                ]
+            )
         positive = all(v > 0 for c in curves if c["panel"] == panel for v in c["values"])
         for row_i, xlabel in enumerate(("samples seen", "training time (s, validation excluded)")):
             ax = axes[row_i][col]
@@ -620,12 +729,16 @@ def learning_curves(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> t
         "time (`val/elapsed_s`: wall-clock seconds of training so far, validation excluded, carried across resumes). "
         "Lines: mean over seeds; bands: min–max (on the time axis, curves are interpolated onto a common grid).",
         "",
-        _table(["target", "method", "seeds", "final", "best", "samples seen", "training s", "s per 1000 steps"], summary),
+        _table(
+            ["target", "method", "seeds", "final", "best", "samples seen", "training s", "s per 1000 steps"], summary
+        ),
         "",
     ]
     if no_clock:
-        md.append(f"No `val/elapsed_s` in metrics.csv (runs from before it was logged): {', '.join(no_clock)}; "
-                  "they are missing from the time axis.\n")
+        md.append(
+            f"No `val/elapsed_s` in metrics.csv (runs from before it was logged): {', '.join(no_clock)}; "
+            "they are missing from the time axis.\n"
+        )
     if missing:
         md.append(f"No validation rows: {', '.join(missing)}.\n")
     md.append(f"![learning curves]({png.name})")

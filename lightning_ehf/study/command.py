@@ -7,12 +7,20 @@ import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from ..errors import UserError
-from .runner import (EXIT_PREEMPTED, StudyFolder, cell_command, export_wandb_sweep, open_folder, run_cell, run_local,
-                     sweep_wandb_mode)
+from .runner import (
+    EXIT_PREEMPTED,
+    StudyFolder,
+    cell_command,
+    export_wandb_sweep,
+    open_folder,
+    run_cell,
+    run_local,
+    sweep_wandb_mode,
+)
 from .slurm import require_sbatch, run_slurm
 from .spec import Study, load_study
 from .tuning import EvaluationFolder, TuningFolder, evaluation_folder, tuning_folder, write_choice
@@ -20,7 +28,7 @@ from .tuning import EvaluationFolder, TuningFolder, evaluation_folder, tuning_fo
 __all__ = ["cmd_study"]
 
 
-def _split_overrides(items: Sequence[str]) -> tuple[Optional[str], list[str]]:
+def _split_overrides(items: Sequence[str]) -> tuple[str | None, list[str]]:
     profile, rest = None, []
     for item in items:
         if item.startswith("profile="):
@@ -49,7 +57,7 @@ def _print_states(folder: StudyFolder) -> Counter:
     return counts
 
 
-def _run(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> int:
+def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     profile, overrides = _split_overrides(args.overrides)
     study = load_study(args.config, profile, overrides)
     for key in ("partition", "time_min", "cpus_per_cell", "gpus_per_cell"):
@@ -65,7 +73,7 @@ def _run(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> int:
     return _run_stage(args, argv, folder, folder)
 
 
-def _run_tuned(args: argparse.Namespace, argv: Optional[Sequence[str]], study: Study, root: Path) -> int:
+def _run_tuned(args: argparse.Namespace, argv: Sequence[str] | None, study: Study, root: Path) -> int:
     """Stage 1 (every configuration on the tuning seeds; a matched method's in a second round), then stage 2
     (each method's chosen configuration on the evaluation seeds). A stage that is not complete ends the run."""
     placeholder = StudyFolder(root, study)  # study.json while stage 1 runs: the study as asked for
@@ -79,22 +87,33 @@ def _run_tuned(args: argparse.Namespace, argv: Optional[Sequence[str]], study: S
             tuning = again  # the reference of a matched method has chosen: its round
             continue
         if not again.complete():
-            print(f"stage 2 (the {len(placeholder.cells)} evaluation cells) waits for the tuning stage in "
-                  f"{again.root}; rerun this command once its cells are done", flush=True)
+            print(
+                f"stage 2 (the {len(placeholder.cells)} evaluation cells) waits for the tuning stage in "
+                f"{again.root}; rerun this command once its cells are done",
+                flush=True,
+            )
             return 0
         break
     folder = evaluation_folder(root, study)
     path = folder.tuning.root / "choice.json" if args.dry_run else write_choice(folder)
     for group in folder.tuning.choices().values():
         score = group.config(group.chosen).val_nll if group.chosen else None
-        print(f"chose {group.method:<16} {' '.join(group.values.values()):<24} {group.chosen}  "
-              f"(validation NLL {score:.4g})", flush=True)
+        print(
+            f"chose {group.method:<16} {' '.join(group.values.values()):<24} {group.chosen}  "
+            f"(validation NLL {score:.4g})",
+            flush=True,
+        )
     print(f"every score: {path}", flush=True)
     return _run_stage(args, argv, folder, folder)
 
 
-def _run_stage(args: argparse.Namespace, argv: Optional[Sequence[str]], folder: StudyFolder, manifest: StudyFolder,
-               stage: str = "study") -> int:
+def _run_stage(
+    args: argparse.Namespace,
+    argv: Sequence[str] | None,
+    folder: StudyFolder,
+    manifest: StudyFolder,
+    stage: str = "study",
+) -> int:
     """Run the cells of ``folder`` that are not done; ``manifest``: the folder whose study.json is written."""
     study = folder.study
     for cell in folder.cells:  # every cell's config is valid before anything runs
@@ -104,14 +123,23 @@ def _run_stage(args: argparse.Namespace, argv: Optional[Sequence[str]], folder: 
     counts = Counter(s.state for s in states)
     todo = [s.cell for s in states if s.state in ("pending", "interrupted", "failed")]
     diverged = f", {counts['diverged']} diverged (kept: scored +inf)" if counts.get("diverged") else ""
-    print(f"{stage} {study.name} ({study.profile}): {len(states)} cells in {folder.root}; "
-          f"{counts.get('done', 0)} done (skipped){diverged}, {counts.get('running', 0)} running elsewhere, "
-          f"{len(todo)} to run ({counts.get('interrupted', 0)} resume from a checkpoint, {counts.get('failed', 0)} "
-          f"failed before)", flush=True)
+    print(
+        f"{stage} {study.name} ({study.profile}): {len(states)} cells in {folder.root}; "
+        f"{counts.get('done', 0)} done (skipped){diverged}, {counts.get('running', 0)} running elsewhere, "
+        f"{len(todo)} to run ({counts.get('interrupted', 0)} resume from a checkpoint, {counts.get('failed', 0)} "
+        f"failed before)",
+        flush=True,
+    )
     if args.dry_run:
         for s in states:
-            print(f"[{s.state}] {s.cell.name}" + ("" if s.state in ("done", "running", "diverged") else
-                                                  f"\n    {' '.join(cell_command(folder, s.cell, 'python'))}"))
+            print(
+                f"[{s.state}] {s.cell.name}"
+                + (
+                    ""
+                    if s.state in ("done", "running", "diverged")
+                    else f"\n    {' '.join(cell_command(folder, s.cell, 'python'))}"
+                )
+            )
         return 0
     if todo and args.launcher == "slurm" and args.cluster == "slurm":
         require_sbatch()  # before anything is written
@@ -124,9 +152,11 @@ def _run_stage(args: argparse.Namespace, argv: Optional[Sequence[str]], folder: 
     t0 = time.time()
     if args.launcher == "wandb":
         path = export_wandb_sweep(folder, todo)
-        print(f"wrote {path} (grid over {len(todo)} cells). Start it with:\n"
-              f"    wandb sweep {path}\n    wandb agent <entity>/<project>/<sweep id>   # on every machine that sees "
-              f"{folder.root}\nthen: ehf study status {folder.root}")
+        print(
+            f"wrote {path} (grid over {len(todo)} cells). Start it with:\n"
+            f"    wandb sweep {path}\n    wandb agent <entity>/<project>/<sweep id>   # on every machine that sees "
+            f"{folder.root}\nthen: ehf study status {folder.root}"
+        )
         return 0
     if args.launcher == "slurm":
         results = run_slurm(folder, todo, cluster=args.cluster, wait=not args.no_wait)
@@ -151,8 +181,10 @@ def _cell(args: argparse.Namespace) -> int:
     folder = open_folder(args.dir)
     name = args.cell.split("=", 1)[1] if args.cell.startswith("cell=") else args.cell
     if isinstance(folder, EvaluationFolder) and not folder.chosen:
-        raise UserError(f"cell {name}: the study's tuning stage ({folder.root / 'tune'}) has not chosen every "
-                        "configuration yet; its cells run first")
+        raise UserError(
+            f"cell {name}: the study's tuning stage ({folder.root / 'tune'}) has not chosen every "
+            "configuration yet; its cells run first"
+        )
     cell = folder.cell(name)
     folder.check_configs()
     # under a W&B sweep agent the cell must log, or the sweep records nothing
@@ -162,14 +194,15 @@ def _cell(args: argparse.Namespace) -> int:
     return rc
 
 
-def cmd_study(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> int:
+def cmd_study(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     if args.study_command == "run":
         return _run(args, argv)
     if args.study_command == "status":
         folder = open_folder(args.dir)
         # a tuned study: its first stage, then its cells
-        counts = (_print_states(folder.tuning) if isinstance(folder, EvaluationFolder) else Counter()) + \
-            _print_states(folder)
+        counts = (_print_states(folder.tuning) if isinstance(folder, EvaluationFolder) else Counter()) + _print_states(
+            folder
+        )
         return 0 if not counts.get("failed") else 1
     if args.study_command == "cell":
         return _cell(args)
@@ -178,8 +211,10 @@ def cmd_study(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) ->
 
         folder = open_folder(args.dir)
         if isinstance(folder, TuningFolder):
-            raise UserError(f"{args.dir}: the tuning stage of a study; `ehf study report {folder.root.parent}` reports "
-                            "both stages (its Tuning section lists every configuration's score)")
+            raise UserError(
+                f"{args.dir}: the tuning stage of a study; `ehf study report {folder.root.parent}` reports "
+                "both stages (its Tuning section lists every configuration's score)"
+            )
         out = write_report(folder)
         print(Path(out["md"]).read_text())
         print(f"written: {', '.join(str(p) for p in out['files'])}")

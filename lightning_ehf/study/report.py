@@ -10,11 +10,20 @@ import math
 import os
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .runner import StudyFolder
-from .statistics import (CONFIDENCE, DIVERGED_NATS, FEASIBLE_FACTOR, FLAGS, UNDER_TRAINED_FRACTION, cell_flags,
-                         is_flagged, mean_std, t_interval)
+from .statistics import (
+    CONFIDENCE,
+    DIVERGED_NATS,
+    FEASIBLE_FACTOR,
+    FLAGS,
+    UNDER_TRAINED_FRACTION,
+    cell_flags,
+    is_flagged,
+    mean_std,
+    t_interval,
+)
 
 __all__ = ["UNDER_TRAINED_FRACTION", "cell_rows", "write_report"]
 
@@ -66,7 +75,7 @@ def _saved_config(run: Path) -> dict[str, Any]:
     return config if isinstance(config, dict) else {}
 
 
-def _fmt(x: Optional[float], digits: int) -> str:
+def _fmt(x: float | None, digits: int) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "—"
     return f"{x:.{digits}f}"
@@ -80,7 +89,7 @@ def _groups(rows: list[dict[str, Any]], axes: list[str]) -> dict[tuple, list[dic
     return groups
 
 
-def _axis_number(folder: StudyFolder, axis: str, value: str) -> Optional[float]:
+def _axis_number(folder: StudyFolder, axis: str, value: str) -> float | None:
     """The numeric value behind a value name of a one-key axis (``n_train128`` -> 128), else None."""
     for a in folder.study.axes:
         if a.name == axis:
@@ -128,8 +137,15 @@ def _markdown_table(folder: StudyFolder, rows: list[dict[str, Any]]) -> list[str
         titles += [title, f"{title} {ALL_DONE}"] if metric in ALL_DONE_METRICS else [title]
     stderr = any(r.get(PAIRED_STDERR) is not None for r in rows)
     feasible = any(r.get("feasibility") is not None for r in rows)
-    head = [*keys, "seeds", "flags", *titles, *(["paired KL row s.e."] if stderr else []),
-            *([f"feasible (≤ {FEASIBLE_FACTOR}×)", "RMS/√ε"] if feasible else []), "params"]
+    head = [
+        *keys,
+        "seeds",
+        "flags",
+        *titles,
+        *(["paired KL row s.e."] if stderr else []),
+        *([f"feasible (≤ {FEASIBLE_FACTOR}×)", "RMS/√ε"] if feasible else []),
+        "params",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, group in _groups(rows, axes).items():
         done = [r for r in group if r["state"] == "done"]
@@ -150,15 +166,17 @@ def _markdown_table(folder: StudyFolder, rows: list[dict[str, Any]]) -> list[str
 
 def _difference_cells(pairs: list[tuple[dict[str, Any], dict[str, Any]]], metric: str, wins: bool = True) -> list[str]:
     """Over seed pairs (A, B): how often A is lower (``wins``), the mean of A − B and its t-interval."""
-    values = [(float(a[metric]), float(b[metric])) for a, b in pairs
-              if a.get(metric) is not None and b.get(metric) is not None]
+    values = [
+        (float(a[metric]), float(b[metric]))
+        for a, b in pairs
+        if a.get(metric) is not None and b.get(metric) is not None
+    ]
     if not values:
         return ["—"] * (3 if wins else 2)
     diffs = [x - y for x, y in values]
     interval = t_interval(diffs)
     cells = [f"{sum(x < y for x, y in values)}/{len(values)}"] if wins else []
-    return cells + [f"{sum(diffs) / len(diffs):+.3f}",
-                    f"[{interval[0]:+.3f}, {interval[1]:+.3f}]" if interval else "—"]
+    return cells + [f"{sum(diffs) / len(diffs):+.3f}", f"[{interval[0]:+.3f}, {interval[1]:+.3f}]" if interval else "—"]
 
 
 def _paired(folder: StudyFolder, rows: list[dict[str, Any]]) -> list[str]:
@@ -175,32 +193,59 @@ def _paired(folder: StudyFolder, rows: list[dict[str, Any]]) -> list[str]:
     others = [a.name for a in folder.study.axes if a.name not in (compare, SEED_AXIS)]
     by_key = {(tuple(r[a] for a in others), r[compare], r.get(SEED_AXIS)): r for r in rows}
     ci = f"{CONFIDENCE:.0%} CI"
-    head = [*others, "comparison", "seeds", "lower test KL", "mean Δ KL", f"{ci} Δ KL", "smaller gap", "mean Δ gap",
-            f"{ci} Δ gap", "all done: seeds", "all done: mean Δ KL", f"all done: {ci} Δ KL"]
-    lines = ["", "## Seed-by-seed comparisons", "",
-             "Per group, over the seeds where both cells are done and neither is flagged: how often the first method "
-             "has the lower value, the mean difference (first − second; negative favours the first) and its "
-             f"{CONFIDENCE:.0%} Student-t interval (n − 1 degrees of freedom; none below 2 seeds). A count of lower "
-             "values is a sign count (its smallest one-sided p with n seeds is 2⁻ⁿ: 0.125 with 3), so a difference "
-             "is supported only where its interval excludes 0. The last three columns repeat the KL difference over "
-             "all seeds where both cells are done, flagged cells included.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    head = [
+        *others,
+        "comparison",
+        "seeds",
+        "lower test KL",
+        "mean Δ KL",
+        f"{ci} Δ KL",
+        "smaller gap",
+        "mean Δ gap",
+        f"{ci} Δ gap",
+        "all done: seeds",
+        "all done: mean Δ KL",
+        f"all done: {ci} Δ KL",
+    ]
+    lines = [
+        "",
+        "## Seed-by-seed comparisons",
+        "",
+        "Per group, over the seeds where both cells are done and neither is flagged: how often the first method "
+        "has the lower value, the mean difference (first − second; negative favours the first) and its "
+        f"{CONFIDENCE:.0%} Student-t interval (n − 1 degrees of freedom; none below 2 seeds). A count of lower "
+        "values is a sign count (its smallest one-sided p with n seeds is 2⁻ⁿ: 0.125 with 3), so a difference "
+        "is supported only where its interval excludes 0. The last three columns repeat the KL difference over "
+        "all seeds where both cells are done, flagged cells included.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     groups = sorted({k[0] for k in by_key}, key=lambda g: [present[a].index(v) for a, v in zip(others, g)])
     seeds = sorted({k[2] for k in by_key}, key=str)
     for first, second in pairs:
         for group in groups:
-            done = [(a, b) for a, b in ((by_key.get((group, first, s)), by_key.get((group, second, s))) for s in seeds)
-                    if a and b and a["state"] == b["state"] == "done"]
+            done = [
+                (a, b)
+                for a, b in ((by_key.get((group, first, s)), by_key.get((group, second, s))) for s in seeds)
+                if a and b and a["state"] == b["state"] == "done"
+            ]
             clean = [(a, b) for a, b in done if not is_flagged(a) and not is_flagged(b)]
-            cells = [f"{first} vs {second}", str(len(clean)), *_difference_cells(clean, "test/kl"),
-                     *_difference_cells(clean, "test/nll_gap"), str(len(done)),
-                     *_difference_cells(done, "test/kl", wins=False)]
+            cells = [
+                f"{first} vs {second}",
+                str(len(clean)),
+                *_difference_cells(clean, "test/kl"),
+                *_difference_cells(clean, "test/nll_gap"),
+                str(len(done)),
+                *_difference_cells(done, "test/kl", wins=False),
+            ]
             lines.append("| " + " | ".join([*group, *cells]) + " |")
     return lines
 
 
-def _plot(folder: StudyFolder, rows: list[dict[str, Any]], metric: str, ylabel: str, path: Path,
-          log_y: bool = False) -> Optional[Path]:
+def _plot(
+    folder: StudyFolder, rows: list[dict[str, Any]], metric: str, ylabel: str, path: Path, log_y: bool = False
+) -> Path | None:
     rep = folder.study.report
     x_axis, panel_axis, compare_axis = rep.get("x"), rep.get("panel"), rep.get("compare")
     if not x_axis:
@@ -221,9 +266,15 @@ def _plot(folder: StudyFolder, rows: list[dict[str, Any]], metric: str, ylabel: 
         for line in lines:
             px, py, pe, open_x, open_y = [], [], [], [], []
             for i, xv in enumerate(xs):
-                sel = [r for r in rows if r[x_axis] == xv and (panel is None or r[panel_axis] == panel)
-                       and (line is None or r[compare_axis] == line) and r["state"] == "done"
-                       and r.get(metric) is not None]
+                sel = [
+                    r
+                    for r in rows
+                    if r[x_axis] == xv
+                    and (panel is None or r[panel_axis] == panel)
+                    and (line is None or r[compare_axis] == line)
+                    and r["state"] == "done"
+                    and r.get(metric) is not None
+                ]
                 good = [float(r[metric]) for r in sel if not is_flagged(r)]
                 x = _axis_number(folder, x_axis, xv) if numeric else float(i)
                 if good:
@@ -237,11 +288,18 @@ def _plot(folder: StudyFolder, rows: list[dict[str, Any]], metric: str, ylabel: 
             if px:
                 # on a log axis a bar reaching 0 or below is cut at a tenth of the mean
                 low = [min(e, 0.9 * y) if log_y and y > 0 else e for y, e in zip(py, pe)]
-                ax.errorbar(px, py, yerr=[low, pe], marker="o", ms=4, capsize=3, color=color,
-                            label=str(line) if line else None)
+                ax.errorbar(
+                    px, py, yerr=[low, pe], marker="o", ms=4, capsize=3, color=color, label=str(line) if line else None
+                )
             if open_x:  # drawn also when no cell of the line is good (a pilot study): the plot is never empty
-                ax.scatter(open_x, open_y, facecolors="none", edgecolors=color, s=30,
-                           label=None if px else f"{line} (flagged)" if line else "flagged")
+                ax.scatter(
+                    open_x,
+                    open_y,
+                    facecolors="none",
+                    edgecolors=color,
+                    s=30,
+                    label=None if px else f"{line} (flagged)" if line else "flagged",
+                )
         if numeric:
             ax.set_xscale("log", base=2)
         else:
@@ -268,27 +326,34 @@ def _hardware() -> str:
     from ..system import hardware
 
     h = hardware()
-    return (f"{h['cores']} CPU cores ({h['cpu']}), {h.get('gpu', 'no GPU')}, torch {h['torch']}, "
-            f"Python {h['python']}")
+    return f"{h['cores']} CPU cores ({h['cpu']}), {h.get('gpu', 'no GPU')}, torch {h['torch']}, Python {h['python']}"
 
 
 def _split_statement(base: dict[str, Any]) -> str:
     frac = base.get("data.val_fraction")
     parts = []
     if base.get("data.regime") == "finite" and frac:
-        parts.append(f"finite regime: of each cell's n_train samples, {frac:.0%} validate and the rest train "
-                     "(a cell has seen n_train samples in all)")
+        parts.append(
+            f"finite regime: of each cell's n_train samples, {frac:.0%} validate and the rest train "
+            "(a cell has seen n_train samples in all)"
+        )
     elif base.get("data.regime") == "finite":
-        parts.append(f"finite regime: n_train training samples and {base.get('data.n_val', 1000)} fresh validation samples")
+        parts.append(
+            f"finite regime: n_train training samples and {base.get('data.n_val', 1000)} fresh validation samples"
+        )
     else:
         parts.append("infinite regime: fresh samples every step")
-    parts.append(f"test: {base.get('data.n_test', 5000)} held-out samples (fresh draws; for a pool target such as dw4, rows "
-                 f"of its test pool), IWAE K = {base.get('eval.iw_samples', 256)}")
+    parts.append(
+        f"test: {base.get('data.n_test', 5000)} held-out samples (fresh draws; for a pool target such as dw4, rows "
+        f"of its test pool), IWAE K = {base.get('eval.iw_samples', 256)}"
+    )
     if base.get("trainer.patience"):
-        parts.append(f"validation every {base.get('trainer.val_check_interval', 500)} steps "
-                     f"(K = {base.get('eval.val_iw_samples') or base.get('eval.iw_samples', 256)}); "
-                     f"early stop after {base['trainer.patience']} validations without improvement; "
-                     f"cap {base.get('trainer.max_steps', 2000)} steps; the best validation's checkpoint is tested")
+        parts.append(
+            f"validation every {base.get('trainer.val_check_interval', 500)} steps "
+            f"(K = {base.get('eval.val_iw_samples') or base.get('eval.iw_samples', 256)}); "
+            f"early stop after {base['trainer.patience']} validations without improvement; "
+            f"cap {base.get('trainer.max_steps', 2000)} steps; the best validation's checkpoint is tested"
+        )
     return "; ".join(parts) + "."
 
 
@@ -298,10 +363,17 @@ def _wandb_summary(folder: StudyFolder, rows: list[dict[str, Any]], columns: lis
     import wandb
 
     base = folder.study.base
-    run = wandb.init(project=str(base.get("logger.wandb.project", "lightning_ehf")), entity=base.get("logger.wandb.entity"),
-                     dir=str(out), mode=mode, job_type="study-report", group=folder.study.name,
-                     name=f"study-{folder.study.name}-{folder.study.profile}",
-                     config={"study": folder.study.name, "profile": folder.study.profile}, reinit="finish_previous")
+    run = wandb.init(
+        project=str(base.get("logger.wandb.project", "lightning_ehf")),
+        entity=base.get("logger.wandb.entity"),
+        dir=str(out),
+        mode=mode,
+        job_type="study-report",
+        group=folder.study.name,
+        name=f"study-{folder.study.name}-{folder.study.profile}",
+        config={"study": folder.study.name, "profile": folder.study.profile},
+        reinit="finish_previous",
+    )
     table = wandb.Table(columns=columns, data=[[_table_value(r.get(c)) for c in columns] for r in rows])
     run.log({"results": table})
     run_dir = str(Path(run.dir).parent)
@@ -314,44 +386,53 @@ def _table_value(v: Any) -> Any:
 
 
 #: the list of a flag's cells under the table
-FLAG_LISTS = {"under_trained": "Under-trained cells", "hit_cap": "Cells that hit the cap",
-              "diverged_after_best": "Cells that diverged after their best step",
-              "first_validation_best": "Cells best at their first validation"}
+FLAG_LISTS = {
+    "under_trained": "Under-trained cells",
+    "hit_cap": "Cells that hit the cap",
+    "diverged_after_best": "Cells that diverged after their best step",
+    "first_validation_best": "Cells best at their first validation",
+}
 EXACT_MODELS = {"nsf": "NSF", "efm": "efm"}
 
 
 def _flag_statement() -> str:
-    return (f"a done cell is *flagged* when it is *under-trained* (best validation step ≥ "
-            f"{UNDER_TRAINED_FRACTION:.0%} of its step cap: it may still have been improving), *hit the cap* (early "
-            f"stopping was on and never fired), *diverged after best* (final validation NLL non-finite or more than "
-            f"{DIVERGED_NATS:g} nat above the best one: the tested checkpoint predates a blow-up) or *best at the 1st "
-            f"validation* (its optimum may lie before it). A flagged cell supports no claim: `seeds` counts the "
-            f"unflagged cells of all, `flags` counts each flag over the done cells, each mean ± std (sample std over "
-            f"seeds) is over unflagged cells and each column marked {ALL_DONE} over every done cell; plots draw "
-            f"flagged cells as open circles")
+    return (
+        f"a done cell is *flagged* when it is *under-trained* (best validation step ≥ "
+        f"{UNDER_TRAINED_FRACTION:.0%} of its step cap: it may still have been improving), *hit the cap* (early "
+        f"stopping was on and never fired), *diverged after best* (final validation NLL non-finite or more than "
+        f"{DIVERGED_NATS:g} nat above the best one: the tested checkpoint predates a blow-up) or *best at the 1st "
+        f"validation* (its optimum may lie before it). A flagged cell supports no claim: `seeds` counts the "
+        f"unflagged cells of all, `flags` counts each flag over the done cells, each mean ± std (sample std over "
+        f"seeds) is over unflagged cells and each column marked {ALL_DONE} over every done cell; plots draw "
+        f"flagged cells as open circles"
+    )
 
 
-def _estimator_statement(done: list[dict[str, Any]]) -> Optional[str]:
+def _estimator_statement(done: list[dict[str, Any]]) -> str | None:
     """One sentence on the two estimators, when EHF cells sit beside exact-likelihood ones."""
     kinds = {r.get("model_kind") for r in done}
     exact = [name for kind, name in EXACT_MODELS.items() if kind in kinds]
     if "ehf" not in kinds or not exact:
         return None
     ks = sorted({int(r["iw_samples"]) for r in done if r.get("model_kind") == "ehf" and r.get("iw_samples")})
-    return (f"estimators differ: EHF's test NLL and KL are importance-weighted (IWAE, K = "
-            f"{', '.join(map(str, ks)) or 'eval.iw_samples'}) upper bounds on its NLL and KL (in expectation), "
-            f"while {' and '.join(n + chr(39) + 's' for n in exact)} are exact likelihoods")
+    return (
+        f"estimators differ: EHF's test NLL and KL are importance-weighted (IWAE, K = "
+        f"{', '.join(map(str, ks)) or 'eval.iw_samples'}) upper bounds on its NLL and KL (in expectation), "
+        f"while {' and '.join(n + chr(39) + 's' for n in exact)} are exact likelihoods"
+    )
 
 
-def _feasibility_statement(done: list[dict[str, Any]]) -> Optional[str]:
+def _feasibility_statement(done: list[dict[str, Any]]) -> str | None:
     ratios = [float(r["feasibility"]) for r in done if r.get("feasibility") is not None]
     if not ratios:
         return None
     within = sum(x <= FEASIBLE_FACTOR for x in ratios)
-    return (f"feasibility of constrained cells (constraint.mode dual or penalty): RMS/√ε is the largest test "
-            f"bracket RMS over generators ÷ √constraint.tolerance (the tolerance bounds the mean squared bracket, so "
-            f"≤ 1 is feasible), as mean ± std over a group's done cells, flagged or not, beside how many of them are "
-            f"within {FEASIBLE_FACTOR}× (in this study {within} of {len(ratios)} done constrained cells)")
+    return (
+        f"feasibility of constrained cells (constraint.mode dual or penalty): RMS/√ε is the largest test "
+        f"bracket RMS over generators ÷ √constraint.tolerance (the tolerance bounds the mean squared bracket, so "
+        f"≤ 1 is feasible), as mean ± std over a group's done cells, flagged or not, beside how many of them are "
+        f"within {FEASIBLE_FACTOR}× (in this study {within} of {len(ratios)} done constrained cells)"
+    )
 
 
 def _summary(folder: StudyFolder, rows: list[dict[str, Any]]) -> list[str]:
@@ -359,16 +440,20 @@ def _summary(folder: StudyFolder, rows: list[dict[str, Any]]) -> list[str]:
     manifest = json.loads((folder.root / "study.json").read_text())
     done = [r for r in rows if r["state"] == "done"]
     wall = sum(float(r.get("wall_time_s") or 0) for r in done)
-    lines = [f"- command: `{manifest.get('command', '')}`",
-             f"- cells: {len(done)} of {len(rows)} done"
-             + (f"; **{len(rows) - len(done)} missing** (not in any mean)" if len(done) < len(rows) else ""),
-             f"- data and budget: {_split_statement(folder.study.base)}",
-             f"- hardware of this report: {_hardware()}",
-             f"- training + test time summed over cells: {wall / 60:.1f} min",
-             f"- {_flag_statement()}"]
+    lines = [
+        f"- command: `{manifest.get('command', '')}`",
+        f"- cells: {len(done)} of {len(rows)} done"
+        + (f"; **{len(rows) - len(done)} missing** (not in any mean)" if len(done) < len(rows) else ""),
+        f"- data and budget: {_split_statement(folder.study.base)}",
+        f"- hardware of this report: {_hardware()}",
+        f"- training + test time summed over cells: {wall / 60:.1f} min",
+        f"- {_flag_statement()}",
+    ]
     if any(r.get(PAIRED_STDERR) is not None for r in done):
-        lines.append("- paired KL row s.e.: the largest standard error of one unflagged cell's paired KL over its test "
-                     "rows (the noise of a single measurement, beside the spread over seeds)")
+        lines.append(
+            "- paired KL row s.e.: the largest standard error of one unflagged cell's paired KL over its test "
+            "rows (the noise of a single measurement, beside the spread over seeds)"
+        )
     lines += [f"- {s}" for s in (_feasibility_statement(done), _estimator_statement(done)) if s]
     return lines
 
@@ -412,12 +497,18 @@ def write_report(folder: StudyFolder) -> dict[str, Any]:
     md += _flag_lists(rows)
     failed = [r["cell"] for r in rows if r["state"] == "failed"]
     if failed:
-        md += ["", f"Failed cells ({len(failed)}): " + ", ".join(f"`{c}`" for c in failed)
-               + f" (logs in `{folder.root / 'logs'}`)"]
+        md += [
+            "",
+            f"Failed cells ({len(failed)}): "
+            + ", ".join(f"`{c}`" for c in failed)
+            + f" (logs in `{folder.root / 'logs'}`)",
+        ]
     md += _paired(folder, rows)
-    for metric, label, name, log_y in (("test/kl", "test KL (nats)", "kl", True),
-                                       ("test/nll_gap", "test − train NLL (nats)", "gap", False),
-                                       ("test/invariance_error", "invariance error", "invariance", False)):
+    for metric, label, name, log_y in (
+        ("test/kl", "test KL (nats)", "kl", True),
+        ("test/nll_gap", "test − train NLL (nats)", "gap", False),
+        ("test/invariance_error", "invariance error", "invariance", False),
+    ):
         if any(r.get(metric) is not None for r in done):
             p = _plot(folder, rows, metric, label, out / f"{name}.png", log_y)
             if p is not None:
@@ -433,8 +524,11 @@ def write_report(folder: StudyFolder) -> dict[str, Any]:
     mode = str(folder.study.base.get("logger.wandb.mode", "offline"))
     if mode != "disabled":
         run_dir = _wandb_summary(folder, rows, columns, mode, out)
-        md += ["", f"W&B summary table (`results`, {mode}): `{run_dir}`"
-               + (" (upload with `wandb sync`)" if mode == "offline" else "")]
+        md += [
+            "",
+            f"W&B summary table (`results`, {mode}): `{run_dir}`"
+            + (" (upload with `wandb sync`)" if mode == "offline" else ""),
+        ]
     md_path = out / "results.md"
     md_path.write_text("\n".join(md) + "\n")
     files.insert(1, md_path)

@@ -30,17 +30,28 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
+from ..config.load import override_value
 from ..errors import EXIT_PREEMPTED, ConfigError, UserError
 from ..system import pid_alive
-from ..config.load import override_value
 from .spec import Cell, Study
 
-__all__ = ["CellState", "StudyFolder", "open_folder", "cell_command", "cell_wandb_overrides", "run_cell", "run_local",
-           "export_wandb_sweep", "slurm_job_state", "sweep_wandb_mode"]
+__all__ = [
+    "CellState",
+    "StudyFolder",
+    "open_folder",
+    "cell_command",
+    "cell_wandb_overrides",
+    "run_cell",
+    "run_local",
+    "export_wandb_sweep",
+    "slurm_job_state",
+    "sweep_wandb_mode",
+]
 
 HEARTBEAT_S = 60.0  # a running cell's state file is rewritten this often ...
 HEARTBEAT_TIMEOUT_S = 600.0  # ... and a cell on another host whose heartbeat is older than this is not running
@@ -58,7 +69,7 @@ class CellState:
 class StudyFolder:
     """The folder of one study run: cell folders, logs and state files."""
 
-    def __init__(self, root: str | Path, study: Study, cells: Optional[list[Cell]] = None) -> None:
+    def __init__(self, root: str | Path, study: Study, cells: list[Cell] | None = None) -> None:
         self.root = Path(root).resolve()
         self.study = study
         self.cells = study.cells() if cells is None else cells  # a tuned study's stages list their own
@@ -97,10 +108,16 @@ class StudyFolder:
     def write_manifest(self, command: str) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         manifest = {
-            "study": self.study.name, "profile": self.study.profile, "source": str(self.study.source),
-            "config_files": self.study.config_files, "base": self.study.base, "command": command,
-            "axes": {a.name: a.values for a in self.study.axes}, "report": self.study.report,
-            "slurm": self.study.slurm, "description": self.study.description,
+            "study": self.study.name,
+            "profile": self.study.profile,
+            "source": str(self.study.source),
+            "config_files": self.study.config_files,
+            "base": self.study.base,
+            "command": command,
+            "axes": {a.name: a.values for a in self.study.axes},
+            "report": self.study.report,
+            "slurm": self.study.slurm,
+            "description": self.study.description,
             **({"tune": dataclasses.asdict(self.study.tune)} if self.study.tune is not None else {}),
             "cells": [{"name": c.name, "values": c.values, "overrides": list(c.overrides)} for c in self.cells],
         }
@@ -129,7 +146,8 @@ class StudyFolder:
                     raise UserError(
                         f"cell {cell.name}: the study now gives {key}={wanted.get(key)!r}, but the cell was run with "
                         f"{saved.get(key)!r} ({self.cell_dir(cell)}); restore the study file, or use a new study "
-                        "folder (--dir) for the changed study")
+                        "folder (--dir) for the changed study"
+                    )
 
     def state(self, cell: Cell) -> CellState:
         run = self.cell_dir(cell)
@@ -171,18 +189,33 @@ class StudyFolder:
         return [self.state(c) for c in self.cells]
 
 
-_SLURM_LIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "REQUEUE_HOLD",
-               "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD"}
+_SLURM_LIVE = {
+    "PENDING",
+    "RUNNING",
+    "REQUEUED",
+    "CONFIGURING",
+    "COMPLETING",
+    "SUSPENDED",
+    "RESIZING",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "SIGNALING",
+    "STAGE_OUT",
+    "STOPPED",
+    "RESV_DEL_HOLD",
+}
 
 
-def slurm_job_state(job: str) -> Optional[str]:
+def slurm_job_state(job: str) -> str | None:
     """The state of SLURM job ``job`` (``123`` or ``123_4``) from ``squeue``, else ``sacct``; ``GONE`` when
     neither knows it; None when neither command is on PATH (not on a SLURM machine)."""
     tools = [t for t in ("squeue", "sacct") if shutil.which(t)]
     if not tools:
         return None
-    commands = {"squeue": ["squeue", "-h", "-j", job, "-o", "%T"],
-                "sacct": ["sacct", "-n", "-X", "-P", "-j", job, "-o", "State"]}
+    commands = {
+        "squeue": ["squeue", "-h", "-j", job, "-o", "%T"],
+        "sacct": ["sacct", "-n", "-X", "-P", "-j", job, "-o", "State"],
+    }
     for tool in tools:
         try:
             out = subprocess.run(commands[tool], capture_output=True, text=True, timeout=60)
@@ -202,8 +235,11 @@ def _still_running(info: dict[str, Any]) -> tuple[bool, str]:
         job = str(info["job"])
         state = slurm_job_state(job)
         if state is None:  # no SLURM commands here: the heartbeat decides (a queued job has none yet)
-            return (False, f"no heartbeat from slurm job {job} for {HEARTBEAT_TIMEOUT_S / 60:.0f} min") if stale else \
-                (True, f"slurm job {job}")
+            return (
+                (False, f"no heartbeat from slurm job {job} for {HEARTBEAT_TIMEOUT_S / 60:.0f} min")
+                if stale
+                else (True, f"slurm job {job}")
+            )
         if state in _SLURM_LIVE:
             return True, f"slurm job {job}, {state.lower()}"
         return False, f"slurm job {job} ended ({state.lower()}) before the cell finished"
@@ -225,13 +261,22 @@ def cell_wandb_overrides(study: Study, cell: Cell) -> list[str]:
     for axis in study.axes:
         overrides = axis.values[cell.values[axis.name]]
         value = next(iter(overrides.values())) if len(overrides) == 1 else None
-        fields[axis.name] = value if isinstance(value, (int, float, str)) and axis.name != "method" else \
-            cell.values[axis.name]
+        fields[axis.name] = (
+            value if isinstance(value, (int, float, str)) and axis.name != "method" else cell.values[axis.name]
+        )
     tags = [str(t) for t in study.base.get("logger.wandb.tags") or []] + list(cell.values.values())
-    wanted = {"logger.wandb.name": cell.name, "logger.wandb.group": study.name,
-              "logger.wandb.job_type": cell.values.get("method"), "logger.wandb.tags": tags,
-              "logger.wandb.fields": fields}
-    return [f"{k}={override_value(v)}" for k, v in wanted.items() if v is not None and (k not in given or k.endswith(".tags"))]
+    wanted = {
+        "logger.wandb.name": cell.name,
+        "logger.wandb.group": study.name,
+        "logger.wandb.job_type": cell.values.get("method"),
+        "logger.wandb.tags": tags,
+        "logger.wandb.fields": fields,
+    }
+    return [
+        f"{k}={override_value(v)}"
+        for k, v in wanted.items()
+        if v is not None and (k not in given or k.endswith(".tags"))
+    ]
 
 
 def open_folder(root: str | Path) -> StudyFolder:
@@ -254,8 +299,18 @@ def open_folder(root: str | Path) -> StudyFolder:
         raise UserError(f"{root}/study.json: not valid JSON ({e})") from None
     axes = [Axis(name, values) for name, values in m["axes"].items()]
     tune = Tuning(**m["tune"]) if m.get("tune") else None
-    study = Study(m["study"], m["profile"], Path(m["source"]), m["config_files"], m["base"], axes,
-                  m.get("report") or {}, m.get("slurm") or {}, m.get("description") or "", tune)
+    study = Study(
+        m["study"],
+        m["profile"],
+        Path(m["source"]),
+        m["config_files"],
+        m["base"],
+        axes,
+        m.get("report") or {},
+        m.get("slurm") or {},
+        m.get("description") or "",
+        tune,
+    )
     if tune is not None:
         from .tuning import evaluation_folder
 
@@ -273,11 +328,20 @@ def cell_command(folder: StudyFolder, cell: Cell, python: str = sys.executable, 
     files = [a for f in folder.study.config_files for a in ("-c", f)]
     run = folder.cell_dir(cell)
     resume = ["--resume", str(run)] if (run / "checkpoints" / "last.ckpt").is_file() else []
-    return [python, "-m", "lightning_ehf", "train", *resume, *files, *folder.overrides(cell), "progress.mode=lines",
-            *extra]
+    return [
+        python,
+        "-m",
+        "lightning_ehf",
+        "train",
+        *resume,
+        *files,
+        *folder.overrides(cell),
+        "progress.mode=lines",
+        *extra,
+    ]
 
 
-def sweep_wandb_mode(folder: StudyFolder, cell: Cell, environ: Optional[dict[str, str]] = None) -> Optional[str]:
+def sweep_wandb_mode(folder: StudyFolder, cell: Cell, environ: dict[str, str] | None = None) -> str | None:
     """The W&B mode a cell run by a sweep agent must log in, or None when the study's own applies. A sweep
     records nothing from a run that does not log, so a study that turns W&B off (most do: ``disabled``) or
     leaves it to its default logs in ``WANDB_MODE`` (online or offline) under an agent, else online."""
@@ -302,9 +366,14 @@ def _set_parent_death_signal() -> None:  # pragma: no cover - runs in the child 
         pass
 
 
-def run_cell(folder: StudyFolder, cell: Cell, threads: Optional[int] = None,
-             started: Optional[Callable[[subprocess.Popen], None]] = None, extra: Sequence[str] = (),
-             **state: Any) -> int:
+def run_cell(
+    folder: StudyFolder,
+    cell: Cell,
+    threads: int | None = None,
+    started: Callable[[subprocess.Popen], None] | None = None,
+    extra: Sequence[str] = (),
+    **state: Any,
+) -> int:
     """Run (or resume) one cell to the end in a child ``ehf train``; returns its exit code. A folder
     with neither results nor a checkpoint (stopped before its first checkpoint) is started afresh.
     ``extra``: overrides after the cell's; ``state``: more entries of its state file (e.g. the SLURM job)."""
@@ -329,10 +398,25 @@ def run_cell(folder: StudyFolder, cell: Cell, threads: Optional[int] = None,
     with open(log, "a") as out:
         out.write(f"\n$ {' '.join(cmd)}\n")
         out.flush()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                preexec_fn=_set_parent_death_signal if sys.platform.startswith("linux") else None)
-        folder._write_state(cell, **{**state, "state": "running", "pid": proc.pid, "host": socket.gethostname(),
-                                     "started": time.time(), "beat": time.time()})
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_set_parent_death_signal if sys.platform.startswith("linux") else None,
+        )
+        folder._write_state(
+            cell,
+            **{
+                **state,
+                "state": "running",
+                "pid": proc.pid,
+                "host": socket.gethostname(),
+                "started": time.time(),
+                "beat": time.time(),
+            },
+        )
         if started is not None:
             started(proc)
         while True:
@@ -361,13 +445,20 @@ def cell_summary(folder: StudyFolder, cell: Cell) -> str:
     return ", ".join(parts)
 
 
-def run_local(folder: StudyFolder, todo: Sequence[Cell], workers: int, cores: Optional[int] = None) -> dict[str, int]:
+def run_local(folder: StudyFolder, todo: Sequence[Cell], workers: int, cores: int | None = None) -> dict[str, int]:
     """Run ``todo`` with ``workers`` concurrent child processes of cores ÷ workers torch threads each.
     A failed cell does not stop the others. SIGINT/SIGTERM stop every running cell at its next step
     (each keeps ``last.ckpt``; a rerun resumes it). Returns {cell name: exit code}."""
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     cores = cores or os.cpu_count() or 1
     threads = max(1, cores // max(1, workers))
@@ -382,6 +473,7 @@ def run_local(folder: StudyFolder, todo: Sequence[Cell], workers: int, cores: Op
                 running[name] = proc
                 if stop.is_set():
                     proc.send_signal(signal.SIGTERM)
+
         return hook
 
     def one(cell: Cell) -> tuple[Cell, int, float]:
@@ -402,13 +494,22 @@ def run_local(folder: StudyFolder, todo: Sequence[Cell], workers: int, cores: Op
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     print(f"running {len(todo)} cells: {workers} workers × {threads} torch threads", flush=True)
-    columns = [TextColumn("cells"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
-               TimeRemainingColumn()]
+    columns = [
+        TextColumn("cells"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    ]
     try:
         from rich.console import Console
 
         console = Console(width=None if sys.stdout.isatty() else 200)
-        with Progress(*columns, transient=False, console=console) as bar, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        with (
+            Progress(*columns, transient=False, console=console) as bar,
+            ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
+        ):
             task = bar.add_task("cells", total=len(todo))
             futures = [pool.submit(one, c) for c in todo]
             t0 = time.time()
@@ -446,8 +547,16 @@ def export_wandb_sweep(folder: StudyFolder, todo: Sequence[Cell]) -> Path:
         "metric": {"name": "test/nll", "goal": "minimize"},
         "parameters": {"cell": {"values": [c.name for c in todo]}},
         # the study's own interpreter: ${interpreter} would be whatever `python` the agent finds on PATH
-        "command": ["${env}", sys.executable, "-m", "lightning_ehf", "study", "cell", str(folder.root),
-                    "${args_no_hyphens}"],
+        "command": [
+            "${env}",
+            sys.executable,
+            "-m",
+            "lightning_ehf",
+            "study",
+            "cell",
+            str(folder.root),
+            "${args_no_hyphens}",
+        ],
     }
     path = folder.root / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep, sort_keys=False))

@@ -18,7 +18,8 @@ import signal
 import socket
 import subprocess
 import time
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..errors import UserError
 from ..system import pid_alive
@@ -43,15 +44,21 @@ class SlurmCell:
 
     def __init__(self, root: str, cell: str, threads: int, stop_wait_s: float = SIGNAL_DELAY_S - 10) -> None:
         self.root, self.cell, self.threads, self.stop_wait_s = root, cell, threads, stop_wait_s
-        self._proc: Optional[subprocess.Popen] = None
+        self._proc: subprocess.Popen | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_proc": None}
 
     def __call__(self) -> int:
         folder = open_folder(self.root)
-        return run_cell(folder, folder.cell(self.cell), self.threads, started=self._started, job=_job_id(),
-                        node=socket.gethostname())
+        return run_cell(
+            folder,
+            folder.cell(self.cell),
+            self.threads,
+            started=self._started,
+            job=_job_id(),
+            node=socket.gethostname(),
+        )
 
     def _started(self, proc: subprocess.Popen) -> None:
         self._proc = proc
@@ -69,16 +76,24 @@ class SlurmCell:
                 time.sleep(0.2)
         folder = open_folder(self.root)
         job = _job_id()
-        folder._write_state(folder.cell(self.cell), state="running", job=job, host=f"slurm job {job}", requeued=True,
-                            started=time.time())
+        folder._write_state(
+            folder.cell(self.cell),
+            state="running",
+            job=job,
+            host=f"slurm job {job}",
+            requeued=True,
+            started=time.time(),
+        )
         return submitit.helpers.DelayedSubmission(self)
 
 
 def require_sbatch() -> None:
     """UserError (exit 2) unless ``sbatch`` is on PATH."""
     if shutil.which("sbatch") is None:
-        raise UserError("--launcher slurm: sbatch not found on PATH (run on a SLURM login node, or use --cluster local "
-                        "to try the path with submitit's local executor)")
+        raise UserError(
+            "--launcher slurm: sbatch not found on PATH (run on a SLURM login node, or use --cluster local "
+            "to try the path with submitit's local executor)"
+        )
 
 
 def _executor(folder: StudyFolder, cluster: str) -> Any:
@@ -86,8 +101,13 @@ def _executor(folder: StudyFolder, cluster: str) -> Any:
 
     s = folder.study.slurm
     executor = submitit.AutoExecutor(folder=str(folder.root / "submitit" / "%j"), cluster=cluster)
-    params: dict[str, Any] = {"timeout_min": int(s["time_min"]), "cpus_per_task": int(s["cpus_per_cell"]),
-                              "tasks_per_node": 1, "nodes": 1, "name": f"ehf-{folder.study.name}"}
+    params: dict[str, Any] = {
+        "timeout_min": int(s["time_min"]),
+        "cpus_per_task": int(s["cpus_per_cell"]),
+        "tasks_per_node": 1,
+        "nodes": 1,
+        "name": f"ehf-{folder.study.name}",
+    }
     if int(s["gpus_per_cell"]):
         params["gpus_per_node"] = int(s["gpus_per_cell"])
     if s.get("mem_gb"):
@@ -110,13 +130,15 @@ def _submit(executor: Any, folder: StudyFolder, cells: Sequence[Cell]) -> list[A
         futures = [executor.submit(SlurmCell(str(folder.root), cell.name, threads)) for cell in cells]
     jobs = list(futures)
     for cell, job in zip(cells, jobs):
-        folder._write_state(cell, state="running", host=f"slurm job {job.job_id}", job=str(job.job_id),
-                            started=time.time())
+        folder._write_state(
+            cell, state="running", host=f"slurm job {job.job_id}", job=str(job.job_id), started=time.time()
+        )
     return jobs
 
 
-def run_slurm(folder: StudyFolder, todo: Sequence[Cell], cluster: str = "slurm", wait: bool = True,
-              poll_s: float = 5.0) -> dict[str, Any]:
+def run_slurm(
+    folder: StudyFolder, todo: Sequence[Cell], cluster: str = "slurm", wait: bool = True, poll_s: float = 5.0
+) -> dict[str, Any]:
     """Submit ``todo`` as one job array through submitit (``cluster='local'``: submitit's local
     executor, for trying the path without a cluster). Partition, time, CPUs and GPUs per cell come from
     the study file's ``slurm:`` section (or the command's flags). With ``wait``, follow the jobs and submit
@@ -125,8 +147,11 @@ def run_slurm(folder: StudyFolder, todo: Sequence[Cell], cluster: str = "slurm",
         require_sbatch()
     executor = _executor(folder, cluster)
     jobs = _submit(executor, folder, todo)
-    print(f"submitted {len(jobs)} cells as job array {jobs[0].job_id.split('_')[0] if jobs else '-'} "
-          f"({cluster}); logs in {folder.root / 'logs'}", flush=True)
+    print(
+        f"submitted {len(jobs)} cells as job array {jobs[0].job_id.split('_')[0] if jobs else '-'} "
+        f"({cluster}); logs in {folder.root / 'logs'}",
+        flush=True,
+    )
     if not wait:
         return {"jobs": [j.job_id for j in jobs]}
     results: dict[str, int] = {}
@@ -144,8 +169,10 @@ def run_slurm(folder: StudyFolder, todo: Sequence[Cell], cluster: str = "slurm",
             if rc == EXIT_PREEMPTED and submitted[name] <= RESUBMITS:
                 submitted[name] += 1
                 pending[name] = (cell, _submit(executor, folder, [cell])[0])
-                print(f"again   {name}  (preempted in job {job.job_id}; resumes in job {pending[name][1].job_id})",
-                      flush=True)
+                print(
+                    f"again   {name}  (preempted in job {job.job_id}; resumes in job {pending[name][1].job_id})",
+                    flush=True,
+                )
                 continue
             results[name] = rc
             if rc == 0:

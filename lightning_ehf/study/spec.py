@@ -49,9 +49,10 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import yaml
 
@@ -64,7 +65,12 @@ __all__ = ["METHODS", "Cell", "Study", "Tuning", "load_study"]
 #: data, budget and stopping rule come from the study.
 METHODS: dict[str, dict[str, Any]] = {
     "ehf_none": {"model.kind": "ehf", "model.invariant": False, "constraint.mode": "none"},
-    "ehf_penalty": {"model.kind": "ehf", "model.invariant": False, "constraint.mode": "penalty", "constraint.init": 10.0},
+    "ehf_penalty": {
+        "model.kind": "ehf",
+        "model.invariant": False,
+        "constraint.mode": "penalty",
+        "constraint.init": 10.0,
+    },
     "ehf_dual": {"model.kind": "ehf", "model.invariant": False, "constraint.mode": "dual"},
     "ehf_invariant": {"model.kind": "ehf", "model.invariant": True, "constraint.mode": "none"},
     # ablations: does the constraint help beyond what random group elements on the data already give?
@@ -78,8 +84,14 @@ METHODS: dict[str, dict[str, Any]] = {
 
 _TOP_KEYS = {"study", "description", "config", "base", "axes", "profiles", "report", "slurm", "tune"}
 _TUNE_KEYS = ("seeds", "per", "grids", "matched")
-_SLURM_KEYS = {"partition": None, "time_min": 60, "cpus_per_cell": 2, "gpus_per_cell": 0, "mem_gb": None,
-               "parallelism": None}
+_SLURM_KEYS = {
+    "partition": None,
+    "time_min": 60,
+    "cpus_per_cell": 2,
+    "gpus_per_cell": 0,
+    "mem_gb": None,
+    "parallelism": None,
+}
 _NAME = re.compile(r"[A-Za-z0-9_.]+")
 _KEY_VALUE_NAME = re.compile(r"[A-Za-z0-9_.+-]+")  # plain values of a key axis: also signs and exponents (lr1e-05)
 
@@ -122,13 +134,15 @@ class Study:
     report: dict[str, Any] = field(default_factory=dict)
     slurm: dict[str, Any] = field(default_factory=dict)
     description: str = ""
-    tune: Optional[Tuning] = None
+    tune: Tuning | None = None
 
     def cells(self) -> list[Cell]:
-        return [self.cell({a.name: name for a, name in zip(self.axes, combo)})
-                for combo in itertools.product(*[list(a.values) for a in self.axes])]
+        return [
+            self.cell({a.name: name for a, name in zip(self.axes, combo)})
+            for combo in itertools.product(*[list(a.values) for a in self.axes])
+        ]
 
-    def cell(self, values: dict[str, str], extra: Optional[dict[str, Any]] = None) -> Cell:
+    def cell(self, values: dict[str, str], extra: dict[str, Any] | None = None) -> Cell:
         """The cell taking value ``values[axis]`` on every axis: base, then the axes' overrides, then ``extra``.
         Its name joins ``values`` (which may hold names that are no axis, e.g. a tuning configuration's)."""
         overrides = dict(self.base)
@@ -157,8 +171,11 @@ def _overrides(raw: Any, where: str) -> dict[str, Any]:
 def _axis(name: str, raw: Any, where: str) -> Axis:
     if isinstance(raw, list):
         if name != "method":
-            raise _fail(where, "a plain list of names is only for the method axis (the presets "
-                               f"{', '.join(METHODS)}); give {{key: ..., values: [...]}} or a mapping of names to overrides")
+            raise _fail(
+                where,
+                "a plain list of names is only for the method axis (the presets "
+                f"{', '.join(METHODS)}); give {{key: ..., values: [...]}} or a mapping of names to overrides",
+            )
         unknown = [v for v in raw if v not in METHODS]
         if unknown:
             raise _fail(where, f"unknown method {unknown[0]!r} (choose from {', '.join(METHODS)}, or give a mapping)")
@@ -174,8 +191,11 @@ def _axis(name: str, raw: Any, where: str) -> Axis:
         for v in raw["values"]:
             value_name = f"{short}{v}"
             if not _KEY_VALUE_NAME.fullmatch(value_name):
-                raise _fail(where, f"value {v!r} cannot be part of a cell's folder name ({value_name!r}); give the axis "
-                                   "as a mapping of names to overrides")
+                raise _fail(
+                    where,
+                    f"value {v!r} cannot be part of a cell's folder name ({value_name!r}); give the axis "
+                    "as a mapping of names to overrides",
+                )
             if value_name in values:
                 raise _fail(where, f"value {v!r} is listed twice")
             values[value_name] = {key: v}
@@ -190,8 +210,10 @@ def _axis(name: str, raw: Any, where: str) -> Axis:
                 ov = METHODS[value_name]
             values[value_name] = _overrides(ov, f"{where}.{value_name}")
         return Axis(name, values)
-    raise _fail(where, f"must be a list of method names, {{key: ..., values: [...]}} or a mapping of names to overrides, "
-                       f"got {raw!r}")
+    raise _fail(
+        where,
+        f"must be a list of method names, {{key: ..., values: [...]}} or a mapping of names to overrides, got {raw!r}",
+    )
 
 
 def _grid(raw: Any, where: str) -> dict[str, dict[str, Any]]:
@@ -226,8 +248,10 @@ def _tuning(raw: Any, where: str, axes: list[Axis], unshrunk: dict[str, list[str
     """Parse and check a ``tune`` section against the (profile's) axes; adds its matched methods to the
     method axis. ``axis_keys``: the keys every value of a non-method axis sets (in the study file)."""
     if not isinstance(raw, dict) or set(raw) - set(_TUNE_KEYS) or "grids" not in raw:
-        raise _fail(where, f"a tune section is a mapping with grids (and seeds, per, matched); allowed keys: "
-                           f"{', '.join(_TUNE_KEYS)}")
+        raise _fail(
+            where,
+            f"a tune section is a mapping with grids (and seeds, per, matched); allowed keys: {', '.join(_TUNE_KEYS)}",
+        )
     by_name = {a.name: a for a in axes}
     method_axis, seed_axis = by_name.get("method"), by_name.get("seed")
     if method_axis is None:
@@ -235,19 +259,27 @@ def _tuning(raw: Any, where: str, axes: list[Axis], unshrunk: dict[str, list[str
     if seed_axis is None or not all(list(ov) == ["seed"] for ov in seed_axis.values.values()):
         raise _fail(where, "needs a seed axis {key: seed, values: [...]} (its seeds are the evaluation seeds)")
     seeds = raw.get("seeds", [100])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds) \
-            or len(set(seeds)) != len(seeds):
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
         raise _fail(f"{where}.seeds", f"must be a list of distinct integers, got {seeds!r}")
     evaluation = {ov["seed"] for ov in seed_axis.values.values()}
     shared = sorted(set(seeds) & evaluation)
     if shared:
-        raise _fail(f"{where}.seeds", f"{shared[0]} is also an evaluation seed (the seed axis); tuning seeds are kept "
-                                      "apart from the seeds that are reported")
+        raise _fail(
+            f"{where}.seeds",
+            f"{shared[0]} is also an evaluation seed (the seed axis); tuning seeds are kept "
+            "apart from the seeds that are reported",
+        )
     others = [a.name for a in axes if a.name not in ("method", "seed")]
     per = raw.get("per", others)
     if not isinstance(per, list) or not all(p in others for p in per) or len(set(per)) != len(per):
-        raise _fail(f"{where}.per", f"must be a list of distinct axes out of {others} (a choice per value of each), "
-                                    f"got {per!r}")
+        raise _fail(
+            f"{where}.per", f"must be a list of distinct axes out of {others} (a choice per value of each), got {per!r}"
+        )
     matched_raw = raw.get("matched") or {}
     if not isinstance(matched_raw, dict):
         raise _fail(f"{where}.matched", "must be a mapping: new method -> {like: nsf, params_of: ehf_dual}")
@@ -280,24 +312,35 @@ def _tuning(raw: Any, where: str, axes: list[Axis], unshrunk: dict[str, list[str
     grids: dict[str, dict[str, dict[str, Any]]] = {}
     for method, preset in method_axis.values.items():
         if method not in grids_raw:
-            raise _fail(f"{where}.grids", f"has no grid for the method {method!r} (every method is tuned, with the same "
-                                          "number of configurations)")
+            raise _fail(
+                f"{where}.grids",
+                f"has no grid for the method {method!r} (every method is tuned, with the same "
+                "number of configurations)",
+            )
         grid = _grid(grids_raw[method], f"{where}.grids.{method}")
         banned = fixed | set(preset) | ({"model.hidden"} if method in matched else set())
         for key in sorted({k for ov in grid.values() for k in ov}):
             if key in banned:
-                why = ("is set by the size matching" if key == "model.hidden" and method in matched else
-                       "is the method's own key" if key in preset else "is set by an axis for every cell")
+                why = (
+                    "is set by the size matching"
+                    if key == "model.hidden" and method in matched
+                    else "is the method's own key"
+                    if key in preset
+                    else "is set by an axis for every cell"
+                )
                 raise _fail(f"{where}.grids.{method}", f"{key} {why}; a grid tunes other keys")
         grids[method] = grid
     sizes = {m: len(g) for m, g in grids.items()}
     if len(set(sizes.values())) > 1:
-        raise _fail(f"{where}.grids", "every method gets the same number of configurations; "
-                                      + ", ".join(f"{m} has {n}" for m, n in sizes.items()))
+        raise _fail(
+            f"{where}.grids",
+            "every method gets the same number of configurations; "
+            + ", ".join(f"{m} has {n}" for m, n in sizes.items()),
+        )
     return Tuning(list(seeds), list(per), grids, matched)
 
 
-def load_study(path: str | Path, profile: Optional[str] = None, extra: Sequence[str] = ()) -> Study:
+def load_study(path: str | Path, profile: str | None = None, extra: Sequence[str] = ()) -> Study:
     """Read and check a study file; ``profile`` (default: the file's first) shrinks it; ``extra``
     overrides (``key=value``) go after the study's own for every cell. Raises ConfigError naming the problem."""
     path = Path(path)
@@ -329,7 +372,9 @@ def load_study(path: str | Path, profile: Optional[str] = None, extra: Sequence[
         raise _fail(f"{path}: axes", "needs at least one axis (e.g. method: [ehf_dual, nsf])")
     axes = [_axis(str(n), a, f"{path}: axes.{n}") for n, a in axes_raw.items()]
     unshrunk = {a.name: list(a.values) for a in axes}  # before a profile keeps some of the values
-    axis_keys = {k for a in axes if a.name != "method" for k in set.intersection(*[set(ov) for ov in a.values.values()])}
+    axis_keys = {
+        k for a in axes if a.name != "method" for k in set.intersection(*[set(ov) for ov in a.values.values()])
+    }
 
     profiles = raw.get("profiles") or {}
     if not isinstance(profiles, dict):
@@ -340,21 +385,28 @@ def load_study(path: str | Path, profile: Optional[str] = None, extra: Sequence[
         raise _fail("profile", f"{profile!r} is not a profile of {path} (choose from {', '.join(profiles) or 'none'})")
     prof = profiles.get(profile) or {}
     if not isinstance(prof, dict) or set(prof) - {"axes", "base", "tune"}:
-        raise _fail(f"{path}: profiles.{profile}", "a profile holds axes (value names to keep), base (overrides) "
-                                                   "and tune")
+        raise _fail(
+            f"{path}: profiles.{profile}", "a profile holds axes (value names to keep), base (overrides) and tune"
+        )
     for axis_name, keep in (prof.get("axes") or {}).items():
         axis = next((a for a in axes if a.name == str(axis_name)), None)
         if axis is None:
             raise _fail(f"{path}: profiles.{profile}.axes.{axis_name}", "no such axis")
         if isinstance(keep, dict):  # {values: [...]}: new values for a key axis
             old_key = next(iter(next(iter(axis.values.values()))), None)
-            if set(keep) != {"values"} or len(axis.values) == 0 or not all(
-                    list(ov) == [old_key] for ov in axis.values.values()):
-                raise _fail(f"{path}: profiles.{profile}.axes.{axis_name}",
-                            "a profile gives a key axis new values as {values: [v1, v2, ...]}; other axes keep "
-                            "a list of their value names")
-            axis.values = _axis(axis.name, {"key": old_key, "values": keep["values"]},
-                                f"{path}: profiles.{profile}.axes.{axis_name}").values
+            if (
+                set(keep) != {"values"}
+                or len(axis.values) == 0
+                or not all(list(ov) == [old_key] for ov in axis.values.values())
+            ):
+                raise _fail(
+                    f"{path}: profiles.{profile}.axes.{axis_name}",
+                    "a profile gives a key axis new values as {values: [v1, v2, ...]}; other axes keep "
+                    "a list of their value names",
+                )
+            axis.values = _axis(
+                axis.name, {"key": old_key, "values": keep["values"]}, f"{path}: profiles.{profile}.axes.{axis_name}"
+            ).values
             continue
         keep = [keep] if not isinstance(keep, list) else keep
         names = []
@@ -362,13 +414,16 @@ def load_study(path: str | Path, profile: Optional[str] = None, extra: Sequence[
             # plain values of a key axis may be given as values (128) or as names (n_train128)
             match = [n for n, ov in axis.values.items() if n == str(k) or (len(ov) == 1 and list(ov.values())[0] == k)]
             if not match:
-                raise _fail(f"{path}: profiles.{profile}.axes.{axis_name}",
-                            f"{k!r} is not a value of the axis (values: {', '.join(axis.values)})")
+                raise _fail(
+                    f"{path}: profiles.{profile}.axes.{axis_name}",
+                    f"{k!r} is not a value of the axis (values: {', '.join(axis.values)})",
+                )
             names.append(match[0])
         axis.values = {n: axis.values[n] for n in axis.values if n in names}
     base.update(_overrides(prof.get("base"), f"{path}: profiles.{profile}.base"))
-    tune_raw, tune_where = (prof["tune"], f"{path}: profiles.{profile}.tune") if "tune" in prof else \
-        (raw.get("tune"), f"{path}: tune")
+    tune_raw, tune_where = (
+        (prof["tune"], f"{path}: profiles.{profile}.tune") if "tune" in prof else (raw.get("tune"), f"{path}: tune")
+    )
     tune = _tuning(tune_raw, tune_where, axes, unshrunk, axis_keys) if tune_raw is not None else None
     # a pair may name a matched method of any tune section (the report skips pairs a profile lacks)
     for section in [raw.get("tune"), *[p.get("tune") for p in profiles.values() if isinstance(p, dict)]]:
@@ -400,7 +455,9 @@ def load_study(path: str | Path, profile: Optional[str] = None, extra: Sequence[
         raise _fail(f"{path}: report", "must be a mapping (x, panel, compare)")
     unknown = set(report) - {"x", "panel", "compare", "analyses", "pairs"}
     if unknown:
-        raise _fail(f"{path}: report", f"unknown key {sorted(unknown)[0]!r} (allowed: x, panel, compare, analyses, pairs)")
+        raise _fail(
+            f"{path}: report", f"unknown key {sorted(unknown)[0]!r} (allowed: x, panel, compare, analyses, pairs)"
+        )
     for pair in report.get("pairs") or []:
         compare = next((a for a in axes if a.name == report.get("compare")), None)
         if compare is None:
@@ -414,9 +471,12 @@ def load_study(path: str | Path, profile: Optional[str] = None, extra: Sequence[
 
     for analysis in report.get("analyses") or []:
         if analysis not in ANALYSES:
-            raise _fail(f"{path}: report.analyses", f"unknown analysis {analysis!r} (choose from {', '.join(ANALYSES)})")
-    study = Study(name, profile, path.resolve(), config_files, base, axes, report, slurm, str(raw.get("description") or ""),
-                  tune)
+            raise _fail(
+                f"{path}: report.analyses", f"unknown analysis {analysis!r} (choose from {', '.join(ANALYSES)})"
+            )
+    study = Study(
+        name, profile, path.resolve(), config_files, base, axes, report, slurm, str(raw.get("description") or ""), tune
+    )
     names = [c.name for c in study.cells()]
     if len(set(names)) != len(names):
         raise _fail(f"{path}: axes", "two cells get the same name; give the axes' values distinct names")

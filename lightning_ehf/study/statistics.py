@@ -5,12 +5,26 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
-__all__ = ["CONFIDENCE", "DIVERGED_NATS", "FEASIBLE_FACTOR", "FLAGS", "UNDER_TRAINED_FRACTION", "best_val_nll",
-           "cell_flags", "diverged_after_best", "feasibility_ratio", "hit_cap", "is_flagged", "mean_std",
-           "t_interval", "under_trained"]
+__all__ = [
+    "CONFIDENCE",
+    "DIVERGED_NATS",
+    "FEASIBLE_FACTOR",
+    "FLAGS",
+    "UNDER_TRAINED_FRACTION",
+    "best_val_nll",
+    "cell_flags",
+    "diverged_after_best",
+    "feasibility_ratio",
+    "hit_cap",
+    "is_flagged",
+    "mean_std",
+    "t_interval",
+    "under_trained",
+]
 
 #: a cell whose best validation falls in the last 10 % of its step cap (boundary included) may still have been improving
 UNDER_TRAINED_FRACTION = 0.9
@@ -33,7 +47,7 @@ FLAGS: dict[str, str] = {
 CONSTRAINED_MODES = ("dual", "penalty")
 
 
-def under_trained(best_step: Optional[int], max_steps: Optional[int]) -> bool:
+def under_trained(best_step: int | None, max_steps: int | None) -> bool:
     """The best validation step lies in the last 10 % of the cap: ``best_step ≥ 0.9 · max_steps``."""
     return bool(best_step is not None and max_steps and best_step >= UNDER_TRAINED_FRACTION * max_steps)
 
@@ -47,7 +61,7 @@ def hit_cap(metrics: Mapping[str, Any], early_stopping: bool) -> bool:
     return steps is None or cap is None or steps >= cap
 
 
-def diverged_after_best(final_val_nll: Optional[float], best_val_nll: Optional[float]) -> bool:
+def diverged_after_best(final_val_nll: float | None, best_val_nll: float | None) -> bool:
     """The last validation NLL is non-finite, or more than ``DIVERGED_NATS`` above the best one
     (``final − best > 1 nat``): the tested checkpoint predates a blow-up. False when either is unknown."""
     if final_val_nll is None or best_val_nll is None:
@@ -55,12 +69,12 @@ def diverged_after_best(final_val_nll: Optional[float], best_val_nll: Optional[f
     return not math.isfinite(final_val_nll) or final_val_nll - best_val_nll > DIVERGED_NATS
 
 
-def first_validation_best(best_step: Optional[int], val_interval: int) -> bool:
+def first_validation_best(best_step: int | None, val_interval: int) -> bool:
     """The best step is the first validation: the optimum may lie before it."""
     return bool(best_step is not None and best_step <= val_interval)
 
 
-def best_val_nll(metrics: Mapping[str, Any], history: Path, key: Optional[str]) -> Optional[float]:
+def best_val_nll(metrics: Mapping[str, Any], history: Path, key: str | None) -> float | None:
     """The best validation NLL: ``metrics.json``'s ``best_val_nll``, else (runs written before that key) the
     lowest finite value of ``key`` in the run's ``metrics.csv``; None when neither is there."""
     if metrics.get("best_val_nll") is not None:
@@ -73,7 +87,7 @@ def best_val_nll(metrics: Mapping[str, Any], history: Path, key: Optional[str]) 
     return min(finite) if finite else None
 
 
-def _val_nll_key(metrics: Mapping[str, Any], config: Mapping[str, Any]) -> Optional[str]:
+def _val_nll_key(metrics: Mapping[str, Any], config: Mapping[str, Any]) -> str | None:
     """The monitored validation NLL's name, ``val/nll_iw{K}`` (K = eval.val_iw_samples or eval.iw_samples)."""
     ev = config.get("eval") or {}
     k = ev.get("val_iw_samples") or ev.get("iw_samples")
@@ -83,7 +97,7 @@ def _val_nll_key(metrics: Mapping[str, Any], config: Mapping[str, Any]) -> Optio
     return keys[0] if len(keys) == 1 else None
 
 
-def feasibility_ratio(metrics: Mapping[str, Any], constraint: Mapping[str, Any]) -> Optional[float]:
+def feasibility_ratio(metrics: Mapping[str, Any], constraint: Mapping[str, Any]) -> float | None:
     """``max_g test/bracket_rms/g ÷ √tolerance`` for a constrained cell (constraint.mode dual or penalty).
     The tolerance bounds the mean squared bracket, so a ratio ≤ 1 is feasible. None for an unconstrained cell,
     a zero tolerance, or a run without bracket metrics."""
@@ -127,7 +141,7 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, std
 
 
-def t_interval(differences: Sequence[float], confidence: float = CONFIDENCE) -> Optional[tuple[float, float]]:
+def t_interval(differences: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float] | None:
     """The Student-t interval of a mean difference over n paired seeds:
     ``d̄ ± t_{(1+c)/2, n−1} · s / √n`` with s the sample standard deviation. None below 2 seeds."""
     from scipy.stats import t

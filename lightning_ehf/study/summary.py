@@ -16,24 +16,41 @@ from __future__ import annotations
 import csv
 import math
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any
 
 from .statistics import FLAGS, diverged_after_best, hit_cap, t_interval, under_trained
 
-__all__ = ["SUMMARY_STUDIES", "Comparison", "compare_study", "markdown", "paired_interval", "row_flags", "step_cost_ratios"]
+__all__ = [
+    "SUMMARY_STUDIES",
+    "Comparison",
+    "compare_study",
+    "markdown",
+    "paired_interval",
+    "row_flags",
+    "step_cost_ratios",
+]
 
 #: the study folders under docs/studies/ whose comparisons the README summarises, in its order
-SUMMARY_STUDIES = ("data_efficiency", "data_efficiency_particles2d_std", "data_efficiency_two_rings4d",
-                   "data_efficiency_dw4", "data_efficiency_dw4_sizes", "infinite_data", "potentials", "representation")
+SUMMARY_STUDIES = (
+    "data_efficiency",
+    "data_efficiency_particles2d_std",
+    "data_efficiency_two_rings4d",
+    "data_efficiency_dw4",
+    "data_efficiency_dw4_sizes",
+    "infinite_data",
+    "potentials",
+    "representation",
+)
 PEERS = ("nsf", "nsf_aug", "efm")
 #: each EHF arm and what it is compared with: the strongest peer, or (for the constraint) the same flow without it
 ARMS = {"ehf_invariant": "peer", "ehf_dual": "peer"}
 CONSTRAINT_ARM = ("ehf_dual", "ehf_none")
 
 
-def _number(row: dict[str, Any], key: str) -> Optional[float]:
+def _number(row: dict[str, Any], key: str) -> float | None:
     v = row.get(key)
     if v in (None, ""):
         return None
@@ -110,7 +127,7 @@ def _groups(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, dict[str, dict[
 def _axis_names(rows: list[dict[str, Any]]) -> list[str]:
     """The study's axes: the columns between ``cell`` and ``state`` of results.csv."""
     names = list(rows[0])
-    return names[names.index("cell") + 1:names.index("state")]
+    return names[names.index("cell") + 1 : names.index("state")]
 
 
 def _mean_kl(cells: dict[str, dict[str, Any]]) -> float:
@@ -118,7 +135,7 @@ def _mean_kl(cells: dict[str, dict[str, Any]]) -> float:
     return sum(values) / len(values) if values else math.inf
 
 
-def _compare(source: str, group: str, methods: dict, arm: str, other: str, early_stopping: bool) -> Optional[Comparison]:
+def _compare(source: str, group: str, methods: dict, arm: str, other: str, early_stopping: bool) -> Comparison | None:
     seeds = sorted(set(methods[arm]) & set(methods[other]))
     pairs = [(methods[arm][s], methods[other][s]) for s in seeds]
     pairs = [(a, b) for a, b in pairs if _number(a, "test/kl") is not None and _number(b, "test/kl") is not None]
@@ -127,11 +144,22 @@ def _compare(source: str, group: str, methods: dict, arm: str, other: str, early
     diffs = [_number(a, "test/kl") - _number(b, "test/kl") for a, b in pairs]  # type: ignore[operator]
     mean, low, high = paired_interval(diffs)
     flagged = sum(bool(row_flags(r, early_stopping)) for pair in pairs for r in pair)
-    return Comparison(source, group, arm, other, sum(_number(a, "test/kl") for a, _ in pairs) / len(pairs),  # type: ignore[misc]
-                      sum(_number(b, "test/kl") for _, b in pairs) / len(pairs), mean, low, high, len(pairs), flagged)  # type: ignore[misc]
+    return Comparison(
+        source,
+        group,
+        arm,
+        other,
+        sum(_number(a, "test/kl") for a, _ in pairs) / len(pairs),  # type: ignore[misc]
+        sum(_number(b, "test/kl") for _, b in pairs) / len(pairs),
+        mean,
+        low,
+        high,
+        len(pairs),
+        flagged,
+    )  # type: ignore[misc]
 
 
-def compare_study(path: Path, source: Optional[str] = None) -> list[Comparison]:
+def compare_study(path: Path, source: str | None = None) -> list[Comparison]:
     """The comparisons a study's ``results.csv`` holds (none when it has no peer or no EHF arm)."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -163,10 +191,18 @@ def step_cost_ratios(path: Path) -> list[float]:
     ratios = []
     for methods in _groups(rows).values():
         for seed in {s for cells in methods.values() for s in cells}:
-            per_step = {m: float(cells[seed]["wall_time_s"]) / float(cells[seed]["steps"])
-                        for m, cells in methods.items() if seed in cells}
-            ratios += [per_step[a] / per_step[p] for a in per_step if a.startswith("ehf") for p in PEERS
-                       if p in per_step and p != "efm"]
+            per_step = {
+                m: float(cells[seed]["wall_time_s"]) / float(cells[seed]["steps"])
+                for m, cells in methods.items()
+                if seed in cells
+            }
+            ratios += [
+                per_step[a] / per_step[p]
+                for a in per_step
+                if a.startswith("ehf")
+                for p in PEERS
+                if p in per_step and p != "efm"
+            ]
     return ratios
 
 
@@ -176,10 +212,14 @@ def _signed(x: float) -> str:
 
 def markdown(comparisons: Iterable[Comparison]) -> list[str]:
     """The summary table, one row per comparison."""
-    lines = ["| study | cells | EHF arm | against | EHF KL | their KL | Δ KL [95 % CI] | seeds | flagged cells | verdict |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| study | cells | EHF arm | against | EHF KL | their KL | Δ KL [95 % CI] | seeds | flagged cells | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for c in comparisons:
         ci = f"{c.mean:+.3f} [{_signed(c.low)}, {_signed(c.high)}]"
-        lines.append(f"| {Path(c.source).parent.name} | {c.group or '—'} | {c.arm} | {c.other} | {c.arm_kl:.3f} | "
-                     f"{c.other_kl:.3f} | {ci} | {c.seeds} | {c.flagged} | {c.verdict} |")
+        lines.append(
+            f"| {Path(c.source).parent.name} | {c.group or '—'} | {c.arm} | {c.other} | {c.arm_kl:.3f} | "
+            f"{c.other_kl:.3f} | {ci} | {c.seeds} | {c.flagged} | {c.verdict} |"
+        )
     return lines

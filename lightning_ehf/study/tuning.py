@@ -30,14 +30,26 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ..errors import EXIT_DIVERGED, UserError
 from .runner import CellState, StudyFolder
 from .spec import Axis, Cell, Study
 
-__all__ = ["MATCH_WIDTHS", "TUNE_STAGE", "ConfigScore", "GroupChoice", "TuningFolder", "EvaluationFolder",
-           "tuning_study", "tuning_folder", "evaluation_folder", "validation_nll", "write_choice", "tuning_section"]
+__all__ = [
+    "MATCH_WIDTHS",
+    "TUNE_STAGE",
+    "ConfigScore",
+    "GroupChoice",
+    "TuningFolder",
+    "EvaluationFolder",
+    "tuning_study",
+    "tuning_folder",
+    "evaluation_folder",
+    "validation_nll",
+    "write_choice",
+    "tuning_section",
+]
 
 TUNE_STAGE = "tune"  # DIR/tune: the first stage's folder
 MATCH_WIDTHS = range(2, 1025)  # every width: a few parameters' resolution even for a small reference model
@@ -50,7 +62,7 @@ class ConfigScore:
 
     name: str
     overrides: dict[str, Any]
-    val_nll: Optional[float]
+    val_nll: float | None
     cells: int  # tuning cells scored
     diverged: int
     under_trained: int
@@ -64,7 +76,7 @@ class GroupChoice:
     method: str
     values: dict[str, str]
     configs: list[ConfigScore]
-    chosen: Optional[str]
+    chosen: str | None
 
     def config(self, name: str) -> ConfigScore:
         return next(c for c in self.configs if c.name == name)
@@ -73,8 +85,9 @@ class GroupChoice:
 def tuning_study(study: Study) -> Study:
     """The study as stage 1 runs it: the seed axis holds the tuning seeds."""
     assert study.tune is not None
-    axes = [Axis("seed", {f"seed{s}": {"seed": s} for s in study.tune.seeds}) if a.name == "seed" else a
-            for a in study.axes]
+    axes = [
+        Axis("seed", {f"seed{s}": {"seed": s} for s in study.tune.seeds}) if a.name == "seed" else a for a in study.axes
+    ]
     return dataclasses.replace(study, axes=axes)
 
 
@@ -111,13 +124,16 @@ class TuningFolder(StudyFolder):
 
     def __init__(self, root: Path, tuned: Study) -> None:
         super().__init__(root, tuned, cells=[])
-        self._choices: Optional[dict[tuple[str, ...], GroupChoice]] = None
+        self._choices: dict[tuple[str, ...], GroupChoice] | None = None
 
     def state(self, cell: Cell) -> CellState:
         st = super().state(cell)
         if st.state == "failed" and self._read_state(cell).get("rc") == EXIT_DIVERGED:
-            return CellState(cell, "diverged", f"exit {EXIT_DIVERGED}: the configuration diverged (scored +inf); "
-                                               f"log {self.log_path(cell)}")
+            return CellState(
+                cell,
+                "diverged",
+                f"exit {EXIT_DIVERGED}: the configuration diverged (scored +inf); log {self.log_path(cell)}",
+            )
         return st
 
     def group_key(self, values: dict[str, str]) -> tuple[str, ...]:
@@ -156,16 +172,25 @@ class TuningFolder(StudyFolder):
                 for name, overrides in tune.grids[method].items():
                     got = scored.get((key, name), [])
                     complete = bool(got) and (key, name) not in missing
-                    configs.append(ConfigScore(name, dict(overrides),
-                                               sum(s for s, _, _ in got) / len(got) if complete else None, len(got),
-                                               sum(d for _, d, _ in got), sum(u for _, _, u in got)))
+                    configs.append(
+                        ConfigScore(
+                            name,
+                            dict(overrides),
+                            sum(s for s, _, _ in got) / len(got) if complete else None,
+                            len(got),
+                            sum(d for _, d, _ in got),
+                            sum(u for _, _, u in got),
+                        )
+                    )
                 chosen = None
                 if all(c.val_nll is not None for c in configs):
                     best = min(configs, key=lambda c: c.val_nll)  # the first of equal scores
                     if not math.isfinite(best.val_nll):
-                        raise UserError(f"tuning: every configuration of {method} at "
-                                        f"{', '.join(combo) or 'every cell'} diverged; widen its grid "
-                                        f"(tune.grids.{method}) and use a new --dir")
+                        raise UserError(
+                            f"tuning: every configuration of {method} at "
+                            f"{', '.join(combo) or 'every cell'} diverged; widen its grid "
+                            f"(tune.grids.{method}) and use a new --dir"
+                        )
                     chosen = best.name
                 out[key] = GroupChoice(method, values, configs, chosen)
         self._choices = out
@@ -174,8 +199,9 @@ class TuningFolder(StudyFolder):
     def complete(self) -> bool:
         return all(g.chosen is not None for g in self.choices().values())
 
-    def chosen_overrides(self, values: dict[str, str], overrides: Optional[dict[str, Any]] = None
-                         ) -> Optional[dict[str, Any]]:
+    def chosen_overrides(
+        self, values: dict[str, str], overrides: dict[str, Any] | None = None
+    ) -> dict[str, Any] | None:
         """The overrides a cell with axis values ``values`` gets on top of the axes': ``overrides`` (default: its
         group's chosen configuration), and for a matched method the width that matches its reference; None
         while they are not known."""
@@ -195,7 +221,7 @@ class TuningFolder(StudyFolder):
             extra["model.hidden"] = width
         return extra
 
-    def _matched_width(self, values: dict[str, str], extra: dict[str, Any]) -> Optional[int]:
+    def _matched_width(self, values: dict[str, str], extra: dict[str, Any]) -> int | None:
         from ..config.load import load_config
 
         tune = self.study.tune
@@ -206,9 +232,16 @@ class TuningFolder(StudyFolder):
         if chosen is None:
             return None
         same = [a.name for a in self.study.axes if a.name != "seed"]
-        params = next((_read_json(self.cell_dir(c) / "metrics.json").get("params") for c in self.cells
-                       if c.values[CONFIG] == chosen and all(c.values[a] == ref_values[a] for a in same)
-                       and (self.cell_dir(c) / "metrics.json").is_file()), None)
+        params = next(
+            (
+                _read_json(self.cell_dir(c) / "metrics.json").get("params")
+                for c in self.cells
+                if c.values[CONFIG] == chosen
+                and all(c.values[a] == ref_values[a] for a in same)
+                and (self.cell_dir(c) / "metrics.json").is_file()
+            ),
+            None,
+        )
         if params is None:
             return None
         seed = next(iter(next(a for a in self.study.axes if a.name == "seed").values))
@@ -218,7 +251,7 @@ class TuningFolder(StudyFolder):
         return _matched_nsf_width(_model_dim(cfg), int(params), m.nsf_transforms, m.nsf_bins, m.depth)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _matched_nsf_width(dim: int, params: int, transforms: int, bins: int, depth: int) -> int:
     from ..baselines import nsf_width_for_params
 
@@ -294,19 +327,25 @@ def evaluation_folder(root: str | Path, study: Study) -> EvaluationFolder:
 
 def write_choice(folder: EvaluationFolder) -> Path:
     """``DIR/tune/choice.json``: per group, every configuration's score and the chosen one."""
-    def finite(c: ConfigScore) -> dict[str, Any]:  # JSON has no infinity: a diverged score is null (see diverged)
-        return {**dataclasses.asdict(c), "val_nll": c.val_nll if c.val_nll is not None and math.isfinite(c.val_nll)
-                else None}
 
-    groups = [{"method": g.method, "values": g.values, "chosen": g.chosen, "configs": [finite(c) for c in g.configs]}
-              for g in folder.tuning.choices().values()]
+    def finite(c: ConfigScore) -> dict[str, Any]:  # JSON has no infinity: a diverged score is null (see diverged)
+        return {
+            **dataclasses.asdict(c),
+            "val_nll": c.val_nll if c.val_nll is not None and math.isfinite(c.val_nll) else None,
+        }
+
+    groups = [
+        {"method": g.method, "values": g.values, "chosen": g.chosen, "configs": [finite(c) for c in g.configs]}
+        for g in folder.tuning.choices().values()
+    ]
     path = folder.tuning.root / "choice.json"
-    path.write_text(json.dumps({"seeds": folder.study.tune.seeds if folder.study.tune else [], "groups": groups},
-                               indent=2) + "\n")
+    path.write_text(
+        json.dumps({"seeds": folder.study.tune.seeds if folder.study.tune else [], "groups": groups}, indent=2) + "\n"
+    )
     return path
 
 
-def _score(value: Optional[float]) -> str:
+def _score(value: float | None) -> str:
     if value is None:
         return "—"
     return "∞ (diverged)" if math.isinf(value) else f"{value:.3f}"
@@ -321,24 +360,38 @@ def tuning_section(folder: StudyFolder, out: Path) -> tuple[list[str], list[Path
     choices = tuning.choices()
     sizes = {len(g) for g in tune.grids.values()}
     k = folder.study.base.get("eval.val_iw_samples") or folder.study.base.get("eval.iw_samples")
-    lines = ["", "## Tuning", "",
-             f"Every method searched the same number of configurations ({', '.join(map(str, sorted(sizes)))}) on "
-             f"tuning seed{'s' if len(tune.seeds) > 1 else ''} {', '.join(map(str, tune.seeds))} (not evaluation "
-             "seeds), with the evaluation cells' data sizes, budget and stopping rule. A configuration's score is its "
-             f"tuning cells' mean best validation NLL{f' (K = {k})' if k else ''}; no test metric is read. The lowest "
-             f"score was chosen per {' × '.join(tune.per) or 'method'} and run on the evaluation seeds. Scores compare "
-             "configurations of one method only (EHF's is an IWAE bound, NSF's exact). † a tuning cell was "
-             "under-trained (best step in the last 10 % of the cap).", ""]
+    lines = [
+        "",
+        "## Tuning",
+        "",
+        f"Every method searched the same number of configurations ({', '.join(map(str, sorted(sizes)))}) on "
+        f"tuning seed{'s' if len(tune.seeds) > 1 else ''} {', '.join(map(str, tune.seeds))} (not evaluation "
+        "seeds), with the evaluation cells' data sizes, budget and stopping rule. A configuration's score is its "
+        f"tuning cells' mean best validation NLL{f' (K = {k})' if k else ''}; no test metric is read. The lowest "
+        f"score was chosen per {' × '.join(tune.per) or 'method'} and run on the evaluation seeds. Scores compare "
+        "configurations of one method only (EHF's is an IWAE bound, NSF's exact). † a tuning cell was "
+        "under-trained (best step in the last 10 % of the cap).",
+        "",
+    ]
     for name, spec in tune.matched.items():
-        lines += [f"`{name}`: `{spec['like']}` whose width (`model.hidden`) gives, in each cell, the parameter count "
-                  f"of `{spec['params_of']}`'s chosen configuration.", ""]
-    lines += ["| " + " | ".join(["method", *tune.per, "chosen", "validation NLL of every configuration"]) + " |",
-              "|" + "---|" * (len(tune.per) + 3)]
+        lines += [
+            f"`{name}`: `{spec['like']}` whose width (`model.hidden`) gives, in each cell, the parameter count "
+            f"of `{spec['params_of']}`'s chosen configuration.",
+            "",
+        ]
+    lines += [
+        "| " + " | ".join(["method", *tune.per, "chosen", "validation NLL of every configuration"]) + " |",
+        "|" + "---|" * (len(tune.per) + 3),
+    ]
     for g in choices.values():
-        scores = ", ".join(f"{'**' if c.name == g.chosen else ''}`{c.name}` {_score(c.val_nll)}"
-                           f"{'†' if c.under_trained else ''}{'**' if c.name == g.chosen else ''}" for c in g.configs)
-        lines.append("| " + " | ".join([g.method, *g.values.values(), f"`{g.chosen}`" if g.chosen else "—", scores])
-                     + " |")
+        scores = ", ".join(
+            f"{'**' if c.name == g.chosen else ''}`{c.name}` {_score(c.val_nll)}"
+            f"{'†' if c.under_trained else ''}{'**' if c.name == g.chosen else ''}"
+            for c in g.configs
+        )
+        lines.append(
+            "| " + " | ".join([g.method, *g.values.values(), f"`{g.chosen}`" if g.chosen else "—", scores]) + " |"
+        )
     lines += _size_matching(folder)
 
     rows = []
@@ -348,13 +401,26 @@ def tuning_section(folder: StudyFolder, out: Path) -> tuple[list[str], list[Path
         group = choices[tuning.group_key(cell.values)]
         # the cell's own overrides: a matched method's width is not in its grid
         given = dict(item.split("=", 1) for item in cell.overrides)
-        tuned = {k: given[k] for k in dict.fromkeys([*group.config(cell.values[CONFIG]).overrides, "model.hidden"])
-                 if k in given}
-        rows.append({"cell": cell.name, **cell.values, "state": st.state,
-                     "val_nll": validation_nll(tuning.cell_dir(cell)) if st.state == "done" else
-                     (math.inf if st.state == "diverged" else None),
-                     "chosen": cell.values[CONFIG] == group.chosen, "best_step": m.get("best_step"),
-                     "max_steps": m.get("max_steps"), "params": m.get("params"), **tuned})
+        tuned = {
+            k: given[k]
+            for k in dict.fromkeys([*group.config(cell.values[CONFIG]).overrides, "model.hidden"])
+            if k in given
+        }
+        rows.append(
+            {
+                "cell": cell.name,
+                **cell.values,
+                "state": st.state,
+                "val_nll": validation_nll(tuning.cell_dir(cell))
+                if st.state == "done"
+                else (math.inf if st.state == "diverged" else None),
+                "chosen": cell.values[CONFIG] == group.chosen,
+                "best_step": m.get("best_step"),
+                "max_steps": m.get("max_steps"),
+                "params": m.get("params"),
+                **tuned,
+            }
+        )
     out.mkdir(parents=True, exist_ok=True)
     path = out / "tuning.csv"
     columns: list[str] = []
@@ -387,6 +453,9 @@ def _size_matching(folder: EvaluationFolder) -> list[str]:
                 if ref:
                     ratios.append(n / ref)
         if ratios:
-            lines += ["", f"Size matching: `{name}` has {min(ratios):.2f}–{max(ratios):.2f}× the parameters of "
-                          f"`{spec['params_of']}` in the same cell ({len(ratios)} pairs of cells)."]
+            lines += [
+                "",
+                f"Size matching: `{name}` has {min(ratios):.2f}–{max(ratios):.2f}× the parameters of "
+                f"`{spec['params_of']}` in the same cell ({len(ratios)} pairs of cells).",
+            ]
     return lines
