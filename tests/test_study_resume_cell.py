@@ -71,3 +71,22 @@ def test_interrupted_cell_resumes_from_the_step_it_reached(tmp_path, ehf_clean_e
     resumed = re.search(r"resuming from step (\d+)", out)
     assert resumed and int(resumed.group(1)) == STOP_AT, out[-2000:]
     assert folder.state(cell).state == "done"
+
+
+def test_a_cell_starts_its_own_w_and_b_service_and_run():
+    """A cell's environment drops the parent's W&B service (it would keep a preempted segment's run ID open), its
+    run folder and run ID (outside a sweep agent), and sets the thread counts."""
+    from lightning_ehf.study.runner import cell_environment
+
+    parent = {
+        "PATH": "/bin",
+        "WANDB_SERVICE": "2-123-tcp-localhost-4567",
+        "EHF_RUN_DIR": "/runs/x",
+        "WANDB_RUN_ID": "abc",
+        "OMP_NUM_THREADS": "8",
+    }
+    env = cell_environment(parent, threads=1)
+    assert env == {"PATH": "/bin", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    assert parent["WANDB_SERVICE"] == "2-123-tcp-localhost-4567"  # the parent's own mapping is left alone
+    swept = cell_environment({**parent, "WANDB_SWEEP_ID": "s1"})
+    assert swept["WANDB_RUN_ID"] == "abc" and "WANDB_SERVICE" not in swept and swept["OMP_NUM_THREADS"] == "8"

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -366,6 +366,23 @@ def _set_parent_death_signal() -> None:  # pragma: no cover - runs in the child 
         pass
 
 
+def cell_environment(parent: Mapping[str, str], threads: int | None = None) -> dict[str, str]:
+    """The environment of a cell's ``ehf train``: the parent's, with ``threads`` OpenMP/MKL/BLAS threads, and
+    without what names another run (``EHF_RUN_DIR``; ``WANDB_RUN_ID`` outside a sweep agent, whose id names its
+    one cell's run) or another process's W&B service (``WANDB_SERVICE``)."""
+    env = dict(parent)
+    if threads is not None:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env[var] = str(threads)
+    env.pop("EHF_RUN_DIR", None)
+    # a cell starts its own W&B service: one inherited from this process would outlive a preempted cell and keep
+    # its run ID open, so the cell's resumed segment could not reopen that run ("run ID ... is in use")
+    env.pop("WANDB_SERVICE", None)
+    if not env.get("WANDB_SWEEP_ID"):
+        env.pop("WANDB_RUN_ID", None)
+    return env
+
+
 def run_cell(
     folder: StudyFolder,
     cell: Cell,
@@ -383,16 +400,7 @@ def run_cell(
     if run.exists() and not (run / "checkpoints" / "last.ckpt").is_file():
         shutil.rmtree(run)  # nothing to resume and no results: only a config and partial logs
     cmd = cell_command(folder, cell, extra=extra)
-    env = dict(os.environ)
-    if threads is not None:
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            env[var] = str(threads)
-    env.pop("EHF_RUN_DIR", None)
-    # a cell starts its own W&B service: one inherited from this process would outlive a preempted cell and keep
-    # its run ID open, so the cell's resumed segment could not reopen that run ("run ID ... is in use")
-    env.pop("WANDB_SERVICE", None)
-    if not env.get("WANDB_SWEEP_ID"):
-        env.pop("WANDB_RUN_ID", None)  # one W&B run per cell (a sweep agent's id names its one cell's run)
+    env = cell_environment(os.environ, threads)
     log = folder.log_path(cell)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as out:

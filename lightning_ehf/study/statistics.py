@@ -9,6 +9,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lightning_ehf.core.constraints import FEASIBLE_RATIO
+
 __all__ = [
     "CONFIDENCE",
     "DIVERGED_NATS",
@@ -32,8 +34,9 @@ UNDER_TRAINED_FRACTION = 0.9
 #: step. Checkpoint selection on a few dozen validation rows moves test KL by 0.03–0.16 nats, so 1 nat is more than
 #: six times the largest validation noise seen in the shipped studies.
 DIVERGED_NATS = 1.0
-#: a constrained cell is feasible when its bracket RMS is within this factor of √tolerance
-FEASIBLE_FACTOR = 1.1
+#: a constrained cell is feasible when its bracket RMS is within this factor of √tolerance: the factor that
+#: ``constraint.selection=feasible`` uses to pick checkpoints
+FEASIBLE_FACTOR = FEASIBLE_RATIO
 #: the coverage of the paired intervals
 CONFIDENCE = 0.95
 

@@ -45,8 +45,9 @@ SUMMARY_STUDIES = (
     "representation",
 )
 PEERS = ("nsf", "nsf_aug", "efm")
-#: each EHF arm and what it is compared with: the strongest peer, or (for the constraint) the same flow without it
-ARMS = {"ehf_invariant": "peer", "ehf_dual": "peer"}
+#: the EHF arms compared with the strongest peer of their group
+ARMS = ("ehf_invariant", "ehf_dual")
+#: the constraint's arm and the same flow without it
 CONSTRAINT_ARM = ("ehf_dual", "ehf_none")
 
 
