@@ -219,7 +219,7 @@ def make_flow_matching(cfg: Config, symmetry: Symmetry, data_map: DataMap) -> nn
     """``model.kind=efm``: equivariant flow matching (:mod:`lightning_ehf.core.flow_matching`). Particles
     rotated alike get an EGNN field (relabelling-equivariant with ``symmetry.permutations``, in the
     centre-of-mass frame with ``translation=com``); rotations of disjoint blocks a block-rotation field;
-    no group an MLP. Width ``model.hidden``, MLP depth ``model.depth``, ``model.efm_layers`` EGNN layers,
+    no group an MLP. Width ``model.efm_hidden`` (null: ``model.hidden``), MLP depth ``model.depth``, ``model.efm_layers`` EGNN layers,
     base N(0, ``model.sigma_q``² I). ``symmetry`` acts on the model's coordinates, ``data_map`` leads there."""
     from .core.flow_matching import make_efm
 
@@ -246,7 +246,7 @@ def make_flow_matching(cfg: Config, symmetry: Symmetry, data_map: DataMap) -> nn
             particles=particles,
             identical=identical,
             basis=basis,
-            hidden=model_cfg.hidden,
+            hidden=model_cfg.efm_hidden or model_cfg.hidden,
             depth=model_cfg.depth,
             layers=model_cfg.efm_layers,
             activation=model_cfg.activation,

@@ -98,3 +98,24 @@ def test_data_efficiency_study_has_an_efm_cell_on_every_target():
     assert targets == {c.values["target"] for c in cells if c.values["method"] == "efm"}
     for profile in ("quick", "quick_two_rings4d", "quick_particles2d_std", "quick_dw4", "dw4", "dw4_sizes"):
         assert any(c.values["method"] == "efm" for c in load_study(path, profile).cells()), profile
+
+
+def test_efm_cells_of_the_data_efficiency_study_match_ehf_in_size():
+    """``model.efm_hidden`` sets the vector field's width: on every target of the study, efm has within 0.8-1.25×
+    the parameters of the constrained EHF it is compared with (the default width would give ring targets 4,482
+    against about 57,000)."""
+    from lightning_ehf.build import make_datamodule, make_model
+    from lightning_ehf.config.load import load_config
+    from lightning_ehf.study.spec import load_study
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "study" / "data_efficiency.yaml"
+    cells = [c for c in load_study(path, "full").cells() if c.values["n_train"] == "n_train1024"
+             and c.values["seed"] == "seed0" and c.values["method"] in ("ehf_dual", "efm")]
+    sizes: dict[str, dict[str, int]] = {}
+    for cell in cells:
+        cfg = load_config(overrides=cell.overrides)
+        model = make_model(cfg, make_datamodule(cfg).symmetry)
+        sizes.setdefault(cell.values["target"], {})[cell.values["method"]] = sum(p.numel() for p in model.parameters())
+    assert len(sizes) == 8
+    for target, size in sizes.items():
+        assert 0.8 < size["efm"] / size["ehf_dual"] < 1.25, (target, size)

@@ -238,6 +238,7 @@ class ModelCfg(Section):
     nsf_bins: Positive = 8  # nsf: spline bins
     # efm: equivariant flow matching (a continuous flow; width model.hidden, MLP depth model.depth)
     efm_layers: Positive = 3  # EGNN layers of the particle vector field
+    efm_hidden: Positive | None = None  # width of the vector field's MLPs (null: model.hidden)
     efm_atol: PositiveFloat = 1.0e-5  # dopri5 absolute tolerance (likelihood and sampling)
     efm_rtol: PositiveFloat = 1.0e-5  # dopri5 relative tolerance
 
