@@ -489,7 +489,8 @@ def test_slurm_launcher_without_sbatch_exits_2(tmp_path):
 
 @pytest.mark.slow
 def test_wandb_sweep_parses_and_its_agent_command_runs_a_cell(tmp_path):
-    from lightning_ehf.study.runner import cell_command, open_folder
+    from lightning_ehf.study.folders import open_folder
+    from lightning_ehf.study.runner import cell_command
 
     spec = write_study(tmp_path / "sw.yaml", "sw", {"method": ["ehf_dual", "nsf_aug"]}, {"trainer.max_steps": 10})
     d = tmp_path / "study"
@@ -603,7 +604,7 @@ def test_seed_by_seed_comparison_counts_wins_and_mean_differences(tmp_path):
 def test_report_writes_one_wandb_summary_table_when_wandb_is_on(e2e, monkeypatch):
     """With the study's W&B mode on (here offline), the report also writes one W&B run holding the results table."""
     from lightning_ehf.study.report import write_report
-    from lightning_ehf.study.runner import open_folder
+    from lightning_ehf.study.folders import open_folder
 
     for key, value in clean_env().items():
         monkeypatch.setenv(key, value)

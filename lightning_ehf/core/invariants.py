@@ -15,13 +15,10 @@ Every feature map offers ``__call__(x)`` (..., F) and ``pullback(x, g)`` (..., d
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from .frames import CentreOfMassFrame
 
 __all__ = ["BlockInvariants", "GramInvariants", "PairDistanceFeatures", "FramedFeatures", "EXP_FLOOR", "BASIS_ELEMENTS"]
 
@@ -331,10 +328,19 @@ class PairDistanceFeatures:
         return torch.cat([pair, norm], -1).reshape(*x.shape[:-1], 2 * self.n_bins), pullback
 
 
+class Subspace(Protocol):
+    """An orthonormal basis B of a subspace: ``from_subspace(z) = B z``, ``to_subspace(x) = Bᵀ x``
+    (:class:`~.frames.CentreOfMassFrame` is one)."""
+
+    def from_subspace(self, z: Tensor) -> Tensor: ...
+
+    def to_subspace(self, x: Tensor) -> Tensor: ...
+
+
 class FramedFeatures:
     """Features of the particles, φ(B z), as a function of z; pullback Bᵀ J_φ(Bz)ᵀ g."""
 
-    def __init__(self, features: Any, frame: CentreOfMassFrame) -> None:
+    def __init__(self, features: Any, frame: Subspace) -> None:
         self.features, self.frame = features, frame
 
     def __call__(self, z: Tensor) -> Tensor:

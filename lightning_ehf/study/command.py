@@ -11,12 +11,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import UserError
+from .folders import open_folder
 from .runner import (
     EXIT_PREEMPTED,
     StudyFolder,
     cell_command,
     export_wandb_sweep,
-    open_folder,
     run_cell,
     run_local,
     sweep_wandb_mode,

@@ -43,7 +43,6 @@ from .spec import Cell, Study
 __all__ = [
     "CellState",
     "StudyFolder",
-    "open_folder",
     "cell_command",
     "cell_wandb_overrides",
     "run_cell",
@@ -277,45 +276,6 @@ def cell_wandb_overrides(study: Study, cell: Cell) -> list[str]:
         for k, v in wanted.items()
         if v is not None and (k not in given or k.endswith(".tags"))
     ]
-
-
-def open_folder(root: str | Path) -> StudyFolder:
-    """The study run in ``root`` as its ``study.json`` describes it (for status, report and agents). A tuned
-    study's folder gives its evaluation stage, its ``tune/`` folder the tuning stage (:mod:`.tuning`)."""
-    from .spec import Axis, Tuning
-
-    root = Path(root)
-    if root.name == "tune" and not (root / "study.json").exists() and (root.parent / "study.json").is_file():
-        from .tuning import tuning_folder
-
-        parent = open_folder(root.parent)
-        if parent.study.tune is not None:
-            return tuning_folder(parent.root, parent.study)
-    try:
-        m = json.loads((root / "study.json").read_text())
-    except FileNotFoundError:
-        raise UserError(f"{root}: not a study folder (no study.json; `ehf study run` makes one)") from None
-    except ValueError as e:
-        raise UserError(f"{root}/study.json: not valid JSON ({e})") from None
-    axes = [Axis(name, values) for name, values in m["axes"].items()]
-    tune = Tuning(**m["tune"]) if m.get("tune") else None
-    study = Study(
-        m["study"],
-        m["profile"],
-        Path(m["source"]),
-        m["config_files"],
-        m["base"],
-        axes,
-        m.get("report") or {},
-        m.get("slurm") or {},
-        m.get("description") or "",
-        tune,
-    )
-    if tune is not None:
-        from .tuning import evaluation_folder
-
-        return evaluation_folder(root, study)
-    return StudyFolder(root, study)
 
 
 def _same_path(a: Any, b: Any) -> bool:

@@ -23,7 +23,8 @@ from typing import Any
 
 from ..errors import UserError
 from ..system import pid_alive
-from .runner import EXIT_PREEMPTED, StudyFolder, cell_summary, open_folder, run_cell
+from .folders import open_folder
+from .runner import EXIT_PREEMPTED, StudyFolder, cell_summary, run_cell
 from .spec import Cell
 
 __all__ = ["RESUBMITS", "SIGNAL_DELAY_S", "SlurmCell", "require_sbatch", "run_slurm"]
