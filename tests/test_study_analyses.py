@@ -233,3 +233,36 @@ def test_elapsed_seconds_survive_a_resume(trained, tmp_path, monkeypatch) -> Non
     resumed = float(rows[2]["val/elapsed_s"])
     assert 1000 < resumed < 1060, resumed
     assert torch.load(last, map_location="cpu", weights_only=True)["ehf_elapsed_s"] >= resumed - 1e-3
+
+
+# -- the cost/quality frontier -------------------------------------------------------------------
+
+
+def test_pareto_front_keeps_the_undominated_points_in_cost_order() -> None:
+    from lightning_ehf.study.analyses import pareto_front
+
+    points = [(1.0, 5.0), (2.0, 3.0), (3.0, 4.0), (4.0, 1.0), (2.0, 6.0), (5.0, 1.0)]
+    assert pareto_front(points) == [0, 1, 3]
+    assert pareto_front([]) == []
+
+
+def test_frontier_names_the_cheapest_cell_within_the_margin_of_the_best(trained, tmp_path) -> None:
+    from lightning_ehf.study.analyses import FRONTIER_MARGIN
+
+    rows = rows_of(trained)
+    # the first cell is the best; the second is within the margin and cheaper, so it is the candidate default
+    rows[0].update({"test/kl": 0.100, "wall_time_s": 20.0, "params": 10})
+    rows[1].update({"test/kl": 0.100 + FRONTIER_MARGIN / 2, "wall_time_s": 5.0, "params": 20})
+    md, files = ANALYSES["frontier"](trained, rows, tmp_path)
+    cells = {c["cell"]: c for c in json.loads((tmp_path / "frontier.json").read_text())["cells"]}
+    assert cells["ehf_none-seed0"]["candidate"] and not cells["ehf_invariant-seed0"]["candidate"]
+    assert cells["ehf_none-seed0"]["pareto"] and cells["ehf_invariant-seed0"]["pareto"]  # cheaper vs better
+    assert cells["ehf_none-seed0"]["model"] in md and "★ " in md
+    reach = cells["ehf_none-seed0"]["seconds_to_quality"]
+    assert reach is None or reach >= 0
+    assert (tmp_path / "frontier.png").is_file() and len(files) == 2
+    # outside the margin the better cell is the candidate, and the cheaper one stays on the front
+    rows[1]["test/kl"] = 0.100 + 2 * FRONTIER_MARGIN
+    ANALYSES["frontier"](trained, rows, tmp_path)
+    cells = {c["cell"]: c for c in json.loads((tmp_path / "frontier.json").read_text())["cells"]}
+    assert cells["ehf_invariant-seed0"]["candidate"] and cells["ehf_none-seed0"]["pareto"]

@@ -8,6 +8,9 @@ and returns (markdown section, files written).
   of the sum, and whether a minimum lies within ``RING_TOLERANCE`` of each ring radius of the target.
 * ``representation``: per-subgroup equivariance error of the learned flow and conservation of every
   generator's charge ``g_k = pᵀA_k q`` along it, constrained against unconstrained EHF.
+* ``frontier``: test KL against wall time per target, the Pareto front (no other cell both cheaper and
+  better), the time to validation KL ≤ ``QUALITY_KL``, and the candidate default: the cheapest cell within
+  ``FRONTIER_MARGIN`` nats of the best test KL.
 
 Only cells in state ``done`` are used. Heavy imports (torch, matplotlib) happen inside the functions:
 ``spec.load_study`` imports this module to check the names.
@@ -25,10 +28,23 @@ from typing import Any
 from ..config.load import from_saved
 from ..config.schema import Config
 
-__all__ = ["ANALYSES", "RING_TOLERANCE", "local_minima", "radial_profiles", "representation_measures"]
+__all__ = [
+    "ANALYSES",
+    "FRONTIER_MARGIN",
+    "QUALITY_KL",
+    "RING_TOLERANCE",
+    "pareto_front",
+    "local_minima",
+    "radial_profiles",
+    "representation_measures",
+]
 
 Analysis = Callable[[Any, list[dict[str, Any]], Path], tuple[str, list[Path]]]
 
+#: the candidate default of a frontier is the cheapest cell within this many nats of the best test KL
+FRONTIER_MARGIN = 0.005
+#: the frontier's quality bar: time to the first validation KL at or below it
+QUALITY_KL = 0.05
 #: a ring counts as found when a located minimum of the summed potential lies this close to its radius
 RING_TOLERANCE = 0.3
 _R_MAX, _N_R, _N_THETA = 4.0, 401, 64  # radial profile: r ∈ [0, 4] in steps of 0.01, 64 angles
@@ -745,7 +761,115 @@ def learning_curves(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> t
     return "\n".join(md) + "\n", [png, js]
 
 
+# -- the cost/quality frontier ---------------------------------------------------------------------
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points (cost, loss) that no other point dominates (as cheap or cheaper and as good or better,
+    one of them strictly), in increasing cost."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], points[i][1]))
+    front: list[int] = []
+    best = math.inf
+    for i in order:
+        if points[i][1] < best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def _model_label(cfg: Config) -> str:
+    return f"{cfg.model.blocks}×{cfg.model.leapfrog_steps} h{cfg.model.hidden} b{cfg.data.batch_size}"
+
+
+def frontier(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tuple[str, list[Path]]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cells = []
+    for row, cell, cell_dir in _done(folder, rows):
+        kl, wall = row.get("test/kl"), row.get("wall_time_s")
+        if kl in (None, "") or wall in (None, ""):
+            continue
+        cfg = _config(cell_dir)
+        curve = _curve(cell_dir)
+        reach = None
+        if curve is not None and curve["metric"] == "val/kl":
+            reach = next((t for t, v in zip(curve["seconds"], curve["values"]) if v <= QUALITY_KL), None)
+        cells.append(
+            {
+                "cell": cell.name,
+                "panel": str(cell.values.get("target", cfg.data.target or "all")),
+                "model": _model_label(cfg),
+                "test_kl": float(kl),
+                "wall_s": float(wall),
+                "seconds_to_quality": reach,
+                "params": row.get("params"),
+            }
+        )
+    if not cells:
+        return "## Cost/quality frontier\n\nNo done cell with a test KL and a wall time.\n", []
+    panels = list(dict.fromkeys(c["panel"] for c in cells))
+    fig = _figure(figsize=(5.2 * len(panels), 4.2))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    md = [
+        "## Cost/quality frontier",
+        "",
+        f"Test KL against wall time (training, validation and test) per cell. *Pareto*: no other cell of the target "
+        f"is both cheaper and better. *Candidate default* (★): the cheapest cell within {FRONTIER_MARGIN} nats of the "
+        f"target's best test KL. *To KL ≤ {QUALITY_KL}*: training seconds (validation excluded) until the first "
+        "validation at or below it (— : never). Model: blocks × leapfrog steps, width, batch.",
+        "",
+    ]
+    for ax, panel in zip(axes, panels):
+        mine = sorted((c for c in cells if c["panel"] == panel), key=lambda c: c["wall_s"])
+        front = set(pareto_front([(c["wall_s"], c["test_kl"]) for c in mine]))
+        best = min(c["test_kl"] for c in mine)
+        candidate = min((c for c in mine if c["test_kl"] <= best + FRONTIER_MARGIN), key=lambda c: c["wall_s"])
+        for i, c in enumerate(mine):
+            c["pareto"], c["candidate"] = i in front, c is candidate
+        ax.scatter([c["wall_s"] for c in mine], [c["test_kl"] for c in mine], s=18, color="0.6", label="cells")
+        on_front = [c for c in mine if c["pareto"]]
+        ax.plot(
+            [c["wall_s"] for c in on_front], [c["test_kl"] for c in on_front], "o-", color="C0", label="Pareto front"
+        )
+        for c in on_front:
+            ax.annotate(c["model"], (c["wall_s"], c["test_kl"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.scatter([candidate["wall_s"]], [candidate["test_kl"]], marker="*", s=160, color="C3", zorder=3,
+                   label=f"candidate: {candidate['model']}")  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("wall time per run (s)")
+        ax.set_ylabel("test KL (nats)")
+        ax.set_title(panel, fontsize=10)
+        ax.legend(fontsize=7)
+        md += [
+            f"### {panel}",
+            "",
+            _table(
+                ["model", "test KL", "wall s", f"training s to KL ≤ {QUALITY_KL}", "params", "Pareto"],
+                [
+                    [
+                        ("★ " if c["candidate"] else "") + c["model"],
+                        _fmt(c["test_kl"], 4),
+                        _fmt(c["wall_s"], 0),
+                        _fmt(c["seconds_to_quality"], 0),
+                        str(c["params"]),
+                        "yes" if c["pareto"] else "",
+                    ]
+                    for c in mine
+                ],
+            ),
+            "",
+        ]
+    fig.tight_layout()
+    png = out_dir / "frontier.png"
+    fig.savefig(png, dpi=90)
+    js = _write_json(out_dir / "frontier.json", {"cells": cells})
+    md.append(f"![cost/quality frontier]({png.name})")
+    return "\n".join(md) + "\n", [png, js]
+
+
 ANALYSES: dict[str, Analysis] = {
+    "frontier": frontier,
     "learning_curves": learning_curves,
     "potentials": potentials,
     "representation": representation,
