@@ -20,8 +20,9 @@ from lightning_ehf import evaluate
 from lightning_ehf.config.load import from_saved
 from lightning_ehf.core import make_ehf
 from lightning_ehf.core.hamiltonians import Energy
+from lightning_ehf.core.metrics import local_minima
 from lightning_ehf.core.symmetries import one_parameter_subgroup, so2
-from lightning_ehf.study.analyses import ANALYSES, local_minima
+from lightning_ehf.study.analyses import ANALYSES
 
 F64 = torch.float64
 
