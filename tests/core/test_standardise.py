@@ -111,12 +111,10 @@ def standardised(build, sym, **kwargs):
     return model.standardise(mean, cov), mean, cov
 
 
-def test_standardised_joint_density_is_normalised():
+def test_standardised_joint_density_is_normalised(randomize):
     """d = 1, no group: ∫∫ p(q, p) dq dp = 1 on a grid, with W = 2.5 and μ = 1.3 (a wrong log-det or a
     missing shift would move the mass or the total)."""
-    from conftest import _randomize
-
-    model = _randomize(make_ehf(no_symmetry(1), blocks=2, leapfrog_steps=3, step_size=0.15, hidden=16), 0.3).double()
+    model = randomize(make_ehf(no_symmetry(1), blocks=2, leapfrog_steps=3, step_size=0.15, hidden=16), 0.3).double()
     model.standardise(torch.tensor([1.3], dtype=F64), torch.tensor([[2.5**2]], dtype=F64))
     q = torch.linspace(1.3 - 25, 1.3 + 25, 801, dtype=F64)
     p = torch.linspace(-10, 10, 401, dtype=F64)
