@@ -7,7 +7,7 @@
 * ``build``: ``make_ehf`` + ``randomize`` + cast to dtype/device, with small, fast defaults.
 
 Every test here starts from the same torch seed (an autouse fixture), so the Monte Carlo checks are
-reproducible.
+reproducible. The symmetry groups the tests parametrise over are in ``symmetry_zoo.py`` beside this file.
 """
 
 from __future__ import annotations
