@@ -72,7 +72,7 @@ deterministic() {  # the same run twice on one GPU: identical metrics
     same_metrics "$OUT/det-1" "$OUT/det-2"
 }
 
-check pytest-cuda "$PY" -m pytest -q tests/test_core_*.py -k cuda -p no:cacheprovider
+check pytest-cuda "$PY" -m pytest -q tests/core -k cuda -p no:cacheprovider
 check one-gpu-deterministic deterministic
 check one-gpu-sigterm-resume sigterm_resume gpu1 "${GPU1[@]}"
 if [ "$NGPU" -ge 2 ]; then

@@ -54,7 +54,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/tracking.py",
         "    if given:\n        if not _RUN_ID",
         "    if False:\n        if not _RUN_ID",
-        ("tests/test_tracking.py",),
+        ("tests/lit/test_tracking.py",),
     ),
     Mutation(
         "eval-under-autocast",
@@ -62,7 +62,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/lit/precision.py",
         "    with torch.autocast(device_type=device_type, enabled=False):",
         "    with torch.autocast(device_type=device_type, enabled=True):",
-        ("tests/test_framework_precision.py",),
+        ("tests/lit/test_precision.py",),
     ),
     Mutation(
         "compile-fallback-forgotten",
@@ -70,7 +70,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/core/compiled.py",
         "            self.failed = True\n            return self.fn(*args)",
         "            return self.fn(*args)",
-        ("tests/test_core_compiled.py",),
+        ("tests/core/test_compiled.py",),
     ),
     Mutation(
         "reference-bins-shifted",
@@ -78,7 +78,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/core/pair_features_reference.py",
         "        self.width = s_max / (n_bins - 1)",
         "        self.width = s_max / n_bins",
-        ("tests/test_core_pair_features.py",),
+        ("tests/core/test_pair_features.py",),
     ),
     Mutation(
         "slurm-no-requeue",
@@ -86,7 +86,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/study/slurm.py",
         "        return submitit.helpers.DelayedSubmission(self)",
         "        return None",
-        ("tests/test_study_slurm.py",),
+        ("tests/study/test_slurm.py",),
     ),
     Mutation(
         "bad-input-exit-1",
@@ -94,7 +94,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/cli.py",
         'print(f"ehf {args.command}{sub}: error: {e}", file=sys.stderr)\n        return 2',
         'print(f"ehf {args.command}{sub}: error: {e}", file=sys.stderr)\n        return 1',
-        ("tests/test_framework_cli.py",),
+        ("tests/cli/test_cli.py",),
     ),
     Mutation(
         "file-defaults-over-explicit",
@@ -102,7 +102,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/config/load.py",
         "            if key not in provenance:",
         "            if True:",
-        ("tests/test_config.py",),
+        ("tests/config/test_config.py",),
     ),
     # -- the train path, evaluation, the model contract and the bench (architecture) ---------------
     Mutation(
@@ -111,7 +111,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/core/density.py",
         "@runtime_checkable\nclass DensityModel",
         "class DensityModel",
-        ("tests/test_model_contract.py",),
+        ("tests/core/test_model_contract.py",),
     ),
     Mutation(
         "kl-paired-sign",
@@ -119,7 +119,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/evaluate.py",
         "diff = target.log_prob(q).cpu().numpy() - logp_np",
         "diff = logp_np - target.log_prob(q).cpu().numpy()",
-        ("tests/test_framework_eval.py",),
+        ("tests/cli/test_eval.py",),
     ),
     Mutation(
         "bench-nsf-farthest",
@@ -127,7 +127,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/bench.py",
         "if best is None or abs(size - n_params) < abs(best[1] - n_params):",
         "if best is None or abs(size - n_params) > abs(best[1] - n_params):",
-        ("tests/test_bench.py",),
+        ("tests/e2e/test_bench.py",),
     ),
     Mutation(
         "bench-mean-time",
@@ -135,7 +135,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/bench.py",
         "    return statistics.median(times)",
         "    return statistics.mean(times)",
-        ("tests/test_bench.py",),
+        ("tests/e2e/test_bench.py",),
     ),
     # -- core: integrator, brackets, bounds, targets --------------------------------------------
     Mutation(
@@ -144,7 +144,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/core/integrators.py",
         "        p = p - 0.5 * h * force\n        velocity = grad_k(p)",
         "        p = p - h * force\n        velocity = grad_k(p)",
-        ("tests/test_core_flow.py",),
+        ("tests/core/test_flow.py",),
     ),
     Mutation(
         "stale-force",
@@ -152,7 +152,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/core/integrators.py",
         "        q = q + h * velocity\n        force = grad_u(q)\n",
         "        q = q + h * velocity\n",
-        ("tests/test_core_flow.py",),
+        ("tests/core/test_flow.py",),
     ),
     Mutation(
         "bracket-sign",
@@ -160,7 +160,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/core/brackets.py",
         "    return kinetic_term - potential_term",
         "    return potential_term - kinetic_term",
-        ("tests/test_core_brackets.py",),
+        ("tests/core/test_brackets.py",),
     ),
     Mutation(
         "bessel-term",
@@ -168,7 +168,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/core/targets.py",
         "                + torch.log(torch.special.i0e(rho / var)))",
         "                )",
-        ("tests/test_targets.py",),
+        ("tests/core/test_targets.py",),
     ),
     Mutation(
         "iwae-mean-of-log-weights",
@@ -176,7 +176,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/core/flows.py",
         "        return torch.logsumexp(torch.cat(log_w, 0), 0) - math.log(k)",
         "        return torch.cat(log_w, 0).mean(0)",
-        ("tests/test_core_iwae.py",),
+        ("tests/core/test_iwae.py",),
     ),
     Mutation(
         "dual-step-sign",
@@ -184,7 +184,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/core/constraints.py",
         "self.value.copy_((self.value + self.lr * (c - self.tolerance)).clamp_min(0.0))",
         "self.value.copy_((self.value - self.lr * (c - self.tolerance)).clamp_min(0.0))",
-        ("tests/test_core_constraints.py",),
+        ("tests/core/test_constraints.py",),
     ),
     Mutation(
         "geco-ema-swapped",
@@ -192,7 +192,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/core/constraints.py",
         "self.ema * self.moving_average + (1 - self.ema) * c",
         "(1 - self.ema) * self.moving_average + self.ema * c",
-        ("tests/test_core_constraints.py",),
+        ("tests/core/test_constraints.py",),
     ),
     Mutation(
         "so3-generator-sign",
@@ -200,7 +200,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/core/symmetries.py",
         "    a[j, i] = 1.0\n    a[i, j] = -1.0",
         "    a[j, i] = -1.0\n    a[i, j] = 1.0",
-        ("tests/test_core_symmetries.py",),
+        ("tests/core/test_symmetries.py",),
     ),
     # -- gradient paths -------------------------------------------------------------------------
     Mutation(
@@ -209,7 +209,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/core/flows.py",
         "p = posterior.rsample((n,))  # (n, B, d)",
         "p = posterior.sample((n,))  # (n, B, d)",
-        ("tests/test_core_gradients.py",),
+        ("tests/core/test_gradients.py",),
     ),
     Mutation(
         "step-size-detached",
@@ -217,7 +217,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/core/flows.py",
         "step=self.step_size if create_graph else self.step_size.detach(),",
         "step=self.step_size.detach(),",
-        ("tests/test_core_gradients.py",),
+        ("tests/core/test_gradients.py",),
     ),
     Mutation(
         "tanh-slope",
@@ -225,7 +225,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/core/hamiltonians.py",
         "return 1.0 - (torch.tanh(a) if h is None else h).square()",
         "return 1.0 - (torch.tanh(a) if h is None else h)",
-        ("tests/test_core_fastpaths.py",),
+        ("tests/core/test_fastpaths.py",),
     ),
     Mutation(
         "pullback-factor",
@@ -233,7 +233,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/core/invariants.py",
         "out[..., b] = 2.0 * x[..., b] * g[..., k : k + 1]",
         "out[..., b] = x[..., b] * g[..., k : k + 1]",
-        ("tests/test_core_fastpaths.py",),
+        ("tests/core/test_fastpaths.py",),
     ),
     Mutation(
         "reversible-wrong-direction",
@@ -241,7 +241,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/core/reversible.py",
         "q, p, _ = _step(block, q, p, -sign * log_step.exp(), False, None)",
         "q, p, _ = _step(block, q, p, sign * log_step.exp(), False, None)",
-        ("tests/test_core_fastpaths.py",),
+        ("tests/core/test_fastpaths.py",),
     ),
     # -- symmetry metrics -----------------------------------------------------------------------
     Mutation(
@@ -250,7 +250,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/core/metrics.py",
         "model.iwae(g.act_q(q), k, chunk) - repeat",
         "model.iwae(q, k, chunk) - repeat",
-        ("tests/test_core_metrics.py",),
+        ("tests/core/test_metrics.py",),
     ),
     Mutation(
         "equivariance-without-action",
@@ -258,7 +258,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/core/metrics.py",
         "q2, p2 = flow(*g.act(q, p))",
         "q2, p2 = flow(q, p)",
-        ("tests/test_core_metrics.py",),
+        ("tests/core/test_metrics.py",),
     ),
     Mutation(
         "invariance-floor-same-estimate",
@@ -266,7 +266,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/core/metrics.py",
         "float((reference - repeat).abs().mean())",
         "float((reference - reference).abs().mean())",
-        ("tests/test_core_metrics.py",),
+        ("tests/core/test_metrics.py",),
     ),
     Mutation(
         "equivariance-output-unacted",
@@ -274,7 +274,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/core/metrics.py",
         "gq1, gp1 = g.act(q1, p1)",
         "gq1, gp1 = q1, p1",
-        ("tests/test_core_metrics.py",),
+        ("tests/core/test_metrics.py",),
     ),
     Mutation(
         "invariants-not-invariant",
@@ -282,7 +282,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/core/invariants.py",
         "feats = [x[..., b].square().sum(-1, keepdim=True) for b in self.blocks]",
         "feats = [x[..., b].sum(-1, keepdim=True) for b in self.blocks]",
-        ("tests/test_core_metrics.py", "tests/test_core_equivariance.py"),
+        ("tests/core/test_metrics.py", "tests/core/test_equivariance.py"),
     ),
     Mutation(
         "so3-generators-swapped",
@@ -290,7 +290,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/core/symmetries.py",
         "mats = torch.stack([_plane_generator(d, a, b) for a, b in planes])",
         "mats = torch.stack([_plane_generator(d, a, b) for a, b in planes[::-1]])",
-        ("tests/test_core_symmetries.py",),
+        ("tests/core/test_symmetries.py",),
     ),
     # -- the Lagrangian in the LightningModule ----------------------------------------------------
     Mutation(
@@ -299,7 +299,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/core/objectives.py",
         "    return -bound.mean() + multipliers.penalty(constraint)",
         "    return -bound.mean() - multipliers.penalty(constraint)",
-        ("tests/test_framework_lagrangian.py",),
+        ("tests/lit/test_lagrangian.py",),
     ),
     Mutation(
         "dual-update-skipped",
@@ -307,7 +307,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/lit/module.py",
         "        self.multipliers.update(constraint)\n",
         "        pass\n",
-        ("tests/test_framework_lagrangian.py",),
+        ("tests/lit/test_lagrangian.py",),
     ),
     Mutation(
         "dual-update-from-rms",
@@ -315,7 +315,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/lit/module.py",
         "        self.multipliers.update(constraint)\n",
         "        self.multipliers.update(constraint.sqrt())\n",
-        ("tests/test_framework_lagrangian.py",),
+        ("tests/lit/test_lagrangian.py",),
     ),
     Mutation(
         "loss-sign",
@@ -323,7 +323,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/core/objectives.py",
         "    return -bound.mean() + multipliers.penalty(constraint)",
         "    return bound.mean() + multipliers.penalty(constraint)",
-        ("tests/test_framework_learning.py",),
+        ("tests/e2e/test_learning.py",),
     ),
     # -- data pipeline --------------------------------------------------------------------------
     Mutation(
@@ -332,7 +332,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/data/datamodule.py",
         '_SPLIT_STREAM = {"train": 1, "val": 2,',
         '_SPLIT_STREAM = {"train": 1, "val": 1,',
-        ("tests/test_framework_data.py",),
+        ("tests/data/test_datamodule.py",),
     ),
     Mutation(
         "split-leak-file",
@@ -340,7 +340,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/data/datamodule.py",
         "self.train_data = rows[self.n_val + self.n_test :][: self.n_train]",
         "self.train_data = rows[self.n_val :][: self.n_train]",
-        ("tests/test_framework_data.py",),
+        ("tests/data/test_datamodule.py",),
     ),
     Mutation(
         "augment-never",
@@ -348,7 +348,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/data/datamodule.py",
         "if self.augment and trainer is not None and trainer.training:",
         "if False and self.augment and trainer is not None and trainer.training:",
-        ("tests/test_framework_data.py",),
+        ("tests/data/test_datamodule.py",),
     ),
     Mutation(
         "augment-everywhere",
@@ -356,7 +356,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/data/datamodule.py",
         "if self.augment and trainer is not None and trainer.training:",
         "if self.augment and trainer is not None:",
-        ("tests/test_framework_data.py",),
+        ("tests/data/test_datamodule.py",),
     ),
     # -- options --------------------------------------------------------------------------------
     Mutation(
@@ -365,7 +365,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/core/flows.py",
         "self.add(r.square().flatten(1, -2).mean(1).sum(0), len(self._pending))",
         "self.add(r.square().reshape(r.shape[0], -1, r.shape[-1]).mean(1).sum(0), len(self._pending))",
-        ("tests/test_framework_options.py",),
+        ("tests/e2e/test_options.py",),
     ),
     # -- particles: relabelling invariance and augmentation (issue 22) -----------------------------
     Mutation(
@@ -374,7 +374,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/build.py",
         "        if symmetry.particles is not None:",
         "        if symmetry.particles is None:",
-        ("tests/test_core_permutations.py",),
+        ("tests/core/test_permutations.py",),
     ),
     Mutation(
         "perm-one-per-batch",
@@ -382,7 +382,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/core/frames.py",
         'keys = torch.rand(rows.shape[0], n_particles, generator=generator, device="cpu").to(x.device)',
         'keys = torch.rand(n_particles, generator=generator, device="cpu").to(x.device).expand(rows.shape[0], -1)',
-        ("tests/test_core_permutations.py", "tests/test_data_augment_particles.py"),
+        ("tests/core/test_permutations.py", "tests/data/test_augment_particles.py"),
     ),
     Mutation(
         "perm-augment-never",
@@ -390,7 +390,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/build.py",
         "permute = dim // particle_dim if cfg.symmetry.permutations and particle_dim else None",
         "permute = None",
-        ("tests/test_data_augment_particles.py",),
+        ("tests/data/test_augment_particles.py",),
     ),
     Mutation(
         "draw-ignores-generator",
@@ -398,7 +398,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/core/random.py",
         "return fn(*args, generator=generator, device=where, **kwargs).to(device)",
         "return fn(*args, generator=None, device=where, **kwargs).to(device)",
-        ("tests/test_data_augment_particles.py",),
+        ("tests/data/test_augment_particles.py",),
     ),
     # -- standardisation moments ------------------------------------------------------------------
     Mutation(
@@ -407,7 +407,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/data/datamodule.py",
         "            assert self.train_data is not None\n            return self.train_data\n",
         "            assert self.train_data is not None\n            return torch.cat([self.val_data, self.train_data])\n",
-        ("tests/test_data_moments.py",),
+        ("tests/data/test_moments.py",),
     ),
     Mutation(
         "moments-from-val-stream",
@@ -415,7 +415,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/data/datamodule.py",
         'stream_seed(self.seed, _SPLIT_STREAM["moments"])',
         'stream_seed(self.seed, _SPLIT_STREAM["val"])',
-        ("tests/test_data_moments.py",),
+        ("tests/data/test_moments.py",),
     ),
     Mutation(
         "moments-population-cov",
@@ -423,7 +423,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/core/standardise.py",
         "mean, cov = x.mean(0), torch.cov(x.T)",
         "mean, cov = x.mean(0), torch.cov(x.T, correction=0)",
-        ("tests/test_core_standardise_closed_form.py",),
+        ("tests/core/test_standardise_closed_form.py",),
     ),
     Mutation(
         "relabelling-off-diagonal",
@@ -431,7 +431,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/core/standardise.py",
         "off = blocks[~diag].mean(0) if n_particles > 1",
         "off = blocks[diag].mean(0) if n_particles > 1",
-        ("tests/test_core_standardise_closed_form.py",),
+        ("tests/core/test_standardise_closed_form.py",),
     ),
     # -- the objective actually used ----------------------------------------------------------------
     Mutation(
@@ -440,7 +440,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/core/objectives.py",
         'out: dict[str, Any] = {"iwae": True} if self.bound == "iwae" else {}',
         "out: dict[str, Any] = {}",
-        ("tests/test_lit_objective.py",),
+        ("tests/lit/test_run_objective.py",),
     ),
     Mutation(
         "dreg-weights-under-elbo",
@@ -448,7 +448,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/core/flows.py",
         'if estimator == "dreg" and iwae and p.requires_grad:',
         'if estimator == "dreg" and p.requires_grad:',
-        ("tests/test_core_estimators.py",),
+        ("tests/core/test_estimators.py",),
     ),
     # -- stopping, checkpoint choice, validation split, preemption --------------------------------------
     Mutation(
@@ -457,7 +457,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/build.py",
         'EarlyStopping(monitor=monitor, mode="min"',
         'EarlyStopping(monitor=monitor, mode="max"',
-        ("tests/test_lit_stopping.py",),
+        ("tests/lit/test_stopping.py",),
     ),
     Mutation(
         "test-last-weights",
@@ -465,7 +465,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/train.py",
         "trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)",
         "trainer.test(module, datamodule=datamodule, ckpt_path=None, verbose=False)",
-        ("tests/test_lit_stopping.py",),
+        ("tests/lit/test_stopping.py",),
     ),
     Mutation(
         "val-fraction-floor",
@@ -473,7 +473,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/data/datamodule.py",
         "            n_val = round(self.val_fraction * self.n_train)\n            self.val_data, self.train_data",
         "            n_val = int(self.val_fraction * self.n_train)\n            self.val_data, self.train_data",
-        ("tests/test_lit_stopping.py",),
+        ("tests/lit/test_stopping.py",),
     ),
     Mutation(
         "array-stream-batch-unclamped",
@@ -481,7 +481,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/data/datasets.py",
         "self.batch_size = min(batch_size, data.shape[0])",
         "self.batch_size = batch_size",
-        ("tests/test_lit_stopping.py",),
+        ("tests/lit/test_stopping.py",),
     ),
     Mutation(
         "signal-in-last-step-ignored",
@@ -489,7 +489,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/train.py",
         "if trainer.strategy.reduce_boolean_decision(preemption.requested, all=False):",
         "if trainer.strategy.reduce_boolean_decision(preemption.requested and trainer.global_step < trainer.max_steps, all=False):",
-        ("tests/test_lit_stopping.py",),
+        ("tests/lit/test_stopping.py",),
     ),
     Mutation(
         "last-ckpt-not-at-train-end",
@@ -497,7 +497,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/lit/callbacks.py",
         "    def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:\n        self.save(trainer)",
         "    def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:\n        pass",
-        ("tests/test_lit_stopping.py",),
+        ("tests/lit/test_stopping.py",),
     ),
     # -- studies: expansion, reporting, resuming ----------------------------------------------------------
     Mutation(
@@ -506,7 +506,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/study/spec.py",
         "                overrides.update(ov)",
         "                overrides.update({**ov, **self.base})",
-        ("tests/test_study_spec.py",),
+        ("tests/study/test_spec.py",),
     ),
     Mutation(
         "report-population-std",
@@ -514,7 +514,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/study/report.py",
         "std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0",
         "std = math.sqrt(sum((v - mean) ** 2 for v in values) / n) if n > 1 else 0.0",
-        ("tests/test_study_report.py",),
+        ("tests/study/test_report.py",),
     ),
     Mutation(
         "analyses-population-std",
@@ -522,7 +522,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/study/analyses.py",
         "std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))",
         "std = math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals))",
-        ("tests/test_study_report.py",),
+        ("tests/study/test_report.py",),
     ),
     Mutation(
         "pairs-one-side-done",
@@ -530,7 +530,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/study/report.py",
         'if a and b and a["state"] == b["state"] == "done" and not a["under_trained"] and not b["under_trained"]:',
         'if a and b and a["state"] == "done" and not a["under_trained"] and not b.get("under_trained"):',
-        ("tests/test_study_report.py",),
+        ("tests/study/test_report.py",),
     ),
     Mutation(
         "cell-resumes-from-best",
@@ -538,7 +538,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/study/runner.py",
         'resume = ["--resume", str(run)] if',
         'resume = ["--resume", str(run / "checkpoints" / "best.ckpt")] if',
-        ("tests/test_study_resume_cell.py",),
+        ("tests/study/test_resume_cell.py",),
     ),
     Mutation(
         "resume-folder-from-best",
@@ -546,7 +546,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/train.py",
         'run_dir, ckpt_path = p, p / "checkpoints" / "last.ckpt"',
         'run_dir, ckpt_path = p, p / "checkpoints" / "best.ckpt"',
-        ("tests/test_study_resume_cell.py",),
+        ("tests/study/test_resume_cell.py",),
     ),
     Mutation(
         "study-cells-not-validated",
@@ -554,7 +554,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/study/command.py",
         "    for cell in folder.cells:  # every cell's config is valid before anything runs\n        folder.config(cell)",
         "    for cell in folder.cells:  # every cell's config is valid before anything runs\n        pass",
-        ("tests/test_study.py::test_cli_bad_study_exits_2_with_one_line",),
+        ("tests/study/test_study.py::test_cli_bad_study_exits_2_with_one_line",),
     ),
     # -- every other module of the package ------------------------------------------------------------
     Mutation(
@@ -563,7 +563,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/__main__.py",
         "\nentry()\n",
         "\nentry\n",
-        ("tests/test_framework_cli.py::test_help_and_missing_command",),
+        ("tests/cli/test_cli.py::test_help_and_missing_command",),
     ),
     Mutation(
         "version-drift",
@@ -571,7 +571,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/__init__.py",
         '__version__ = "0.1.0"',
         '__version__ = "0.1.1"',
-        ("tests/test_package.py",),
+        ("tests/e2e/test_package.py",),
     ),
     Mutation(
         "config-error-not-user-error",
@@ -579,7 +579,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/errors.py",
         "class ConfigError(UserError, ValueError):",
         "class ConfigError(ValueError):",
-        ("tests/test_framework_cli.py::test_bad_train_config_with_run_dir_in_process",),
+        ("tests/cli/test_cli.py::test_bad_train_config_with_run_dir_in_process",),
     ),
     Mutation(
         "zombie-alive",
@@ -587,7 +587,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/system.py",
         'not in ("Z", "X")',
         '!= "X"',
-        ("tests/test_system.py",),
+        ("tests/study/test_system.py",),
     ),
     Mutation(
         "framed-gaussian-log-det-sign",
@@ -595,7 +595,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/core/encoders.py",
         "return -0.5 * z.square().sum(-1) - self.scale.log().sum(-1)",
         "return -0.5 * z.square().sum(-1) + self.scale.log().sum(-1)",
-        ("tests/test_core_encoders.py",),
+        ("tests/core/test_encoders.py",),
     ),
     Mutation(
         "npz-x-only-alone",
@@ -603,7 +603,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/data/files.py",
         '            if "x" in keys:',
         '            if keys == ["x"]:',
-        ("tests/test_data_files.py",),
+        ("tests/data/test_files.py",),
     ),
     Mutation(
         "csv-resume-keeps-redone-rows",
@@ -611,7 +611,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/lit/loggers.py",
         'int(float(r["step"])) < self._resume_step',
         'int(float(r["step"])) <= self._resume_step',
-        ("tests/test_lit_loggers.py",),
+        ("tests/lit/test_loggers.py",),
     ),
     Mutation(
         "nonfinite-only-nan",
@@ -619,7 +619,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/lit/atomic_io.py",
         "v.is_floating_point() and not bool(torch.isfinite(v).all())",
         "v.is_floating_point() and bool(torch.isnan(v).any())",
-        ("tests/test_reliability_checkpoints.py::test_nonfinite_weights_are_not_written",),
+        ("tests/lit/test_checkpoints.py::test_nonfinite_weights_are_not_written",),
     ),
     Mutation(
         "potentials-plot-inverted",
@@ -627,7 +627,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/lit/plots.py",
         "    if not blocks:\n        return None",
         "    if blocks:\n        return None",
-        ("tests/test_lit_plots.py",),
+        ("tests/lit/test_plots.py",),
     ),
     Mutation(
         "nsf-iwae-normaliser",
@@ -635,7 +635,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/baselines.py",
         '        """The exact ``log p(q)``: importance samples add nothing to an exact likelihood."""\n        return self.log_prob(q)',
         '        """The exact ``log p(q)``: importance samples add nothing to an exact likelihood."""\n        return self.log_prob(q) - torch.log(q.new_tensor(float(k)))',
-        ("tests/test_baselines.py",),
+        ("tests/core/test_baselines.py",),
     ),
     Mutation(
         "foreign-checkpoint-accepted",
@@ -644,7 +644,7 @@ MUTATIONS: list[Mutation] = [
         'if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt.get("hyper_parameters", {}):',
         "if not isinstance(ckpt, dict):",
         tuple(
-            f"tests/test_reliability_errors.py::test_bad_input[{c}-foreign-ckpt]" for c in ("eval", "sample", "resume")
+            f"tests/cli/test_errors.py::test_bad_input[{c}-foreign-ckpt]" for c in ("eval", "sample", "resume")
         ),
     ),
     Mutation(
@@ -653,7 +653,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/config/schema.py",
         '    "data.regime": "finite",\n    "data.n_val": None,',
         '    "data.regime": "infinite",\n    "data.n_val": None,',
-        ("tests/test_config.py",),
+        ("tests/config/test_config.py",),
     ),
     Mutation(
         "core-export-dropped",
@@ -661,7 +661,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/core/__init__.py",
         "from .integrators import leapfrog\n",
         "",
-        ("tests/test_core_flow.py",),
+        ("tests/core/test_flow.py",),
     ),
     Mutation(
         "target-not-nullable",
@@ -669,7 +669,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/config/schema.py",
         '    target: Optional[Target] = "ring2d"',
         '    target: Target = "ring2d"',
-        ("tests/test_config.py",),
+        ("tests/config/test_config.py",),
     ),
 ]
 

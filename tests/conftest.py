@@ -1,99 +1,36 @@
-"""Shared fixtures for the core tests (``tests/test_core_*.py``).
+"""Fixtures shared by several test folders (each folder's own ``conftest.py`` holds the fixtures only it uses).
 
-* ``device``: ``cpu``, plus ``cuda`` when available.
-* ``dtype``: float32 and float64 (tests where precision is the point use float64 directly).
-* ``randomize``: overwrite every Hamiltonian parameter of a model with N(0, std²) draws, so the
-  flow is far from the free motion ``make_ehf`` starts at (its last layers are zero-initialised).
-* ``build``: ``make_ehf`` + ``randomize`` + cast to dtype/device, with small, fast defaults.
+The suite mirrors the package: ``core/``, ``config/``, ``data/``, ``lit/``, ``study/``, ``cli/`` and ``e2e/``
+(whole runs through ``ehf``, packaging and repository checks); docs/design.md §5 says which folder guards what.
 
-Core test modules are seeded before every test (an autouse fixture that touches only modules whose
-name starts with ``test_core_``), so their Monte Carlo checks are reproducible.
+* ``ehf_tiny``: overrides that make a training run take a few seconds (add ``run.dir`` / ``run.root``).
+* ``ehf_cli``: ``ehf_cli(args, cwd, timeout=..., env=...)`` runs ``python -m lightning_ehf ARGS`` in a
+  subprocess with a clean environment (no EHF_RUN_DIR / WANDB_MODE / DDP variables leaking in, W&B
+  silent and its config/cache folders under the test's temporary folder).
+* ``ehf_clean_env``: for in-process ``cli.main`` calls; removes (and afterwards restores) the env
+  variables that the CLI and W&B set process-wide.
+* ``ehf_tiny_run``: one tiny ring2d training run (W&B disabled) shared by the whole session.
+
+The override lists and the environment cleaning live in ``ehf_testing.py`` (a plain module beside this
+file, imported by tests of every folder).
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+from pathlib import Path
 from typing import Callable
 
 import pytest
 import torch
 
+from ehf_testing import ENV_DROP, FRAMEWORK_TINY, clean_env, ehf
+
 # pytest -n N runs N worker processes: give each cores ÷ N torch threads (oversubscribed OpenMP threads
 # make every in-process training many times slower)
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
-
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-DTYPES = [torch.float32, torch.float64]
-
-
-@pytest.fixture(params=DEVICES)
-def device(request) -> torch.device:
-    return torch.device(request.param)
-
-
-@pytest.fixture(params=DTYPES, ids=["float32", "float64"])
-def dtype(request) -> torch.dtype:
-    return request.param
-
-
-@pytest.fixture(autouse=True)
-def _seed_core_tests(request):
-    if request.node.path.name.startswith("test_core_"):
-        torch.manual_seed(1234)
-    yield
-
-
-def _randomize(model: torch.nn.Module, std: float = 0.4) -> torch.nn.Module:
-    """Normal(0, std²) on all Hamiltonian parameters of every block (weights, biases, log masses)."""
-    with torch.no_grad():
-        for block in model.flow.blocks:
-            params = list(block.hamiltonian.parameters())
-            assert params, "a Hamiltonian block without parameters cannot be randomised"
-            for prm in params:
-                prm.normal_(0.0, std)
-    return model
-
-
-@pytest.fixture
-def randomize() -> Callable[..., torch.nn.Module]:
-    return _randomize
-
-
-@pytest.fixture
-def build() -> Callable[..., torch.nn.Module]:
-    """``build(symmetry, dtype=..., device=..., std=0.4, **make_ehf_kwargs)`` → a randomised EHF."""
-    from lightning_ehf.core import make_ehf
-
-    def _build(symmetry, dtype=torch.float64, device="cpu", std=0.4, **kwargs):
-        kwargs.setdefault("blocks", 2)
-        kwargs.setdefault("leapfrog_steps", 3)
-        kwargs.setdefault("step_size", 0.15)
-        kwargs.setdefault("hidden", 16)
-        model = make_ehf(symmetry, **kwargs)
-        _randomize(model, std)
-        return model.to(dtype=dtype, device=device)
-
-    return _build
-
-
-# -- framework (end-to-end) fixtures: tests/test_framework_*.py ----------------------------------
-#
-# (the override lists and the environment cleaning live in ``ehf_testing.py``, shared with the
-# reliability tests)
-#
-# * ``ehf_tiny``: overrides that make a training run take a few seconds (add ``run.dir`` / ``run.root``).
-# * ``ehf_cli``: ``ehf_cli(args, cwd, timeout=..., env=...)`` runs ``python -m lightning_ehf ARGS`` in a
-#   subprocess with a clean environment (no EHF_RUN_DIR / WANDB_MODE / DDP variables leaking in, W&B
-#   silent and its config/cache folders under the test's temporary folder).
-# * ``ehf_clean_env``: for in-process ``cli.main`` calls; removes (and afterwards restores) the env
-#   variables that the CLI and W&B set process-wide.
-# * ``ehf_tiny_run``: one tiny ring2d training run (W&B disabled) shared by the whole session.
-
-import subprocess
-from pathlib import Path
-
-from ehf_testing import ENV_DROP, FRAMEWORK_TINY, clean_env, ehf
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
-"""Helpers shared by the end-to-end tests (``conftest.py``, ``tests/test_framework_*.py``,
-``tests/test_reliability_*.py``). A plain module: pytest puts ``tests/`` on ``sys.path``.
+"""Helpers shared by the tests that run ``ehf`` (``conftest.py`` and tests in every folder). A plain module:
+pytest puts ``tests/`` on ``sys.path`` (the folder of the root ``conftest.py``).
 
 * ``TINY`` / ``tiny(...)``: overrides that make a training run take a few seconds (no plots, W&B off);
   ``FRAMEWORK_TINY``: the same run with plots on a coarse grid and the W&B mode left to the test.

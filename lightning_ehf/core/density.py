@@ -1,5 +1,5 @@
 """The contract every density model of the pipeline honours (EHF and the baselines): what training,
-evaluation, sampling and the symmetry diagnostics call. ``tests/test_model_contract.py`` runs every
+evaluation, sampling and the symmetry diagnostics call. ``tests/core/test_model_contract.py`` runs every
 variant the config can build through it."""
 
 from __future__ import annotations

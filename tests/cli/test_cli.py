@@ -11,7 +11,7 @@ import yaml
 from lightning_ehf import cli
 from lightning_ehf.config.load import load_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 BAD = [
     ("data.n_trian=3", "data.n_trian", "data.n_train"),  # unknown key, with its suggestion

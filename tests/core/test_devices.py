@@ -4,15 +4,16 @@ fail or leak through)."""
 
 import pytest
 import torch
+from symmetry_zoo import ZOO
 
-from lightning_ehf.core import make_ehf, particle_rotations, so2, so3
+from lightning_ehf.core import make_ehf
 from lightning_ehf.core.metrics import equivariance_error, invariance_error
 from lightning_ehf.core.targets import make_target
 
 
-@pytest.mark.parametrize("symmetry, encoder", [(so2(2), "equivariant"), (so3(3), "gaussian"),
-                                               (particle_rotations(3, 2), "gaussian")],
-                         ids=["so2", "so3", "particles"])
+@pytest.mark.parametrize("symmetry, encoder", [(ZOO["so2"], "equivariant"), (ZOO["so3"], "gaussian"),
+                                               (ZOO["particles3x2"], "gaussian")],
+                         ids=["so2", "so3", "particles3x2"])
 def test_model_methods_stay_on_the_input_device(symmetry, encoder, randomize):
     model = randomize(make_ehf(symmetry, blocks=2, leapfrog_steps=2, hidden=8, encoder=encoder).double())
     d = symmetry.dim

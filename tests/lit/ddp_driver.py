@@ -1,12 +1,12 @@
-"""DDP runs for ``tests/test_scaleout_ddp.py``. A plain script, not a test module: DDP must never start
+"""DDP runs for ``tests/lit/test_ddp_ranks.py``. A plain script, not a test module: DDP must never start
 inside the pytest process (Lightning re-runs this script for the other ranks).
 
-    python tests/scaleout_ddp_driver.py train OUT_DIR key=value ...
+    python tests/lit/ddp_driver.py train OUT_DIR key=value ...
         ``ehf train`` with a recording callback: per rank ``r``, ``OUT_DIR/rank{r}.pt`` holds the Lagrange
         multipliers after every update (one row per step, taken before the next step and at the end) and
         every training batch the rank received.
 
-    python tests/scaleout_ddp_driver.py validate OUT_DIR key=value ...
+    python tests/lit/ddp_driver.py validate OUT_DIR key=value ...
         ``trainer.validate`` and ``trainer.test`` of a stand-in model whose IWAE estimate is exact and
         deterministic, ``log p(q) = -(q_0 + 10)``, so the logged NLL must be the mean of ``q_0 + 10`` over
         the whole split; rank 0 writes ``OUT_DIR/validate.json`` with the logged and the expected values.

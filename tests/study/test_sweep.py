@@ -23,7 +23,7 @@ from lightning_ehf.system import pid_alive
 sys.path.insert(0, str(Path(__file__).parent))
 from test_study import commands_in_log, metrics, study, wait_for  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "configs" / "study" / "data_efficiency.yaml"
 CELL = "ehf_dual-ring2d-n_train128-seed0"
 SHRINK = ["trainer.max_steps=300", "trainer.val_check_interval=50", "trainer.patience=null", "data.n_test=64",

@@ -13,7 +13,7 @@ import torch
 
 from lightning_ehf.config.load import load_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXPERIMENTS = sorted((REPO / "configs" / "experiment").glob("*.yaml"))
 RUN_NAME = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{8}$")  # runs/<experiment>/<timestamp>-<id>/
 

@@ -1,4 +1,4 @@
-"""``ehf study run --launcher slurm`` against a fake SLURM (``tests/fake_slurm``: sbatch, srun, squeue, sacct,
+"""``ehf study run --launcher slurm`` against a fake SLURM (``tests/study/fake_slurm``: sbatch, srun, squeue, sacct,
 scancel, scontrol on PATH), through submitit: a cell signalled at its time limit (submitit's SIGUSR2) checkpoints,
 exits 75, is requeued and ends with the metrics of an uninterrupted local study; a cell recorded as running whose
 job or process is gone is seen as such and run again."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from lightning_ehf import bench, cli
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_bench_writes_under_the_working_directory(tmp_path, monkeypatch, capsys):

@@ -16,7 +16,7 @@ from lightning_ehf.config.load import (
 from lightning_ehf.config.schema import FILE_DEFAULTS, Config
 from lightning_ehf.errors import ConfigError, UserError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # study files describe a grid of runs, not one run: they are checked by the study tests
 SHIPPED = sorted(
     p for p in (REPO / "configs").rglob("*.yaml") if "study" not in p.relative_to(REPO / "configs").parts

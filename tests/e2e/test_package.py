@@ -7,7 +7,7 @@ from pathlib import Path
 
 import lightning_ehf
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_version_matches_pyproject():

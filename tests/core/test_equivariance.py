@@ -5,19 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from symmetry_zoo import groups
 
-from lightning_ehf.core import particle_rotations, product, rotation_plane, so2, so3
+from lightning_ehf.core import so2
 
 F64 = torch.float64
 
-SYMMETRIES = {
-    "so2": so2(2),
-    "so2_in_3d": so2(3, (0, 2)),
-    "so3": so3(3),
-    "particles3x2": particle_rotations(3, 2),
-    "particles2x3": particle_rotations(2, 3),
-    "planes4": product(rotation_plane(4, 0, 1), rotation_plane(4, 2, 3)),
-}
+SYMMETRIES = groups("so2", "so2_plane02_in_3d", "so3", "particles3x2", "particles2x3", "planes4")
 
 
 def equivariance_errors(model, sym, n=16, dtype=F64, device="cpu"):

@@ -26,7 +26,7 @@ from packaging.version import Version
 
 from lightning_ehf.cli import EXIT_PREEMPTED
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CUDA_BUILD = re.compile(r"^(nvidia-.*|cuda-.*|triton)$")
 
 

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from symmetry_zoo import ZOO
 from torch import Tensor, nn
 
 from lightning_ehf.core import symmetries as S
@@ -102,10 +103,9 @@ def _check_field_equivariance(field: nn.Module, symmetry: S.Symmetry, seed: int 
     return float((rotated - expected).abs().max())
 
 
-@pytest.mark.parametrize("case", ["so2_plus_free", "so3_vector", "two_planes"])
+@pytest.mark.parametrize("case", ["so2_plane02_in_3d", "so3", "planes4"])
 def test_block_rotation_field_is_equivariant(case):
-    symmetry = {"so2_plus_free": S.so2(3, (0, 2)), "so3_vector": S.so3(3),
-                "two_planes": S.product(S.rotation_plane(4, 0, 1), S.rotation_plane(4, 2, 3))}[case]
+    symmetry = ZOO[case]
     field = _perturbed(BlockRotationVelocity(symmetry.dim, symmetry.rotation_blocks, symmetry.invariants, 16, 2).double())
     assert _check_field_equivariance(field, symmetry) < 1e-5
 

@@ -1,7 +1,7 @@
 """Two-process CPU DDP gives the same training as one process, only spread over ranks.
 
 Every run is a subprocess with a timeout (docs/design.md §6: DDP started inside pytest re-runs the test
-session in the second rank). ``scaleout_ddp_driver.py`` is ``ehf train`` plus a callback that records,
+session in the second rank). ``ddp_driver.py`` is ``ehf train`` plus a callback that records,
 on every rank, λ after each dual-ascent update and every training batch.
 
 * λ is identical on both ranks after every update; no training row is seen by both ranks (infinite
@@ -28,7 +28,7 @@ import torch
 
 from ehf_testing import clean_env, csv_rows, ehf, tiny
 
-DRIVER = Path(__file__).with_name("scaleout_ddp_driver.py")
+DRIVER = Path(__file__).with_name("ddp_driver.py")
 DDP = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", "trainer.ddp_timeout_s=60"]
 STEPS, VAL_EVERY, BATCH = 12, 6, 32
 REGIMES = {"infinite": [], "finite": ["data.regime=finite", "data.n_train=192"]}  # finite: 3 steps per epoch

@@ -13,7 +13,7 @@ import pytest
 from lightning_ehf.study.summary import (SUMMARY_STUDIES, compare_study, markdown, paired_interval, row_flags,
                                          step_cost_ratios)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STUDIES = ROOT / "docs" / "studies"
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "lightning_ehf"
+PACKAGE = Path(__file__).resolve().parents[2] / "lightning_ehf"
 THIRD_PARTY_FRAMEWORKS = ("lightning", "pytorch_lightning", "omegaconf", "wandb", "pydantic", "torchmetrics")
 #: The entry points: the only rooms that may assemble objects from a config through ``build``.
 ASSEMBLERS = ("lightning_ehf.train", "lightning_ehf.evaluate", "lightning_ehf.cli", "lightning_ehf.study")

@@ -92,7 +92,7 @@ def test_data_efficiency_study_has_an_efm_cell_on_every_target():
     from lightning_ehf.study.spec import METHODS, load_study
 
     assert METHODS["efm"]["model.kind"] == "efm"
-    path = Path(__file__).resolve().parents[1] / "configs" / "study" / "data_efficiency.yaml"
+    path = Path(__file__).resolve().parents[2] / "configs" / "study" / "data_efficiency.yaml"
     cells = load_study(path, "full").cells()
     targets = {c.values["target"] for c in cells}
     assert targets == {c.values["target"] for c in cells if c.values["method"] == "efm"}
@@ -108,7 +108,7 @@ def test_efm_cells_of_the_data_efficiency_study_match_ehf_in_size():
     from lightning_ehf.config.load import load_config
     from lightning_ehf.study.spec import load_study
 
-    path = Path(__file__).resolve().parents[1] / "configs" / "study" / "data_efficiency.yaml"
+    path = Path(__file__).resolve().parents[2] / "configs" / "study" / "data_efficiency.yaml"
     cells = [c for c in load_study(path, "full").cells() if c.values["n_train"] == "n_train1024"
              and c.values["seed"] == "seed0" and c.values["method"] in ("ehf_dual", "efm")]
     sizes: dict[str, dict[str, int]] = {}

@@ -24,7 +24,7 @@ from ehf_testing import clean_env, csv_rows
 from lightning_ehf.errors import ConfigError
 from lightning_ehf.study.spec import METHODS, load_study
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # a cell trains in well under a second; the rest is process start-up
 TINY_BASE = {

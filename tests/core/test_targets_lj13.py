@@ -1,5 +1,5 @@
 """lj13: the Lennard-Jones cluster energy with its harmonic confinement, the sample pools, the split
-sampler and the entropy (the target machinery is dw4's, tested in tests/test_targets_dw4.py)."""
+sampler and the entropy (the target machinery is dw4's, tested in tests/core/test_targets_dw4.py)."""
 
 from __future__ import annotations
 

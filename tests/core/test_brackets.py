@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from symmetry_zoo import groups
 
 from lightning_ehf.core import (
     from_matrices,
     momentum_map_bracket,
     particle_rotations,
     poisson_bracket,
-    product,
     rotation_plane,
-    so2,
     so3,
     translation,
 )
@@ -141,12 +140,7 @@ def test_closed_form_bracket_matches_autograd_for_analytic_hamiltonian(sym):
         assert auto.abs().max() > 1e-2
 
 
-SYMMETRIES = {
-    "so2": so2(2),
-    "so3": so3(3),
-    "particles3x2": particle_rotations(3, 2),
-    "planes4": product(rotation_plane(4, 0, 1), rotation_plane(4, 2, 3)),
-}
+SYMMETRIES = groups("so2", "so3", "particles3x2", "planes4")
 
 
 @pytest.mark.parametrize("kinetic", ["quadratic", "mlp"])

@@ -7,17 +7,13 @@ import math
 
 import pytest
 import torch
+from symmetry_zoo import groups
 
-from lightning_ehf.core import FramedGaussian, make_ehf, particle_rotations, product, rotation_plane, so2
+from lightning_ehf.core import FramedGaussian, make_ehf, particle_rotations, so2
 
 F64 = torch.float64
 
-SYMMETRIES = {
-    "so2": so2(2),
-    "so2_plane02_in_3d": so2(3, (0, 2)),  # a free coordinate between the plane's coordinates
-    "planes4": product(rotation_plane(4, 0, 1), rotation_plane(4, 2, 3)),
-    "planes_13_02_in_5d": product(rotation_plane(5, 1, 3), rotation_plane(5, 0, 4)),
-}
+SYMMETRIES = groups("so2", "so2_plane02_in_3d", "planes4", "planes_13_04_in_5d")
 
 
 def randomize_encoder(encoder, std=0.5, out_std=0.15):

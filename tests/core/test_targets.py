@@ -62,7 +62,7 @@ def test_make_target_unknown_names_choices() -> None:
 
 
 def test_registry_and_specs() -> None:
-    assert sorted(TARGETS) == sorted([*NAMES, "dw4", "lj13"])  # pools of MCMC samples (tests/test_targets_dw4.py, _lj13.py)
+    assert sorted(TARGETS) == sorted([*NAMES, "dw4", "lj13"])  # pools of MCMC samples (test_targets_dw4.py, _lj13.py)
     # name: (dim, the planes (i, j) its generators rotate, particles (n, D) or None, whether the particles are
     # identical and translation invariant: the pools of MCMC samples are both, no analytic target is either)
     expected = {
