@@ -643,9 +643,7 @@ MUTATIONS: list[Mutation] = [
         "lightning_ehf/checkpoints.py",
         'if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt.get("hyper_parameters", {}):',
         "if not isinstance(ckpt, dict):",
-        tuple(
-            f"tests/cli/test_errors.py::test_bad_input[{c}-foreign-ckpt]" for c in ("eval", "sample", "resume")
-        ),
+        tuple(f"tests/cli/test_errors.py::test_bad_input[{c}-foreign-ckpt]" for c in ("eval", "sample", "resume")),
     ),
     Mutation(
         "file-default-regime",

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
@@ -41,8 +41,11 @@ def ehf_tiny() -> list[str]:
 @pytest.fixture(scope="session")
 def ehf_cli(tmp_path_factory) -> Callable[..., subprocess.CompletedProcess]:
     scratch = tmp_path_factory.mktemp("ehf-env")
-    wandb_dirs = {"WANDB_CONFIG_DIR": str(scratch / "wandb-config"), "WANDB_CACHE_DIR": str(scratch / "wandb-cache"),
-                  "WANDB_DATA_DIR": str(scratch / "wandb-data")}
+    wandb_dirs = {
+        "WANDB_CONFIG_DIR": str(scratch / "wandb-config"),
+        "WANDB_CACHE_DIR": str(scratch / "wandb-cache"),
+        "WANDB_DATA_DIR": str(scratch / "wandb-data"),
+    }
 
     def run(args, cwd, timeout: float = 180, env: dict | None = None) -> subprocess.CompletedProcess:
         return ehf(args, cwd, timeout, env=clean_env(**{**wandb_dirs, **(env or {})}))

@@ -50,8 +50,14 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def ehf(args, cwd: Path, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
     """``python -m lightning_ehf ARGS`` in ``cwd`` (environment ``env``, default ``clean_env()``)."""
-    return subprocess.run([sys.executable, "-m", "lightning_ehf", *map(str, args)], cwd=cwd,
-                          env=clean_env() if env is None else env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "lightning_ehf", *map(str, args)],
+        cwd=cwd,
+        env=clean_env() if env is None else env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def csv_rows(run_dir: Path) -> list[dict]:

@@ -83,8 +83,9 @@ def test_print_config(tmp_path, ehf_cli):
 
 
 def test_print_config_with_experiment_file(capsys, ehf_clean_env):
-    assert cli.main(["print-config", "-c", str(REPO / "configs" / "experiment" / "rings2d.yaml"),
-                     "model.blocks=3"]) == 0
+    assert (
+        cli.main(["print-config", "-c", str(REPO / "configs" / "experiment" / "rings2d.yaml"), "model.blocks=3"]) == 0
+    )
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["experiment"] == "rings2d" and printed["data"]["target"] == "rings2d"
     assert printed["model"]["blocks"] == 3 and printed["trainer"]["max_steps"] == 4000

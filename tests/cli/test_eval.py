@@ -50,8 +50,16 @@ def _eval(capsys, ckpt, *args) -> dict:
 @pytest.mark.parametrize("kind", ["npy", "npz", "csv"])
 def test_eval_data_file_writes_per_row_loglik(kind, ehf_tiny_run, data_files, tmp_path, capsys):
     out, summary_path = tmp_path / "logp.npy", tmp_path / "summary.json"
-    printed = _eval(capsys, ehf_tiny_run / "checkpoints" / "last.ckpt", "--data", data_files[kind],
-                    "--out", out, "--json", summary_path)
+    printed = _eval(
+        capsys,
+        ehf_tiny_run / "checkpoints" / "last.ckpt",
+        "--data",
+        data_files[kind],
+        "--out",
+        out,
+        "--json",
+        summary_path,
+    )
     logp = np.load(out)
     assert logp.shape == (N_ROWS,) and logp.dtype == np.float64
     assert np.isfinite(logp).all()
@@ -99,8 +107,8 @@ def test_eval_without_data_uses_the_test_set(ehf_tiny_run, tmp_path, capsys):
     metrics = json.loads((ehf_tiny_run / "metrics.json").read_text())
     assert summary["nll"] == pytest.approx(metrics["test/nll"], abs=0.5)
     # the paired estimate: log p(q) − log p̂(q) row by row with the target's density, from the same rows
-    from lightning_ehf.evaluate import load_run
     from lightning_ehf.core.targets import make_target
+    from lightning_ehf.evaluate import load_run
 
     rows = load_run(ehf_tiny_run).test_data().double()
     expected = float((make_target("ring2d").log_prob(rows).numpy() - logp).mean())
@@ -133,8 +141,9 @@ def _one_line_error(err: str) -> str:
 
 def test_eval_on_data_of_the_wrong_dimension_exits_2(ehf_tiny_run, data_files, tmp_path, capsys):
     out = tmp_path / "never.npy"
-    rc, _, err = _main(capsys, "eval", "--ckpt", ehf_tiny_run / "checkpoints" / "last.ckpt",
-                       "--data", data_files["3d"], "--out", out)
+    rc, _, err = _main(
+        capsys, "eval", "--ckpt", ehf_tiny_run / "checkpoints" / "last.ckpt", "--data", data_files["3d"], "--out", out
+    )
     assert rc == 2
     line = _one_line_error(err)
     assert "d=3" in line and "d=2" in line and "cube.npy" in line, line

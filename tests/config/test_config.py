@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from lightning_ehf.config.load import (
     load_config,
     save_config,
@@ -18,9 +19,7 @@ from lightning_ehf.errors import ConfigError, UserError
 
 REPO = Path(__file__).resolve().parents[2]
 # study files describe a grid of runs, not one run: they are checked by the study tests
-SHIPPED = sorted(
-    p for p in (REPO / "configs").rglob("*.yaml") if "study" not in p.relative_to(REPO / "configs").parts
-)
+SHIPPED = sorted(p for p in (REPO / "configs").rglob("*.yaml") if "study" not in p.relative_to(REPO / "configs").parts)
 
 FILE_OVERRIDES = [
     "data.target=null",
@@ -220,9 +219,7 @@ def test_missing_yaml_file(tmp_path: Path) -> None:
     assert "nope.yaml" in msg
 
 
-@pytest.mark.parametrize(
-    "text", ["model: [1,\n", "a: 1\na: 2\n", "model:\n\tblocks: 1\n", "- 1\n- 2\n", "3\n"]
-)
+@pytest.mark.parametrize("text", ["model: [1,\n", "a: 1\na: 2\n", "model:\n\tblocks: 1\n", "- 1\n- 2\n", "3\n"])
 def test_unparseable_yaml_file(tmp_path: Path, text: str) -> None:
     f = write(tmp_path / "broken.yaml", text)
     assert "broken.yaml" in error_of(load_config, [f])
@@ -441,14 +438,10 @@ def test_particle_dim_must_divide() -> None:
 
 
 def test_planes_index_a_particle_when_particle_dim_is_set() -> None:
-    cfg = load_config(
-        overrides=["symmetry.group=rotations", "symmetry.planes=[[0,1]]", "symmetry.particle_dim=2"]
-    )
+    cfg = load_config(overrides=["symmetry.group=rotations", "symmetry.planes=[[0,1]]", "symmetry.particle_dim=2"])
     validate(cfg)
     validate_for_dim(cfg, 6)
-    cfg = load_config(
-        overrides=["symmetry.group=rotations", "symmetry.planes=[[0,2]]", "symmetry.particle_dim=2"]
-    )
+    cfg = load_config(overrides=["symmetry.group=rotations", "symmetry.planes=[[0,2]]", "symmetry.particle_dim=2"])
     assert "symmetry.particle_dim=2" in error_of(validate_for_dim, cfg, 6)
 
 

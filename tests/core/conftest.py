@@ -12,7 +12,7 @@ reproducible. The symmetry groups the tests parametrise over are in ``symmetry_z
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import torch

@@ -57,7 +57,9 @@ def test_bracket_is_antisymmetric_and_satisfies_jacobi_and_leibniz():
     assert min(t.abs().max().item() for t in terms) > 1e-2
     assert (terms[0] + terms[1] + terms[2]).abs().max() < 1e-10
     fg = lambda q, p: f(q, p) * g(q, p)  # noqa: E731
-    leibniz = poisson_bracket(fg, h, q, p) - (f(q, p) * poisson_bracket(g, h, q, p) + g(q, p) * poisson_bracket(f, h, q, p))
+    leibniz = poisson_bracket(fg, h, q, p) - (
+        f(q, p) * poisson_bracket(g, h, q, p) + g(q, p) * poisson_bracket(f, h, q, p)
+    )
     assert leibniz.abs().max() < 1e-10
     # and it is not identically zero (the identities above are not vacuous)
     assert poisson_bracket(f, g, q, p).abs().max() > 1e-2
@@ -67,7 +69,9 @@ def test_angular_momentum_is_conserved_by_isotropic_oscillator_and_not_by_anisot
     q, p = torch.randn(9, 3, dtype=F64), torch.randn(9, 3, dtype=F64)
     sym = so3(3)
     iso = lambda q, p: 0.5 * q.square().sum(-1) + 0.5 * p.square().sum(-1)  # noqa: E731
-    aniso = lambda q, p: 0.5 * (q * torch.tensor([1.0, 2.0, 3.0], dtype=F64)).square().sum(-1) + 0.5 * p.square().sum(-1)  # noqa: E731
+    aniso = lambda q, p: (
+        0.5 * (q * torch.tensor([1.0, 2.0, 3.0], dtype=F64)).square().sum(-1) + 0.5 * p.square().sum(-1)
+    )  # noqa: E731
     for k in range(sym.num_generators):
         lk = lambda q, p, k=k: sym.momentum_maps(q, p)[..., k]  # noqa: E731
         assert poisson_bracket(lk, iso, q, p).abs().max() < 1e-12
@@ -101,15 +105,19 @@ def test_momentum_maps_match_explicit_formula():
     torch.testing.assert_close(g[:, 0], q[:, i] * p[:, j] - q[:, j] * p[:, i], rtol=0, atol=1e-14)
     # particle rotations: total angular momentum Σ_a (x_a p_{a,y} − y_a p_{a,x})
     gp = particle_rotations(2, 2).momentum_maps(q, p)[:, 0]
-    torch.testing.assert_close(gp, q[:, 0] * p[:, 1] - q[:, 1] * p[:, 0] + q[:, 2] * p[:, 3] - q[:, 3] * p[:, 2],
-                               rtol=0, atol=1e-14)
+    torch.testing.assert_close(
+        gp, q[:, 0] * p[:, 1] - q[:, 1] * p[:, 0] + q[:, 2] * p[:, 3] - q[:, 3] * p[:, 2], rtol=0, atol=1e-14
+    )
     # translation: g = p · v
     gt = translation(d, [1.0, 0.0, -2.0, 0.5]).momentum_maps(q, p)[:, 0]
     torch.testing.assert_close(gt, p @ torch.tensor([1.0, 0.0, -2.0, 0.5], dtype=F64), rtol=0, atol=1e-14)
 
 
-@pytest.mark.parametrize("sym", [so3(3), translation(3, [0.5, -1.0, 2.0]), from_matrices([[[1.0, 2.0, 0.0], [0.0, -1.0, 3.0], [1.0, 0.0, 0.5]]])],
-                         ids=["so3", "translation", "general"])
+@pytest.mark.parametrize(
+    "sym",
+    [so3(3), translation(3, [0.5, -1.0, 2.0]), from_matrices([[[1.0, 2.0, 0.0], [0.0, -1.0, 3.0], [1.0, 0.0, 0.5]]])],
+    ids=["so3", "translation", "general"],
+)
 def test_hamiltonian_vector_field_of_momentum_map_is_the_generator(sym):
     """(∂g/∂p, −∂g/∂q) = (A q + b, −Aᵀ p): the lifted action's vector field."""
     q, p = torch.randn(4, 3, dtype=F64), torch.randn(4, 3, dtype=F64)
@@ -120,8 +128,11 @@ def test_hamiltonian_vector_field_of_momentum_map_is_the_generator(sym):
         torch.testing.assert_close(-dq, sym.vector_field_p(p)[:, k], rtol=0, atol=1e-13)
 
 
-@pytest.mark.parametrize("sym", [so3(3), translation(3, [0.5, -1.0, 2.0]), from_matrices([[[1.0, 2.0, 0.0], [0.0, -1.0, 3.0], [1.0, 0.0, 0.5]]])],
-                         ids=["so3", "translation", "general"])
+@pytest.mark.parametrize(
+    "sym",
+    [so3(3), translation(3, [0.5, -1.0, 2.0]), from_matrices([[[1.0, 2.0, 0.0], [0.0, -1.0, 3.0], [1.0, 0.0, 0.5]]])],
+    ids=["so3", "translation", "general"],
+)
 def test_closed_form_bracket_matches_autograd_for_analytic_hamiltonian(sym):
     """momentum_map_bracket (and Symmetry.bracket_with_separable) vs autograd {g_k, K + U}."""
     w = torch.tensor([0.3, -1.2, 0.7], dtype=F64)
@@ -135,7 +146,7 @@ def test_closed_form_bracket_matches_autograd_for_analytic_hamiltonian(sym):
     closed = momentum_map_bracket(sym.matrices, sym.offsets, q, p, grad_u, grad_k)
     torch.testing.assert_close(closed, sym.bracket_with_separable(q, p, grad_u, grad_k), rtol=0, atol=0)
     for k in range(sym.num_generators):
-        auto = poisson_bracket(lambda q, p: sym.momentum_maps(q, p)[..., k], H, q, p)
+        auto = poisson_bracket(lambda q, p, k=k: sym.momentum_maps(q, p)[..., k], H, q, p)
         torch.testing.assert_close(closed[:, k], auto, rtol=0, atol=1e-12)
         assert auto.abs().max() > 1e-2
 
@@ -166,9 +177,15 @@ def test_cached_residuals_equal_autograd_bracket_at_visited_states(build, name, 
         def on_state(self, qs, ps, grad_u, grad_k):
             visited.append((qs.clone(), ps.clone()))
             closed.append(momentum_map_bracket(sym.matrices.to(qs), sym.offsets.to(qs), qs, ps, grad_u, grad_k))
-            autograd.append(torch.stack(
-                [poisson_bracket(lambda a, b, j=j: sym.momentum_maps(a, b)[..., j], self.ham, qs, ps)
-                 for j in range(k)], -1))
+            autograd.append(
+                torch.stack(
+                    [
+                        poisson_bracket(lambda a, b, j=j: sym.momentum_maps(a, b)[..., j], self.ham, qs, ps)
+                        for j in range(k)
+                    ],
+                    -1,
+                )
+            )
 
     with torch.no_grad():
         qs, ps = q, p

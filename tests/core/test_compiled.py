@@ -6,8 +6,8 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from ehf_testing import tiny
 
+from ehf_testing import tiny
 from lightning_ehf.build import make_datamodule, make_module
 from lightning_ehf.config.load import load_config, validate
 from lightning_ehf.core import make_ehf, so2
@@ -64,6 +64,7 @@ def test_a_failing_compilation_warns_once_and_trains_eagerly(monkeypatch):
         def run(*args):
             calls.append(1)
             raise RuntimeError("no C++ compiler here")
+
         return run
 
     monkeypatch.setattr(torch, "compile", broken_compile)
@@ -80,9 +81,11 @@ def test_trainer_compile_routes_the_training_objective_through_torch_compile(ena
 
     def recording_compile(fn, **kwargs):
         assert kwargs["dynamic"] is False  # one compilation per batch shape
+
         def run(*args):
             compiled_calls.append(args[0].shape)
             return fn(*args)
+
         return run
 
     monkeypatch.setattr(torch, "compile", recording_compile)
@@ -91,8 +94,16 @@ def test_trainer_compile_routes_the_training_objective_through_torch_compile(ena
     dm = make_datamodule(cfg)
     L.seed_everything(0, verbose=False)
     module = make_module(cfg, dm)
-    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        limit_val_batches=0, inference_mode=False)
+    trainer = L.Trainer(
+        max_steps=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        inference_mode=False,
+    )
     trainer.fit(module, datamodule=dm)
     assert compiled_calls == ([torch.Size([64, 2])] * 3 if enabled else [])

@@ -1,6 +1,6 @@
 """Lagrange multipliers on a toy problem with a known optimal multiplier.
 
-    min_x (x − 2)²  s.t.  C(x) = x² ≤ 1   →   x* = 1, λ* = 1   (2(x − 2) + 2λx = 0 at x = 1).
+min_x (x − 2)²  s.t.  C(x) = x² ≤ 1   →   x* = 1, λ* = 1   (2(x − 2) + 2λx = 0 at x = 1).
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import torch
 from lightning_ehf.core import LagrangeMultipliers
 
 
-def run_toy(multipliers: LagrangeMultipliers, steps: int = 1500, lr_x: float = 0.05) -> tuple[float, float, list[float]]:
+def run_toy(
+    multipliers: LagrangeMultipliers, steps: int = 1500, lr_x: float = 0.05
+) -> tuple[float, float, list[float]]:
     x = torch.zeros(1, requires_grad=True)
     opt = torch.optim.SGD([x], lr=lr_x)
     history = []
@@ -28,8 +30,10 @@ def run_toy(multipliers: LagrangeMultipliers, steps: int = 1500, lr_x: float = 0
     return x.item(), multipliers.value.item(), history
 
 
-@pytest.mark.parametrize("rule,lr", [("additive", 0.5), ("additive", 0.1), ("augmented", 0.5), ("augmented", 2.0),
-                                     ("geco", 0.1), ("geco", 0.05)])
+@pytest.mark.parametrize(
+    "rule,lr",
+    [("additive", 0.5), ("additive", 0.1), ("augmented", 0.5), ("augmented", 2.0), ("geco", 0.1), ("geco", 0.05)],
+)
 def test_dual_ascent_finds_the_optimal_multiplier(rule, lr):
     lm = LagrangeMultipliers(["c"], mode="dual", rule=rule, tolerance=1.0, lr=lr)
     x, lam, history = run_toy(lm)
@@ -169,9 +173,19 @@ def test_geco_sequence_with_asymmetric_ema_matches_hand_computation():
     for t, cs in enumerate(constraints):
         lm.update(torch.tensor(cs, dtype=torch.float64))
         want_ma, want_lam = expected[t]
-        torch.testing.assert_close(lm.moving_average, torch.tensor(want_ma, dtype=torch.float64), rtol=1e-12, atol=1e-12,
-                                   msg=lambda m: f"moving average after update {t + 1}: {m}")
-        torch.testing.assert_close(lm.value, torch.tensor(want_lam, dtype=torch.float64), rtol=1e-12, atol=0.0,
-                                   msg=lambda m: f"λ after update {t + 1}: {m}")
+        torch.testing.assert_close(
+            lm.moving_average,
+            torch.tensor(want_ma, dtype=torch.float64),
+            rtol=1e-12,
+            atol=1e-12,
+            msg=lambda m, t=t: f"moving average after update {t + 1}: {m}",
+        )
+        torch.testing.assert_close(
+            lm.value,
+            torch.tensor(want_lam, dtype=torch.float64),
+            rtol=1e-12,
+            atol=0.0,
+            msg=lambda m, t=t: f"λ after update {t + 1}: {m}",
+        )
     assert int(lm.updates) == len(constraints)
     assert lm.value[0].item() == 1e6 and lm.value[1].item() == 1e-6  # both clamps reached

@@ -11,9 +11,11 @@ from lightning_ehf.core.metrics import equivariance_error, invariance_error
 from lightning_ehf.core.targets import make_target
 
 
-@pytest.mark.parametrize("symmetry, encoder", [(ZOO["so2"], "equivariant"), (ZOO["so3"], "gaussian"),
-                                               (ZOO["particles3x2"], "gaussian")],
-                         ids=["so2", "so3", "particles3x2"])
+@pytest.mark.parametrize(
+    "symmetry, encoder",
+    [(ZOO["so2"], "equivariant"), (ZOO["so3"], "gaussian"), (ZOO["particles3x2"], "gaussian")],
+    ids=["so2", "so3", "particles3x2"],
+)
 def test_model_methods_stay_on_the_input_device(symmetry, encoder, randomize):
     model = randomize(make_ehf(symmetry, blocks=2, leapfrog_steps=2, hidden=8, encoder=encoder).double())
     d = symmetry.dim
@@ -23,8 +25,14 @@ def test_model_methods_stay_on_the_input_device(symmetry, encoder, randomize):
     with torch.device("meta"):
         elbo, constraint = model.elbo_and_constraints(q, 2)
         (-elbo.mean() + constraint.sum()).backward()
-        outputs = [elbo, constraint, model.iwae(q, 8, 3), model.bracket_residuals(q, p), model.sample(4, gen),
-                   symmetry.sample(3, gen, dtype=torch.float64, device="cpu").matrix]
+        outputs = [
+            elbo,
+            constraint,
+            model.iwae(q, 8, 3),
+            model.bracket_residuals(q, p),
+            model.sample(4, gen),
+            symmetry.sample(3, gen, dtype=torch.float64, device="cpu").matrix,
+        ]
         err, noise = invariance_error(model, q, symmetry, n_group=1, k=4, chunk=4, generator=gen)
         eq = equivariance_error(model, 4, symmetry, generator=gen)
     for out in outputs:

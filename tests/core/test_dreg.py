@@ -56,8 +56,12 @@ def test_dreg_keeps_the_bound_and_the_flow_gradient_and_matches_its_formula(enco
     twin = _model(encoder)  # a frozen copy of the encoder: log h with no path to φ
     twin.encoder.load_state_dict(model.encoder.state_dict())
     twin.requires_grad_(False)
-    log_w = model._log_joint_standard(qs.expand_as(p_leaf), p_leaf) - twin.encoder(qs).log_prob(p_leaf) - model.data_map.log_det
-    dlogw_dp, = torch.autograd.grad(log_w.sum(), p_leaf)
+    log_w = (
+        model._log_joint_standard(qs.expand_as(p_leaf), p_leaf)
+        - twin.encoder(qs).log_prob(p_leaf)
+        - model.data_map.log_det
+    )
+    (dlogw_dp,) = torch.autograd.grad(log_w.sum(), p_leaf)
     weights = torch.softmax(log_w.detach(), 0).unsqueeze(-1)
     surrogate = (weights.square() * dlogw_dp * p).sum() / q.shape[0]
     expected = torch.autograd.grad(surrogate, [dict(model.named_parameters())[k] for k in enc_names], allow_unused=True)
@@ -80,8 +84,10 @@ def test_dreg_encoder_gradient_vanishes_at_the_exact_posterior(iwae):
 
 
 def test_dreg_trains_end_to_end_and_a_bad_value_exits_2(tmp_path):
-    r = ehf(["train", *tiny("optim.objective=iwae", "optim.elbo_samples=4", "optim.estimator=dreg"), "run.dir=run"],
-            cwd=tmp_path)
+    r = ehf(
+        ["train", *tiny("optim.objective=iwae", "optim.elbo_samples=4", "optim.estimator=dreg"), "run.dir=run"],
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     bad = ehf(["train", *tiny("optim.estimator=dregg"), "run.dir=bad"], cwd=tmp_path)
     assert bad.returncode == 2 and "optim.estimator" in bad.stderr and "dreg" in bad.stderr

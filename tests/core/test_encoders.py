@@ -115,7 +115,9 @@ def test_encoders_start_at_the_base_momentum_density():
     for kind in ("gaussian", "full", "flow", "equivariant"):
         model = make_ehf(so2(3), blocks=1, hidden=8, encoder=kind, sigma_p=sigma_p).double()
         q, p = torch.randn(7, 3, dtype=F64), torch.randn(7, 3, dtype=F64)
-        ref = torch.distributions.Normal(torch.zeros((), dtype=F64), torch.tensor(sigma_p, dtype=F64)).log_prob(p).sum(-1)
+        ref = (
+            torch.distributions.Normal(torch.zeros((), dtype=F64), torch.tensor(sigma_p, dtype=F64)).log_prob(p).sum(-1)
+        )
         torch.testing.assert_close(model.encoder(q).log_prob(p), ref, rtol=0, atol=1e-6)
 
 

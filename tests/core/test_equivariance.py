@@ -22,7 +22,10 @@ def equivariance_errors(model, sym, n=16, dtype=F64, device="cpu"):
         fq, fp = model.flow(*g.act(q, p))
         gq, gp = g.act(*model.flow(q, p))
         flow_err = max((fq - gq).abs().max().item(), (fp - gp).abs().max().item())
-        inv_err = max((iq - ip).abs().max().item() for iq, ip in zip(model.flow.inverse(*g.act(q, p)), g.act(*model.flow.inverse(q, p))))
+        inv_err = max(
+            (iq - ip).abs().max().item()
+            for iq, ip in zip(model.flow.inverse(*g.act(q, p)), g.act(*model.flow.inverse(q, p)))
+        )
         dens_err = (model.log_joint(*g.act(q, p)) - model.log_joint(q, p)).abs().max().item()
     moved = (fq - g.act_q(q)).abs().max().item()
     return flow_err, inv_err, dens_err, moved
@@ -66,7 +69,9 @@ def test_invariant_model_samples_are_rotation_invariant_in_distribution(build):
         with torch.no_grad():
             x = model.sample(n, torch.Generator().manual_seed(11))
         theta = torch.atan2(x[:, 1], x[:, 0])
-        moments = torch.stack([theta.cos().mean(), theta.sin().mean(), (2 * theta).cos().mean(), (2 * theta).sin().mean()])
+        moments = torch.stack(
+            [theta.cos().mean(), theta.sin().mean(), (2 * theta).cos().mean(), (2 * theta).sin().mean()]
+        )
         worst = moments.abs().max().item()
         if expect_uniform:
             assert worst < 5 / n**0.5, f"angular moments {moments.tolist()}"

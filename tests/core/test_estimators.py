@@ -25,8 +25,11 @@ def _model(encoder: str):
 def _encoder_grads(model, loss: torch.Tensor) -> dict[str, torch.Tensor]:
     model.zero_grad()
     loss.backward()
-    return {name: prm.grad.clone() for name, prm in model.named_parameters()
-            if name.startswith("encoder.") and prm.grad is not None}
+    return {
+        name: prm.grad.clone()
+        for name, prm in model.named_parameters()
+        if name.startswith("encoder.") and prm.grad is not None
+    }
 
 
 @pytest.mark.parametrize("encoder", ["gaussian", "full"])

@@ -203,6 +203,7 @@ def test_failed_compilation_falls_back_to_eager(monkeypatch):
     def broken(*args, **kwargs):
         def fail(*a, **k):
             raise RuntimeError("no compiler here")
+
         return fail
 
     monkeypatch.setattr(torch, "compile", broken)

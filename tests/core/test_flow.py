@@ -116,8 +116,9 @@ def test_joint_density_is_base_density_of_the_preimage(build):
 def test_gaussian_base_log_prob_matches_torch_distributions():
     base = GaussianBase(3, sigma_q=0.7, sigma_p=1.8)
     q, p = torch.randn(10, 3, dtype=F64), torch.randn(10, 3, dtype=F64)
-    ref = (torch.distributions.Normal(0.0, torch.tensor(0.7, dtype=F64)).log_prob(q).sum(-1)
-           + torch.distributions.Normal(0.0, torch.tensor(1.8, dtype=F64)).log_prob(p).sum(-1))
+    ref = torch.distributions.Normal(0.0, torch.tensor(0.7, dtype=F64)).log_prob(q).sum(
+        -1
+    ) + torch.distributions.Normal(0.0, torch.tensor(1.8, dtype=F64)).log_prob(p).sum(-1)
     torch.testing.assert_close(base.log_prob(q, p), ref, rtol=0, atol=1e-12)
     qs, ps = base.sample(20000, torch.Generator().manual_seed(0), dtype=F64)
     assert abs(qs.std().item() - 0.7) < 0.02 and abs(ps.std().item() - 1.8) < 0.05
@@ -148,7 +149,9 @@ def test_leapfrog_harmonic_oscillator_matches_closed_form_and_conserves_energy()
     eps = 0.1
     step = torch.tensor([[1 - eps**2 / 2, eps], [-eps * (1 - eps**2 / 4), 1 - eps**2 / 2]], dtype=F64)
     q1, p1 = leapfrog(q, p, lambda x: x, lambda x: x, eps, 1)
-    torch.testing.assert_close(torch.cat([q1, p1], -1)[0], step @ torch.tensor([1.0, 0.0], dtype=F64), rtol=0, atol=1e-14)
+    torch.testing.assert_close(
+        torch.cat([q1, p1], -1)[0], step @ torch.tensor([1.0, 0.0], dtype=F64), rtol=0, atol=1e-14
+    )
 
     t_end = 2.0
     errors = []

@@ -13,8 +13,18 @@ from torch import Tensor, nn
 
 from lightning_ehf.core import symmetries as S
 from lightning_ehf.core.flow_matching import (
-    BlockRotationAligner, BlockRotationVelocity, EquivariantFlowMatching, MLPVelocity, ParticleAligner, ParticleVelocity,
-    divergence, flow_matching_loss, make_efm, ode_log_prob, ode_sample, ot_pair,
+    BlockRotationAligner,
+    BlockRotationVelocity,
+    EquivariantFlowMatching,
+    MLPVelocity,
+    ParticleAligner,
+    ParticleVelocity,
+    divergence,
+    flow_matching_loss,
+    make_efm,
+    ode_log_prob,
+    ode_sample,
+    ot_pair,
 )
 from lightning_ehf.core.frames import CentreOfMassFrame
 from lightning_ehf.core.invariants import PairDistanceFeatures
@@ -83,7 +93,9 @@ def test_divergence_is_exact_and_hutchinson_is_unbiased():
     noise = torch.randint(0, 2, x.shape, generator=g).double() * 2 - 1
     estimate = divergence(field(x), x, noise)
     assert float((estimate - exact).abs().max()) > 1e-3  # noisy per row ...
-    assert abs(float((estimate - exact).mean())) < 4 * float((estimate - exact).std()) / math.sqrt(x.shape[0])  # ... unbiased
+    assert abs(float((estimate - exact).mean())) < 4 * float((estimate - exact).std()) / math.sqrt(
+        x.shape[0]
+    )  # ... unbiased
 
 
 def test_large_dimension_uses_hutchinson_and_says_so():
@@ -106,7 +118,9 @@ def _check_field_equivariance(field: nn.Module, symmetry: S.Symmetry, seed: int 
 @pytest.mark.parametrize("case", ["so2_plane02_in_3d", "so3", "planes4"])
 def test_block_rotation_field_is_equivariant(case):
     symmetry = ZOO[case]
-    field = _perturbed(BlockRotationVelocity(symmetry.dim, symmetry.rotation_blocks, symmetry.invariants, 16, 2).double())
+    field = _perturbed(
+        BlockRotationVelocity(symmetry.dim, symmetry.rotation_blocks, symmetry.invariants, 16, 2).double()
+    )
     assert _check_field_equivariance(field, symmetry) < 1e-5
 
 
@@ -189,7 +203,9 @@ def test_flow_matching_loss_of_the_exact_field_on_a_known_pair_is_zero():
     t = torch.rand(1, generator=g, dtype=torch.float64)
     exact = lambda x, s: (x1 - x0).expand_as(x)  # noqa: E731  the straight path's velocity
     assert float(flow_matching_loss(exact, x0, x1, t)) == 0.0
-    assert float(flow_matching_loss(lambda x, s: torch.zeros_like(x), x0, x1, t)) == pytest.approx(float((x1 - x0).square().sum()))
+    assert float(flow_matching_loss(lambda x, s: torch.zeros_like(x), x0, x1, t)) == pytest.approx(
+        float((x1 - x0).square().sum())
+    )
 
 
 def test_ot_pairing_recovers_a_shuffled_shift():

@@ -42,8 +42,9 @@ def test_restricted_rotations_act_on_subspace_coordinates_as_on_the_particles():
     g_sub = sym.sample(5, torch.Generator().manual_seed(0), F64)
     # the same draw: acting then projecting equals projecting then acting
     assert torch.allclose(frame.to_subspace(g.act_q(x)), g_sub.act_q(frame.to_subspace(x)), atol=1e-12)
-    assert torch.allclose(g_sub.matrix @ g_sub.matrix.transpose(-1, -2), torch.eye(6, dtype=F64).expand(5, 6, 6),
-                          atol=1e-12)
+    assert torch.allclose(
+        g_sub.matrix @ g_sub.matrix.transpose(-1, -2), torch.eye(6, dtype=F64).expand(5, 6, 6), atol=1e-12
+    )
     # generator: d/dt of the action equals the restricted vector field
     q = torch.randn(3, 6, dtype=F64)
     t = 1e-6

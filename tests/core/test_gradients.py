@@ -26,7 +26,9 @@ def _objective(model, q: torch.Tensor, seed: int, n: int = 3) -> torch.Tensor:
     return model.elbo(q, n=n).mean()
 
 
-def _directional_check(model, params: list[torch.nn.Parameter], q: torch.Tensor, h: float = 1e-5) -> tuple[float, float]:
+def _directional_check(
+    model, params: list[torch.nn.Parameter], q: torch.Tensor, h: float = 1e-5
+) -> tuple[float, float]:
     """(autograd derivative, central finite difference) of the CRN objective along a random direction."""
     gen = torch.Generator().manual_seed(99)
     direction = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]

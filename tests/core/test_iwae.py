@@ -21,8 +21,16 @@ F64 = torch.float64
 
 def free_motion_model(d=2, sigma_q=1.0, sigma_p=1.0, dtype=F64, device="cpu"):
     """The U ≡ 0 model with distinct step sizes and masses per block; returns (model, c)."""
-    model = make_ehf(so2(d), blocks=4, leapfrog_steps=8, step_size=0.05, hidden=8, kinetic="quadratic",
-                     sigma_q=sigma_q, sigma_p=sigma_p)
+    model = make_ehf(
+        so2(d),
+        blocks=4,
+        leapfrog_steps=8,
+        step_size=0.05,
+        hidden=8,
+        kinetic="quadratic",
+        sigma_q=sigma_q,
+        sigma_p=sigma_p,
+    )
     with torch.no_grad():
         for t, block in enumerate(model.flow.blocks):
             block.hamiltonian.potential = ZeroEnergy(d)

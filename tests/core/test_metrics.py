@@ -73,7 +73,9 @@ def test_invariance_error_matches_closed_form_on_anisotropic_gaussian():
     model = AnisotropicGaussianDensity((0.5, 2.0))
     q = 1.5 * torch.randn(64, 2, dtype=F64)
     n_group = 3
-    error, floor = invariance_error(model, q, sym, n_group=n_group, k=7, chunk=5, generator=torch.Generator().manual_seed(7))
+    error, floor = invariance_error(
+        model, q, sym, n_group=n_group, k=7, chunk=5, generator=torch.Generator().manual_seed(7)
+    )
 
     # the same draws: the metric samples n_group batches of elements, one per data point
     twin = torch.Generator().manual_seed(7)
@@ -105,10 +107,12 @@ def test_invariant_model_sits_at_its_noise_floor_and_non_invariant_does_not(buil
     q = 1.2 * torch.randn(256, 2, dtype=F64)
     invariant = build(sym, invariant=True)
     non_invariant = build(sym, invariant=False, encoder="gaussian", std=0.6)
-    err_inv, floor_inv = invariance_error(invariant, q, sym, n_group=4, k=256, chunk=256,
-                                          generator=torch.Generator().manual_seed(5))
-    err_non, floor_non = invariance_error(non_invariant, q, sym, n_group=4, k=256, chunk=256,
-                                          generator=torch.Generator().manual_seed(5))
+    err_inv, floor_inv = invariance_error(
+        invariant, q, sym, n_group=4, k=256, chunk=256, generator=torch.Generator().manual_seed(5)
+    )
+    err_non, floor_non = invariance_error(
+        non_invariant, q, sym, n_group=4, k=256, chunk=256, generator=torch.Generator().manual_seed(5)
+    )
     assert floor_inv > 1e-2 and floor_non > 1e-2  # a genuine Monte Carlo floor (two independent estimates)
     assert err_inv <= 1.25 * floor_inv + 1e-3, f"invariant model: error {err_inv:.4f}, floor {floor_inv:.4f}"
     assert err_inv >= 0.6 * floor_inv, f"invariant model: error {err_inv:.4f}, floor {floor_inv:.4f}"

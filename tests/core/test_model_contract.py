@@ -69,7 +69,9 @@ def test_every_variant_honours_the_density_model_contract(variant):
     assert torch.isfinite(bound).all() and torch.isfinite(constraint).all()
     loss = model.flow_matching_loss(q) if regression else -bound.mean() + constraint.sum()
     loss.backward()
-    silent = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    silent = [
+        n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)
+    ]
     assert not silent, f"{name}: no gradient reaches {silent}"
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 

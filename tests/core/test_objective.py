@@ -57,8 +57,10 @@ def test_iwae_objective_gradient_reaches_every_parameter():
 
 
 def test_training_on_the_iwae_objective_end_to_end(tmp_path):
-    r = ehf(["train", *tiny("optim.objective=iwae", "optim.elbo_samples=4", "trainer.log_every_n_steps=1"), "run.dir=run"],
-            cwd=tmp_path)
+    r = ehf(
+        ["train", *tiny("optim.objective=iwae", "optim.elbo_samples=4", "trainer.log_every_n_steps=1"), "run.dir=run"],
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert "train/iwae" in header and "train/elbo" not in header and "val/elbo" in header

@@ -9,13 +9,13 @@ from dataclasses import replace
 
 import pytest
 import torch
-from lightning_ehf.core.pair_features_reference import ReferencePairDistanceFeatures
 
 import lightning_ehf.core.invariants as invariants
 from lightning_ehf.core import MLPEnergy, make_ehf, particle_rotations
 from lightning_ehf.core.frames import CentreOfMassFrame
-from lightning_ehf.core.invariants import FramedFeatures, PairDistanceFeatures
 from lightning_ehf.core.hamiltonians import set_force_path
+from lightning_ehf.core.invariants import FramedFeatures, PairDistanceFeatures
+from lightning_ehf.core.pair_features_reference import ReferencePairDistanceFeatures
 
 F64 = torch.float64
 #: agreement relative to a tensor's scale. float64: 1e-10 (far inside the 1e-6 promised). float32: 1e-5,

@@ -23,9 +23,19 @@ def _invariant_particle_model(target: str, randomize):
     """The model ``ehf train data.target=TARGET symmetry.permutations=true model.invariant=true`` builds,
     its Hamiltonians randomised (the output layers start at zero, where every energy is constant), and the
     centre-of-mass frame (None without one)."""
-    cfg = load_config([], [f"data.target={target}", "data.regime=finite", "symmetry.permutations=true",
-                           "model.invariant=true", "model.kinetic=mlp", "model.blocks=2", "model.leapfrog_steps=2",
-                           "model.hidden=16"])
+    cfg = load_config(
+        [],
+        [
+            f"data.target={target}",
+            "data.regime=finite",
+            "symmetry.permutations=true",
+            "model.invariant=true",
+            "model.kinetic=mlp",
+            "model.blocks=2",
+            "model.leapfrog_steps=2",
+            "model.hidden=16",
+        ],
+    )
     validate(cfg)
     data = make_target(target)
     model = randomize(make_model(cfg, make_data_symmetry(cfg, data.dim, data)), 0.4).to(F64)

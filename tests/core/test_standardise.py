@@ -11,8 +11,12 @@ from symmetry_zoo import groups
 
 from lightning_ehf.core import make_ehf, no_symmetry, particle_rotations, so2
 from lightning_ehf.core.frames import CentreOfMassFrame
-from lightning_ehf.core.standardise import (MAX_STANDARDISE_DIM, commutant_projection, fixed_projection,
-                                            invariant_moments)
+from lightning_ehf.core.standardise import (
+    MAX_STANDARDISE_DIM,
+    commutant_projection,
+    fixed_projection,
+    invariant_moments,
+)
 
 F64 = torch.float64
 
@@ -179,8 +183,12 @@ def test_state_dict_with_the_standardisation_on_the_model_loads_into_its_data_ma
     """Checkpoints written while the model held the standardisation itself (``data_loc``, ``data_scale``,
     ``data_scale_inv``, ``data_log_det``) load into the data map and give the same density."""
     model, _, _ = standardised(build, so2(3))
-    old_names = {"data_map.loc": "data_loc", "data_map.scale": "data_scale", "data_map.scale_inv": "data_scale_inv",
-                 "data_map.log_det": "data_log_det"}
+    old_names = {
+        "data_map.loc": "data_loc",
+        "data_map.scale": "data_scale",
+        "data_map.scale_inv": "data_scale_inv",
+        "data_map.log_det": "data_log_det",
+    }
     old = {old_names.get(k, k): v for k, v in model.state_dict().items()}
     assert "data_scale" in old and not any(k.startswith("data_map.") for k in old)
     fresh = build(so2(3))

@@ -203,7 +203,9 @@ def test_so3_generators_signs_order_and_commutators_are_explicit():
     e0 = torch.tensor([1.0, 0.0, 0.0], dtype=F64)
     for t in (1e-3, 0.1, 0.5):
         rotated = torch.linalg.matrix_exp(t * m01) @ e0
-        torch.testing.assert_close(rotated, torch.tensor([math.cos(t), math.sin(t), 0.0], dtype=F64), rtol=0, atol=1e-14)
+        torch.testing.assert_close(
+            rotated, torch.tensor([math.cos(t), math.sin(t), 0.0], dtype=F64), rtol=0, atol=1e-14
+        )
         assert rotated[1] > 0
     # and the vector field of L01 at e_0 points along +e_1
     torch.testing.assert_close(sym.vector_field_q(e0)[0], torch.tensor([0.0, 1.0, 0.0], dtype=F64), rtol=0, atol=0)

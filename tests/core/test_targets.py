@@ -269,7 +269,7 @@ def test_sampler_matches_density_shell3d_histogram() -> None:
     edges = np.linspace(0.0, 4.0, 41)
     h = (edges[1] - edges[0]) / 50
     r = torch.from_numpy(edges[0] + h * (np.arange(40 * 50) + 0.5))
-    pr = (4 * math.pi * r**2 * t.log_prob(r[:, None] * torch.tensor([0.0, 0.0, 1.0], dtype=F64)).exp() * h)
+    pr = 4 * math.pi * r**2 * t.log_prob(r[:, None] * torch.tensor([0.0, 0.0, 1.0], dtype=F64)).exp() * h
     probs = np.einsum("i,j,k->ijk", pr.reshape(40, 50).sum(1).numpy(), np.full(6, 1 / 6), np.full(6, 1 / 6))
     xs = t.sample(n, gen(6), dtype=F64).numpy()
     rr = np.linalg.norm(xs, axis=1)
@@ -293,9 +293,13 @@ def test_sampler_matches_density_two_rings4d_histogram() -> None:
     assert chi2 <= bound, (chi2, bound)
     p1 = probs.sum(1)
     phi1, phi2 = np.arctan2(xs[:, 1], xs[:, 0]), np.arctan2(xs[:, 3], xs[:, 2])
-    counts3, _ = np.histogramdd(np.stack([r1, phi1, phi2], 1),
-                                bins=[np.linspace(0, 5, 31), np.linspace(-np.pi, np.pi, 7), np.linspace(-np.pi, np.pi, 7)])
-    chi2, bound = _chi2_ok(counts3.ravel(), np.einsum("i,j,k->ijk", p1, np.full(6, 1 / 6), np.full(6, 1 / 6)).ravel(), n)
+    counts3, _ = np.histogramdd(
+        np.stack([r1, phi1, phi2], 1),
+        bins=[np.linspace(0, 5, 31), np.linspace(-np.pi, np.pi, 7), np.linspace(-np.pi, np.pi, 7)],
+    )
+    chi2, bound = _chi2_ok(
+        counts3.ravel(), np.einsum("i,j,k->ijk", p1, np.full(6, 1 / 6), np.full(6, 1 / 6)).ravel(), n
+    )
     assert chi2 <= bound, (chi2, bound)
 
 
@@ -310,8 +314,17 @@ def test_sampler_matches_density_particles2d_importance_identity() -> None:
 
     def feats(x: torch.Tensor) -> torch.Tensor:
         xs = x.reshape(-1, 3, 2)
-        return torch.stack([-p.log_prob(x), x.square().sum(-1), (xs[:, 0] - xs[:, 1]).norm(dim=-1),
-                            (xs[:, 1] - xs[:, 2]).norm(dim=-1), x[:, 0] ** 2, x[:, 0] * x[:, 3]], dim=1)
+        return torch.stack(
+            [
+                -p.log_prob(x),
+                x.square().sum(-1),
+                (xs[:, 0] - xs[:, 1]).norm(dim=-1),
+                (xs[:, 1] - xs[:, 2]).norm(dim=-1),
+                x[:, 0] ** 2,
+                x[:, 0] * x[:, 3],
+            ],
+            dim=1,
+        )
 
     fp, fq = feats(xp), feats(xq)
     mean_p, se_p = fp.mean(0), fp.std(0) / math.sqrt(n)

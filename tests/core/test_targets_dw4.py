@@ -193,8 +193,7 @@ def test_dtype_device_and_gradient(dw4: DoubleWellParticles, dtype: torch.dtype,
 # ------------------------------------------------------------------------------- normalisation, entropy
 
 
-def test_log_prob_normalised_on_the_com_free_subspace(dw4: DoubleWellParticles,
-                                                      pools: dict[str, np.ndarray]) -> None:
+def test_log_prob_normalised_on_the_com_free_subspace(dw4: DoubleWellParticles, pools: dict[str, np.ndarray]) -> None:
     """∫_S p = 1 by importance sampling, independently of the generation script: proposal q = 0.95 × mixture
     of rotation-averaged Gaussian kernels on 1000 val samples + 0.05 × N(0, 2² I_S), all in the 8-D
     coordinates of S (a CoM-free N(0, I₈) draw, centred, is N(0, I) on S; |x − c| is the distance in S):
@@ -217,8 +216,11 @@ def test_log_prob_normalised_on_the_com_free_subspace(dw4: DoubleWellParticles,
     a, b = x @ centers.T, x @ c_rot.T
     rho = torch.sqrt(a * a + b * b)
     dist_sq = x.square().sum(-1, keepdim=True) + centers.square().sum(-1) - 2 * rho
-    log_mix = (torch.logsumexp(-dist_sq / (2 * h * h) + torch.log(torch.special.i0e(rho / (h * h))), dim=-1)
-               - math.log(len(centers)) - 3 * math.log(2 * math.pi * h * h))
+    log_mix = (
+        torch.logsumexp(-dist_sq / (2 * h * h) + torch.log(torch.special.i0e(rho / (h * h))), dim=-1)
+        - math.log(len(centers))
+        - 3 * math.log(2 * math.pi * h * h)
+    )
     log_broad = -x.square().sum(-1) / (2 * broad**2) - 3 * math.log(2 * math.pi * broad**2)
     log_q = torch.logaddexp(math.log1p(-w_broad) + log_mix, math.log(w_broad) + log_broad)
 

@@ -51,8 +51,11 @@ def test_energy_invariances_and_coincident_particles() -> None:
     e = lennard_jones_energy(x, 13, 3)
     q, _ = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=F64))  # a rotation or a reflection
     xs = x.reshape(5, 13, 3)
-    moved = [(xs + torch.randn(5, 1, 3, generator=g, dtype=F64)).reshape(5, 39), (xs @ q.T).reshape(5, 39),
-             xs[:, torch.randperm(13, generator=g)].reshape(5, 39)]
+    moved = [
+        (xs + torch.randn(5, 1, 3, generator=g, dtype=F64)).reshape(5, 39),
+        (xs @ q.T).reshape(5, 39),
+        xs[:, torch.randperm(13, generator=g)].reshape(5, 39),
+    ]
     for y in moved:
         assert torch.allclose(lennard_jones_energy(y, 13, 3), e, rtol=1e-10, atol=1e-9)
     same = torch.zeros(6, dtype=F64)

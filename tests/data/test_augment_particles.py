@@ -23,8 +23,16 @@ CONFIGURATIONS = {
 
 def _augmented(target: str, rows: int, step: int = 0):
     regime = "finite" if target == "dw4" else "infinite"
-    cfg = load_config([], [f"data.target={target}", f"data.regime={regime}", "data.augment=true", "data.n_train=1000",
-                           "symmetry.permutations=true"])
+    cfg = load_config(
+        [],
+        [
+            f"data.target={target}",
+            f"data.regime={regime}",
+            "data.augment=true",
+            "data.n_train=1000",
+            "symmetry.permutations=true",
+        ],
+    )
     validate(cfg)
     dm = make_datamodule(cfg)
     particles = torch.tensor(CONFIGURATIONS[target])

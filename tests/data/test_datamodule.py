@@ -101,7 +101,9 @@ def test_file_splits_are_disjoint_and_account_for_every_row(unique_rows_file):
     assert _rows(seen) <= _rows(dm.train_data)
 
 
-@pytest.mark.parametrize("n_rows, sizes", [(256, (26, 26, 204)), (500, (50, 50, 400)), (3, (1, 1, 1)), (12, (1, 1, 10))])
+@pytest.mark.parametrize(
+    "n_rows, sizes", [(256, (26, 26, 204)), (500, (50, 50, 400)), (3, (1, 1, 1)), (12, (1, 1, 10))]
+)
 def test_file_default_split_is_ten_percent_each_at_least_one_row(tmp_path, n_rows, sizes):
     """``data.path`` alone: n_val = n_test = null, so max(1, round(10 % of the rows)) each, the rest trains."""
     x = np.stack([np.arange(n_rows), np.ones(n_rows)], axis=1).astype(np.float32)  # distinct rows
@@ -121,7 +123,9 @@ def test_file_split_sizes():
     assert file_split_sizes(256, 10, None, 0.1, 0.2) == (10, 51)  # a count where given, a fraction where null
     assert file_split_sizes(256, None, 7, 0.25, 0.1) == (64, 7)
     assert file_split_sizes(5, None, None, 0.01, 0.01) == (1, 1)  # at least one row each
-    with pytest.raises(ConfigError, match=r"^data.file_val_fraction \+ data.file_test_fraction: 1 validation \+ 1 test rows"):
+    with pytest.raises(
+        ConfigError, match=r"^data.file_val_fraction \+ data.file_test_fraction: 1 validation \+ 1 test rows"
+    ):
         file_split_sizes(2, None, None, 0.1, 0.1, "x2.npy")
     with pytest.raises(ConfigError, match=r"^data.n_val \+ data.file_test_fraction: .* in x.npy \(20 rows\)"):
         file_split_sizes(20, 18, None, 0.1, 0.1, "x.npy")
@@ -174,9 +178,20 @@ def _seen_batches(*overrides: str):
     L.seed_everything(cfg.seed, verbose=False)
     module = make_module(cfg, dm)
     capture = _Capture()
-    trainer = L.Trainer(max_steps=4, val_check_interval=2, check_val_every_n_epoch=None, max_epochs=-1,
-                        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, inference_mode=False, callbacks=[capture])
+    trainer = L.Trainer(
+        max_steps=4,
+        val_check_interval=2,
+        check_val_every_n_epoch=None,
+        max_epochs=-1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        inference_mode=False,
+        callbacks=[capture],
+    )
     trainer.fit(module, datamodule=dm)
     trainer.test(module, datamodule=dm, verbose=False)
     return capture.batches, dm
@@ -209,8 +224,12 @@ def test_augmentation_transforms_training_batches_only(case, unique_rows_file):
         moved = (aug - raw).norm(dim=-1) > 1e-3 * raw.norm(dim=-1).clamp_min(1.0)
         assert moved.float().mean() > 0.9, f"step {step}: augmentation left {int((~moved).sum())} rows unchanged"
     # the angles differ from row to row and from step to step
-    angles = torch.cat([torch.atan2(a[:, 1], a[:, 0]) - torch.atan2(r[:, 1], r[:, 0])
-                        for r, a in zip(plain["train"], augmented["train"])])
+    angles = torch.cat(
+        [
+            torch.atan2(a[:, 1], a[:, 0]) - torch.atan2(r[:, 1], r[:, 0])
+            for r, a in zip(plain["train"], augmented["train"])
+        ]
+    )
     assert torch.remainder(angles, 2 * torch.pi).std() > 1.0
 
     for stage, data in (("val", dm.val_data), ("test", dm.test_data)):

@@ -25,10 +25,14 @@ def _rows(x: torch.Tensor) -> set[tuple[float, ...]]:
     return {tuple(r) for r in x.tolist()}
 
 
-@pytest.mark.parametrize("overrides", [
-    ("data.regime=finite", "data.n_train=96"),
-    ("data.regime=finite", "data.n_train=96", "data.val_fraction=0.25"),
-], ids=["finite", "finite-val-fraction"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("data.regime=finite", "data.n_train=96"),
+        ("data.regime=finite", "data.n_train=96", "data.val_fraction=0.25"),
+    ],
+    ids=["finite", "finite-val-fraction"],
+)
 def test_finite_regime_moments_are_the_training_rows(overrides):
     dm = _datamodule(*overrides)
     moments = dm.moment_sample()
@@ -39,8 +43,9 @@ def test_finite_regime_moments_are_the_training_rows(overrides):
 def test_file_moments_are_the_training_rows(tmp_path):
     x = np.random.default_rng(0).normal(size=(120, 2))
     np.save(tmp_path / "x.npy", x)
-    dm = _datamodule("data.target=null", f"data.path={tmp_path / 'x.npy'}", "symmetry.group=none", "data.n_val=20",
-                     "data.n_test=20")
+    dm = _datamodule(
+        "data.target=null", f"data.path={tmp_path / 'x.npy'}", "symmetry.group=none", "data.n_val=20", "data.n_test=20"
+    )
     moments = dm.moment_sample()
     assert torch.equal(moments, dm.train_data) and moments.shape[0] == 120 - dm.n_val - dm.n_test
     assert not _rows(moments) & (_rows(dm.val_data) | _rows(dm.test_data))
@@ -73,10 +78,18 @@ def test_run_whitens_a_file_by_the_closed_form_of_its_training_rows(tmp_path, eh
     x = rng.normal(size=(60, 2)) * [1.0, 3.0] + [0.5, -2.0]
     np.save(tmp_path / "x.npy", x)
     run = tmp_path / "run"
-    common = ["data.target=null", f"data.path={tmp_path / 'x.npy'}", "symmetry.group=none", "data.n_val=10",
-              "data.n_test=10", "model.standardise=true"]
-    assert cli.main(["train", *tiny("trainer.max_steps=2", "trainer.val_check_interval=2", *common),
-                     f"run.dir={run}"]) == 0
+    common = [
+        "data.target=null",
+        f"data.path={tmp_path / 'x.npy'}",
+        "symmetry.group=none",
+        "data.n_val=10",
+        "data.n_test=10",
+        "model.standardise=true",
+    ]
+    assert (
+        cli.main(["train", *tiny("trainer.max_steps=2", "trainer.val_check_interval=2", *common), f"run.dir={run}"])
+        == 0
+    )
     cfg = load_config([str(run / "config.yaml")])
     dm = make_datamodule(cfg)
     dm.setup("fit")
@@ -94,8 +107,21 @@ def test_run_whitens_an_infinite_stream_by_training_draws_only(tmp_path, ehf_cle
     """ring2d (so2): μ = 0 and W = sqrt(tr S / 2) I, S the covariance of the moment rows, which are none of
     the validation or test rows."""
     run = tmp_path / "run"
-    assert cli.main(["train", *tiny("trainer.max_steps=2", "trainer.val_check_interval=2", "model.standardise=true",
-                                    "data.regime=infinite"), f"run.dir={run}"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                *tiny(
+                    "trainer.max_steps=2",
+                    "trainer.val_check_interval=2",
+                    "model.standardise=true",
+                    "data.regime=infinite",
+                ),
+                f"run.dir={run}",
+            ]
+        )
+        == 0
+    )
     dm = make_datamodule(load_config([str(run / "config.yaml")]))
     dm.setup("fit")
     rows = dm.moment_sample()

@@ -13,11 +13,23 @@ import pytest
 @pytest.mark.slow
 def test_cpu_ddp_two_ranks_keep_identical_multipliers(tmp_path, ehf_cli, ehf_tiny):
     root = tmp_path / "runs"
-    args = ["train", *ehf_tiny, "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
-            "trainer.max_steps=8", "trainer.val_check_interval=4", "trainer.ddp_timeout_s=60",
-            # tolerance 0 and a large step: λ grows from the first update
-            "constraint.mode=dual", "constraint.lr=10", "constraint.tolerance=0",
-            "logger.wandb.mode=disabled", "experiment=ddp", f"run.root={root}"]
+    args = [
+        "train",
+        *ehf_tiny,
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
+        "trainer.max_steps=8",
+        "trainer.val_check_interval=4",
+        "trainer.ddp_timeout_s=60",
+        # tolerance 0 and a large step: λ grows from the first update
+        "constraint.mode=dual",
+        "constraint.lr=10",
+        "constraint.tolerance=0",
+        "logger.wandb.mode=disabled",
+        "experiment=ddp",
+        f"run.root={root}",
+    ]
     proc = ehf_cli(args, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, f"rc={proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-5000:]}"
     assert "global batch: 128 = 64 per device × 2 devices × 1 node" in proc.stdout  # printed once, by rank 0

@@ -22,10 +22,17 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     """Runs ``a`` and ``b`` (seed 0) and ``c`` (seed 1), started together."""
     work = tmp_path_factory.mktemp("determinism")
     seeds = {"a": 0, "b": 0, "c": 1}
-    procs = {name: subprocess.Popen([sys.executable, "-m", "lightning_ehf", "train", *TINY, f"seed={seed}",
-                                     f"run.dir={work / name}"], cwd=work, env=clean_env(),
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for name, seed in seeds.items()}
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "lightning_ehf", "train", *TINY, f"seed={seed}", f"run.dir={work / name}"],
+            cwd=work,
+            env=clean_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, seed in seeds.items()
+    }
     for name, p in procs.items():
         _, err = p.communicate(timeout=180)
         assert p.returncode == 0, (name, err[-3000:])

@@ -23,8 +23,16 @@ EFM = ("model.kind=efm", "trainer.max_steps=120", "trainer.val_check_interval=20
 def test_efm_trains_lowers_validation_nll_and_evaluates_and_samples(tmp_path, ehf_clean_env, capsys):
     run_dir = tmp_path / "run"
     # EHF-only keys (constraint, encoder, IWAE objective) are accepted and ignored, as for nsf
-    assert cli.main(["train", *tiny(*EFM, "optim.objective=iwae", "optim.elbo_samples=4", "model.encoder=full"),
-                     f"run.dir={run_dir}"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                *tiny(*EFM, "optim.objective=iwae", "optim.elbo_samples=4", "model.encoder=full"),
+                f"run.dir={run_dir}",
+            ]
+        )
+        == 0
+    )
     rows = csv_rows(run_dir)
     nll = [float(r["val/nll_iw4"]) for r in rows if "val/nll_iw4" in r]
     assert len(nll) >= 5 and nll[-1] < nll[0] - 0.3, nll
@@ -66,8 +74,10 @@ def test_efm_refuses_groups_it_has_no_field_for():
     cfg = load_config([], ["model.kind=efm", "symmetry.group=matrices", "symmetry.matrices=[[[0,1],[-1,0]]]"])
     with pytest.raises(ConfigError, match="model.kind: no equivariant vector field"):
         make_model(cfg, make_datamodule(cfg).symmetry)
-    cfg = load_config(["configs/experiment/dw4.yaml"], ["model.kind=efm", "symmetry.group=rotations",
-                                                       "symmetry.planes=[[0,1]]", "symmetry.particle_dim=2"])
+    cfg = load_config(
+        ["configs/experiment/dw4.yaml"],
+        ["model.kind=efm", "symmetry.group=rotations", "symmetry.planes=[[0,1]]", "symmetry.particle_dim=2"],
+    )
     with pytest.raises(ConfigError, match="symmetry.group: model.kind=efm on particles"):
         make_model(cfg, make_datamodule(cfg).symmetry)
 
@@ -109,8 +119,13 @@ def test_efm_cells_of_the_data_efficiency_study_match_ehf_in_size():
     from lightning_ehf.study.spec import load_study
 
     path = Path(__file__).resolve().parents[2] / "configs" / "study" / "data_efficiency.yaml"
-    cells = [c for c in load_study(path, "full").cells() if c.values["n_train"] == "n_train1024"
-             and c.values["seed"] == "seed0" and c.values["method"] in ("ehf_dual", "efm")]
+    cells = [
+        c
+        for c in load_study(path, "full").cells()
+        if c.values["n_train"] == "n_train1024"
+        and c.values["seed"] == "seed0"
+        and c.values["method"] in ("ehf_dual", "efm")
+    ]
     sizes: dict[str, dict[str, int]] = {}
     for cell in cells:
         cfg = load_config(overrides=cell.overrides)

@@ -37,9 +37,22 @@ def file_run(tmp_path_factory, ehf_cli, ehf_tiny):
     data = tmp / "two_rings.npy"
     np.save(data, _two_rings(600))
     run_dir = tmp / "run"
-    proc = ehf_cli(["train", *ehf_tiny, "data.target=null", f"data.path={data}", "data.regime=finite",
-                    "data.n_val=100", "data.n_test=100", "symmetry.group=rotations",
-                    "symmetry.planes=[[0,1],[2,3]]", "logger.wandb.mode=disabled", f"run.dir={run_dir}"], cwd=tmp)
+    proc = ehf_cli(
+        [
+            "train",
+            *ehf_tiny,
+            "data.target=null",
+            f"data.path={data}",
+            "data.regime=finite",
+            "data.n_val=100",
+            "data.n_test=100",
+            "symmetry.group=rotations",
+            "symmetry.planes=[[0,1],[2,3]]",
+            "logger.wandb.mode=disabled",
+            f"run.dir={run_dir}",
+        ],
+        cwd=tmp,
+    )
     assert proc.returncode == 0, f"rc={proc.returncode}\n{proc.stderr[-4000:]}"
     return run_dir
 

@@ -50,8 +50,12 @@ def _room(module: str) -> str:
 
 
 def _importers_of(target_room: str) -> set[str]:
-    return {_room(m) for m, imports in MODULES.items() for name, _ in imports
-            if _room(name) == target_room and _room(m) != target_room}
+    return {
+        _room(m)
+        for m, imports in MODULES.items()
+        for name, _ in imports
+        if _room(name) == target_room and _room(m) != target_room
+    }
 
 
 def test_the_core_is_pure_torch():
@@ -60,19 +64,54 @@ def test_the_core_is_pure_torch():
             continue
         for name, _ in imports:
             assert name.split(".")[0] not in THIRD_PARTY_FRAMEWORKS, f"{module} imports {name}"
-            assert not name.startswith("lightning_ehf.") or _room(name) == "lightning_ehf.core", f"{module} imports {name}"
+            assert not name.startswith("lightning_ehf.") or _room(name) == "lightning_ehf.core", (
+                f"{module} imports {name}"
+            )
 
 
-@pytest.mark.parametrize("room, forbidden", [
-    ("lightning_ehf.config", ("lightning_ehf.data", "lightning_ehf.lit", "lightning_ehf.build", "lightning_ehf.core",
-                              "lightning_ehf.train", "lightning_ehf.study", "lightning_ehf.cli")),
-    ("lightning_ehf.lit", ("lightning_ehf.data", "lightning_ehf.build", "lightning_ehf.train", "lightning_ehf.cli",
-                           "lightning_ehf.study")),
-    ("lightning_ehf.data", ("lightning_ehf.lit", "lightning_ehf.build", "lightning_ehf.config", "lightning_ehf.train",
-                            "lightning_ehf.cli", "lightning_ehf.study")),
-    ("lightning_ehf.build", ("lightning_ehf.train", "lightning_ehf.cli", "lightning_ehf.study", "lightning_ehf.evaluate")),
-    ("lightning_ehf.train", ("lightning_ehf.cli", "lightning_ehf.study")),
-])
+@pytest.mark.parametrize(
+    "room, forbidden",
+    [
+        (
+            "lightning_ehf.config",
+            (
+                "lightning_ehf.data",
+                "lightning_ehf.lit",
+                "lightning_ehf.build",
+                "lightning_ehf.core",
+                "lightning_ehf.train",
+                "lightning_ehf.study",
+                "lightning_ehf.cli",
+            ),
+        ),
+        (
+            "lightning_ehf.lit",
+            (
+                "lightning_ehf.data",
+                "lightning_ehf.build",
+                "lightning_ehf.train",
+                "lightning_ehf.cli",
+                "lightning_ehf.study",
+            ),
+        ),
+        (
+            "lightning_ehf.data",
+            (
+                "lightning_ehf.lit",
+                "lightning_ehf.build",
+                "lightning_ehf.config",
+                "lightning_ehf.train",
+                "lightning_ehf.cli",
+                "lightning_ehf.study",
+            ),
+        ),
+        (
+            "lightning_ehf.build",
+            ("lightning_ehf.train", "lightning_ehf.cli", "lightning_ehf.study", "lightning_ehf.evaluate"),
+        ),
+        ("lightning_ehf.train", ("lightning_ehf.cli", "lightning_ehf.study")),
+    ],
+)
 def test_imports_point_down(room, forbidden):
     for module, imports in MODULES.items():
         if _room(module) == room:

@@ -45,8 +45,15 @@ def test_ehf_lowers_validation_nll_on_ring2d(tmp_path, ehf_clean_env):
 
 @pytest.mark.slow
 def test_nsf_baseline_lowers_validation_nll_on_ring2d(tmp_path, ehf_clean_env):
-    _, metrics = _learns(tmp_path, "model.kind=nsf", "model.invariant=false", "model.nsf_transforms=2", "trainer.max_steps=60",
-                         "trainer.val_check_interval=10", margin=0.5)
+    _, metrics = _learns(
+        tmp_path,
+        "model.kind=nsf",
+        "model.invariant=false",
+        "model.nsf_transforms=2",
+        "trainer.max_steps=60",
+        "trainer.val_check_interval=10",
+        margin=0.5,
+    )
     assert metrics["test/kl"] < 0.3, metrics["test/kl"]
 
 
@@ -57,5 +64,12 @@ def test_ehf_lowers_validation_nll_on_a_data_file(tmp_path, ehf_clean_env):
     x = make_target("ring2d").sample(1500, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     path = tmp_path / "ring.npy"
     np.save(path, x.numpy())
-    _learns(tmp_path, "data.target=null", f"data.path={path}", "data.regime=finite", "data.n_test=256",
-            "symmetry.group=so2", margin=0.5)
+    _learns(
+        tmp_path,
+        "data.target=null",
+        f"data.path={path}",
+        "data.regime=finite",
+        "data.n_test=256",
+        "symmetry.group=so2",
+        margin=0.5,
+    )

@@ -45,10 +45,9 @@ import numpy as np
 import pytest
 import torch
 
+from ehf_testing import FRAMEWORK_TINY
 from lightning_ehf import cli
 from lightning_ehf.config.load import load_config
-
-from ehf_testing import FRAMEWORK_TINY
 
 pytestmark = pytest.mark.slow
 
@@ -81,10 +80,20 @@ GROUPS: dict[str, Group] = {
     "none": Group(("data.target=ring2d", "symmetry.group=none"), (), 2),
     "so2": Group(("data.target=ring2d", "symmetry.group=so2"), ("L01",), 2),
     "so3": Group(("data.target=shell3d", "symmetry.group=so3"), ("L01", "L02", "L12"), 3),
-    "rotations": Group(("data.target=null", "data.path={data}/two_rings.npy", "data.regime=finite",
-                        "symmetry.group=rotations", "symmetry.planes=[[0,1],[2,3]]"), ("L01", "L23"), 4),
-    "matrices": Group(("data.target=shell3d", "symmetry.group=matrices", f"symmetry.matrices={ROTATION_SO3}"),
-                      ("A0", "A1"), 3),
+    "rotations": Group(
+        (
+            "data.target=null",
+            "data.path={data}/two_rings.npy",
+            "data.regime=finite",
+            "symmetry.group=rotations",
+            "symmetry.planes=[[0,1],[2,3]]",
+        ),
+        ("L01", "L23"),
+        4,
+    ),
+    "matrices": Group(
+        ("data.target=shell3d", "symmetry.group=matrices", f"symmetry.matrices={ROTATION_SO3}"), ("A0", "A1"), 3
+    ),
     "particles": Group(("data.target=particles2d", "symmetry.group=so2", "symmetry.particle_dim=2"), ("L01",), 6),
 }
 assert tuple(GROUPS) == FACTORS["symmetry.group"]
@@ -97,7 +106,9 @@ def offending_keys(c: dict[str, str]) -> frozenset[str]:
     bad = set()
     if invariant and (group in ("none", "matrices") or kind == "nsf"):
         bad.add("model.invariant")
-    if encoder == "equivariant" and (group in ("none", "matrices") or (kind == "ehf" and group in ("so3", "particles"))):
+    if encoder == "equivariant" and (
+        group in ("none", "matrices") or (kind == "ehf" and group in ("so3", "particles"))
+    ):
         bad.add("model.encoder")
     return frozenset(bad)
 
@@ -109,8 +120,15 @@ def _interactions(c: dict[str, str]) -> set[frozenset]:
     """The value pairs of a combination, plus (group, mode, ehf): the constraint acts only in an EHF."""
     out = {frozenset({(a, c[a]), (b, c[b])}) for a, b in itertools.combinations(KEYS, 2)}
     if c["model.kind"] == "ehf":
-        out.add(frozenset({("symmetry.group", c["symmetry.group"]), ("constraint.mode", c["constraint.mode"]),
-                           ("model.kind", "ehf")}))
+        out.add(
+            frozenset(
+                {
+                    ("symmetry.group", c["symmetry.group"]),
+                    ("constraint.mode", c["constraint.mode"]),
+                    ("model.kind", "ehf"),
+                }
+            )
+        )
     return out
 
 
@@ -132,8 +150,15 @@ def covering_design() -> list[dict[str, str]]:
 
 
 def _combo(**changes: str) -> dict[str, str]:
-    c = {"symmetry.group": "so2", "constraint.mode": "dual", "model.invariant": "false", "model.kind": "ehf",
-         "model.kinetic": "mlp", "model.encoder": "auto", "model.standardise": "false"}
+    c = {
+        "symmetry.group": "so2",
+        "constraint.mode": "dual",
+        "model.invariant": "false",
+        "model.kind": "ehf",
+        "model.kinetic": "mlp",
+        "model.encoder": "auto",
+        "model.standardise": "false",
+    }
     c.update({k.replace("__", "."): v for k, v in changes.items()})
     return c
 
@@ -146,8 +171,9 @@ INVALID = [
     _combo(symmetry__group="none", model__encoder="equivariant", model__kind="nsf"),
     _combo(symmetry__group="matrices", model__encoder="equivariant", constraint__mode="penalty"),
     _combo(symmetry__group="so3", model__encoder="equivariant", model__invariant="true"),
-    _combo(symmetry__group="particles", model__encoder="equivariant", model__kinetic="quadratic",
-           constraint__mode="none"),
+    _combo(
+        symmetry__group="particles", model__encoder="equivariant", model__kinetic="quadratic", constraint__mode="none"
+    ),
 ]
 
 
@@ -160,22 +186,39 @@ class Case(NamedTuple):
 
 def _case_id(c: dict[str, str]) -> str:
     inv = "inv" if c["model.invariant"] == "true" else "noinv"
-    return "-".join([c["symmetry.group"], c["constraint.mode"], inv, c["model.kind"], c["model.kinetic"],
-                     c["model.encoder"]])
+    return "-".join(
+        [c["symmetry.group"], c["constraint.mode"], inv, c["model.kind"], c["model.kinetic"], c["model.encoder"]]
+    )
 
 
 VALID_CASES = [Case(_case_id(c), c) for c in covering_design()]
 INVALID_CASES = [Case(_case_id(c), c, offending=offending_keys(c)) for c in INVALID] + [
     # rotations of overlapping planes have no invariant features and no polar frame
-    Case("overlapping-planes-invariant", _combo(symmetry__group="rotations", model__invariant="true"),
-         ("symmetry.planes=[[0,1],[1,2]]",), frozenset({"model.invariant"})),
-    Case("overlapping-planes-equivariant", _combo(symmetry__group="rotations", model__encoder="equivariant"),
-         ("symmetry.planes=[[0,1],[1,2]]",), frozenset({"model.encoder"})),
+    Case(
+        "overlapping-planes-invariant",
+        _combo(symmetry__group="rotations", model__invariant="true"),
+        ("symmetry.planes=[[0,1],[1,2]]",),
+        frozenset({"model.invariant"}),
+    ),
+    Case(
+        "overlapping-planes-equivariant",
+        _combo(symmetry__group="rotations", model__encoder="equivariant"),
+        ("symmetry.planes=[[0,1],[1,2]]",),
+        frozenset({"model.encoder"}),
+    ),
     # auto takes the target's group; gmm8 declares none, which the config check cannot know yet
-    Case("auto-none-invariant", _combo(symmetry__group="none", model__invariant="true"),
-         ("data.target=gmm8", "symmetry.group=auto"), frozenset({"model.invariant"})),
-    Case("auto-none-equivariant", _combo(symmetry__group="none", model__encoder="equivariant"),
-         ("data.target=gmm8", "symmetry.group=auto"), frozenset({"model.encoder"})),
+    Case(
+        "auto-none-invariant",
+        _combo(symmetry__group="none", model__invariant="true"),
+        ("data.target=gmm8", "symmetry.group=auto"),
+        frozenset({"model.invariant"}),
+    ),
+    Case(
+        "auto-none-equivariant",
+        _combo(symmetry__group="none", model__encoder="equivariant"),
+        ("data.target=gmm8", "symmetry.group=auto"),
+        frozenset({"model.encoder"}),
+    ),
 ]
 
 
@@ -192,8 +235,9 @@ def test_covering_design():
     assert valid_pairs <= covered_valid
     assert every_pair <= covered_valid | set().union(*map(_interactions, invalid))
     for group, mode in itertools.product(FACTORS["symmetry.group"], FACTORS["constraint.mode"]):
-        assert any(c["symmetry.group"] == group and c["constraint.mode"] == mode and c["model.kind"] == "ehf"
-                   for c in valid), (group, mode)
+        assert any(
+            c["symmetry.group"] == group and c["constraint.mode"] == mode and c["model.kind"] == "ehf" for c in valid
+        ), (group, mode)
     for value in FACTORS["symmetry.group"]:  # every group has a valid EHF and a valid NSF case
         assert {c["model.kind"] for c in valid if c["symmetry.group"] == value} == {"ehf", "nsf"}
     assert len(VALID_CASES) <= 30, len(VALID_CASES)  # CI budget: ~1.5 s each in-process
@@ -206,8 +250,15 @@ def _two_rings(n: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     theta = rng.uniform(0, 2 * np.pi, (n, 2))
     radius = 2.0 + 0.2 * rng.standard_normal((n, 2))
-    return np.concatenate([radius[:, :1] * np.cos(theta[:, :1]), radius[:, :1] * np.sin(theta[:, :1]),
-                           radius[:, 1:] * np.cos(theta[:, 1:]), radius[:, 1:] * np.sin(theta[:, 1:])], axis=1)
+    return np.concatenate(
+        [
+            radius[:, :1] * np.cos(theta[:, :1]),
+            radius[:, :1] * np.sin(theta[:, :1]),
+            radius[:, 1:] * np.cos(theta[:, 1:]),
+            radius[:, 1:] * np.sin(theta[:, 1:]),
+        ],
+        axis=1,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -239,9 +290,16 @@ def _tail(rc: int, out: str, err: str) -> str:
 def _train_argv(case: Case, data: Path, run_dir: Path) -> list[str]:
     o = case.options
     group = [a.format(data=data) for a in GROUPS[o["symmetry.group"]].args]
-    return ["train", *FRAMEWORK_TINY, "logger.wandb.mode=disabled", *group, *case.extra,
-            *(f"{k}={o[k]}" for k in KEYS if k != "symmetry.group"), f"constraint.init={LAMBDA_INIT}",
-            f"run.dir={run_dir}"]
+    return [
+        "train",
+        *FRAMEWORK_TINY,
+        "logger.wandb.mode=disabled",
+        *group,
+        *case.extra,
+        *(f"{k}={o[k]}" for k in KEYS if k != "symmetry.group"),
+        f"constraint.init={LAMBDA_INIT}",
+        f"run.dir={run_dir}",
+    ]
 
 
 def _finite(metrics: dict, key: str) -> float:
@@ -363,10 +421,17 @@ def test_nsf_ignores_ehf_only_options(data_dir, tmp_path, ehf_clean_env, capsys)
     (README): with the same seed they change nothing, not even the parameters."""
     ehf_clean_env.chdir(tmp_path)
     runs = {}
-    for name, opts in {"a": _combo(symmetry__group="so3", model__kind="nsf", constraint__mode="dual"),
-                       "b": _combo(symmetry__group="so3", model__kind="nsf", constraint__mode="none",
-                                   model__kinetic="quadratic", model__encoder="equivariant",
-                                   model__standardise="true")}.items():
+    for name, opts in {
+        "a": _combo(symmetry__group="so3", model__kind="nsf", constraint__mode="dual"),
+        "b": _combo(
+            symmetry__group="so3",
+            model__kind="nsf",
+            constraint__mode="none",
+            model__kinetic="quadratic",
+            model__encoder="equivariant",
+            model__standardise="true",
+        ),
+    }.items():
         extra = ("optim.estimator=dreg",) if name == "b" else ()
         rc, out, err = _main(_train_argv(Case(name, opts, extra), data_dir, tmp_path / name), capsys)
         assert rc == 0, _tail(rc, out, err)
@@ -379,8 +444,10 @@ def test_nsf_ignores_ehf_only_options(data_dir, tmp_path, ehf_clean_env, capsys)
 def test_auto_group_of_a_target_without_symmetry_trains(data_dir, tmp_path, ehf_clean_env, capsys):
     """``symmetry.group=auto`` on gmm8 resolves to no symmetry: the group-none path, default options."""
     ehf_clean_env.chdir(tmp_path)
-    rc, out, err = _main(["train", *FRAMEWORK_TINY, "logger.wandb.mode=disabled", "data.target=gmm8",
-                          f"run.dir={tmp_path / 'run'}"], capsys)
+    rc, out, err = _main(
+        ["train", *FRAMEWORK_TINY, "logger.wandb.mode=disabled", "data.target=gmm8", f"run.dir={tmp_path / 'run'}"],
+        capsys,
+    )
     assert rc == 0, _tail(rc, out, err)
     check_trained_run(tmp_path / "run", _combo(symmetry__group="none"), (), 2)
 
@@ -388,8 +455,7 @@ def test_auto_group_of_a_target_without_symmetry_trains(data_dir, tmp_path, ehf_
 # -- acceptance: symmetry.group=none -----------------------------------------------------------------
 
 MODES = FACTORS["constraint.mode"]
-SOURCES = {"target": ["data.target=ring2d"],
-           "file": ["data.target=null", "data.path=ring2d.npy", "data.regime=finite"]}
+SOURCES = {"target": ["data.target=ring2d"], "file": ["data.target=null", "data.path=ring2d.npy", "data.regime=finite"]}
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -399,10 +465,20 @@ def test_group_none_trains_evaluates_and_samples(source, mode, data_dir, tmp_pat
     --out x.npy``, on ring2d and on a .npy file, in every constraint mode. The default mode (dual)
     runs as real ``python -m lightning_ehf`` processes, the others in-process."""
     (tmp_path / "ring2d.npy").write_bytes((data_dir / "ring2d.npy").read_bytes())
-    argv_train = ["train", "symmetry.group=none", f"constraint.mode={mode}", *SOURCES[source], *FRAMEWORK_TINY,
-                  "logger.wandb.mode=disabled", "run.dir=RUN"]
-    commands = [argv_train, ["eval", "--ckpt", "RUN", "--json", "eval.json"],
-                ["sample", "--ckpt", "RUN", "--n", "10", "--out", "x.npy"]]
+    argv_train = [
+        "train",
+        "symmetry.group=none",
+        f"constraint.mode={mode}",
+        *SOURCES[source],
+        *FRAMEWORK_TINY,
+        "logger.wandb.mode=disabled",
+        "run.dir=RUN",
+    ]
+    commands = [
+        argv_train,
+        ["eval", "--ckpt", "RUN", "--json", "eval.json"],
+        ["sample", "--ckpt", "RUN", "--n", "10", "--out", "x.npy"],
+    ]
     if source == "file":
         commands.append(["eval", "--ckpt", "RUN", "--data", "ring2d.npy", "--n", "20", "--out", "logp.npy"])
     ehf_clean_env.chdir(tmp_path)

@@ -34,8 +34,13 @@ def repo_files() -> list[Path]:
     """Tracked files and new files git does not ignore (the next commit's tree)."""
     if shutil.which("git") is None or not (REPO / ".git").exists():
         pytest.skip("not a git checkout")
-    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return [REPO / name for name in out.split("\0") if name and (REPO / name).is_file()]
 
 
@@ -58,8 +63,9 @@ def test_hadolint_passes(dockerfile):
     assert "failure-threshold: warning" in (REPO / ".hadolint.yaml").read_text()
     proc = subprocess.run([hadolint(), dockerfile], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    strict = subprocess.run([hadolint(), "--failure-threshold", "info", dockerfile], cwd=REPO, capture_output=True,
-                            text=True, timeout=60)
+    strict = subprocess.run(
+        [hadolint(), "--failure-threshold", "info", dockerfile], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert strict.returncode == 0 and not strict.stdout.strip(), strict.stdout  # not even style findings
 
 
@@ -76,8 +82,9 @@ def _ignored(path: str, patterns: list[str]) -> bool:
 
 @pytest.mark.parametrize("dockerfile", ["docker/Dockerfile", "docker/Dockerfile.cuda"])
 def test_dockerfiles_copy_files_that_exist_and_reach_the_build_context(dockerfile):
-    patterns = [ln.strip() for ln in (REPO / ".dockerignore").read_text().splitlines()
-                if ln.strip() and not ln.startswith("#")]
+    patterns = [
+        ln.strip() for ln in (REPO / ".dockerignore").read_text().splitlines() if ln.strip() and not ln.startswith("#")
+    ]
     sources = []
     for line in (REPO / dockerfile).read_text().splitlines():
         if line.startswith("COPY "):
@@ -163,8 +170,12 @@ def test_a_no_deps_install_of_the_lock_is_complete(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     pip = [str(venv / "bin" / "python"), "-m", "pip"]
-    install = subprocess.run([*pip, "install", "--no-deps", "-q", "-r", str(REPO / "requirements.lock")],
-                             capture_output=True, text=True, timeout=900)
+    install = subprocess.run(
+        [*pip, "install", "--no-deps", "-q", "-r", str(REPO / "requirements.lock")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
     check = subprocess.run([*pip, "check"], capture_output=True, text=True, timeout=300)
     assert check.returncode == 0 and "No broken requirements" in check.stdout, check.stdout + check.stderr
@@ -172,18 +183,28 @@ def test_a_no_deps_install_of_the_lock_is_complete(tmp_path):
     assert Version(pins["setuptools"]) >= Version("77.0.3")
 
 
-@pytest.mark.parametrize("choice, expected, absent", [
-    ("default", ["pip install -r requirements.lock"], ["--index-url", "requirements-cuda.lock"]),
-    ("cpu", ["pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0",
-             "pip install -r requirements.lock"], ["requirements-cuda.lock"]),
-    ("cuda", ["pip install -r requirements-cuda.lock"], ["--index-url"]),
-])
+@pytest.mark.parametrize(
+    "choice, expected, absent",
+    [
+        ("default", ["pip install -r requirements.lock"], ["--index-url", "requirements-cuda.lock"]),
+        (
+            "cpu",
+            [
+                "pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0",
+                "pip install -r requirements.lock",
+            ],
+            ["requirements-cuda.lock"],
+        ),
+        ("cuda", ["pip install -r requirements-cuda.lock"], ["--index-url"]),
+    ],
+)
 def test_venv_script_installs_the_torch_build_asked_for(choice, expected, absent):
     env = {k: v for k, v in os.environ.items() if k != "EHF_TORCH"}
     if choice != "default":
         env["EHF_TORCH"] = choice
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "venv.sh"), "--dry-run"], capture_output=True, text=True,
-                          timeout=60, env=env)
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / "venv.sh"), "--dry-run"], capture_output=True, text=True, timeout=60, env=env
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0] == f"EHF_TORCH={choice}" and lines[-1].endswith("pip install --no-deps -e .")
@@ -194,8 +215,9 @@ def test_venv_script_installs_the_torch_build_asked_for(choice, expected, absent
 
 def test_venv_script_refuses_an_unknown_torch_build():
     env = {**os.environ, "EHF_TORCH": "rocm"}
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "venv.sh"), "--dry-run"], capture_output=True, text=True,
-                          timeout=60, env=env)
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / "venv.sh"), "--dry-run"], capture_output=True, text=True, timeout=60, env=env
+    )
     assert proc.returncode == 2 and "EHF_TORCH=rocm: choose default, cpu or cuda" in proc.stderr
 
 
@@ -207,7 +229,9 @@ def _runtime_closure() -> set[str]:
         return re.sub(r"[-_.]+", "-", name).lower()
 
     seen: set[tuple[str, str]] = set()
-    todo = [(Requirement(r), "") for r in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]]
+    todo = [
+        (Requirement(r), "") for r in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    ]
     while todo:
         req, extra = todo.pop()
         if req.marker and not req.marker.evaluate({"extra": extra}):

@@ -31,8 +31,18 @@ def particle_file_run(tmp_path_factory):
     data = tmp / "triangles.npy"
     np.save(data, _triangles(256))
     run_dir = tmp / "run"
-    code = cli.main(["train", *tiny(), f"data.path={data}", "symmetry.group=so2", "symmetry.translation=com",
-                     "symmetry.permutations=true", "data.augment=true", f"run.dir={run_dir}"])
+    code = cli.main(
+        [
+            "train",
+            *tiny(),
+            f"data.path={data}",
+            "symmetry.group=so2",
+            "symmetry.translation=com",
+            "symmetry.permutations=true",
+            "data.augment=true",
+            f"run.dir={run_dir}",
+        ]
+    )
     assert code == 0
     return tmp, data, run_dir
 
@@ -69,14 +79,20 @@ def _exit_code_and_error(args, capsys) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("changes, key", [
-    (["data.target=particles2d", "symmetry.translation=com"], "symmetry.translation"),  # not translation invariant
-    (["data.target=dw4", "data.regime=finite", "data.n_train=64", "symmetry.translation=none"], "symmetry.translation"),
-    (["data.target=dw4", "data.regime=infinite"], "data.regime"),  # a fixed pool of MCMC samples
-    (["data.target=dw4", "data.regime=finite", "data.n_train=20000"], "data.n_train"),  # more than the pool
-    (["data.target=dw4", "data.regime=finite", "data.n_train=64", "data.n_val=3000"], "data.n_val"),
-    (["data.target=ring2d", "symmetry.permutations=true"], "symmetry.permutations"),  # not particles
-])
+@pytest.mark.parametrize(
+    "changes, key",
+    [
+        (["data.target=particles2d", "symmetry.translation=com"], "symmetry.translation"),  # not translation invariant
+        (
+            ["data.target=dw4", "data.regime=finite", "data.n_train=64", "symmetry.translation=none"],
+            "symmetry.translation",
+        ),
+        (["data.target=dw4", "data.regime=infinite"], "data.regime"),  # a fixed pool of MCMC samples
+        (["data.target=dw4", "data.regime=finite", "data.n_train=20000"], "data.n_train"),  # more than the pool
+        (["data.target=dw4", "data.regime=finite", "data.n_train=64", "data.n_val=3000"], "data.n_val"),
+        (["data.target=ring2d", "symmetry.permutations=true"], "symmetry.permutations"),  # not particles
+    ],
+)
 def test_particle_options_that_cannot_be_right_exit_2_naming_the_key(tmp_path, capsys, changes, key):
     code, err = _exit_code_and_error(["train", *tiny(*changes), f"run.dir={tmp_path / 'run'}"], capsys)
     assert code == 2, err
@@ -87,15 +103,26 @@ def test_particle_options_that_cannot_be_right_exit_2_naming_the_key(tmp_path, c
 def test_particle_dim_that_contradicts_the_file_exits_2(tmp_path, capsys):
     data = tmp_path / "triangles.npy"
     np.save(data, _triangles(64))
-    code, err = _exit_code_and_error(["train", *tiny(), f"data.path={data}", "symmetry.particle_dim=3",
-                                      f"run.dir={tmp_path / 'run'}"], capsys)
+    code, err = _exit_code_and_error(
+        ["train", *tiny(), f"data.path={data}", "symmetry.particle_dim=3", f"run.dir={tmp_path / 'run'}"], capsys
+    )
     assert code == 2 and "symmetry.particle_dim" in err, err
 
 
 def test_dw4_trains_on_its_pool_with_a_known_kl(tmp_path):
     run_dir = tmp_path / "run"
-    code = cli.main(["train", *tiny("data.n_val=64", "data.n_test=64"), "data.target=dw4", "data.regime=finite",
-                     "data.n_train=100", "model.invariant=true", "symmetry.permutations=true", f"run.dir={run_dir}"])
+    code = cli.main(
+        [
+            "train",
+            *tiny("data.n_val=64", "data.n_test=64"),
+            "data.target=dw4",
+            "data.regime=finite",
+            "data.n_train=100",
+            "model.invariant=true",
+            "symmetry.permutations=true",
+            f"run.dir={run_dir}",
+        ]
+    )
     assert code == 0
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert np.isfinite(metrics["test/kl"]) and metrics["test/kl"] > -0.5  # a bound: KL ≥ 0 up to noise
@@ -129,7 +156,16 @@ def test_standardise_under_a_group_above_its_dimension_limit_exits_2(tmp_path, c
 
     data = tmp_path / "wide.npy"
     np.save(data, np.random.default_rng(0).standard_normal((400, MAX_STANDARDISE_DIM + 2)))
-    code, err = _exit_code_and_error(["train", *tiny(), f"data.path={data}", "symmetry.group=so2",
-                                      "model.standardise=true", f"run.dir={tmp_path / 'run'}"], capsys)
+    code, err = _exit_code_and_error(
+        [
+            "train",
+            *tiny(),
+            f"data.path={data}",
+            "symmetry.group=so2",
+            "model.standardise=true",
+            f"run.dir={tmp_path / 'run'}",
+        ],
+        capsys,
+    )
     assert code == 2 and "model.standardise:" in err and f"≤ {MAX_STANDARDISE_DIM}" in err
     assert not (tmp_path / "run" / "checkpoints").exists()

@@ -29,16 +29,28 @@ import torch
 from ehf_testing import clean_env, csv_rows, ehf, tiny
 
 MAX_STEPS, VAL_EVERY = 60, 10
-BASE = tiny(f"trainer.max_steps={MAX_STEPS}", f"trainer.val_check_interval={VAL_EVERY}", "data.batch_size=256",
-            "model.hidden=32", "progress.mode=lines", "progress.every_n_steps=1")
+BASE = tiny(
+    f"trainer.max_steps={MAX_STEPS}",
+    f"trainer.val_check_interval={VAL_EVERY}",
+    "data.batch_size=256",
+    "model.hidden=32",
+    "progress.mode=lines",
+    "progress.every_n_steps=1",
+)
 EXIT_PREEMPTED = 75
 TOL = 1e-6
 
 
 def _start(args: list, cwd: Path, log: Path) -> subprocess.Popen:
     with open(log, "w") as out:
-        return subprocess.Popen([sys.executable, "-m", "lightning_ehf", *map(str, args)], cwd=cwd, env=clean_env(),
-                                stdout=out, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "lightning_ehf", *map(str, args)],
+            cwd=cwd,
+            env=clean_env(),
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
 
 def _wait_for_step(proc: subprocess.Popen, log: Path, step: int, timeout: float = 180) -> int:
@@ -103,8 +115,10 @@ def _without_clock(rows: list[dict]) -> list[dict]:
 
 
 def _stop_message(sig: str, run: Path) -> re.Pattern:
-    return re.compile(rf"ehf train: preempted: stopped by {sig} at step (\d+); saved {re.escape(str(run))}"
-                      rf"/checkpoints/last\.ckpt; continue with: ehf train --resume {re.escape(str(run))}")
+    return re.compile(
+        rf"ehf train: preempted: stopped by {sig} at step (\d+); saved {re.escape(str(run))}"
+        rf"/checkpoints/last\.ckpt; continue with: ehf train --resume {re.escape(str(run))}"
+    )
 
 
 def test_sigusr1_stops_like_sigterm(tmp_path):
@@ -125,8 +139,11 @@ def test_sigusr1_stops_like_sigterm(tmp_path):
     assert torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == step
 
 
-@pytest.mark.parametrize("minutes, expected", [(None, {3, 6}), (60.0, {3, 6}), (1e-6, {1, 2, 3, 4, 5, 6})],
-                         ids=["off", "not-due", "every-step"])
+@pytest.mark.parametrize(
+    "minutes, expected",
+    [(None, {3, 6}), (60.0, {3, 6}), (1e-6, {1, 2, 3, 4, 5, 6})],
+    ids=["off", "not-due", "every-step"],
+)
 def test_every_n_minutes_refreshes_last_checkpoint_on_a_timer(tmp_path, ehf_clean_env, monkeypatch, minutes, expected):
     """Validation at steps 3 and 6 saves ``last.ckpt`` anyway; a timer of 60 µs is due between any two
     steps (a training step takes longer), one of 60 minutes never in this run. The writes are recorded
@@ -168,15 +185,22 @@ def test_last_checkpoint_holds_the_final_step_when_validation_stops_improving(tm
     from lightning_ehf.lit.module import EHFModule
 
     def worsening_validation(self, batch, batch_idx):
-        self.log(f"val/{self.nll_key}", float(self.global_step), on_epoch=True, batch_size=float(batch.shape[0]),
-                 sync_dist=True)
+        self.log(
+            f"val/{self.nll_key}",
+            float(self.global_step),
+            on_epoch=True,
+            batch_size=float(batch.shape[0]),
+            sync_dist=True,
+        )
 
     monkeypatch.setattr(EHFModule, "validation_step", worsening_validation)
     run = tmp_path / "run"
     rc = cli.main(["train", *tiny("trainer.max_steps=25", "trainer.val_check_interval=10"), f"run.dir={run}"])
     assert rc == 0
-    steps = {name: torch.load(run / "checkpoints" / f"{name}.ckpt", map_location="cpu", weights_only=True)["global_step"]
-             for name in ("best", "last")}
+    steps = {
+        name: torch.load(run / "checkpoints" / f"{name}.ckpt", map_location="cpu", weights_only=True)["global_step"]
+        for name in ("best", "last")
+    }
     assert steps == {"best": 10, "last": 25}
     assert json.loads((run / "metrics.json").read_text())["steps"] == 25
 
@@ -187,8 +211,15 @@ def file_run(tmp_path_factory) -> tuple[Path, list[str]]:
     work = tmp_path_factory.mktemp("resume-overrides")
     angle = np.random.default_rng(0).uniform(0, 2 * np.pi, 400)
     np.save(work / "ring.npy", np.stack([2 * np.cos(angle), 2 * np.sin(angle)], 1))
-    overrides = [*tiny("data.n_val=50", "data.n_test=50"), "data.target=null", "data.path=ring.npy",
-                 "data.regime=finite", "symmetry.group=so2", "optim.lr=0.003", "run.dir=myrun"]
+    overrides = [
+        *tiny("data.n_val=50", "data.n_test=50"),
+        "data.target=null",
+        "data.path=ring.npy",
+        "data.regime=finite",
+        "symmetry.group=so2",
+        "optim.lr=0.003",
+        "run.dir=myrun",
+    ]
     proc = ehf(["train", *overrides], work)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return work, overrides
@@ -202,8 +233,14 @@ def test_resume_accepts_the_original_overrides_repeated(file_run):
     assert json.loads((work / "myrun" / "metrics.json").read_text())["steps"] == 8
 
 
-@pytest.mark.parametrize("changed, old, new", [("model.hidden=8", "16", "8"), ("data.path=other.npy", "ring.npy", "other.npy"),
-                                               ("optim.lr=0.01", "0.003", "0.01")])
+@pytest.mark.parametrize(
+    "changed, old, new",
+    [
+        ("model.hidden=8", "16", "8"),
+        ("data.path=other.npy", "ring.npy", "other.npy"),
+        ("optim.lr=0.01", "0.003", "0.01"),
+    ],
+)
 def test_resume_refuses_a_changed_override_naming_key_and_values(file_run, changed, old, new):
     work, overrides = file_run
     key = changed.split("=")[0]
@@ -233,8 +270,16 @@ def test_under_slurm_lightnings_requeue_handler_is_off(tmp_path, monkeypatch):
     from lightning_ehf.build import make_trainer
     from lightning_ehf.config.load import load_config
 
-    for name, value in {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_NAME": "ehf", "SLURM_JOB_ID": "7",
-                        "SLURM_NODELIST": "node1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}.items():
+    for name, value in {
+        "SLURM_NTASKS": "1",
+        "SLURM_NTASKS_PER_NODE": "1",
+        "SLURM_JOB_NAME": "ehf",
+        "SLURM_JOB_ID": "7",
+        "SLURM_NODELIST": "node1",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+    }.items():
         monkeypatch.setenv(name, value)
     cfg = load_config([], tiny("trainer.accelerator=cpu", "trainer.strategy=ddp", "trainer.devices=1"))
     trainer = make_trainer(cfg, tmp_path / "run", "x")

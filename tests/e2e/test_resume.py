@@ -24,8 +24,12 @@ from ehf_testing import clean_env, csv_rows, ehf, tiny
 
 MAX_STEPS = 60
 VAL_EVERY = 10
-BASE = tiny(f"trainer.max_steps={MAX_STEPS}", f"trainer.val_check_interval={VAL_EVERY}", "data.batch_size=256",
-            "model.hidden=32")
+BASE = tiny(
+    f"trainer.max_steps={MAX_STEPS}",
+    f"trainer.val_check_interval={VAL_EVERY}",
+    "data.batch_size=256",
+    "model.hidden=32",
+)
 REGIMES = {"infinite": [], "finite": ["data.regime=finite", "data.n_train=700"]}
 NLL = "val/nll_iw4"
 TOL = 1e-6
@@ -33,8 +37,9 @@ TOL = 1e-6
 
 def start(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
     out = open(log, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "lightning_ehf", *args], cwd=cwd, env=clean_env(),
-                            stdout=out, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lightning_ehf", *args], cwd=cwd, env=clean_env(), stdout=out, stderr=subprocess.STDOUT
+    )
     out.close()
     return proc
 

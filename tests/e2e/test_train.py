@@ -81,8 +81,17 @@ def test_every_experiment_trains_end_to_end(path, tmp_path, ehf_cli, ehf_tiny):
 @pytest.mark.slow
 def test_nsf_baseline_trains_on_ring2d(tmp_path, ehf_cli, ehf_tiny):
     run_dir = tmp_path / "run"
-    proc = ehf_cli(["train", *ehf_tiny, "model.kind=nsf", "data.target=ring2d", "logger.wandb.mode=disabled",
-                    f"run.dir={run_dir}"], cwd=tmp_path)
+    proc = ehf_cli(
+        [
+            "train",
+            *ehf_tiny,
+            "model.kind=nsf",
+            "data.target=ring2d",
+            "logger.wandb.mode=disabled",
+            f"run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, _tail(proc)
     metrics = _check_run_folder(run_dir, "default", steps=6)
     _finite(metrics, "test/invariance_error")
@@ -121,8 +130,14 @@ def test_trainer_test_without_fit_single_device(tmp_path, ehf_clean_env, ehf_tin
     assert trainer.global_step == 0
     assert len(out) == 1
     m = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    for key in ("test/nll_iw4", "test/kl", "test/elbo", "test/bracket_rms/L01", "test/invariance_error",
-                "test/equivariance_error"):
+    for key in (
+        "test/nll_iw4",
+        "test/kl",
+        "test/elbo",
+        "test/bracket_rms/L01",
+        "test/invariance_error",
+        "test/equivariance_error",
+    ):
         assert key in m and math.isfinite(m[key]), (key, m)
     assert m["test/kl"] == pytest.approx(m["test/nll_iw4"] - module.entropy, abs=1e-4)
     assert m["test/lambda/L01"] == 0.0  # no update without training
@@ -134,8 +149,13 @@ def test_two_in_process_trainings_get_their_own_folders(tmp_path, ehf_clean_env,
     from lightning_ehf import cli
 
     first, second = tmp_path / "first", tmp_path / "second"
-    base = [*ehf_tiny, "trainer.max_steps=2", "trainer.val_check_interval=2", "logger.wandb.mode=disabled",
-            "plots.enabled=false"]
+    base = [
+        *ehf_tiny,
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        "logger.wandb.mode=disabled",
+        "plots.enabled=false",
+    ]
     assert cli.main(["train", *base, f"run.dir={first}"]) == 0
     assert cli.main(["train", *base, "seed=1", f"run.dir={second}"]) == 0
     assert (second / "metrics.json").is_file()

@@ -25,10 +25,10 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
 from lightning_ehf.build import make_datamodule, make_trainer
-from lightning_ehf.train import train
 from lightning_ehf.config.load import load_config
 from lightning_ehf.core import symmetries
 from lightning_ehf.lit.module import EHFModule
+from lightning_ehf.train import train
 
 
 class Recorder(Callback):
@@ -47,8 +47,14 @@ class Recorder(Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         self.lambdas.append(pl_module.multipliers.value.detach().cpu().clone())
         self.out.mkdir(parents=True, exist_ok=True)
-        torch.save({"lambdas": torch.stack(self.lambdas), "batches": torch.stack(self.batches),
-                    "world_size": trainer.world_size}, self.out / f"rank{trainer.global_rank}.pt")
+        torch.save(
+            {
+                "lambdas": torch.stack(self.lambdas),
+                "batches": torch.stack(self.batches),
+                "world_size": trainer.world_size,
+            },
+            self.out / f"rank{trainer.global_rank}.pt",
+        )
 
 
 class ExactModel(nn.Module):
@@ -73,12 +79,18 @@ def validate(out: Path, overrides: list[str]) -> int:
     module = EHFModule(cfg, ExactModel(dm.dim))
     trainer = make_trainer(cfg, out / "run", "exact")
     k = cfg.eval.iw_samples
-    logged = {"val": trainer.validate(module, datamodule=dm, verbose=False)[0][f"val/nll_iw{k}"],
-              "test": trainer.test(module, datamodule=dm, verbose=False)[0][f"test/nll_iw{k}"]}
-    expected = {"val": float(dm.val_data[:, 0].double().mean()) + 10, "test": float(dm.test_data[:, 0].double().mean()) + 10}
+    logged = {
+        "val": trainer.validate(module, datamodule=dm, verbose=False)[0][f"val/nll_iw{k}"],
+        "test": trainer.test(module, datamodule=dm, verbose=False)[0][f"test/nll_iw{k}"],
+    }
+    expected = {
+        "val": float(dm.val_data[:, 0].double().mean()) + 10,
+        "test": float(dm.test_data[:, 0].double().mean()) + 10,
+    }
     if trainer.is_global_zero:
-        (out / "validate.json").write_text(json.dumps({"logged": logged, "expected": expected,
-                                                       "world_size": trainer.world_size}))
+        (out / "validate.json").write_text(
+            json.dumps({"logged": logged, "expected": expected, "world_size": trainer.world_size})
+        )
     return 0
 
 

@@ -24,21 +24,27 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_ehf.lit.atomic_io import SafeCheckpointIO
-
 from ehf_testing import TINY, clean_env, ehf
+from lightning_ehf.lit.atomic_io import SafeCheckpointIO
 
 RUN_NAME = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{8}$")
 
 
 def small_checkpoint() -> dict:
-    return {"state_dict": {"w": torch.arange(6.0).reshape(2, 3), "b": torch.tensor([0.5, -1.0])},
-            "global_step": 7, "epoch": 0}
+    return {
+        "state_dict": {"w": torch.arange(6.0).reshape(2, 3), "b": torch.tensor([0.5, -1.0])},
+        "global_step": 7,
+        "epoch": 0,
+    }
 
 
 def same_checkpoint(a: dict, b: dict) -> bool:
-    return (a.keys() == b.keys() and a["global_step"] == b["global_step"] and a["state_dict"].keys() == b["state_dict"].keys()
-            and all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"]))
+    return (
+        a.keys() == b.keys()
+        and a["global_step"] == b["global_step"]
+        and a["state_dict"].keys() == b["state_dict"].keys()
+        and all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    )
 
 
 def temporaries(folder: Path, name: str = "last.ckpt") -> list[str]:
@@ -62,8 +68,9 @@ def killed_save(tmp_path_factory) -> tuple[Path, list[str]]:
     folder = tmp_path_factory.mktemp("killed-save")
     last = folder / "last.ckpt"
     SafeCheckpointIO().save_checkpoint(small_checkpoint(), last)
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(last)], env=clean_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(last)], env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     seen: list[str] = []
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
@@ -121,10 +128,12 @@ def two_concurrent_runs(tmp_path_factory) -> list[Path]:
     """Two tiny runs of the same experiment, started at the same moment under one run.root."""
     work = tmp_path_factory.mktemp("concurrent")
     args = [sys.executable, "-m", "lightning_ehf", "train", *TINY, f"run.root={work / 'runs'}"]
-    procs = [subprocess.Popen(args, cwd=work, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(args, cwd=work, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=180) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
         assert "Traceback" not in err
     printed = [re.findall(r"^run folder: (.+)$", out, re.M)[-1] for out, _ in outs]

@@ -46,12 +46,23 @@ def _rows(batches: torch.Tensor) -> list[tuple[float, ...]]:
 def ddp_run(request, tmp_path_factory) -> dict:
     """A 2-rank run of ``STEPS`` steps (λ forced to grow: tolerance 0, large dual step)."""
     work = tmp_path_factory.mktemp(f"ddp-{request.param}")
-    overrides = [*tiny(f"trainer.max_steps={STEPS}", f"trainer.val_check_interval={VAL_EVERY}",
-                       f"data.batch_size={BATCH}"),
-                 *REGIMES[request.param], *DDP, "constraint.lr=10", "constraint.tolerance=0",
-                 "experiment=ddp", f"run.root={work / 'runs'}"]
-    proc = subprocess.run([sys.executable, str(DRIVER), "train", str(work / "record"), *overrides], cwd=work, env=clean_env(),
-                          capture_output=True, text=True, timeout=300)
+    overrides = [
+        *tiny(f"trainer.max_steps={STEPS}", f"trainer.val_check_interval={VAL_EVERY}", f"data.batch_size={BATCH}"),
+        *REGIMES[request.param],
+        *DDP,
+        "constraint.lr=10",
+        "constraint.tolerance=0",
+        "experiment=ddp",
+        f"run.root={work / 'runs'}",
+    ]
+    proc = subprocess.run(
+        [sys.executable, str(DRIVER), "train", str(work / "record"), *overrides],
+        cwd=work,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, _tail(proc)
     assert "Traceback" not in proc.stderr, _tail(proc)
     ranks = [torch.load(work / "record" / f"rank{r}.pt", weights_only=True) for r in range(2)]
@@ -78,8 +89,9 @@ def test_no_training_row_on_both_ranks(ddp_run):
         assert len(set(rows)) == len(rows) == 2 * STEPS * BATCH  # fresh samples everywhere
     else:
         per_epoch = 192 // (2 * BATCH)
-        epochs = [set(_rows(torch.cat([b0[e : e + per_epoch], b1[e : e + per_epoch]])))
-                  for e in range(0, STEPS, per_epoch)]
+        epochs = [
+            set(_rows(torch.cat([b0[e : e + per_epoch], b1[e : e + per_epoch]]))) for e in range(0, STEPS, per_epoch)
+        ]
         assert all(len(rows) == 192 for rows in epochs)  # each epoch: the training set, each row once
         assert all(rows == epochs[0] for rows in epochs)
 
@@ -100,10 +112,25 @@ def test_validation_and_test_means_cover_every_row_once(tmp_path):
     and 66/65 over the ranks: the logged means are the means over the whole splits, to float32 precision.
     (Lightning's distributed sampler would repeat rows to even the split, and Lightning averages integer
     batch weights over ranks with truncation: either shows up here as an offset of order 1e-2.)"""
-    overrides = ["data.n_val=257", "data.n_test=131", "data.batch_size=32", "eval.iw_samples=4", "plots.enabled=false",
-                 "logger.wandb.mode=disabled", "progress.mode=none", "symmetry.group=none", *DDP]
-    proc = subprocess.run([sys.executable, str(DRIVER), "validate", str(tmp_path), *overrides], cwd=tmp_path,
-                          env=clean_env(), capture_output=True, text=True, timeout=300)
+    overrides = [
+        "data.n_val=257",
+        "data.n_test=131",
+        "data.batch_size=32",
+        "eval.iw_samples=4",
+        "plots.enabled=false",
+        "logger.wandb.mode=disabled",
+        "progress.mode=none",
+        "symmetry.group=none",
+        *DDP,
+    ]
+    proc = subprocess.run(
+        [sys.executable, str(DRIVER), "validate", str(tmp_path), *overrides],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, _tail(proc)
     result = json.loads((tmp_path / "validate.json").read_text())
     assert result["world_size"] == 2
@@ -120,10 +147,20 @@ def pair(tmp_path_factory) -> dict[str, Path]:
     """The same ring2d run (seed 0, 300 steps) in one process with batch 256 and in two with 128 each;
     an odd number of validation rows, so the two ranks validate 1001 and 1000 of them."""
     work = tmp_path_factory.mktemp("ddp-pair")
-    common = [f"trainer.max_steps={PAIR_STEPS}", f"trainer.val_check_interval={PAIR_STEPS}", f"data.n_val={PAIR_VAL}",
-              "data.n_test=64", f"eval.iw_samples={PAIR_K}", "eval.n_eval=32", "eval.n_group_samples=1",
-              "eval.invariance_iw=4", "plots.enabled=false", "model.hidden=32", "logger.wandb.mode=disabled",
-              "progress.mode=none"]
+    common = [
+        f"trainer.max_steps={PAIR_STEPS}",
+        f"trainer.val_check_interval={PAIR_STEPS}",
+        f"data.n_val={PAIR_VAL}",
+        "data.n_test=64",
+        f"eval.iw_samples={PAIR_K}",
+        "eval.n_eval=32",
+        "eval.n_group_samples=1",
+        "eval.invariance_iw=4",
+        "plots.enabled=false",
+        "model.hidden=32",
+        "logger.wandb.mode=disabled",
+        "progress.mode=none",
+    ]
     runs = {}
     for name, extra in {"one": ["data.batch_size=256"], "two": ["data.batch_size=128", *DDP]}.items():
         proc = ehf(["train", *common, *extra, f"run.dir={work / name}"], work, timeout=400)
@@ -150,8 +187,10 @@ def test_logged_validation_nll_equals_single_process_eval(pair):
 
     logp = []
     for seed in (0, 1):
-        proc = ehf(["eval", "--ckpt", last, "--split", "val", "--iw", PAIR_K, "--seed", seed, "--out", f"val{seed}.npy"],
-                   run_dir.parent)
+        proc = ehf(
+            ["eval", "--ckpt", last, "--split", "val", "--iw", PAIR_K, "--seed", seed, "--out", f"val{seed}.npy"],
+            run_dir.parent,
+        )
         assert proc.returncode == 0, _tail(proc)
         summary = json.loads(proc.stdout.strip().splitlines()[-1])
         assert summary["n"] == PAIR_VAL and summary["source"] == "val set of the run's config"
@@ -162,8 +201,10 @@ def test_logged_validation_nll_equals_single_process_eval(pair):
     noise = float(np.std(logp[0] - logp[1], ddof=1) / np.sqrt(2 * PAIR_VAL))
     tolerance = 4 * noise * np.sqrt(1.5) + FLOAT32_ALLOWANCE
     nll_single = float(-np.mean(logp[0] + logp[1]) / 2)
-    print(f"validation NLL: logged by 2 ranks {nll_ddp:.5f}, single-process eval {nll_single:.5f} "
-          f"(Monte Carlo noise of one estimate {noise:.5f}, tolerance {tolerance:.5f})")
+    print(
+        f"validation NLL: logged by 2 ranks {nll_ddp:.5f}, single-process eval {nll_single:.5f} "
+        f"(Monte Carlo noise of one estimate {noise:.5f}, tolerance {tolerance:.5f})"
+    )
     assert abs(nll_ddp - nll_single) <= tolerance, (nll_ddp, nll_single, tolerance)
     # ... and it would see a rank's rows missing
     assert abs(float(-np.mean(logp[0][0::2] + logp[1][0::2]) / 2) - nll_single) > tolerance
@@ -175,9 +216,24 @@ def test_torchrun_starts_one_run_in_the_given_run_dir(tmp_path):
     all join one run folder, and rank 0 alone prints and writes."""
     run = tmp_path / "run"
     args = [*tiny(f"data.batch_size={BATCH}"), *DDP, f"run.dir={run}"]
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                           "-m", "lightning_ehf", "train", *args], cwd=tmp_path, env=clean_env(), capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+            "-m",
+            "lightning_ehf",
+            "train",
+            *args,
+        ],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, _tail(proc)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     assert proc.stdout.count(f"run folder: {run}") == 2, _tail(proc)  # at the start and at the end, rank 0 only
@@ -186,9 +242,17 @@ def test_torchrun_starts_one_run_in_the_given_run_dir(tmp_path):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
 
 
-LAUNCHERS = {"torchrun": {"TORCHELASTIC_RUN_ID": "x", "RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2",
-                          "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "0"},
-             "srun": {"SLURM_NTASKS": "2", "SLURM_PROCID": "0", "SLURM_JOB_NAME": "ehf", "SLURM_JOB_ID": "7"}}
+LAUNCHERS = {
+    "torchrun": {
+        "TORCHELASTIC_RUN_ID": "x",
+        "RANK": "1",
+        "LOCAL_RANK": "1",
+        "WORLD_SIZE": "2",
+        "LOCAL_WORLD_SIZE": "2",
+        "GROUP_RANK": "0",
+    },
+    "srun": {"SLURM_NTASKS": "2", "SLURM_PROCID": "0", "SLURM_JOB_NAME": "ehf", "SLURM_JOB_ID": "7"},
+}
 
 
 @pytest.mark.parametrize("launcher", list(LAUNCHERS))

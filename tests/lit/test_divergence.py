@@ -20,8 +20,9 @@ import torch
 
 from ehf_testing import clean_env, csv_rows, tiny
 
-DIVERGING = tiny("trainer.max_steps=40", "trainer.val_check_interval=2", "optim.warmup_steps=0",
-                 "model.step_size=50", "optim.lr=1.0")
+DIVERGING = tiny(
+    "trainer.max_steps=40", "trainer.val_check_interval=2", "optim.warmup_steps=0", "model.step_size=50", "optim.lr=1.0"
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +33,12 @@ def diverged(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, P
     procs = {}
     for mode, extra in modes.items():
         args = [sys.executable, "-m", "lightning_ehf", "train", *DIVERGING, *extra, f"run.dir={work / mode}"]
-        procs[mode] = (args, subprocess.Popen(args, cwd=work, env=clean_env(), stdout=subprocess.PIPE,
-                                              stderr=subprocess.PIPE, text=True))
+        procs[mode] = (
+            args,
+            subprocess.Popen(
+                args, cwd=work, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            ),
+        )
     out = {}
     for mode, (args, p) in procs.items():
         stdout, stderr = p.communicate(timeout=180)
@@ -57,8 +62,9 @@ def test_stop_exits_3_and_keeps_a_finite_checkpoint(diverged):
     ckpt = torch.load(kept, map_location="cpu", weights_only=True)
     assert ckpt["global_step"] <= step
     floats = {k: v for k, v in ckpt["state_dict"].items() if v.is_floating_point()}
-    assert floats and all(bool(torch.isfinite(v).all()) for v in floats.values()), \
-        [k for k, v in floats.items() if not bool(torch.isfinite(v).all())]
+    assert floats and all(bool(torch.isfinite(v).all()) for v in floats.values()), [
+        k for k, v in floats.items() if not bool(torch.isfinite(v).all())
+    ]
     assert not (run / "metrics.json").exists()
     assert "run folder:" in proc.stdout  # it had started: the folder is where the checkpoint is
 
@@ -71,7 +77,9 @@ def test_skip_finishes_and_shrinks_the_diverging_block(diverged):
     skipped = re.findall(r"step \d+: non-finite \w+[^;\n]*; batch skipped", text)
     assert skipped, proc.stderr[-3000:]
     # the block is named when it can be located (from its states, else from its gradients)
-    located = re.findall(r"step \d+: non-finite \w+ in flow block (\d+); batch skipped, step size of block \1 halved", text)
+    located = re.findall(
+        r"step \d+: non-finite \w+ in flow block (\d+); batch skipped, step size of block \1 halved", text
+    )
     assert located, skipped
     blocks = {int(b) - 1 for b in located}  # messages count blocks from 1, metric names from 0
 

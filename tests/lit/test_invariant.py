@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from ehf_testing import tiny
 
+from ehf_testing import tiny
 from lightning_ehf.build import make_datamodule, make_module
 from lightning_ehf.config.load import load_config, validate
 from lightning_ehf.core import flows, make_ehf, so2

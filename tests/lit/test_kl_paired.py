@@ -33,8 +33,18 @@ class ShiftedTarget(nn.Module):
 
 
 def test_kl_paired_is_exact_where_nll_minus_entropy_is_noisy(tmp_path):
-    cfg = load_config([], ["data.target=ring2d", "data.n_val=400", "data.n_test=400", "logger.wandb.mode=disabled",
-                           "plots.enabled=false", "progress.mode=none", "trainer.accelerator=cpu"])
+    cfg = load_config(
+        [],
+        [
+            "data.target=ring2d",
+            "data.n_val=400",
+            "data.n_test=400",
+            "logger.wandb.mode=disabled",
+            "plots.enabled=false",
+            "progress.mode=none",
+            "trainer.accelerator=cpu",
+        ],
+    )
     dm = make_datamodule(cfg)
     entropy = dm.target.entropy(200_000, generator=torch.Generator().manual_seed(0))[0]
     shift = 0.3
@@ -62,9 +72,19 @@ class TiltedTarget(ShiftedTarget):
 def test_kl_paired_stderr_is_the_standard_error_over_the_test_rows(tmp_path):
     """``test/kl_paired_stderr`` = std(ddof=1)/√n of the per-row paired KL, over the whole split though it
     arrives in several batches (batch size 128, 400 rows)."""
-    cfg = load_config([], ["data.target=ring2d", "data.n_val=400", "data.n_test=400", "data.batch_size=128",
-                           "logger.wandb.mode=disabled", "plots.enabled=false", "progress.mode=none",
-                           "trainer.accelerator=cpu"])
+    cfg = load_config(
+        [],
+        [
+            "data.target=ring2d",
+            "data.n_val=400",
+            "data.n_test=400",
+            "data.batch_size=128",
+            "logger.wandb.mode=disabled",
+            "plots.enabled=false",
+            "progress.mode=none",
+            "trainer.accelerator=cpu",
+        ],
+    )
     dm = make_datamodule(cfg)
     module = EHFModule(cfg, TiltedTarget(dm.target, 0.3, 0.5), 0.0, target_log_prob=dm.target.log_prob)
     out = make_trainer(cfg, tmp_path / "run", "tilted").test(module, datamodule=dm, verbose=False)[0]

@@ -93,8 +93,16 @@ def _lambda_recurrence(run_dir: Path, lr: float, tolerance: float) -> list[float
 
 @pytest.mark.slow
 def test_dual_ascent_in_the_training_loop_raises_lambda_while_violated(tmp_path, ehf_clean_env):
-    run = _train(tmp_path, "up", "constraint.mode=dual", "constraint.tolerance=0", "constraint.lr=50",
-                 "trainer.log_every_n_steps=1", "trainer.max_steps=10", "trainer.val_check_interval=5")
+    run = _train(
+        tmp_path,
+        "up",
+        "constraint.mode=dual",
+        "constraint.tolerance=0",
+        "constraint.lr=50",
+        "trainer.log_every_n_steps=1",
+        "trainer.max_steps=10",
+        "trainer.val_check_interval=5",
+    )
     lam = _lambda_recurrence(run, lr=50.0, tolerance=0.0)
     assert all(b >= a for a, b in zip(lam, lam[1:])), lam
     assert lam[-1] > lam[2] > 0, lam  # C > 0 once the zero-initialised last layers move
@@ -102,9 +110,17 @@ def test_dual_ascent_in_the_training_loop_raises_lambda_while_violated(tmp_path,
 
 @pytest.mark.slow
 def test_dual_ascent_in_the_training_loop_lowers_lambda_to_zero_when_satisfied(tmp_path, ehf_clean_env):
-    run = _train(tmp_path, "down", "constraint.mode=dual", "constraint.init=2.0", "constraint.tolerance=0.5",
-                 "constraint.lr=1.0", "trainer.log_every_n_steps=1", "trainer.max_steps=10",
-                 "trainer.val_check_interval=5")
+    run = _train(
+        tmp_path,
+        "down",
+        "constraint.mode=dual",
+        "constraint.init=2.0",
+        "constraint.tolerance=0.5",
+        "constraint.lr=1.0",
+        "trainer.log_every_n_steps=1",
+        "trainer.max_steps=10",
+        "trainer.val_check_interval=5",
+    )
     lam = _lambda_recurrence(run, lr=1.0, tolerance=0.5)
     assert lam[0] == 2.0 and lam[1] < 1.6, lam
     assert all(b <= a for a, b in zip(lam, lam[1:])), lam
@@ -113,11 +129,20 @@ def test_dual_ascent_in_the_training_loop_lowers_lambda_to_zero_when_satisfied(t
 
 @pytest.mark.slow
 def test_large_fixed_penalty_ends_with_smaller_brackets_than_no_constraint(tmp_path, ehf_clean_env):
-    common = ("trainer.max_steps=60", "trainer.val_check_interval=30", "data.batch_size=128", "model.blocks=2",
-              "model.encoder=gaussian", "seed=3")
+    common = (
+        "trainer.max_steps=60",
+        "trainer.val_check_interval=30",
+        "data.batch_size=128",
+        "model.blocks=2",
+        "model.encoder=gaussian",
+        "seed=3",
+    )
     free = json.loads((_train(tmp_path, "none", "constraint.mode=none", *common) / "metrics.json").read_text())
-    held = json.loads((_train(tmp_path, "penalty", "constraint.mode=penalty", "constraint.init=1000",
-                              *common) / "metrics.json").read_text())
+    held = json.loads(
+        (
+            _train(tmp_path, "penalty", "constraint.mode=penalty", "constraint.init=1000", *common) / "metrics.json"
+        ).read_text()
+    )
     rms_free, rms_held = free["test/bracket_rms/L01"], held["test/bracket_rms/L01"]
     assert held["test/lambda/L01"] == 1000.0 and free["test/lambda/L01"] == 0.0
     assert rms_held < 0.3 * rms_free, (rms_held, rms_free)

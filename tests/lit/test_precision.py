@@ -15,8 +15,16 @@ from lightning_ehf.config.load import load_config
 
 def _test_metrics(module, datamodule, precision: str) -> dict[str, float]:
     torch.manual_seed(123)  # the same importance samples under both precisions
-    trainer = L.Trainer(accelerator="cpu", devices=1, precision=precision, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, inference_mode=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision=precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        inference_mode=False,
+    )
     trainer.test(module, datamodule=datamodule, verbose=False)
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
@@ -24,14 +32,26 @@ def _test_metrics(module, datamodule, precision: str) -> dict[str, float]:
 @pytest.mark.slow
 def test_bf16_mixed_test_metrics_match_32_true_on_the_same_weights():
     torch.set_num_threads(1)
-    cfg = load_config(overrides=tiny("trainer.max_steps=40", "data.n_test=512", "eval.iw_samples=16",
-                                     "model.hidden=32", "optim.lr=0.01"))
+    cfg = load_config(
+        overrides=tiny(
+            "trainer.max_steps=40", "data.n_test=512", "eval.iw_samples=16", "model.hidden=32", "optim.lr=0.01"
+        )
+    )
     L.seed_everything(0, verbose=False)
     datamodule = make_datamodule(cfg)
     module = make_module(cfg, datamodule)
-    L.Trainer(accelerator="cpu", devices=1, max_steps=40, logger=False, enable_checkpointing=False,
-              enable_progress_bar=False, enable_model_summary=False, inference_mode=False, limit_val_batches=0,
-              num_sanity_val_steps=0).fit(module, datamodule=datamodule)
+    L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=40,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        inference_mode=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    ).fit(module, datamodule=datamodule)
     full = _test_metrics(module, datamodule, "32-true")
     half = _test_metrics(module, datamodule, "bf16-mixed")
     assert all(p.dtype == torch.float32 for p in module.parameters())

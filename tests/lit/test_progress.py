@@ -16,11 +16,10 @@ from types import SimpleNamespace
 import pytest
 from lightning.pytorch.trainer.states import TrainerFn
 
+from ehf_testing import ehf, tiny
 from lightning_ehf.config.load import load_config, validate
 from lightning_ehf.errors import ConfigError
 from lightning_ehf.lit import callbacks
-
-from ehf_testing import ehf, tiny
 
 
 class FakeClock:
@@ -32,13 +31,26 @@ class FakeClock:
 
 
 def _fake_trainer(max_steps: int) -> SimpleNamespace:
-    return SimpleNamespace(global_step=0, max_steps=max_steps, is_global_zero=True, sanity_checking=False,
-                           state=SimpleNamespace(fn=TrainerFn.FITTING), num_val_batches=[8],
-                           callback_metrics={"train/elbo": -2.5, "train/lambda/L01": 0.5, "val/nll_iw4": 2.75})
+    return SimpleNamespace(
+        global_step=0,
+        max_steps=max_steps,
+        is_global_zero=True,
+        sanity_checking=False,
+        state=SimpleNamespace(fn=TrainerFn.FITTING),
+        num_val_batches=[8],
+        callback_metrics={"train/elbo": -2.5, "train/lambda/L01": 0.5, "val/nll_iw4": 2.75},
+    )
 
 
-def _drive(monkeypatch, every_n_steps: int, every_s: float, step_s: float, steps: int,
-           validate_at: tuple[int, ...] = (), val_batch_s: float = 0.0) -> list[tuple[float, str]]:
+def _drive(
+    monkeypatch,
+    every_n_steps: int,
+    every_s: float,
+    step_s: float,
+    steps: int,
+    validate_at: tuple[int, ...] = (),
+    val_batch_s: float = 0.0,
+) -> list[tuple[float, str]]:
     """Run ``steps`` fake training steps of ``step_s`` seconds (validations of 8 batches at ``validate_at``);
     returns (time, line) for every line printed."""
     clock = FakeClock()
@@ -72,14 +84,16 @@ def _drive(monkeypatch, every_n_steps: int, every_s: float, step_s: float, steps
 
 def test_a_line_every_n_steps(monkeypatch):
     lines = _drive(monkeypatch, every_n_steps=10, every_s=1e9, step_s=0.01, steps=35)
-    assert [ln for _, ln in lines][:1] == ["step 10/35  train/elbo -2.5  train/lambda/L01 0.5  100 steps/s  "
-                                           "elapsed 0s  left 0s"]
+    assert [ln for _, ln in lines][:1] == [
+        "step 10/35  train/elbo -2.5  train/lambda/L01 0.5  100 steps/s  elapsed 0s  left 0s"
+    ]
     assert [int(re.match(r"step (\d+)/", ln).group(1)) for _, ln in lines] == [10, 20, 30, 35]
 
 
 def test_a_line_at_least_every_every_s_seconds_also_during_validation(monkeypatch):
-    lines = _drive(monkeypatch, every_n_steps=10_000, every_s=30.0, step_s=7.0, steps=40, validate_at=(20,),
-                   val_batch_s=12.0)
+    lines = _drive(
+        monkeypatch, every_n_steps=10_000, every_s=30.0, step_s=7.0, steps=40, validate_at=(20,), val_batch_s=12.0
+    )
     times = [t for t, _ in lines]
     gaps = [b - a for a, b in zip([1000.0, *times], times)]
     assert max(gaps) <= 30.0 + 12.0, gaps  # at most one step or validation batch late
@@ -104,11 +118,14 @@ def test_the_bar_is_labelled_training_not_epoch_0_of_minus_2(tmp_path):
     assert not re.search(r"^step \d+/", proc.stdout, re.M)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("progress.mode=loud", "progress.mode: unknown value 'loud' (choose from auto, bar, lines, none)"),
-    ("progress.every_n_steps=0", "progress.every_n_steps: must be > 0, got 0"),
-    ("progress.every_s=-1", "progress.every_s: must be > 0, got -1"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("progress.mode=loud", "progress.mode: unknown value 'loud' (choose from auto, bar, lines, none)"),
+        ("progress.every_n_steps=0", "progress.every_n_steps: must be > 0, got 0"),
+        ("progress.every_s=-1", "progress.every_s: must be > 0, got -1"),
+    ],
+)
 def test_invalid_progress_values_name_the_key(override, message):
     with pytest.raises(ConfigError) as err:
         validate(load_config([], [override]))

@@ -19,8 +19,16 @@ K = 6
 
 def _module(objective: str):
     torch.manual_seed(0)
-    cfg = load_config([], tiny(f"optim.objective={objective}", f"optim.elbo_samples={K}", "constraint.mode=none",
-                               "data.regime=finite", "data.n_train=64"))
+    cfg = load_config(
+        [],
+        tiny(
+            f"optim.objective={objective}",
+            f"optim.elbo_samples={K}",
+            "constraint.mode=none",
+            "data.regime=finite",
+            "data.n_train=64",
+        ),
+    )
     validate(cfg)
     dm = make_datamodule(cfg)
     dm.setup("fit")

@@ -27,15 +27,21 @@ STEPS, EVERY = 20, 5
 
 def _scripted_validation(monkeypatch, nll_of_step) -> None:
     def validation_step(self, batch, batch_idx):
-        self.log(f"val/{self.nll_key}", float(nll_of_step(self.global_step)), on_epoch=True,
-                 batch_size=float(batch.shape[0]))
+        self.log(
+            f"val/{self.nll_key}", float(nll_of_step(self.global_step)), on_epoch=True, batch_size=float(batch.shape[0])
+        )
 
     monkeypatch.setattr(EHFModule, "validation_step", validation_step)
 
 
 def _train(run, *changes: str) -> int:
-    return cli.main(["train", *tiny(f"trainer.max_steps={STEPS}", f"trainer.val_check_interval={EVERY}", *changes),
-                     f"run.dir={run}"])
+    return cli.main(
+        [
+            "train",
+            *tiny(f"trainer.max_steps={STEPS}", f"trainer.val_check_interval={EVERY}", *changes),
+            f"run.dir={run}",
+        ]
+    )
 
 
 def _step(path) -> int:
@@ -74,8 +80,10 @@ def test_the_test_runs_on_the_best_checkpoints_weights(tmp_path, ehf_clean_env, 
     assert _train(run) == 0
     assert _metrics(run)["best_step"] == 10 and _step(run / "checkpoints" / "best.ckpt") == 10
     assert _step(run / "checkpoints" / "last.ckpt") == STEPS
-    states = {name: torch.load(run / "checkpoints" / f"{name}.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-              for name in ("best", "last")}
+    states = {
+        name: torch.load(run / "checkpoints" / f"{name}.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+        for name in ("best", "last")
+    }
     (weights,) = tested
     for name, state in states.items():
         same = all(torch.equal(weights[k], state[f"model.{k}"]) for k in weights)
@@ -100,9 +108,23 @@ def test_val_fraction_rows_are_what_the_run_prints(n_train, fraction, tmp_path, 
     monkeypatch.setattr(EHFModule, "training_step", count_train)
     monkeypatch.setattr(EHFModule, "validation_step", count_val)
     run = tmp_path / "run"
-    assert cli.main(["train", *tiny("trainer.max_steps=2", "trainer.val_check_interval=2", "data.regime=finite",
-                                    f"data.n_train={n_train}", f"data.val_fraction={fraction}", "data.batch_size=64"),
-                     f"run.dir={run}"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                *tiny(
+                    "trainer.max_steps=2",
+                    "trainer.val_check_interval=2",
+                    "data.regime=finite",
+                    f"data.n_train={n_train}",
+                    f"data.val_fraction={fraction}",
+                    "data.batch_size=64",
+                ),
+                f"run.dir={run}",
+            ]
+        )
+        == 0
+    )
     printed = re.search(r"of n_train=(\d+) samples, (\d+) train and (\d+) validate", capsys.readouterr().out)
     assert printed, "the run does not print its split"
     total, n_fit, n_val = map(int, printed.groups())
@@ -110,8 +132,9 @@ def test_val_fraction_rows_are_what_the_run_prints(n_train, fraction, tmp_path, 
     assert seen == {"train": {n_fit}, "val": n_val}, (seen, printed.group(0))
 
 
-def test_sigterm_during_the_last_step_exits_75_with_last_ckpt_at_that_step(tmp_path, ehf_clean_env, monkeypatch,
-                                                                            capsys):
+def test_sigterm_during_the_last_step_exits_75_with_last_ckpt_at_that_step(
+    tmp_path, ehf_clean_env, monkeypatch, capsys
+):
     """The last step (12) falls between validations (5, 10), so only the end of training saves it."""
     last = 12
     training_step = EHFModule.training_step
@@ -136,8 +159,9 @@ def test_sigterm_during_the_last_step_exits_75_with_last_ckpt_at_that_step(tmp_p
 
 
 @pytest.mark.parametrize("selection,best", [("feasible", 2 * EVERY), ("nll", STEPS)])
-def test_feasible_selection_tests_the_best_checkpoint_that_meets_the_constraint(selection, best, tmp_path, ehf_clean_env,
-                                                                                monkeypatch):
+def test_feasible_selection_tests_the_best_checkpoint_that_meets_the_constraint(
+    selection, best, tmp_path, ehf_clean_env, monkeypatch
+):
     """The validation NLL falls at every validation, but the constraint holds (bracket RMS 0.5 √ε) only up to step
     10 and is broken (3 √ε) after: ``constraint.selection=feasible`` tests step 10's checkpoint, the default the
     last one. Early stopping follows the same score: with a patience of 1 the run stops at step 15."""
@@ -165,6 +189,10 @@ def test_selection_score_ranks_every_feasible_checkpoint_first():
 
     assert feasibility_ratio(torch.tensor([0.01, 0.05]), 1e-4) == pytest.approx(5.0)  # the worst generator
     assert feasibility_ratio(torch.tensor([]), 1e-3) == 0.0
-    feasible, barely, infeasible = selection_score(50.0, 0.2), selection_score(50.0, FEASIBLE_RATIO), selection_score(-50.0, 1.2)
+    feasible, barely, infeasible = (
+        selection_score(50.0, 0.2),
+        selection_score(50.0, FEASIBLE_RATIO),
+        selection_score(-50.0, 1.2),
+    )
     assert feasible == barely == 50.0 and infeasible > feasible  # a worse NLL that meets the constraint wins
     assert selection_score(0.0, 2.0) < selection_score(-100.0, 3.0)  # before feasibility: the least infeasible

@@ -52,10 +52,22 @@ def test_run_ids_names_and_dirs(tmp_path, ehf_clean_env):
     assert plain.pop("settings").x_transaction_log_flush_interval == 1.0
     assert plain == {"name": "shell", "tags": None}  # a plain run: the experiment's name
     assert wandb_run_arguments(cfg, {"WANDB_NAME": "x"})["name"] is None  # W&B's WANDB_NAME then applies
-    cell = load_config(overrides=["logger.wandb.name=c1", "logger.wandb.group=st", "logger.wandb.job_type=nsf",
-                                  "logger.wandb.tags=[nsf, seed0]", "logger.wandb.fields={method: nsf, seed: 0}"])
-    assert {k: v for k, v in wandb_run_arguments(cell, {}).items() if k != "settings"} == {"name": "c1", "group": "st", "job_type": "nsf", "tags": ["nsf", "seed0"],
-                                             "config": {"method": "nsf", "seed": 0}}
+    cell = load_config(
+        overrides=[
+            "logger.wandb.name=c1",
+            "logger.wandb.group=st",
+            "logger.wandb.job_type=nsf",
+            "logger.wandb.tags=[nsf, seed0]",
+            "logger.wandb.fields={method: nsf, seed: 0}",
+        ]
+    )
+    assert {k: v for k, v in wandb_run_arguments(cell, {}).items() if k != "settings"} == {
+        "name": "c1",
+        "group": "st",
+        "job_type": "nsf",
+        "tags": ["nsf", "seed0"],
+        "config": {"method": "nsf", "seed": 0},
+    }
 
     from lightning_ehf import build
 
@@ -86,4 +98,3 @@ def test_wandb_mode_from_the_environment_reaches_ehf_train(tmp_path, ehf_cli):
     assert proc.returncode == 0 and "mode: disabled" in proc.stdout and "project: envproj" in proc.stdout
     proc = ehf_cli(["print-config"], cwd=tmp_path, env=env)
     assert proc.returncode == 0 and "mode: online" in proc.stdout
-

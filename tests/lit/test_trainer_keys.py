@@ -20,7 +20,10 @@ def test_trainer_keys_reach_lightning(tmp_path):
     validate(cfg)
     trainer = make_trainer(cfg, tmp_path, "abcd1234")
     assert trainer.accumulate_grad_batches == 3 and trainer.limit_val_batches == 2
-    assert make_trainer(load_config(overrides=tiny("trainer.limit_val_batches=0.25")), tmp_path, "x").limit_val_batches == 0.25
+    assert (
+        make_trainer(load_config(overrides=tiny("trainer.limit_val_batches=0.25")), tmp_path, "x").limit_val_batches
+        == 0.25
+    )
     for bad in ("trainer.limit_val_batches=0", "trainer.limit_val_batches=1.5", "trainer.accumulate_grad_batches=0"):
         with pytest.raises(ConfigError, match=bad.split("=")[0]):
             validate(load_config(overrides=[bad]))
@@ -29,11 +32,16 @@ def test_trainer_keys_reach_lightning(tmp_path):
 @pytest.mark.slow
 def test_accumulated_run_and_schedule_note_on_resume(tmp_path, ehf_cli):
     run = tmp_path / "run"
-    proc = ehf_cli(["train", *tiny("trainer.accumulate_grad_batches=2", "trainer.limit_val_batches=1"),
-                    f"run.dir={run}"], cwd=tmp_path)
+    proc = ehf_cli(
+        ["train", *tiny("trainer.accumulate_grad_batches=2", "trainer.limit_val_batches=1"), f"run.dir={run}"],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     # batch 64 (tiny), 1 device, 1 node, 2 batches per optimiser step
-    assert "global batch: 128 = 64 per device × 1 device × 1 node × 2 accumulated batches per optimiser step" in proc.stdout
+    assert (
+        "global batch: 128 = 64 per device × 1 device × 1 node × 2 accumulated batches per optimiser step"
+        in proc.stdout
+    )
     import json
 
     assert json.loads((run / "metrics.json").read_text())["steps"] == 6  # optimiser steps, 12 batches

@@ -22,8 +22,9 @@ def _tail(proc) -> str:
 
 
 def _leet(*args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", *args], capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "wandb", "leet", "inspect", *args], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, _tail(proc)
     return proc
 
@@ -64,9 +65,20 @@ def test_offline_run_records_metrics_and_images(offline_run):
     assert state["run_id"] == wandb_file.stem.removeprefix("run-")
 
     summary = state["summary"]
-    for key in ("train/elbo", "train/loss", "train/bracket_rms/L01", "train/lambda/L01",
-                "val/nll_iw4", "val/kl", "val/elbo", "val/bracket_rms/L01", "val/invariance_error",
-                "test/nll_iw4", "test/kl", "test/lambda_rank_spread"):
+    for key in (
+        "train/elbo",
+        "train/loss",
+        "train/bracket_rms/L01",
+        "train/lambda/L01",
+        "val/nll_iw4",
+        "val/kl",
+        "val/elbo",
+        "val/bracket_rms/L01",
+        "val/invariance_error",
+        "test/nll_iw4",
+        "test/kl",
+        "test/lambda_rank_spread",
+    ):
         assert key in summary, f"{key} not logged to W&B: {sorted(summary)}"
         assert math.isfinite(summary[key]), (key, summary[key])
     metrics = json.loads((offline_run / "metrics.json").read_text())
@@ -120,8 +132,7 @@ def test_online_without_key_exits_2_before_creating_a_run_folder(tmp_path, ehf_c
     home = tmp_path / "home"
     home.mkdir()
     root = tmp_path / "runs"
-    proc = ehf_cli(["train", "logger.wandb.mode=online", f"run.root={root}"], cwd=tmp_path,
-                   env={"HOME": str(home)})
+    proc = ehf_cli(["train", "logger.wandb.mode=online", f"run.root={root}"], cwd=tmp_path, env={"HOME": str(home)})
     assert proc.returncode == 2, _tail(proc)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "logger.wandb.mode" in lines[0] and "API key" in lines[0], proc.stderr
@@ -145,12 +156,27 @@ def test_history_up_to_a_checkpoint_survives_sigkill(tmp_path, ehf_tiny):
 
     run_dir = tmp_path / "run"
     # few records (well under wandb's 32 KiB blocks, which are written out when full)
-    args = [*ehf_tiny, "trainer.max_steps=100000", "trainer.val_check_interval=40", "trainer.log_every_n_steps=10",
-            "plots.enabled=false", f"run.dir={run_dir}"]
-    env = clean_env(WANDB_CONFIG_DIR=str(tmp_path / "wb-config"), WANDB_CACHE_DIR=str(tmp_path / "wb-cache"),
-                    WANDB_DATA_DIR=str(tmp_path / "wb-data"))
-    proc = subprocess.Popen([sys.executable, "-m", "lightning_ehf", "train", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    args = [
+        *ehf_tiny,
+        "trainer.max_steps=100000",
+        "trainer.val_check_interval=40",
+        "trainer.log_every_n_steps=10",
+        "plots.enabled=false",
+        f"run.dir={run_dir}",
+    ]
+    env = clean_env(
+        WANDB_CONFIG_DIR=str(tmp_path / "wb-config"),
+        WANDB_CACHE_DIR=str(tmp_path / "wb-cache"),
+        WANDB_DATA_DIR=str(tmp_path / "wb-data"),
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lightning_ehf", "train", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         last = run_dir / "checkpoints" / "last.ckpt"
         t0 = time.time()
@@ -169,7 +195,9 @@ def test_history_up_to_a_checkpoint_survives_sigkill(tmp_path, ehf_tiny):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert step >= 40
-    records = [json.loads(line) for line in _leet("--json", str(_wandb_file(run_dir))).stdout.splitlines() if line.strip()]
+    records = [
+        json.loads(line) for line in _leet("--json", str(_wandb_file(run_dir))).stdout.splitlines() if line.strip()
+    ]
     history = [r["history"]["item"] for r in records if r.get("type") == "history"]
     logged = {h["trainer/global_step"] for h in history if "train/elbo" in h}
     assert set(range(9, step, 10)) <= logged, (step, sorted(logged))  # every training row before the checkpoint

@@ -58,8 +58,10 @@ def trained(tmp_path_factory) -> FakeFolder:
     """Two tiny cells on two_rings4d (6 steps, validations after steps 3 and 6): invariant by construction,
     and unconstrained."""
     root = tmp_path_factory.mktemp("analyses")
-    cells = [FakeCell("ehf_invariant-seed0", {"method": "ehf_invariant", "seed": "seed0"}),
-             FakeCell("ehf_none-seed0", {"method": "ehf_none", "seed": "seed0"})]
+    cells = [
+        FakeCell("ehf_invariant-seed0", {"method": "ehf_invariant", "seed": "seed0"}),
+        FakeCell("ehf_none-seed0", {"method": "ehf_none", "seed": "seed0"}),
+    ]
     folder = FakeFolder(root, cells)
     with pytest.MonkeyPatch.context() as mp:
         for name in ENV_DROP:
@@ -102,8 +104,13 @@ def test_potentials_locates_the_minimum_of_a_known_potential(tmp_path, monkeypat
         block.hamiltonian.potential = Well(2, c)
     config = {"data": {"target": "rings2d"}, "model": {"kind": "ehf"}, "seed": 0}
     monkeypatch.setattr(evaluate, "load_run", lambda path: evaluate.Run(model, from_saved(config), 2, None, Path(path)))
-    folder = FakeFolder(tmp_path, [FakeCell("ehf_dual-seed0", {"method": "ehf_dual", "seed": "seed0"}),
-                                   FakeCell("nsf-seed0", {"method": "nsf", "seed": "seed0"})])
+    folder = FakeFolder(
+        tmp_path,
+        [
+            FakeCell("ehf_dual-seed0", {"method": "ehf_dual", "seed": "seed0"}),
+            FakeCell("nsf-seed0", {"method": "nsf", "seed": "seed0"}),
+        ],
+    )
     for cell, kind in zip(folder.cells, ("ehf", "nsf")):
         folder.cell_dir(cell).mkdir(parents=True)
         (folder.cell_dir(cell) / "config.yaml").write_text(f"model:\n  kind: {kind}\ndata:\n  target: rings2d\n")

@@ -10,8 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from lightning_ehf.study.summary import (SUMMARY_STUDIES, compare_study, markdown, paired_interval, row_flags,
-                                         step_cost_ratios)
+from lightning_ehf.study.summary import (
+    SUMMARY_STUDIES,
+    compare_study,
+    markdown,
+    paired_interval,
+    row_flags,
+    step_cost_ratios,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 STUDIES = ROOT / "docs" / "studies"
@@ -41,8 +47,9 @@ def test_readme_summary_lists_every_loss_and_tie_of_the_studies():
 
 def test_readme_step_cost_range_is_the_raw_files_range():
     ratios = [r for name in SUMMARY_STUDIES for r in step_cost_ratios(STUDIES / name / "results.csv")]
-    quoted = re.search(r"EHF step \(validation included\) cost\s+(\d+)–(\d+)× an NSF step",
-                       (ROOT / "README.md").read_text())
+    quoted = re.search(
+        r"EHF step \(validation included\) cost\s+(\d+)–(\d+)× an NSF step", (ROOT / "README.md").read_text()
+    )
     assert quoted, "the README's cost sentence moved"
     assert (int(quoted[1]), int(quoted[2])) == (math.floor(min(ratios)), math.ceil(max(ratios)))
 
@@ -56,15 +63,23 @@ def test_paired_interval_against_a_hand_computation():
     assert paired_interval([0.5])[1:] == (-math.inf, math.inf)
 
 
-@pytest.mark.parametrize("row,expected", [
-    ({"best_step": "900", "max_steps": "1000", "stopped_early": "True"}, ["under-trained"]),  # the ≥ boundary
-    ({"best_step": "899", "max_steps": "1000", "stopped_early": "True"}, []),
-    ({"best_step": "400", "max_steps": "1000", "stopped_early": "False"}, ["hit the cap"]),
-    ({"best_step": "400", "max_steps": "1000", "stopped_early": "True", "val/kl": "6.0", "test/kl": "4.9"}, ["diverged after best"]),
-    ({"best_step": "400", "max_steps": "1000", "stopped_early": "True", "val/kl": "5.8", "test/kl": "4.9"}, []),
-    ({"best_step": "50", "max_steps": "1000", "stopped_early": "True", "first_validation_best": "True"},
-     ["best at the 1st validation"]),
-])
+@pytest.mark.parametrize(
+    "row,expected",
+    [
+        ({"best_step": "900", "max_steps": "1000", "stopped_early": "True"}, ["under-trained"]),  # the ≥ boundary
+        ({"best_step": "899", "max_steps": "1000", "stopped_early": "True"}, []),
+        ({"best_step": "400", "max_steps": "1000", "stopped_early": "False"}, ["hit the cap"]),
+        (
+            {"best_step": "400", "max_steps": "1000", "stopped_early": "True", "val/kl": "6.0", "test/kl": "4.9"},
+            ["diverged after best"],
+        ),
+        ({"best_step": "400", "max_steps": "1000", "stopped_early": "True", "val/kl": "5.8", "test/kl": "4.9"}, []),
+        (
+            {"best_step": "50", "max_steps": "1000", "stopped_early": "True", "first_validation_best": "True"},
+            ["best at the 1st validation"],
+        ),
+    ],
+)
 def test_row_flags(row, expected):
     assert row_flags(row) == expected
 
@@ -79,12 +94,35 @@ def test_verdicts_follow_the_interval(tmp_path):
     """A peer better in every seed by a steady margin is a loss; a noisy difference is a tie."""
     path = tmp_path / "study" / "results.csv"
     path.parent.mkdir()
-    fields = ["cell", "method", "target", "seed", "state", "best_step", "max_steps", "steps", "stopped_early", "test/kl"]
+    fields = [
+        "cell",
+        "method",
+        "target",
+        "seed",
+        "state",
+        "best_step",
+        "max_steps",
+        "steps",
+        "stopped_early",
+        "test/kl",
+    ]
     rows = []
     for seed, (ehf, nsf, aug) in enumerate([(0.50, 0.30, 0.9), (0.52, 0.31, 0.1), (0.49, 0.29, 0.9)]):
         for method, kl in (("ehf_dual", ehf), ("nsf", nsf), ("nsf_aug", aug)):
-            rows.append({"cell": f"{method}-{seed}", "method": method, "target": "t", "seed": f"seed{seed}", "state": "done",
-                         "best_step": "100", "max_steps": "1000", "steps": "300", "stopped_early": "True", "test/kl": kl})
+            rows.append(
+                {
+                    "cell": f"{method}-{seed}",
+                    "method": method,
+                    "target": "t",
+                    "seed": f"seed{seed}",
+                    "state": "done",
+                    "best_step": "100",
+                    "max_steps": "1000",
+                    "steps": "300",
+                    "stopped_early": "True",
+                    "test/kl": kl,
+                }
+            )
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()

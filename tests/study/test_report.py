@@ -15,8 +15,7 @@ from lightning_ehf import cli
 from lightning_ehf.study.runner import StudyFolder
 from lightning_ehf.study.spec import load_study
 
-KL = {("ehf_dual", 0): 0.1, ("ehf_dual", 1): 0.4, ("ehf_dual", 2): 1.0,
-      ("ehf_none", 0): 0.3, ("ehf_none", 2): 0.2}
+KL = {("ehf_dual", 0): 0.1, ("ehf_dual", 1): 0.4, ("ehf_dual", 2): 1.0, ("ehf_none", 0): 0.3, ("ehf_none", 2): 0.2}
 NOT_DONE = {("ehf_dual", 3): "interrupted", ("ehf_none", 1): "pending", ("ehf_none", 3): "failed"}
 
 
@@ -24,11 +23,16 @@ NOT_DONE = {("ehf_dual", 3): "interrupted", ("ehf_none", 1): "pending", ("ehf_no
 def report(tmp_path, capsys) -> str:
     """results.md of a 2 methods × 4 seeds study: five cells done, three not (see NOT_DONE)."""
     spec = tmp_path / "s.yaml"
-    spec.write_text(yaml.safe_dump({
-        "study": "hand", "base": {"logger.wandb.mode": "disabled"},
-        "axes": {"method": ["ehf_dual", "ehf_none"], "seed": {"key": "seed", "values": [0, 1, 2, 3]}},
-        "report": {"compare": "method", "pairs": [["ehf_dual", "ehf_none"]]},
-    }))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "study": "hand",
+                "base": {"logger.wandb.mode": "disabled"},
+                "axes": {"method": ["ehf_dual", "ehf_none"], "seed": {"key": "seed", "values": [0, 1, 2, 3]}},
+                "report": {"compare": "method", "pairs": [["ehf_dual", "ehf_none"]]},
+            }
+        )
+    )
     folder = StudyFolder(tmp_path / "study", load_study(spec))
     folder.write_manifest("ehf study run -c s.yaml")
     for cell in folder.cells:
@@ -44,8 +48,17 @@ def report(tmp_path, capsys) -> str:
         elif state is None:
             (run / "config.yaml").write_text("trainer:\n  val_check_interval: 10\n")
             gap = 1.0 if key[0] == "ehf_dual" else 2.0
-            (run / "metrics.json").write_text(json.dumps({"test/kl": KL[key], "test/nll": 1.0 + KL[key],
-                                                          "test/nll_gap": gap, "best_step": 50, "max_steps": 100}))
+            (run / "metrics.json").write_text(
+                json.dumps(
+                    {
+                        "test/kl": KL[key],
+                        "test/nll": 1.0 + KL[key],
+                        "test/nll_gap": gap,
+                        "best_step": 50,
+                        "max_steps": 100,
+                    }
+                )
+            )
     states = {c.name: s.state for c, s in zip(folder.cells, folder.states())}
     assert sorted(states.values()).count("done") == 5 and "pending" in states.values(), states
     assert cli.main(["study", "report", str(folder.root)]) == 0
@@ -66,8 +79,11 @@ def test_pairs_count_only_seeds_where_both_cells_are_done(report):
     both = [s for s in range(4) if ("ehf_dual", s) in KL and ("ehf_none", s) in KL]  # seeds 0 and 2
     delta = np.mean([KL[("ehf_dual", s)] - KL[("ehf_none", s)] for s in both])
     wins = sum(KL[("ehf_dual", s)] < KL[("ehf_none", s)] for s in both)
-    assert (row["seeds"], row["lower test KL"], row["mean Δ KL"]) == (str(len(both)), f"{wins}/{len(both)}",
-                                                                      f"{delta:+.3f}"), row
+    assert (row["seeds"], row["lower test KL"], row["mean Δ KL"]) == (
+        str(len(both)),
+        f"{wins}/{len(both)}",
+        f"{delta:+.3f}",
+    ), row
     assert (row["smaller gap"], row["mean Δ gap"]) == (f"{len(both)}/{len(both)}", "-1.000"), row
 
 

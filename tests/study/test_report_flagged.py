@@ -15,11 +15,20 @@ from lightning_ehf.study.spec import load_study
 
 def test_report_of_under_trained_cells_only_plots_them(tmp_path, monkeypatch):
     spec = tmp_path / "pilot.yaml"
-    spec.write_text(yaml.safe_dump({
-        "study": "pilot", "base": {"trainer.max_steps": 100, "logger.wandb.mode": "disabled"},
-        "axes": {"method": ["ehf_dual", "nsf"], "n_train": {"key": "data.n_train", "values": [128, 1024]},
-                 "seed": {"key": "seed", "values": [0, 1]}},
-        "report": {"x": "n_train", "compare": "method"}}))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "study": "pilot",
+                "base": {"trainer.max_steps": 100, "logger.wandb.mode": "disabled"},
+                "axes": {
+                    "method": ["ehf_dual", "nsf"],
+                    "n_train": {"key": "data.n_train", "values": [128, 1024]},
+                    "seed": {"key": "seed", "values": [0, 1]},
+                },
+                "report": {"x": "n_train", "compare": "method"},
+            }
+        )
+    )
     folder = StudyFolder(tmp_path / "study", load_study(spec))
     folder.write_manifest("ehf study run -c pilot.yaml")
     kl = {}
@@ -29,10 +38,21 @@ def test_report_of_under_trained_cells_only_plots_them(tmp_path, monkeypatch):
         (run / "config.yaml").write_text(yaml.safe_dump({"trainer": {"val_check_interval": 10}}))
         kl[cell.name] = 0.1 + 0.05 * i
         # best step 100 of 100: every cell may still have been improving
-        (run / "metrics.json").write_text(json.dumps({
-            "test/kl": kl[cell.name], "test/nll": 2 + kl[cell.name], "test/nll_gap": 0.01 * i,
-            "test/invariance_error": 0.02, "best_step": 100, "max_steps": 100, "steps": 100, "params": 1000,
-            "wall_time_s": 1.0}))
+        (run / "metrics.json").write_text(
+            json.dumps(
+                {
+                    "test/kl": kl[cell.name],
+                    "test/nll": 2 + kl[cell.name],
+                    "test/nll_gap": 0.01 * i,
+                    "test/invariance_error": 0.02,
+                    "best_step": 100,
+                    "max_steps": 100,
+                    "steps": 100,
+                    "params": 1000,
+                    "wall_time_s": 1.0,
+                }
+            )
+        )
 
     import matplotlib.figure
 
@@ -57,5 +77,7 @@ def test_report_of_under_trained_cells_only_plots_them(tmp_path, monkeypatch):
     assert len({c.get_edgecolor()[0][:3].round(3).tobytes() for c in circles}) == 2  # one colour per method
     assert not ax.lines  # no mean: no cell is good
     assert sorted(t.get_text() for t in figures["kl.png"].legends[0].get_texts()) == [
-        "ehf_dual (flagged)", "nsf (flagged)"]
+        "ehf_dual (flagged)",
+        "nsf (flagged)",
+    ]
     assert (tmp_path / "study" / "report" / "kl.png").stat().st_size > 1000

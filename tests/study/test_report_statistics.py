@@ -21,14 +21,28 @@ from lightning_ehf.study.statistics import diverged_after_best, t_interval, unde
 # two-sided 95 % Student-t quantiles t_{0.975, df}, from printed tables
 T975 = {1: 12.706204736, 2: 4.302652730, 3: 3.182446305}
 SQRT_TOL = math.sqrt(1e-3)
-BASE = {"best_step": 500, "max_steps": 1000, "steps": 700, "stopped_early": True, "best_val_nll": 1.0,
-        "val/nll_iw8": 1.1, "iw_samples": 16, "params": 100, "wall_time_s": 1.0}
+BASE = {
+    "best_step": 500,
+    "max_steps": 1000,
+    "steps": 700,
+    "stopped_early": True,
+    "best_val_nll": 1.0,
+    "val/nll_iw8": 1.1,
+    "iw_samples": 16,
+    "params": 100,
+    "wall_time_s": 1.0,
+}
 # (method, seed) -> test KL and what makes the cell flagged, if anything
 CELLS = {
     ("ehf_dual", 0): {"test/kl": 0.10, "test/bracket_rms/L01": 0.030, "test/bracket_rms/L02": 0.020},
     ("ehf_dual", 1): {"test/kl": 0.20, "test/bracket_rms/L01": 0.0345, "test/bracket_rms/L02": 0.001},
     ("ehf_dual", 2): {"test/kl": 0.05, "test/bracket_rms/L01": 0.050, "val/nll_iw8": 2.5},  # diverged after best
-    ("ehf_dual", 3): {"test/kl": 0.07, "test/bracket_rms/L01": 0.031, "steps": 1000, "stopped_early": False},  # hit the cap
+    ("ehf_dual", 3): {
+        "test/kl": 0.07,
+        "test/bracket_rms/L01": 0.031,
+        "steps": 1000,
+        "stopped_early": False,
+    },  # hit the cap
     ("nsf", 0): {"test/kl": 0.30},
     ("nsf", 1): {"test/kl": 0.25},
     ("nsf", 2): {"test/kl": 0.43},
@@ -38,16 +52,21 @@ FLAGGED = {("ehf_dual", 2), ("ehf_dual", 3), ("nsf", 3)}
 
 
 def _config(method: str, patience: int | None = 5) -> dict:
-    return {"model": {"kind": "ehf" if method.startswith("ehf") else "nsf"},
-            "constraint": {"mode": "dual" if method == "ehf_dual" else "none", "tolerance": 1e-3},
-            "trainer": {"patience": patience, "val_check_interval": 50},
-            "eval": {"iw_samples": 16, "val_iw_samples": 8}}
+    return {
+        "model": {"kind": "ehf" if method.startswith("ehf") else "nsf"},
+        "constraint": {"mode": "dual" if method == "ehf_dual" else "none", "tolerance": 1e-3},
+        "trainer": {"patience": patience, "val_check_interval": 50},
+        "eval": {"iw_samples": 16, "val_iw_samples": 8},
+    }
 
 
 def _folder(tmp_path, axes: dict, report: dict | None = None) -> StudyFolder:
     spec = tmp_path / "s.yaml"
-    spec.write_text(yaml.safe_dump({"study": "stats", "base": {"logger.wandb.mode": "disabled"}, "axes": axes,
-                                    "report": report or {}}))
+    spec.write_text(
+        yaml.safe_dump(
+            {"study": "stats", "base": {"logger.wandb.mode": "disabled"}, "axes": axes, "report": report or {}}
+        )
+    )
     folder = StudyFolder(tmp_path / "study", load_study(spec))
     folder.write_manifest("ehf study run -c s.yaml")
     return folder
@@ -70,13 +89,22 @@ def _write_cell(folder: StudyFolder, cell, config: dict, metrics: dict, history:
 @pytest.fixture
 def study(tmp_path):
     """2 methods × 4 seeds, three cells flagged (see CELLS); returns (results.md, results.csv rows by cell)."""
-    folder = _folder(tmp_path, {"method": ["ehf_dual", "nsf"], "seed": {"key": "seed", "values": [0, 1, 2, 3]}},
-                     {"compare": "method", "pairs": [["ehf_dual", "nsf"]]})
+    folder = _folder(
+        tmp_path,
+        {"method": ["ehf_dual", "nsf"], "seed": {"key": "seed", "values": [0, 1, 2, 3]}},
+        {"compare": "method", "pairs": [["ehf_dual", "nsf"]]},
+    )
     for cell in folder.cells:
         key = (cell.values["method"], int(cell.values["seed"][4:]))
         kl = CELLS[key]["test/kl"]
-        metrics = {**BASE, "test/nll": 1.0 + kl, "test/nll_gap": 0.1, "test/kl_paired": kl,
-                   "test/kl_paired_stderr": 0.001 + 0.002 * key[1], **CELLS[key]}
+        metrics = {
+            **BASE,
+            "test/nll": 1.0 + kl,
+            "test/nll_gap": 0.1,
+            "test/kl_paired": kl,
+            "test/kl_paired_stderr": 0.001 + 0.002 * key[1],
+            **CELLS[key],
+        }
         _write_cell(folder, cell, _config(key[0]), metrics)
     out = write_report(folder)
     with open(out["csv"], newline="") as f:
@@ -85,15 +113,20 @@ def study(tmp_path):
 
 
 def _kl(method: str, flagged: bool | None = None) -> list[float]:
-    return [v["test/kl"] for (m, s), v in CELLS.items() if m == method and (flagged is None or ((m, s) in FLAGGED) == flagged)]
+    return [
+        v["test/kl"]
+        for (m, s), v in CELLS.items()
+        if m == method and (flagged is None or ((m, s) in FLAGGED) == flagged)
+    ]
 
 
 def test_each_flag_marks_its_own_cell_and_only_that(study):
     _, rows = study
     expected = {"ehf_dual-seed2": "diverged_after_best", "ehf_dual-seed3": "hit_cap", "nsf-seed3": "under_trained"}
     for cell, row in rows.items():
-        carried = {f for f in ("under_trained", "hit_cap", "diverged_after_best", "first_validation_best")
-                   if row[f] == "True"}
+        carried = {
+            f for f in ("under_trained", "hit_cap", "diverged_after_best", "first_validation_best") if row[f] == "True"
+        }
         assert carried == ({expected[cell]} if cell in expected else set()), (cell, carried)
         assert row["flagged"] == str(cell in expected)
 
@@ -115,8 +148,11 @@ def test_means_over_unflagged_cells_sit_beside_means_over_all_done(study):
     assert table["nsf"]["flags"] == "1 under-trained"
     # the largest row error of an unflagged cell (seeds 0 and 1 of ehf_dual: 0.001, 0.003)
     assert table["ehf_dual"]["paired KL row s.e."] == "≤ 0.003"
-    for title, cells in (("Cells that diverged after their best step", "`ehf_dual-seed2`"),
-                         ("Cells that hit the cap", "`ehf_dual-seed3`"), ("Under-trained cells", "`nsf-seed3`")):
+    for title, cells in (
+        ("Cells that diverged after their best step", "`ehf_dual-seed2`"),
+        ("Cells that hit the cap", "`ehf_dual-seed3`"),
+        ("Under-trained cells", "`nsf-seed3`"),
+    ):
         assert f"{title} (1): {cells}" in md
 
 
@@ -149,8 +185,10 @@ def test_t_interval_against_printed_quantiles():
 
 def test_feasibility_ratio_and_fraction_within_tolerance(study):
     md, rows = study
-    ratios = {s: max(v for k, v in CELLS[("ehf_dual", s)].items() if k.startswith("test/bracket_rms/")) / SQRT_TOL
-              for s in range(4)}
+    ratios = {
+        s: max(v for k, v in CELLS[("ehf_dual", s)].items() if k.startswith("test/bracket_rms/")) / SQRT_TOL
+        for s in range(4)
+    }
     for s, ratio in ratios.items():
         assert float(rows[f"ehf_dual-seed{s}"]["feasibility"]) == pytest.approx(ratio, rel=1e-9)
     assert all(rows[f"nsf-seed{s}"]["feasibility"] == "" for s in range(4))  # unconstrained: no ratio
@@ -179,11 +217,13 @@ def test_hit_cap_needs_early_stopping_and_diverged_reads_older_runs_history(tmp_
     folder = _folder(tmp_path, {"seed": {"key": "seed", "values": [0, 1, 2, 3, 4]}})
     at_cap = {**BASE, "steps": 1000, "stopped_early": False}
     old = {k: v for k, v in BASE.items() if k != "best_val_nll"}
-    cases = [(_config("nsf", patience=None), at_cap, None),  # no early stopping: reaching the cap says nothing
-             (_config("nsf"), at_cap, None),
-             (_config("nsf"), {**old, "val/nll_iw8": 2.3}, [3.0, 1.2, 2.3]),  # 2.3 − 1.2 > 1 nat
-             (_config("nsf"), {**old, "val/nll_iw8": 2.1}, [3.0, 1.2, 2.1]),  # 0.9 nat: not diverged
-             (_config("nsf"), {**BASE, "val/nll_iw8": float("nan")}, None)]
+    cases = [
+        (_config("nsf", patience=None), at_cap, None),  # no early stopping: reaching the cap says nothing
+        (_config("nsf"), at_cap, None),
+        (_config("nsf"), {**old, "val/nll_iw8": 2.3}, [3.0, 1.2, 2.3]),  # 2.3 − 1.2 > 1 nat
+        (_config("nsf"), {**old, "val/nll_iw8": 2.1}, [3.0, 1.2, 2.1]),  # 0.9 nat: not diverged
+        (_config("nsf"), {**BASE, "val/nll_iw8": float("nan")}, None),
+    ]
     for cell, (config, metrics, history) in zip(folder.cells, cases):
         _write_cell(folder, cell, config, metrics, history)
     rows = cell_rows(folder)

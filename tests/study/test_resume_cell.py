@@ -58,8 +58,10 @@ def test_interrupted_cell_resumes_from_the_step_it_reached(tmp_path, ehf_clean_e
             assert cli.main(_train_argv(folder, cell)) == 75
         finally:
             signal.signal(signal.SIGTERM, previous)
-    steps = {name: int(torch.load(checkpoints / f"{name}.ckpt", map_location="cpu", weights_only=True)["global_step"])
-             for name in ("best", "last")}
+    steps = {
+        name: int(torch.load(checkpoints / f"{name}.ckpt", map_location="cpu", weights_only=True)["global_step"])
+        for name in ("best", "last")
+    }
     assert steps == {"best": 5, "last": STOP_AT}
     assert folder.state(cell).state == "interrupted"
     capsys.readouterr()

@@ -13,32 +13,49 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from ehf_testing import clean_env
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_study import TINY_BASE, commands_in_log, metrics, status, study, write_study  # noqa: E402
+from test_study import commands_in_log, metrics, status, study, write_study  # noqa: E402
 
 FAKE = Path(__file__).parent / "fake_slurm"
 
 
 def fake_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    return clean_env(PATH=f"{FAKE}{os.pathsep}{os.environ['PATH']}", FAKE_SLURM_DIR=str(tmp_path / "slurm-state"),
-                     FAKE_SLURM_PYTHON=sys.executable, **extra)
+    return clean_env(
+        PATH=f"{FAKE}{os.pathsep}{os.environ['PATH']}",
+        FAKE_SLURM_DIR=str(tmp_path / "slurm-state"),
+        FAKE_SLURM_PYTHON=sys.executable,
+        **extra,
+    )
 
 
 @pytest.mark.slow
 def test_cells_signalled_at_the_time_limit_requeue_and_match_an_uninterrupted_study(tmp_path):
-    spec = write_study(tmp_path / "tl.yaml", "tl", {"seed": {"key": "seed", "values": [0, 1]}},
-                       {"trainer.max_steps": 400, "trainer.val_check_interval": 50},
-                       slurm={"time_min": 5, "cpus_per_cell": 1})
+    spec = write_study(
+        tmp_path / "tl.yaml",
+        "tl",
+        {"seed": {"key": "seed", "values": [0, 1]}},
+        {"trainer.max_steps": 400, "trainer.val_check_interval": 50},
+        slurm={"time_min": 5, "cpus_per_cell": 1},
+    )
     d, ref = tmp_path / "slurm", tmp_path / "local"
     cells = ["seed0", "seed1"]
     # the time limit's signal comes once a cell has written its first checkpoint (step 50 of 400)
     when = json.dumps([str(d / "cells" / c / "checkpoints" / "last.ckpt") for c in cells])
-    r = study("run", "-c", spec, "--dir", d, "--launcher", "slurm", cwd=tmp_path, timeout=600,
-              env=fake_env(tmp_path, FAKE_SLURM_SIGNAL_WHEN=when))
+    r = study(
+        "run",
+        "-c",
+        spec,
+        "--dir",
+        d,
+        "--launcher",
+        "slurm",
+        cwd=tmp_path,
+        timeout=600,
+        env=fake_env(tmp_path, FAKE_SLURM_SIGNAL_WHEN=when),
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "submitted 2 cells as job array" in r.stdout and "2 of 2 cells finished" in r.stdout
     submission = next((d / "submitit").rglob("*_submission.sh")).read_text()
@@ -69,8 +86,9 @@ def _stale(d: Path, cell: str, **info) -> None:
 
 @pytest.mark.slow
 def test_running_cells_whose_job_or_process_is_gone_are_run_again(tmp_path):
-    spec = write_study(tmp_path / "st.yaml", "st", {"seed": {"key": "seed", "values": [0, 1, 2, 3, 4]}},
-                       {"trainer.max_steps": 10})
+    spec = write_study(
+        tmp_path / "st.yaml", "st", {"seed": {"key": "seed", "values": [0, 1, 2, 3, 4]}}, {"trainer.max_steps": 10}
+    )
     d = tmp_path / "study"
     env = fake_env(tmp_path)
     r = study("run", "-c", spec, "--dir", d, "--launcher", "wandb", cwd=tmp_path, env=env)  # the manifest; runs nothing
@@ -87,8 +105,12 @@ def test_running_cells_whose_job_or_process_is_gone_are_run_again(tmp_path):
     r = study("status", d, cwd=tmp_path, timeout=60, env=env)
     rows = {line.split("│")[1].strip(): line for line in r.stdout.splitlines() if line.count("│") == 4}
     assert "running" in rows["seed0"] and "slurm job 77_0, running" in rows["seed0"], r.stdout
-    for name, why in (("seed1", "slurm job 78_0 ended (timeout)"), ("seed2", "slurm job 99_0 ended (gone)"),
-                      ("seed3", "no heartbeat from elsewhere"), ("seed4", "ended before the cell finished")):
+    for name, why in (
+        ("seed1", "slurm job 78_0 ended (timeout)"),
+        ("seed2", "slurm job 99_0 ended (gone)"),
+        ("seed3", "no heartbeat from elsewhere"),
+        ("seed4", "ended before the cell finished"),
+    ):
         assert "pending" in rows[name] and why in rows[name], (name, r.stdout)
 
     r = study("run", "-c", spec, "--dir", d, "--workers", 2, "--cores", 2, cwd=tmp_path, timeout=600, env=env)

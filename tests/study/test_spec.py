@@ -8,19 +8,32 @@ import yaml
 from lightning_ehf.study.runner import StudyFolder
 from lightning_ehf.study.spec import load_study
 
-BASE = {"data.regime": "finite", "data.n_train": 50, "model.hidden": 8, "optim.lr": 0.01, "constraint.mode": "penalty",
-        "logger.wandb.mode": "disabled"}
+BASE = {
+    "data.regime": "finite",
+    "data.n_train": 50,
+    "model.hidden": 8,
+    "optim.lr": 0.01,
+    "constraint.mode": "penalty",
+    "logger.wandb.mode": "disabled",
+}
 
 
 def test_an_axis_value_wins_over_base_and_profile_base(tmp_path):
     spec = tmp_path / "s.yaml"
-    spec.write_text(yaml.safe_dump({
-        "study": "collide", "base": BASE,
-        "axes": {"method": ["ehf_none", "ehf_dual"],  # presets set constraint.mode, which base sets too
-                 "n_train": {"key": "data.n_train", "values": [64, 128]},
-                 "width": {"w16": {"model.hidden": 16}, "base_width": {}}},
-        "profiles": {"full": {}, "small": {"base": {"model.hidden": 12, "data.n_train": 7, "optim.lr": 0.02}}},
-    }))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "study": "collide",
+                "base": BASE,
+                "axes": {
+                    "method": ["ehf_none", "ehf_dual"],  # presets set constraint.mode, which base sets too
+                    "n_train": {"key": "data.n_train", "values": [64, 128]},
+                    "width": {"w16": {"model.hidden": 16}, "base_width": {}},
+                },
+                "profiles": {"full": {}, "small": {"base": {"model.hidden": 12, "data.n_train": 7, "optim.lr": 0.02}}},
+            }
+        )
+    )
     for profile, hidden, lr in (("full", 8, 0.01), ("small", 12, 0.02)):
         folder = StudyFolder(tmp_path / str(profile), load_study(spec, profile))
         assert len(folder.cells) == 8
@@ -29,8 +42,12 @@ def test_an_axis_value_wins_over_base_and_profile_base(tmp_path):
             n_train = {"n_train64": 64, "n_train128": 128}[cell.values["n_train"]]
             width = 16 if cell.values["width"] == "w16" else hidden
             cfg = folder.config(cell)
-            assert (cfg["constraint"]["mode"], cfg["data"]["n_train"], cfg["model"]["hidden"], cfg["optim"]["lr"]) == \
-                (mode, n_train, width, lr), cell.name
+            assert (cfg["constraint"]["mode"], cfg["data"]["n_train"], cfg["model"]["hidden"], cfg["optim"]["lr"]) == (
+                mode,
+                n_train,
+                width,
+                lr,
+            ), cell.name
             # one entry per key: what the cell's `ehf train` command gets is unambiguous
             keys = [item.split("=", 1)[0] for item in cell.overrides]
             assert len(keys) == len(set(keys)), cell.overrides

@@ -39,10 +39,19 @@ TINY_BASE = {
 # (step 20 of 30); nsf_aug validates only at step 30, so its best step is the cap: under-trained
 E2E_AXES = {
     "method": {
-        "ehf_dual": {"model.kind": "ehf", "constraint.mode": "dual", "optim.lr": 1e-9, "trainer.patience": 1,
-                     "trainer.min_delta": 0.5},
-        "nsf_aug": {"model.kind": "nsf", "constraint.mode": "none", "data.augment": True,
-                    "trainer.val_check_interval": 30},
+        "ehf_dual": {
+            "model.kind": "ehf",
+            "constraint.mode": "dual",
+            "optim.lr": 1e-9,
+            "trainer.patience": 1,
+            "trainer.min_delta": 0.5,
+        },
+        "nsf_aug": {
+            "model.kind": "nsf",
+            "constraint.mode": "none",
+            "data.augment": True,
+            "trainer.val_check_interval": 30,
+        },
     },
     "seed": {"key": "seed", "values": [0]},
 }
@@ -50,8 +59,9 @@ E2E_CELLS = ["ehf_dual-seed0", "nsf_aug-seed0"]
 
 
 def write_study(path: Path, name: str, axes: dict, base: dict | None = None, **top) -> Path:
-    path.write_text(yaml.safe_dump({"study": name, "base": {**TINY_BASE, **(base or {})}, "axes": axes, **top},
-                                   sort_keys=False))
+    path.write_text(
+        yaml.safe_dump({"study": name, "base": {**TINY_BASE, **(base or {})}, "axes": axes, **top}, sort_keys=False)
+    )
     return path
 
 
@@ -60,13 +70,20 @@ def study_argv(*args) -> list[str]:
 
 
 def study(*args, cwd: Path, timeout: float = 240, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(study_argv(*args), cwd=cwd, env=clean_env() if env is None else env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        study_argv(*args),
+        cwd=cwd,
+        env=clean_env() if env is None else env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def start_study(*args, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(study_argv(*args), cwd=cwd, env=clean_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        study_argv(*args), cwd=cwd, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def status(d: Path) -> tuple[int, dict[str, tuple[str, str]], str]:
@@ -122,8 +139,16 @@ def test_shipped_study_profiles_shrink_the_grid_and_name_cells():
     assert len(cells) == 6 * 2 * 2 * 3
     cell = cells["ehf_dual-ring2d-n_train128-seed0"]
     assert cell.values == {"method": "ehf_dual", "target": "ring2d", "n_train": "n_train128", "seed": "seed0"}
-    for item in ("data.n_train=128", "seed=0", "data.target=ring2d", "constraint.mode=dual", "model.kind=ehf",
-                 "data.val_fraction=0.2", "trainer.max_steps=4000", "experiment=data_efficiency"):
+    for item in (
+        "data.n_train=128",
+        "seed=0",
+        "data.target=ring2d",
+        "constraint.mode=dual",
+        "model.kind=ehf",
+        "data.val_fraction=0.2",
+        "trainer.max_steps=4000",
+        "experiment=data_efficiency",
+    ):
         assert item in cell.overrides
     assert "trainer.max_steps=5000" not in cell.overrides  # the profile's base replaces the study's
     assert "ehf_penalty-ring2d-n_train128-seed0" not in cells and "ehf_dual-shell3d-n_train128-seed0" not in cells
@@ -134,16 +159,24 @@ def test_shipped_study_profiles_shrink_the_grid_and_name_cells():
 def test_extra_overrides_reach_every_cell():
     s = load_study(SHIPPED, "quick", ["trainer.max_steps=7", "eval.val_iw_samples=null", "optim.lr=0.001"])
     cells = s.cells()
-    assert len(cells) == 6 * 2 * 2 * 3 and all("trainer.max_steps=7" in c.overrides and "trainer.max_steps=4000" not in c.overrides
-                                    and "eval.val_iw_samples=null" in c.overrides and "optim.lr=0.001" in c.overrides
-                                    for c in cells)
+    assert len(cells) == 6 * 2 * 2 * 3 and all(
+        "trainer.max_steps=7" in c.overrides
+        and "trainer.max_steps=4000" not in c.overrides
+        and "eval.val_iw_samples=null" in c.overrides
+        and "optim.lr=0.001" in c.overrides
+        for c in cells
+    )
 
 
 def test_profile_keeps_key_axis_values_by_value_or_by_name(tmp_path):
-    axes = {"method": ["ehf_dual", "nsf"], "n": {"key": "data.n_train", "values": [64, 128, 256]},
-            "seed": {"key": "seed", "values": [0, 1]}}
-    f = write_study(tmp_path / "p.yaml", "p", axes, profiles={"small": {"axes": {"n": [128], "seed": ["seed1"]}},
-                                                           "big": {}})
+    axes = {
+        "method": ["ehf_dual", "nsf"],
+        "n": {"key": "data.n_train", "values": [64, 128, 256]},
+        "seed": {"key": "seed", "values": [0, 1]},
+    }
+    f = write_study(
+        tmp_path / "p.yaml", "p", axes, profiles={"small": {"axes": {"n": [128], "seed": ["seed1"]}}, "big": {}}
+    )
     small = [c.name for c in load_study(f).cells()]
     assert small == ["ehf_dual-n_train128-seed1", "nsf-n_train128-seed1"]
     assert len(load_study(f, "big").cells()) == 2 * 3 * 2
@@ -153,9 +186,16 @@ def test_profile_keeps_key_axis_values_by_value_or_by_name(tmp_path):
 
 def test_profile_gives_a_key_axis_new_values(tmp_path):
     axes = {"method": ["ehf_dual", "nsf"], "n": {"key": "data.n_train", "values": [64, 128]}}
-    f = write_study(tmp_path / "p.yaml", "p", axes,
-                    profiles={"big": {}, "sizes": {"axes": {"method": ["nsf"], "n": {"values": [100, 1000]}}},
-                              "bad": {"axes": {"method": {"values": ["nsf"]}}}})
+    f = write_study(
+        tmp_path / "p.yaml",
+        "p",
+        axes,
+        profiles={
+            "big": {},
+            "sizes": {"axes": {"method": ["nsf"], "n": {"values": [100, 1000]}}},
+            "bad": {"axes": {"method": {"values": ["nsf"]}}},
+        },
+    )
     cells = load_study(f, "sizes").cells()
     assert [c.name for c in cells] == ["nsf-n_train100", "nsf-n_train1000"]
     assert "data.n_train=1000" in cells[1].overrides
@@ -167,16 +207,27 @@ BAD_STUDIES = {
     "unknown_top_key": ({"bases": {}}, None, "unknown key 'bases'"),
     "unknown_method": ({}, {"method": ["ehf_dual", "flowy"]}, "unknown method 'flowy'"),
     "method_twice": ({}, {"method": ["nsf", "nsf"]}, "'nsf' is listed twice"),
-    "profile_value_not_on_axis": ({"profiles": {"p": {"axes": {"seed": [5]}}}}, None,
-                                  "profiles.p.axes.seed: 5 is not a value of the axis"),
-    "profile_unknown_axis": ({"profiles": {"p": {"axes": {"target": ["ring2d"]}}}}, None,
-                             "profiles.p.axes.target: no such axis"),
+    "profile_value_not_on_axis": (
+        {"profiles": {"p": {"axes": {"seed": [5]}}}},
+        None,
+        "profiles.p.axes.seed: 5 is not a value of the axis",
+    ),
+    "profile_unknown_axis": (
+        {"profiles": {"p": {"axes": {"target": ["ring2d"]}}}},
+        None,
+        "profiles.p.axes.target: no such axis",
+    ),
     # value names may hold '-' (negative numbers), so two axes can join to the same name
-    "duplicate_cell_names": ({}, {"a": {"key": "x.a", "values": ["1-b2", 1]},
-                                  "b": {"key": "x.b", "values": [2, "2-b2"]}},
-                             "two cells get the same name"),
-    "value_not_a_folder_name": ({}, {"data": {"key": "data.path", "values": ["/data/x.npy"]}},
-                                "cannot be part of a cell's folder name"),
+    "duplicate_cell_names": (
+        {},
+        {"a": {"key": "x.a", "values": ["1-b2", 1]}, "b": {"key": "x.b", "values": [2, "2-b2"]}},
+        "two cells get the same name",
+    ),
+    "value_not_a_folder_name": (
+        {},
+        {"data": {"key": "data.path", "values": ["/data/x.npy"]}},
+        "cannot be part of a cell's folder name",
+    ),
     "run_dir_in_base": ({"base": {**TINY_BASE, "run.dir": "/tmp/x"}}, None, "run.dir: is set by the study"),
     "report_not_an_axis": ({"report": {"x": "n_train"}}, None, "report.x: 'n_train' is not an axis"),
     "unknown_analysis": ({"report": {"analyses": ["nope"]}}, None, "unknown analysis 'nope'"),
@@ -187,8 +238,11 @@ BAD_STUDIES = {
 def test_bad_study_files_raise_config_error_naming_the_problem(tmp_path, case):
     top, axes, message = BAD_STUDIES[case]
     f = tmp_path / "bad.yaml"
-    raw = {"study": "bad", "base": dict(TINY_BASE),
-           "axes": axes or {"method": ["ehf_dual"], "seed": {"key": "seed", "values": [0, 1]}}}
+    raw = {
+        "study": "bad",
+        "base": dict(TINY_BASE),
+        "axes": axes or {"method": ["ehf_dual"], "seed": {"key": "seed", "values": [0, 1]}},
+    }
     raw.update(top)
     f.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError) as info:
@@ -217,7 +271,7 @@ def test_study_name_survives_report_analyses(tmp_path, monkeypatch):
 def test_method_presets_are_valid_configs():
     from lightning_ehf.config.load import load_config, validate
 
-    for name, preset in METHODS.items():
+    for preset in METHODS.values():
         validate(load_config([], ["data.target=ring2d", *[f"{k}={v}" for k, v in preset.items()]]))
 
 
@@ -285,8 +339,11 @@ def test_study_runs_cells_as_ordinary_run_folders(e2e):
 @pytest.mark.slow
 def test_rerun_skips_every_finished_cell(e2e):
     assert e2e.run.returncode == 0
-    watched = [*(e2e.dir / "logs").iterdir(), *(e2e.dir / "cells").glob("*/metrics.json"),
-               *(e2e.dir / "cells").glob("*/checkpoints/*.ckpt")]
+    watched = [
+        *(e2e.dir / "logs").iterdir(),
+        *(e2e.dir / "cells").glob("*/metrics.json"),
+        *(e2e.dir / "cells").glob("*/checkpoints/*.ckpt"),
+    ]
     before = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in watched}
     t0 = time.time()
     r = study("run", "-c", e2e.spec, "--dir", e2e.dir, "--workers", 2, cwd=e2e.tmp)
@@ -326,7 +383,9 @@ def test_report_marks_under_trained_cells_and_leaves_them_out_of_means(e2e):
     # the dual cell stopped early (patience 1); the NSF cell ran to its cap without early stopping, which is no flag
     # (its only validation, at the cap, makes it under-trained and best at the 1st validation)
     assert (rows["ehf_dual-seed0"]["hit_cap"], rows["nsf_aug-seed0"]["hit_cap"]) == ("False", "False")
-    history = [float(row["val/nll_iw8"]) for row in csv_rows(e2e.dir / "cells" / "ehf_dual-seed0") if row.get("val/nll_iw8")]
+    history = [
+        float(row["val/nll_iw8"]) for row in csv_rows(e2e.dir / "cells" / "ehf_dual-seed0") if row.get("val/nll_iw8")
+    ]
     assert dual["best_val_nll"] == pytest.approx(min(history), rel=1e-6)
     flagged = rows["ehf_dual-seed0"]["flagged"] == "True"
     assert body["ehf_dual"]["seeds"] == ("0/1" if flagged else "1/1")
@@ -341,7 +400,10 @@ def test_report_marks_under_trained_cells_and_leaves_them_out_of_means(e2e):
     rms = max(v for k, v in dual.items() if k.startswith("test/bracket_rms/"))
     assert float(rows["ehf_dual-seed0"]["feasibility"]) == pytest.approx(rms / math.sqrt(tol))
     assert body["ehf_dual"]["RMS/√ε"] == f"{rms / math.sqrt(tol):.2f}" and body["nsf_aug"]["RMS/√ε"] == "—"
-    assert body["nsf_aug"]["seeds"] == "0/1" and body["nsf_aug"]["flags"] == "1 under-trained, 1 best at the 1st validation"
+    assert (
+        body["nsf_aug"]["seeds"] == "0/1"
+        and body["nsf_aug"]["flags"] == "1 under-trained, 1 best at the 1st validation"
+    )
     assert body["nsf_aug"]["test NLL"] == "—" and body["nsf_aug"]["test KL"] == "—"  # not in any mean
     assert body["nsf_aug"]["test KL (all done)"] != "—"
     assert "estimators differ: EHF's test NLL and KL are importance-weighted (IWAE, K = 4)" in md
@@ -366,8 +428,9 @@ def test_edited_study_under_a_finished_cell_exits_2(e2e, tmp_path):
     assert r.returncode == 2 and "trainer.max_steps" in r.stderr
     assert (e2e.dir / "study.json").stat().st_mtime_ns == manifest
     # keys that do not change results may change
-    harmless = write_study(tmp_path / "harmless.yaml", "e2e", E2E_AXES,
-                           {"logger.wandb.mode": "offline", "progress.every_n_steps": 7})
+    harmless = write_study(
+        tmp_path / "harmless.yaml", "e2e", E2E_AXES, {"logger.wandb.mode": "offline", "progress.every_n_steps": 7}
+    )
     r = study("run", "-c", harmless, "--dir", e2e.dir, "--dry-run", cwd=tmp_path)
     assert r.returncode == 0 and "2 done (skipped)" in r.stdout, r.stdout + r.stderr
 
@@ -377,8 +440,12 @@ def test_edited_study_under_a_finished_cell_exits_2(e2e, tmp_path):
 
 @pytest.mark.slow
 def test_killed_study_resumes_only_the_missing_cells(tmp_path):
-    spec = write_study(tmp_path / "kill.yaml", "kill", {"seed": {"key": "seed", "values": [0, 1]}},
-                       {"trainer.max_steps": 600, "trainer.val_check_interval": 50})
+    spec = write_study(
+        tmp_path / "kill.yaml",
+        "kill",
+        {"seed": {"key": "seed", "values": [0, 1]}},
+        {"trainer.max_steps": 600, "trainer.val_check_interval": 50},
+    )
     d = tmp_path / "study"
     a, b = d / "cells" / "seed0", d / "cells" / "seed1"
     run_args = ("run", "-c", spec, "--dir", d, "--workers", 1, "--cores", 1)
@@ -437,9 +504,17 @@ def test_killed_study_resumes_only_the_missing_cells(tmp_path):
 @pytest.mark.slow
 def test_failed_cell_does_not_stop_the_study(tmp_path):
     # a missing data file passes config validation; ehf train then exits 2
-    axes = {"data": {"bad": {"data.target": None, "data.path": str(tmp_path / "missing.npy"), "symmetry.group": "so2",
-                             "data.val_fraction": None},
-                     "good": {}}}
+    axes = {
+        "data": {
+            "bad": {
+                "data.target": None,
+                "data.path": str(tmp_path / "missing.npy"),
+                "symmetry.group": "so2",
+                "data.val_fraction": None,
+            },
+            "good": {},
+        }
+    }
     spec = write_study(tmp_path / "fail.yaml", "fail", axes, {"trainer.max_steps": 10})
     d = tmp_path / "study"
     r = study("run", "-c", spec, "--dir", d, "--workers", 1, "--cores", 1, cwd=tmp_path)
@@ -462,8 +537,21 @@ def test_failed_cell_does_not_stop_the_study(tmp_path):
 def test_slurm_launcher_through_submitits_local_executor(tmp_path):
     spec = write_study(tmp_path / "sl.yaml", "sl", {"method": ["ehf_dual", "nsf"]}, {"trainer.max_steps": 10})
     d = tmp_path / "study"
-    r = study("run", "-c", spec, "--dir", d, "--launcher", "slurm", "--cluster", "local", "--cpus-per-cell", 1,
-              cwd=tmp_path, timeout=300)
+    r = study(
+        "run",
+        "-c",
+        spec,
+        "--dir",
+        d,
+        "--launcher",
+        "slurm",
+        "--cluster",
+        "local",
+        "--cpus-per-cell",
+        1,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "submitted 2 cells as job array" in r.stdout and "2 of 2 cells finished" in r.stdout
     for name in ("ehf_dual", "nsf"):
@@ -479,8 +567,18 @@ def test_slurm_launcher_without_sbatch_exits_2(tmp_path):
     spec = write_study(tmp_path / "sl.yaml", "sl", {"method": ["nsf"]})
     d = tmp_path / "study"
     (tmp_path / "bin").mkdir()
-    r = study("run", "-c", spec, "--dir", d, "--launcher", "slurm", cwd=tmp_path, timeout=120,
-              env=clean_env(PATH=str(tmp_path / "bin")))
+    r = study(
+        "run",
+        "-c",
+        spec,
+        "--dir",
+        d,
+        "--launcher",
+        "slurm",
+        cwd=tmp_path,
+        timeout=120,
+        env=clean_env(PATH=str(tmp_path / "bin")),
+    )
     assert r.returncode == 2, r.stdout + r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "sbatch not found" in lines[0], r.stderr
@@ -566,18 +664,34 @@ def test_seed_by_seed_comparison_counts_wins_and_mean_differences(tmp_path):
     from lightning_ehf.study.report import _paired
     from lightning_ehf.study.runner import StudyFolder
 
-    axes = {"method": ["ehf_dual", "ehf_none"], "n_train": {"key": "data.n_train", "values": [64, 128]},
-            "seed": {"key": "seed", "values": [0, 1, 2]}}
-    path = write_study(tmp_path / "s.yaml", "pairs", axes,
-                       report={"compare": "method", "pairs": [["ehf_dual", "ehf_none"]]})
+    axes = {
+        "method": ["ehf_dual", "ehf_none"],
+        "n_train": {"key": "data.n_train", "values": [64, 128]},
+        "seed": {"key": "seed", "values": [0, 1, 2]},
+    }
+    path = write_study(
+        tmp_path / "s.yaml", "pairs", axes, report={"compare": "method", "pairs": [["ehf_dual", "ehf_none"]]}
+    )
     folder = StudyFolder(tmp_path / "out", load_study(path))
-    kl = {("ehf_dual", "seed0"): 0.1, ("ehf_none", "seed0"): 0.3, ("ehf_dual", "seed1"): 0.5,
-          ("ehf_none", "seed1"): 0.2, ("ehf_dual", "seed2"): 0.0, ("ehf_none", "seed2"): 9.0}
+    kl = {
+        ("ehf_dual", "seed0"): 0.1,
+        ("ehf_none", "seed0"): 0.3,
+        ("ehf_dual", "seed1"): 0.5,
+        ("ehf_none", "seed1"): 0.2,
+        ("ehf_dual", "seed2"): 0.0,
+        ("ehf_none", "seed2"): 9.0,
+    }
     rows = []
     for cell in folder.cells:
         m, n, s = cell.values["method"], cell.values["n_train"], cell.values["seed"]
-        row = {"cell": cell.name, **cell.values, "state": "done", "under_trained": False,
-               "test/kl": kl[(m, s)], "test/nll_gap": 1.0 if m == "ehf_dual" else 2.0}
+        row = {
+            "cell": cell.name,
+            **cell.values,
+            "state": "done",
+            "under_trained": False,
+            "test/kl": kl[(m, s)],
+            "test/nll_gap": 1.0 if m == "ehf_dual" else 2.0,
+        }
         if n == "n_train128" and s == "seed2" and m == "ehf_none":
             row["under_trained"] = True  # drops seed 2 from the n_train128 comparison
         if n == "n_train64" and s == "seed2" and m == "ehf_dual":
@@ -588,23 +702,34 @@ def test_seed_by_seed_comparison_counts_wins_and_mean_differences(tmp_path):
     head = next([c.strip() for c in ln.strip("|").split("|")] for ln in _paired(folder, rows) if "| comparison |" in ln)
     for line in lines:
         cells = dict(zip(head, (c.strip() for c in line.strip("|").split("|"))))
-        assert [cells[c] for c in ("comparison", "seeds", "lower test KL", "mean Δ KL", "smaller gap", "mean Δ gap")] == [
-            "ehf_dual vs ehf_none", "2", "1/2", "+0.050", "2/2", "-1.000"]
+        assert [
+            cells[c] for c in ("comparison", "seeds", "lower test KL", "mean Δ KL", "smaller gap", "mean Δ gap")
+        ] == ["ehf_dual vs ehf_none", "2", "1/2", "+0.050", "2/2", "-1.000"]
     # a pair a profile has left out of the grid is skipped, not an error
-    path = write_study(tmp_path / "t.yaml", "pairs2", {"method": ["ehf_dual", "ehf_none", "nsf"]},
-                       report={"compare": "method", "pairs": [["ehf_dual", "nsf"]]},
-                       profiles={"small": {"axes": {"method": ["ehf_dual", "ehf_none"]}}})
+    path = write_study(
+        tmp_path / "t.yaml",
+        "pairs2",
+        {"method": ["ehf_dual", "ehf_none", "nsf"]},
+        report={"compare": "method", "pairs": [["ehf_dual", "nsf"]]},
+        profiles={"small": {"axes": {"method": ["ehf_dual", "ehf_none"]}}},
+    )
     assert _paired(StudyFolder(tmp_path / "o2", load_study(path, "small")), []) == []
     with pytest.raises(ConfigError, match="report.pairs"):
-        load_study(write_study(tmp_path / "u.yaml", "bad", {"method": ["ehf_dual"]},
-                               report={"compare": "method", "pairs": [["ehf_dual", "nsf_aug"]]}))
+        load_study(
+            write_study(
+                tmp_path / "u.yaml",
+                "bad",
+                {"method": ["ehf_dual"]},
+                report={"compare": "method", "pairs": [["ehf_dual", "nsf_aug"]]},
+            )
+        )
 
 
 @pytest.mark.slow
 def test_report_writes_one_wandb_summary_table_when_wandb_is_on(e2e, monkeypatch):
     """With the study's W&B mode on (here offline), the report also writes one W&B run holding the results table."""
-    from lightning_ehf.study.report import write_report
     from lightning_ehf.study.folders import open_folder
+    from lightning_ehf.study.report import write_report
 
     for key, value in clean_env().items():
         monkeypatch.setenv(key, value)

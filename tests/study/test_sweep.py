@@ -26,14 +26,23 @@ from test_study import commands_in_log, metrics, study, wait_for  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "configs" / "study" / "data_efficiency.yaml"
 CELL = "ehf_dual-ring2d-n_train128-seed0"
-SHRINK = ["trainer.max_steps=300", "trainer.val_check_interval=50", "trainer.patience=null", "data.n_test=64",
-          "eval.iw_samples=4", "eval.val_iw_samples=4", "eval.n_eval=16", "eval.n_group_samples=1",
-          "eval.invariance_iw=4"]
+SHRINK = [
+    "trainer.max_steps=300",
+    "trainer.val_check_interval=50",
+    "trainer.patience=null",
+    "data.n_test=64",
+    "eval.iw_samples=4",
+    "eval.val_iw_samples=4",
+    "eval.n_eval=16",
+    "eval.n_group_samples=1",
+    "eval.invariance_iw=4",
+]
 
 
 def leet(*args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", *args], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "wandb", "leet", "inspect", *args], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc
 
@@ -49,9 +58,15 @@ def _cell_pid(study_dir: Path) -> int:
 
 def agent_env(tmp_path: Path, run_id: str) -> dict[str, str]:
     scratch = tmp_path / "wandb-home"
-    return clean_env(WANDB_SWEEP_ID="sw33p", WANDB_RUN_ID=run_id, WANDB_MODE="offline", WANDB_PROJECT="ehf-sweep",
-                     WANDB_CONFIG_DIR=str(scratch / "config"), WANDB_CACHE_DIR=str(scratch / "cache"),
-                     WANDB_DATA_DIR=str(scratch / "data"))
+    return clean_env(
+        WANDB_SWEEP_ID="sw33p",
+        WANDB_RUN_ID=run_id,
+        WANDB_MODE="offline",
+        WANDB_PROJECT="ehf-sweep",
+        WANDB_CONFIG_DIR=str(scratch / "config"),
+        WANDB_CACHE_DIR=str(scratch / "cache"),
+        WANDB_DATA_DIR=str(scratch / "data"),
+    )
 
 
 @pytest.mark.slow
@@ -68,8 +83,14 @@ def test_sweep_agent_runs_of_a_shipped_study_cell_log_and_resume_their_run(tmp_p
     run = d / "cells" / CELL
 
     # agent 1: its run is stopped (SIGTERM to the agent's process) after the first checkpoint
-    first = subprocess.Popen(command, cwd=tmp_path, env=agent_env(tmp_path, "agentrun1"), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=agent_env(tmp_path, "agentrun1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for(lambda: (run / "checkpoints" / "last.ckpt").is_file(), 240, "the cell's first checkpoint", first)
         first.send_signal(signal.SIGTERM)
@@ -83,8 +104,9 @@ def test_sweep_agent_runs_of_a_shipped_study_cell_log_and_resume_their_run(tmp_p
     assert not (run / "metrics.json").exists()
 
     # agent 2 (a new sweep run id) resumes the cell
-    second = subprocess.run(command, cwd=tmp_path, env=agent_env(tmp_path, "agentrun2"), capture_output=True,
-                            text=True, timeout=400)
+    second = subprocess.run(
+        command, cwd=tmp_path, env=agent_env(tmp_path, "agentrun2"), capture_output=True, text=True, timeout=400
+    )
     assert second.returncode == 0, second.stdout + second.stderr
     assert f"cell {CELL}: exit 0" in second.stdout
     starts, resumed = commands_in_log(d / "logs" / f"{CELL}.log")
@@ -108,4 +130,9 @@ def test_sweep_agent_runs_of_a_shipped_study_cell_log_and_resume_their_run(tmp_p
     # the axes are top-level config fields (filter and pivot on a dashboard)
     config = state["config"]
     assert {k: config[k] for k in ("study", "method", "target", "n_train", "seed")} == {
-        "study": "data_efficiency", "method": "ehf_dual", "target": "ring2d", "n_train": 128, "seed": 0}
+        "study": "data_efficiency",
+        "method": "ehf_dual",
+        "target": "ring2d",
+        "n_train": 128,
+        "seed": 0,
+    }

@@ -15,8 +15,8 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from test_study import ROOT, study, write_study
 
-from test_study import TINY_BASE, ROOT, study, write_study
 from lightning_ehf.errors import EXIT_DIVERGED, ConfigError, UserError
 from lightning_ehf.study.spec import load_study
 
@@ -44,19 +44,35 @@ def tuned_study(path: Path, tune: dict, axes: dict | None = None, **top) -> Path
 
 
 def test_grids_expand_to_named_configurations_and_matched_methods_join_the_method_axis(tmp_path):
-    tune = {"seeds": [5], "grids": {"ehf_dual": {"optim.lr": [0.001, 0.003], "model.hidden": [32, 64]},
-                                    "nsf": {"optim.lr": [0.001, 0.003],
-                                            "shape": [{"model.nsf_transforms": 4, "model.nsf_bins": 8},
-                                                      {"model.nsf_transforms": 8, "model.nsf_bins": 16}]},
-                                    "nsf_matched": {"optim.lr": [0.001, 0.003, 0.01, 0.03]}},
-            "matched": {"nsf_matched": {"like": "nsf", "params_of": "ehf_dual"}}}
+    tune = {
+        "seeds": [5],
+        "grids": {
+            "ehf_dual": {"optim.lr": [0.001, 0.003], "model.hidden": [32, 64]},
+            "nsf": {
+                "optim.lr": [0.001, 0.003],
+                "shape": [
+                    {"model.nsf_transforms": 4, "model.nsf_bins": 8},
+                    {"model.nsf_transforms": 8, "model.nsf_bins": 16},
+                ],
+            },
+            "nsf_matched": {"optim.lr": [0.001, 0.003, 0.01, 0.03]},
+        },
+        "matched": {"nsf_matched": {"like": "nsf", "params_of": "ehf_dual"}},
+    }
     axes = {"method": E2E_AXES["method"], "n": {"key": "data.n_train", "values": [64, 128]}, "seed": E2E_AXES["seed"]}
     s = load_study(tuned_study(tmp_path / "t.yaml", tune, axes))
     assert s.tune.seeds == [5] and s.tune.per == ["n"]  # default: every axis but method and seed
-    assert list(s.tune.grids["ehf_dual"]) == ["lr0.001_hidden32", "lr0.001_hidden64", "lr0.003_hidden32",
-                                              "lr0.003_hidden64"]
+    assert list(s.tune.grids["ehf_dual"]) == [
+        "lr0.001_hidden32",
+        "lr0.001_hidden64",
+        "lr0.003_hidden32",
+        "lr0.003_hidden64",
+    ]
     assert s.tune.grids["nsf"]["lr0.003_nsf_transforms8_nsf_bins16"] == {
-        "optim.lr": 0.003, "model.nsf_transforms": 8, "model.nsf_bins": 16}
+        "optim.lr": 0.003,
+        "model.nsf_transforms": 8,
+        "model.nsf_bins": 16,
+    }
     assert [a.values for a in s.axes if a.name == "method"][0]["nsf_matched"]["model.kind"] == "nsf"
     names = [c.name for c in s.cells()]
     assert len(names) == 3 * 2 * 2 and "nsf_matched-n_train128-seed1" in names
@@ -68,15 +84,19 @@ def test_shipped_tuned_profile_gives_every_method_eight_configurations():
     s = load_study(SHIPPED, "tuned")
     methods = ["ehf_dual", "ehf_invariant", "nsf", "nsf_aug", "efm", "nsf_matched"]
     assert {m: len(g) for m, g in s.tune.grids.items()} == dict.fromkeys(methods, 8)
-    assert s.tune.per == ["target", "n_train"] and s.tune.matched == {"nsf_matched": {"like": "nsf",
-                                                                                      "params_of": "ehf_dual"}}
+    assert s.tune.per == ["target", "n_train"] and s.tune.matched == {
+        "nsf_matched": {"like": "nsf", "params_of": "ehf_dual"}
+    }
     assert len(s.cells()) == 6 * 2 * 2 * 5  # methods × targets × sizes × evaluation seeds
     assert not set(s.tune.seeds) & {int(c.values["seed"][4:]) for c in s.cells()}
     # before anything ran, stage 1 holds every method but the matched one (its width waits for ehf_dual's choice)
     tuning = tuning_folder(Path("/nonexistent"), s)
     assert len(tuning.cells) == 5 * 2 * 2 * 8
-    cell = next(c for c in tuning.cells if c.name == "nsf-particles2d-n_train1024-lr0.003_hidden64_nsf_transforms8_"
-                                                    "nsf_bins16-seed100")
+    cell = next(
+        c
+        for c in tuning.cells
+        if c.name == "nsf-particles2d-n_train1024-lr0.003_hidden64_nsf_transforms8_nsf_bins16-seed100"
+    )
     # the grid's width replaces the target's model.hidden: 128
     assert "model.hidden=64" in cell.overrides and "model.hidden=128" not in cell.overrides
     assert "seed=100" in cell.overrides and "model.nsf_bins=16" in cell.overrides
@@ -87,25 +107,41 @@ def test_shipped_tuned_profile_gives_every_method_eight_configurations():
 
 
 BAD_TUNES = {
-    "unequal_counts": ({"grids": {"ehf_dual": {"optim.lr": [0.1, 0.01]}, "nsf": {"optim.lr": [0.1]}}},
-                       "every method gets the same number of configurations; ehf_dual has 2, nsf has 1"),
+    "unequal_counts": (
+        {"grids": {"ehf_dual": {"optim.lr": [0.1, 0.01]}, "nsf": {"optim.lr": [0.1]}}},
+        "every method gets the same number of configurations; ehf_dual has 2, nsf has 1",
+    ),
     "missing_grid": ({"grids": {"ehf_dual": {"optim.lr": [0.1]}}}, "has no grid for the method 'nsf'"),
-    "unknown_method": ({"grids": {"ehf_dual": {"optim.lr": [0.1]}, "nsf": {"optim.lr": [0.1]},
-                                  "flowy": {"optim.lr": [0.1]}}}, "grids.flowy: is not a method of the study"),
+    "unknown_method": (
+        {"grids": {"ehf_dual": {"optim.lr": [0.1]}, "nsf": {"optim.lr": [0.1]}, "flowy": {"optim.lr": [0.1]}}},
+        "grids.flowy: is not a method of the study",
+    ),
     "seed_shared": ({"seeds": [1], "grids": {}}, "1 is also an evaluation seed"),
-    "method_key": ({"grids": {"ehf_dual": {"constraint.mode": ["dual"]}, "nsf": {"optim.lr": [0.1]}}},
-                   "constraint.mode is the method's own key"),
-    "axis_key": ({"grids": {"ehf_dual": {"seed": [3]}, "nsf": {"optim.lr": [0.1]}}},
-                 "seed is set by an axis for every cell"),
-    "matched_width": ({"grids": {"ehf_dual": {"optim.lr": [0.1]}, "nsf": {"optim.lr": [0.1]},
-                                 "m": {"model.hidden": [8]}}, "matched": {"m": {"like": "nsf", "params_of": "ehf_dual"}}},
-                      "model.hidden is set by the size matching"),
-    "matched_not_nsf": ({"grids": {}, "matched": {"m": {"like": "ehf_dual", "params_of": "ehf_dual"}}},
-                        "matched.m.like: 'ehf_dual' is not an NSF method"),
+    "method_key": (
+        {"grids": {"ehf_dual": {"constraint.mode": ["dual"]}, "nsf": {"optim.lr": [0.1]}}},
+        "constraint.mode is the method's own key",
+    ),
+    "axis_key": (
+        {"grids": {"ehf_dual": {"seed": [3]}, "nsf": {"optim.lr": [0.1]}}},
+        "seed is set by an axis for every cell",
+    ),
+    "matched_width": (
+        {
+            "grids": {"ehf_dual": {"optim.lr": [0.1]}, "nsf": {"optim.lr": [0.1]}, "m": {"model.hidden": [8]}},
+            "matched": {"m": {"like": "nsf", "params_of": "ehf_dual"}},
+        },
+        "model.hidden is set by the size matching",
+    ),
+    "matched_not_nsf": (
+        {"grids": {}, "matched": {"m": {"like": "ehf_dual", "params_of": "ehf_dual"}}},
+        "matched.m.like: 'ehf_dual' is not an NSF method",
+    ),
     "per_not_an_axis": ({"per": ["target"], "grids": {}}, "per: must be a list of distinct axes out of []"),
     "unknown_key": ({"grid": {}}, "a tune section is a mapping with grids"),
-    "mixed_factor": ({"grids": {"ehf_dual": {"x": [{"optim.lr": 0.1}, 0.2]}, "nsf": {"optim.lr": [0.1]}}},
-                     "a list of plain values, or a list of mappings"),
+    "mixed_factor": (
+        {"grids": {"ehf_dual": {"x": [{"optim.lr": 0.1}, 0.2]}, "nsf": {"optim.lr": [0.1]}}},
+        "a list of plain values, or a list of mappings",
+    ),
 }
 
 
@@ -125,11 +161,17 @@ def test_a_tuned_key_on_the_command_line_and_a_study_without_a_seed_axis_are_ref
     with pytest.raises(ConfigError, match="needs a seed axis"):
         load_study(tuned_study(tmp_path / "n.yaml", tune, {"method": ["ehf_dual", "nsf"]}))
     # a mapping axis' key that some of its values set may be tuned, also in a profile that keeps only those
-    axes = {"method": ["ehf_dual", "nsf"], "target": {"ring2d": {"data.target": "ring2d"},
-                                                      "wide": {"data.target": "ring2d", "model.hidden": 32}},
-            "seed": E2E_AXES["seed"]}
-    f = tuned_study(tmp_path / "w.yaml", {"grids": {"ehf_dual": {"model.hidden": [8]}, "nsf": {"model.hidden": [8]}}},
-                    axes, profiles={"wide": {"axes": {"target": ["wide"]}}})
+    axes = {
+        "method": ["ehf_dual", "nsf"],
+        "target": {"ring2d": {"data.target": "ring2d"}, "wide": {"data.target": "ring2d", "model.hidden": 32}},
+        "seed": E2E_AXES["seed"],
+    }
+    f = tuned_study(
+        tmp_path / "w.yaml",
+        {"grids": {"ehf_dual": {"model.hidden": [8]}, "nsf": {"model.hidden": [8]}}},
+        axes,
+        profiles={"wide": {"axes": {"target": ["wide"]}}},
+    )
     from lightning_ehf.study.tuning import tuning_folder
 
     cells = tuning_folder(tmp_path / "w", load_study(f, "wide")).cells
@@ -162,25 +204,39 @@ def _fake_run(run: Path, val: list[float], test_nll: float, val_k: int = 8) -> N
             # a column of another K must not count: it is lower than every value of the right one
             w.writerow({"step": 10 * (i + 1), f"val/nll_iw{val_k}": v, "val/nll_iw4": v - 100})
         w.writerow({"step": 10 * len(val), "test/nll_iw4": test_nll, "test/kl": test_nll})
-    (run / "metrics.json").write_text(json.dumps({"test/nll": test_nll, "test/kl": test_nll, "best_step": 10,
-                                                  "max_steps": 100, "params": 100}))
+    (run / "metrics.json").write_text(
+        json.dumps({"test/nll": test_nll, "test/kl": test_nll, "best_step": 10, "max_steps": 100, "params": 100})
+    )
 
 
 def test_choice_is_the_lowest_mean_best_validation_nll_and_never_reads_test_metrics(tmp_path):
     from lightning_ehf.study.tuning import evaluation_folder, tuning_folder, validation_nll
 
-    tune = {"seeds": [7, 8], "grids": {"ehf_dual": {"optim.lr": [0.1, 0.01, 0.001]},
-                                       "nsf": {"optim.lr": [0.1, 0.01, 0.001]}}}
-    s = load_study(tuned_study(tmp_path / "t.yaml", tune, {"method": E2E_AXES["method"], "target": {
-        "ring2d": {"data.target": "ring2d"}, "gmm8": {"data.target": "gmm8"}}, "seed": E2E_AXES["seed"]}))
+    tune = {
+        "seeds": [7, 8],
+        "grids": {"ehf_dual": {"optim.lr": [0.1, 0.01, 0.001]}, "nsf": {"optim.lr": [0.1, 0.01, 0.001]}},
+    }
+    s = load_study(
+        tuned_study(
+            tmp_path / "t.yaml",
+            tune,
+            {
+                "method": E2E_AXES["method"],
+                "target": {"ring2d": {"data.target": "ring2d"}, "gmm8": {"data.target": "gmm8"}},
+                "seed": E2E_AXES["seed"],
+            },
+        )
+    )
     folder = tuning_folder(tmp_path / "d", s)
     assert len(folder.cells) == 2 * 2 * 3 * 2
     # per (method, target) and configuration: the best validation of each tuning seed; the test NLL ranks the
     # configurations the other way round
-    best = {("ehf_dual", "ring2d"): {"lr0.1": (1.0, 1.2), "lr0.01": (0.9, 1.0), "lr0.001": (2.0, 0.5)},
-            ("ehf_dual", "gmm8"): {"lr0.1": (0.3, 0.3), "lr0.01": (0.4, 0.4), "lr0.001": (0.5, 0.5)},
-            ("nsf", "ring2d"): {"lr0.1": (3.0, 3.0), "lr0.01": (3.0, 3.0), "lr0.001": (2.9, 3.2)},
-            ("nsf", "gmm8"): {"lr0.1": (1.0, 1.0), "lr0.01": (1.0, 1.0), "lr0.001": (1.5, 1.5)}}
+    best = {
+        ("ehf_dual", "ring2d"): {"lr0.1": (1.0, 1.2), "lr0.01": (0.9, 1.0), "lr0.001": (2.0, 0.5)},
+        ("ehf_dual", "gmm8"): {"lr0.1": (0.3, 0.3), "lr0.01": (0.4, 0.4), "lr0.001": (0.5, 0.5)},
+        ("nsf", "ring2d"): {"lr0.1": (3.0, 3.0), "lr0.01": (3.0, 3.0), "lr0.001": (2.9, 3.2)},
+        ("nsf", "gmm8"): {"lr0.1": (1.0, 1.0), "lr0.01": (1.0, 1.0), "lr0.001": (1.5, 1.5)},
+    }
     for cell in folder.cells:
         v = cell.values
         seed = [7, 8].index(int(v["seed"][4:]))
@@ -189,8 +245,12 @@ def test_choice_is_the_lowest_mean_best_validation_nll_and_never_reads_test_metr
     assert validation_nll(folder.cell_dir(folder.cells[0])) == pytest.approx(1.0)
     chosen = {k: g.chosen for k, g in tuning_folder(tmp_path / "d", s).choices().items()}
     # means: ring2d ehf_dual 1.1, 0.95, 1.25; nsf ring2d 3.0, 3.0, 3.05 (a tie goes to the first listed)
-    assert chosen == {("ehf_dual", "ring2d"): "lr0.01", ("ehf_dual", "gmm8"): "lr0.1",
-                      ("nsf", "ring2d"): "lr0.1", ("nsf", "gmm8"): "lr0.1"}
+    assert chosen == {
+        ("ehf_dual", "ring2d"): "lr0.01",
+        ("ehf_dual", "gmm8"): "lr0.1",
+        ("nsf", "ring2d"): "lr0.1",
+        ("nsf", "gmm8"): "lr0.1",
+    }
     group = tuning_folder(tmp_path / "d", s).choices()[("ehf_dual", "ring2d")]
     assert [c.val_nll for c in group.configs] == pytest.approx([1.1, 0.95, 1.25])
     assert [c.cells for c in group.configs] == [2, 2, 2]
@@ -281,10 +341,14 @@ def test_tuned_study_runs_every_configuration_then_the_lowest_validation_nll(tun
     assert {m: sum(c.startswith(f"{m}-") for c in tune_cells) for m in E2E_METHODS} == dict.fromkeys(E2E_METHODS, 2)
     assert all(c.endswith("-seed7") for c in tune_cells)
     assert sorted(p.name for p in (tuned.dir / "cells").iterdir()) == sorted(
-        f"{m}-seed{s}" for m in E2E_METHODS for s in (0, 1))
+        f"{m}-seed{s}" for m in E2E_METHODS for s in (0, 1)
+    )
     for method in E2E_METHODS:
-        runs = {c.split("-", 1)[1][: -len("-seed7")]: tuned.dir / "tune" / "cells" / c for c in tune_cells
-                if c.split("-", 1)[0] == method}
+        runs = {
+            c.split("-", 1)[1][: -len("-seed7")]: tuned.dir / "tune" / "cells" / c
+            for c in tune_cells
+            if c.split("-", 1)[0] == method
+        }
         best = min(runs, key=lambda name: _best_val(runs[name]))
         assert re.search(rf"chose {method}\s+{re.escape(best)}  \(validation NLL", r.stdout), r.stdout
         chosen_cfg = yaml.safe_load((runs[best] / "config.yaml").read_text())
@@ -324,7 +388,7 @@ def test_tuned_study_status_and_report_list_every_configuration(tuned):
     r = study("report", tuned.dir, cwd=tuned.tmp, timeout=180)
     assert r.returncode == 0, r.stdout + r.stderr
     md = (tuned.dir / "report" / "results.md").read_text()
-    section = md[md.index("## Tuning"):]
+    section = md[md.index("## Tuning") :]
     choice = json.loads((tuned.dir / "tune" / "choice.json").read_text())
     for group in choice["groups"]:
         row = next(line for line in section.splitlines() if line.startswith(f"| {group['method']} |"))
@@ -339,8 +403,9 @@ def test_tuned_study_status_and_report_list_every_configuration(tuned):
         assert float(row["val_nll"]) == pytest.approx(_best_val(tuned.dir / "tune" / "cells" / row["cell"]))
     # the study's own table holds only evaluation cells
     with open(tuned.dir / "report" / "results.csv", newline="") as f:
-        assert sorted(r["cell"] for r in csv.DictReader(f)) == sorted(f"{m}-seed{s}" for m in E2E_METHODS
-                                                                      for s in (0, 1))
+        assert sorted(r["cell"] for r in csv.DictReader(f)) == sorted(
+            f"{m}-seed{s}" for m in E2E_METHODS for s in (0, 1)
+        )
     r = study("report", tuned.dir / "tune", cwd=tuned.tmp, timeout=60)
     assert r.returncode == 2 and "reports both stages" in r.stderr, r.stdout + r.stderr
     # a tuning cell runs as `ehf study cell DIR/tune cell=NAME` (a W&B agent's command): done, so skipped

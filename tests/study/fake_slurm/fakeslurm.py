@@ -64,9 +64,13 @@ def sbatch(args: list[str]) -> int:
     first, last = (int(x) for x in (array.split("-") if "-" in array else (array, array)))
     for task in range(first, last + 1):
         _write(f"{job}_{task}", state="PENDING", attempts=0)
-    subprocess.Popen([sys.executable, __file__, "_schedule", str(job), str(first), str(last), str(script)],
-                     start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=open(STATE / f"{job}.scheduler.log", "a"))
+    subprocess.Popen(
+        [sys.executable, __file__, "_schedule", str(job), str(first), str(last), str(script)],
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=open(STATE / f"{job}.scheduler.log", "a"),
+    )
     print(f"Submitted batch job {job}")
     return 0
 
@@ -102,16 +106,27 @@ def _run_task(job: int, task: int, script: Path, flags: dict, when: list[str], g
     while True:
         attempt = _read(name).get("attempts", 0) + 1
         _write(name, state="RUNNING", attempts=attempt, requeue=False)
-        env = dict(os.environ, SLURM_JOB_ID=str(job * 100 + task), SLURM_ARRAY_JOB_ID=str(job),
-                   SLURM_ARRAY_TASK_ID=str(task), SLURM_JOB_NAME=flags.get("job-name", "job"), SLURM_NTASKS="1",
-                   SLURM_JOB_NUM_NODES="1", SLURM_NODEID="0", SLURM_PROCID="0", SLURM_LOCALID="0",
-                   SLURM_JOB_NODELIST="fakenode", SLURM_RESTART_COUNT=str(attempt - 1))
+        env = dict(
+            os.environ,
+            SLURM_JOB_ID=str(job * 100 + task),
+            SLURM_ARRAY_JOB_ID=str(job),
+            SLURM_ARRAY_TASK_ID=str(task),
+            SLURM_JOB_NAME=flags.get("job-name", "job"),
+            SLURM_NTASKS="1",
+            SLURM_JOB_NUM_NODES="1",
+            SLURM_NODEID="0",
+            SLURM_PROCID="0",
+            SLURM_LOCALID="0",
+            SLURM_JOB_NODELIST="fakenode",
+            SLURM_RESTART_COUNT=str(attempt - 1),
+        )
         out = flags.get("output", f"slurm-{name}.out").replace("%A", str(job)).replace("%a", str(task))
         out = out.replace("%j", str(job * 100 + task))
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         with open(out, "a") as log:
-            proc = subprocess.Popen(["bash", str(script)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                ["bash", str(script)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         signalled, state = None, None
         while proc.poll() is None:
             time.sleep(0.1)
@@ -138,7 +153,9 @@ def _schedule(job: int, first: int, last: int, script: Path) -> None:
     flags = dict(re.findall(r"^#SBATCH --([\w-]+)=?(.*)$", script.read_text(), re.M))
     when = json.loads(os.environ.get("FAKE_SLURM_SIGNAL_WHEN", "[]"))
     grace = float(os.environ.get("FAKE_SLURM_GRACE_S", "60"))
-    threads = [threading.Thread(target=_run_task, args=(job, t, script, flags, when, grace)) for t in range(first, last + 1)]
+    threads = [
+        threading.Thread(target=_run_task, args=(job, t, script, flags, when, grace)) for t in range(first, last + 1)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -219,5 +236,8 @@ if __name__ == "__main__":
     if command == "_schedule":
         _schedule(int(rest[0]), int(rest[1]), int(rest[2]), Path(rest[3]))
         sys.exit(0)
-    sys.exit({"sbatch": sbatch, "srun": srun, "squeue": squeue, "sacct": sacct, "scancel": scancel,
-              "scontrol": scontrol}[command](rest))
+    sys.exit(
+        {"sbatch": sbatch, "srun": srun, "squeue": squeue, "sacct": sacct, "scancel": scancel, "scontrol": scontrol}[
+            command
+        ](rest)
+    )
