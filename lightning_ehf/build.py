@@ -521,6 +521,7 @@ def make_trainer(cfg: Any, run_dir, run_id: str, extra_callbacks: list | None = 
     return L.Trainer(
         default_root_dir=str(run_dir),
         max_steps=trainer_cfg.max_steps,
+        max_time=None if trainer_cfg.max_time_s is None else timedelta(seconds=trainer_cfg.max_time_s),
         accelerator=trainer_cfg.accelerator,
         devices=trainer_cfg.devices,
         strategy=strategy,

@@ -88,7 +88,13 @@ def _new_run_dir(cfg: Config, run_id: str) -> Path:
     return run_dir
 
 
-RESUMABLE_KEYS = ("trainer.max_steps", "progress.mode", "progress.every_n_steps", "progress.every_s")
+RESUMABLE_KEYS = (
+    "trainer.max_steps",
+    "trainer.max_time_s",
+    "progress.mode",
+    "progress.every_n_steps",
+    "progress.every_s",
+)
 RESUMABLE_PREFIXES = ("logger.wandb.",)  # where and under which names the run is logged; not its results
 
 
@@ -162,7 +168,8 @@ def _final_metrics(
 ) -> dict[str, Any]:
     """metrics.json: the last validation's ``val/*``, the ``test/*`` of the best checkpoint, and
     ``best_step`` (the step of that checkpoint), ``best_val_nll`` (its validation NLL, the lowest
-    ``val/nll_iw{K}``), ``max_steps`` (the cap), ``stopped_early`` (by ``trainer.patience``), ``steps``,
+    ``val/nll_iw{K}``), ``max_steps`` (the cap), ``stopped_early`` (by ``trainer.patience``), ``stopped_by_time`` (by
+    ``trainer.max_time_s``), ``steps``,
     ``params`` (trainable parameters), ``wall_time_s``."""
     out: dict[str, Any] = dict(last_val)
     for key, value in trainer.callback_metrics.items():
@@ -179,7 +186,13 @@ def _final_metrics(
     out["max_steps"] = int(trainer.max_steps)
     out["best_step"] = best_step
     out["best_val_nll"] = best_val_nll
-    out["stopped_early"] = bool(trainer.global_step < trainer.max_steps)
+    from lightning.pytorch.callbacks import Timer
+
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    out["stopped_by_time"] = bool(
+        timer is not None and timer.time_remaining() is not None and timer.time_remaining() <= 0
+    )
+    out["stopped_early"] = bool(trainer.global_step < trainer.max_steps and not out["stopped_by_time"])
     out["params"] = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
     out["iw_samples"] = module.iw_samples
     return dict(sorted(out.items()))

@@ -272,6 +272,9 @@ class OptimCfg(Section):
 
 class TrainerCfg(Section):
     max_steps: Positive = 2000  # contract
+    # stop training after this many seconds of fit, validation included, carried across resumes (null: off); with a
+    # large max_steps it gives every method of a comparison the same wall-clock budget
+    max_time_s: PositiveFloat | None = None
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu"] = "auto"  # contract
     devices: Any = 1  # contract: a count, -1 (all), 'auto' or a list of device indices
     # contract

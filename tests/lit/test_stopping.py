@@ -52,6 +52,26 @@ def _metrics(run) -> dict:
     return json.loads((run / "metrics.json").read_text())
 
 
+def test_a_time_budget_ends_training_and_says_so(tmp_path, ehf_clean_env, monkeypatch):
+    """``trainer.max_time_s``: a run with a step cap it cannot reach stops when its time is spent, tests its best
+    checkpoint, and metrics.json says it stopped by time, not by early stopping."""
+    import time
+
+    step = EHFModule.training_step
+
+    def slow_step(self, batch, batch_idx):
+        time.sleep(0.05)
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(EHFModule, "training_step", slow_step)
+    run = tmp_path / "run"
+    assert _train(run, "trainer.max_steps=100000", "trainer.max_time_s=1.5") == 0
+    m = _metrics(run)
+    assert m["stopped_by_time"] is True and m["stopped_early"] is False, m
+    assert EVERY <= m["steps"] <= 1.5 / 0.05, m
+    assert "test/nll" in m and (run / "checkpoints" / "best.ckpt").is_file()
+
+
 @pytest.mark.parametrize("direction", ["rising", "falling"])
 def test_early_stopping_stops_a_rising_validation_nll_only(direction, tmp_path, ehf_clean_env, monkeypatch):
     sign = 1.0 if direction == "rising" else -1.0
@@ -63,6 +83,7 @@ def test_early_stopping_stops_a_rising_validation_nll_only(direction, tmp_path, 
         assert (m["steps"], m["best_step"], m["stopped_early"]) == (2 * EVERY, EVERY, True), m
     else:  # every validation improves: the run goes to its step cap
         assert (m["steps"], m["best_step"], m["stopped_early"]) == (STEPS, STEPS, False), m
+    assert m["stopped_by_time"] is False
     assert m["best_val_nll"] == pytest.approx(sign * m["best_step"])  # the scripted NLL of the best step
 
 
