@@ -699,7 +699,7 @@ def frontier(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tuple[st
         f"Test KL against wall time (training, validation and test) per cell. *Pareto*: no other cell of the target "
         f"is both cheaper and better. *Candidate default* (★): the cheapest cell within {FRONTIER_MARGIN} nats of the "
         f"target's best test KL. *To KL ≤ {QUALITY_KL}*: training seconds (validation excluded) until the first "
-        "validation at or below it (— : never). Model: blocks × leapfrog steps, width, batch.",
+        "validation at or below it (–: never). Model: blocks × leapfrog steps, width, batch.",
         "",
     ]
     for ax, panel in zip(axes, panels):
@@ -733,8 +733,8 @@ def frontier(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tuple[st
                     [
                         ("★ " if c["candidate"] else "") + c["model"],
                         _fmt(c["test_kl"], 4),
-                        _fmt(c["wall_s"], 0),
-                        _fmt(c["seconds_to_quality"], 0),
+                        f"{c['wall_s']:.0f}",
+                        "–" if c["seconds_to_quality"] is None else f"{c['seconds_to_quality']:.0f}",
                         str(c["params"]),
                         "yes" if c["pareto"] else "",
                     ]
