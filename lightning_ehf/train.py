@@ -188,10 +188,9 @@ def _final_metrics(
     out["best_val_nll"] = best_val_nll
     from lightning.pytorch.callbacks import Timer
 
-    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
-    out["stopped_by_time"] = bool(
-        timer is not None and timer.time_remaining() is not None and timer.time_remaining() <= 0
-    )
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)  # there only with trainer.max_time_s
+    remaining = timer.time_remaining() if timer is not None else None
+    out["stopped_by_time"] = remaining is not None and remaining <= 0
     out["stopped_early"] = bool(trainer.global_step < trainer.max_steps and not out["stopped_by_time"])
     out["params"] = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
     out["iw_samples"] = module.iw_samples

@@ -1,6 +1,6 @@
 """efm cells beside the other methods of a study run without them: per target and n_train, test KL (mean ± sample
-std over seeds, flagged cells included), wall time, parameters, function evaluations per likelihood, and the paired
-difference efm − method per seed with its 95 % Student-t interval.
+std over seeds, flagged cells included and named), wall time, parameters, function evaluations per likelihood, and
+the paired difference efm − method per seed with its 95 % Student-t interval (the README summary's pairing and flags).
 
 Usage: python scripts/efm_beside_study.py EFM_RESULTS.csv STUDY_RESULTS.csv
 (e.g. docs/studies/data_efficiency_efm/results.csv docs/studies/data_efficiency/results.csv)."""
@@ -8,7 +8,8 @@ Usage: python scripts/efm_beside_study.py EFM_RESULTS.csv STUDY_RESULTS.csv
 import csv
 import sys
 
-from lightning_ehf.study.statistics import FLAGS, mean_std, t_interval
+from lightning_ehf.study.statistics import mean_std
+from lightning_ehf.study.summary import paired_interval, row_flags
 
 METHODS = ("efm", "ehf_invariant", "ehf_dual", "ehf_none", "nsf_aug", "nsf")
 
@@ -35,15 +36,14 @@ def main(efm_csv: str, study_csv: str) -> None:
             nfe = [float(r["test/nfe"]) for r in seeds.values() if r.get("test/nfe")]
             if nfe:
                 line += f" nfe {sum(nfe) / len(nfe):.0f}"
-            flagged = [s for s, r in seeds.items() if any(r.get(flag) == "True" for flag in FLAGS)]
+            flagged = {s: row_flags(r) for s, r in seeds.items() if row_flags(r)}
             if flagged:
                 line += f" flagged {flagged}"
             if method != "efm":
                 shared = sorted(set(seeds) & set(methods["efm"]))
                 diffs = [float(methods["efm"][s]["test/kl"]) - float(seeds[s]["test/kl"]) for s in shared]
-                interval = t_interval(diffs)
-                line += f" | efm − {method}: {sum(diffs) / len(diffs):+.3f}"
-                line += f" [{interval[0]:+.3f}, {interval[1]:+.3f}]" if interval else ""
+                diff, low, high = paired_interval(diffs)
+                line += f" | efm − {method}: {diff:+.3f} [{low:+.3f}, {high:+.3f}]"
                 line += f", efm lower in {sum(d < 0 for d in diffs)}/{len(diffs)} seeds"
             print(line)
 
