@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticCustomError
 
-from lightning_ehf.config.schema import FILE_DEFAULTS, Config, check_coords, check_matrices, check_planes
+from lightning_ehf.config.schema import FILE_DEFAULTS, Config
 from lightning_ehf.errors import ConfigError
 
 __all__ = [
@@ -188,33 +188,15 @@ def _nullable(loc: Sequence[Any]) -> bool:
 def _range(loc: Sequence[Any]) -> str:
     """A key's allowed range from its schema bounds: ``> 0``, ``>= 0``, ``in [0, 1)``."""
     field = _field(loc)
-    metadata = [
-        *field.metadata,
-        *(
-            m
-            for arg in get_args(field.annotation)
-            for info in getattr(arg, "__metadata__", ())
-            for m in getattr(info, "metadata", [info])
-        ),
-    ]
-    bounds = {
-        name: getattr(m, name)
-        for m in metadata
-        for name in ("gt", "ge", "lt", "le")
-        if getattr(m, name, None) is not None
-    }
+    annotated = (m for arg in get_args(field.annotation) for m in getattr(arg, "__metadata__", ()))
+    metadata = [m for info in (*field.metadata, *annotated) for m in getattr(info, "metadata", [info])]
+    bounds = {n: getattr(m, n) for m in metadata for n in ("gt", "ge", "lt", "le") if getattr(m, n, None) is not None}
     low = f"[{bounds['ge']}" if "ge" in bounds else f"({bounds['gt']}" if "gt" in bounds else None
     high = f"{bounds['le']}]" if "le" in bounds else f"{bounds['lt']})" if "lt" in bounds else None
     if low and high:
         return f"in {low}, {high}"
-    return (
-        f">= {bounds['ge']}"
-        if "ge" in bounds
-        else f"> {bounds['gt']}"
-        if "gt" in bounds
-        else f"<= {bounds['le']}"
-        if "le" in bounds
-        else f"< {bounds['lt']}"
+    return next(
+        f"{sign} {bounds[n]}" for n, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if n in bounds
     )
 
 
@@ -391,12 +373,7 @@ def validate_for_dim(cfg: Config, dim: int) -> None:
         else f"the data has d={dim}"
     )
     try:
-        if sym.group == "rotations" and sym.planes is not None:
-            check_planes(sym.planes, bound, where)
-        elif sym.group in ("so2", "so3"):
-            check_coords(sym.group, sym.coords, bound, where)
-        elif sym.group == "matrices" and sym.matrices is not None:
-            check_matrices(sym.matrices, bound, where)
+        sym.check_arguments(bound, where)
     except PydanticCustomError as err:
         raise ConfigError(_one_line(str(err))) from None
 

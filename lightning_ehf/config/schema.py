@@ -20,9 +20,6 @@ __all__ = [
     "ROTATION_GROUPS",
     "choices",
     "config_error",
-    "check_planes",
-    "check_coords",
-    "check_matrices",
 ]
 
 Positive = Annotated[int, Field(gt=0)]
@@ -32,6 +29,7 @@ Fraction = Annotated[float, Field(gt=0, lt=1)]
 
 Target = Literal["ring2d", "rings2d", "shell3d", "particles2d", "gmm8", "two_rings4d", "dw4", "lj13"]
 Group = Literal["auto", "none", "so2", "so3", "rotations", "matrices"]
+Strategy = Literal["auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook", "fsdp", "deepspeed", "single_device"]
 #: Groups made of plane rotations (``auto`` is decided by the target; ``build`` checks it there).
 ROTATION_GROUPS = ("so2", "so3", "rotations")
 
@@ -125,7 +123,7 @@ def _is_index(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def check_planes(planes: Any, bound: int | None, where: str = "", key: str = "symmetry.planes") -> None:
+def _check_planes(planes: Any, bound: int | None, where: str, key: str = "symmetry.planes") -> None:
     """Rotation planes: distinct pairs of distinct coordinate indices below ``bound`` (when known)."""
     if not isinstance(planes, list) or not planes:
         raise config_error(key, "must be a non-empty list of planes, e.g. [[0,1],[2,3]]")
@@ -145,7 +143,7 @@ def check_planes(planes: Any, bound: int | None, where: str = "", key: str = "sy
             )
 
 
-def check_coords(group: str, coords: Any, bound: int | None, where: str = "", key: str = "symmetry.coords") -> None:
+def _check_coords(group: str, coords: Any, bound: int | None, where: str, key: str = "symmetry.coords") -> None:
     """The coordinates so2 / so3 act on: 2 / 3 distinct indices below ``bound`` (when known)."""
     need = 2 if group == "so2" else 3
     if coords is None:
@@ -162,7 +160,7 @@ def check_coords(group: str, coords: Any, bound: int | None, where: str = "", ke
         raise config_error(key, f"coordinate {max(coords)} is out of range: {where} (valid indices 0..{bound - 1})")
 
 
-def check_matrices(matrices: Any, bound: int | None, where: str = "", key: str = "symmetry.matrices") -> None:
+def _check_matrices(matrices: Any, bound: int | None, where: str, key: str = "symmetry.matrices") -> None:
     """Explicit generators: square matrices of finite numbers, ``bound``×``bound`` (when known)."""
     if not isinstance(matrices, list) or not matrices:
         raise config_error(key, "must be a non-empty list of square matrices (lists of rows)")
@@ -194,27 +192,30 @@ class SymmetryCfg(Section):
 
     @model_validator(mode="after")
     def _group_arguments(self) -> SymmetryCfg:
+        self.check_arguments(None)
+        return self
+
+    def check_arguments(self, bound: int | None, where: str = "") -> None:
+        """The group's planes / coords / matrices, against ``bound`` coordinates when known (``where`` says why)."""
         if self.group == "rotations":
             if self.planes is None:
                 raise config_error(
                     "symmetry.planes", "symmetry.group=rotations needs symmetry.planes, e.g. [[0,1],[2,3]]"
                 )
-            check_planes(self.planes, None)
-        if self.group in ("so2", "so3"):
-            check_coords(self.group, self.coords, None)
-        if self.group == "matrices":
+            _check_planes(self.planes, bound, where)
+        elif self.group in ("so2", "so3"):
+            _check_coords(self.group, self.coords, bound, where)
+        elif self.group == "matrices":
             if self.matrices is None:
                 raise config_error(
                     "symmetry.matrices", "symmetry.group=matrices needs symmetry.matrices (a list of d×d generators)"
                 )
-            check_matrices(self.matrices, None)
-        return self
+            _check_matrices(self.matrices, bound, where)
 
 
 class ModelCfg(Section):
-    kind: Literal["ehf", "nsf", "efm"] = (
-        "ehf"  # contract: ehf | nsf (the zuko baseline) | efm (equivariant flow matching)
-    )
+    # contract: ehf | nsf (the zuko baseline) | efm (equivariant flow matching)
+    kind: Literal["ehf", "nsf", "efm"] = "ehf"
     invariant: bool = False  # contract: invariant-by-construction Hamiltonians
     blocks: Positive = 6  # T: flow blocks, each with its own Hamiltonian
     leapfrog_steps: Positive = 3  # L: leapfrog steps per block
@@ -277,10 +278,7 @@ class TrainerCfg(Section):
     max_time_s: PositiveFloat | None = None
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu"] = "auto"  # contract
     devices: Any = 1  # contract: a count, -1 (all), 'auto' or a list of device indices
-    # contract
-    strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook", "fsdp", "deepspeed", "single_device"] = (
-        "auto"
-    )
+    strategy: Strategy = "auto"  # contract
     num_nodes: Positive = 1  # contract
     # contract
     precision: Literal["32-true", "32", "64-true", "64", "16-mixed", "bf16-mixed", "16-true", "bf16-true"] = "32-true"
@@ -294,9 +292,8 @@ class TrainerCfg(Section):
     # CUDA graphs (reduce-overhead). On a CPU compiling costs minutes: only long runs gain (docs/benchmarks.md)
     compile: bool = False
     ddp_timeout_s: Positive = 300
-    accumulate_grad_batches: Positive = (
-        1  # optimiser step every this many batches (global batch × this); passed to Lightning
-    )
+    # optimiser step every this many batches (global batch × this); passed to Lightning
+    accumulate_grad_batches: Positive = 1
     # validate on this many batches (an integer) or this fraction of them (a number in (0, 1]); passed to Lightning
     limit_val_batches: Any = 1.0
 
@@ -334,9 +331,8 @@ class WandbCfg(Section):
     name: str | None = None  # the run's display name (null: the experiment's name; a study cell: the cell's name)
     group: str | None = None  # W&B group (a study cell: the study's name)
     job_type: str | None = None  # W&B job type (a study cell: its method)
-    fields: dict[str, Any] = Field(
-        default_factory=dict
-    )  # extra top-level fields of the W&B config (a study cell: its axes)
+    # extra top-level fields of the W&B config (a study cell: its axes)
+    fields: dict[str, Any] = Field(default_factory=dict)
 
 
 class LoggerCfg(Section):
