@@ -126,7 +126,7 @@ def _fields_of(section: type[BaseModel], loc: Sequence[Any]) -> list[str]:
     return list(section.model_fields)
 
 
-def _message(err: ValidationError, provenance: Mapping[str, str]) -> str:
+def _message(err: ValidationError, provenance: Mapping[str, str], schema: type[BaseModel] = Config) -> str:
     """The first problem of a validation, as ``key: what is wrong`` (plus where a mistyped value was set)."""
     first = err.errors(include_url=False)[0]
     kind, loc, value, ctx = first["type"], first["loc"], first.get("input"), first.get("ctx") or {}
@@ -139,7 +139,7 @@ def _message(err: ValidationError, provenance: Mapping[str, str]) -> str:
     if kind == "ehf_config":
         return _one_line(f"{ctx['key']}: {ctx['message']}")
     if kind == "extra_forbidden":
-        close = difflib.get_close_matches(str(loc[-1]), _fields_of(Config, loc[:-1]), n=1)
+        close = difflib.get_close_matches(str(loc[-1]), _fields_of(schema, loc[:-1]), n=1)
         hint = f"; did you mean '{_join(_dotted(loc[:-1]), close[0])}'?" if close else ""
         return _one_line(f"unknown config key '{key}'{where}{hint}")
     if kind == "literal_error":
@@ -149,11 +149,11 @@ def _message(err: ValidationError, provenance: Mapping[str, str]) -> str:
             )
         allowed = [a.strip("'") for a in ctx["expected"].replace(" or ", ", ").split(", ")]
         close = difflib.get_close_matches(value, allowed, n=1)
-        nullable = " or null" if _nullable(loc) else ""
+        nullable = " or null" if _nullable(loc, schema) else ""
         hint = f"; did you mean '{close[0]}'?" if close else ""
         return _one_line(f"{key}: unknown value {value!r} (choose from {', '.join(allowed)}{nullable}){hint}")
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        return _one_line(f"{key}: must be {_range(loc)}, got {value!r}")
+        return _one_line(f"{key}: must be {_range(loc, schema)}, got {value!r}")
     if kind in _EXPECTED:
         expected = _EXPECTED[kind]
         if value is None:
@@ -174,20 +174,20 @@ def _parents(key: str) -> list[str]:
     return [".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)]
 
 
-def _field(loc: Sequence[Any]) -> Any:
-    section: Any = Config
+def _field(loc: Sequence[Any], schema: type[BaseModel]) -> Any:
+    section: Any = schema
     for part in loc[:-1]:
         section = section.model_fields[part].annotation
     return section.model_fields[loc[-1]]
 
 
-def _nullable(loc: Sequence[Any]) -> bool:
-    return type(None) in get_args(_field(loc).annotation)
+def _nullable(loc: Sequence[Any], schema: type[BaseModel]) -> bool:
+    return type(None) in get_args(_field(loc, schema).annotation)
 
 
-def _range(loc: Sequence[Any]) -> str:
+def _range(loc: Sequence[Any], schema: type[BaseModel]) -> str:
     """A key's allowed range from its schema bounds: ``> 0``, ``>= 0``, ``in [0, 1)``."""
-    field = _field(loc)
+    field = _field(loc, schema)
     annotated = (m for arg in get_args(field.annotation) for m in getattr(arg, "__metadata__", ()))
     metadata = [m for info in (*field.metadata, *annotated) for m in getattr(info, "metadata", [info])]
     bounds = {n: getattr(m, n) for m in metadata for n in ("gt", "ge", "lt", "le") if getattr(m, n, None) is not None}

@@ -22,7 +22,7 @@ from .runner import (
     sweep_wandb_mode,
 )
 from .slurm import require_sbatch, run_slurm
-from .spec import Study, load_study
+from .spec import SlurmSpec, Study, checked, load_study
 from .tuning import EvaluationFolder, TuningFolder, evaluation_folder, tuning_folder, write_choice
 
 __all__ = ["cmd_study"]
@@ -60,10 +60,9 @@ def _print_states(folder: StudyFolder) -> Counter:
 def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     profile, overrides = _split_overrides(args.overrides)
     study = load_study(args.config, profile, overrides)
-    for key in ("partition", "time_min", "cpus_per_cell", "gpus_per_cell"):
-        value = getattr(args, f"slurm_{key}")
-        if value is not None:
-            study.slurm[key] = value
+    flags = {k: getattr(args, f"slurm_{k}") for k in ("partition", "time_min", "cpus_per_cell", "gpus_per_cell")}
+    if flags := {k: v for k, v in flags.items() if v is not None}:
+        study.slurm = checked(SlurmSpec, {**study.slurm.model_dump(), **flags}, "command-line slurm options")
     if args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
     root = Path(args.dir) if args.dir else Path("runs") / "study" / f"{study.name}-{study.profile}"

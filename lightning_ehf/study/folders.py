@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from .runner import StudyFolder
-from .spec import Axis, Study, Tuning
+from .spec import Axis, ReportSpec, SlurmSpec, Study, Tuning, checked
 from .tuning import evaluation_folder, tuning_folder
 
 __all__ = ["open_folder"]
@@ -37,8 +37,8 @@ def open_folder(root: str | Path) -> StudyFolder:
         m["config_files"],
         m["base"],
         axes,
-        m.get("report") or {},
-        m.get("slurm") or {},
+        checked(ReportSpec, m.get("report"), f"{root}/study.json: report"),
+        checked(SlurmSpec, m.get("slurm"), f"{root}/study.json: slurm"),
         m.get("description") or "",
         tune,
     )

@@ -185,9 +185,9 @@ def _paired(folder: StudyFolder, rows: list[dict[str, Any]]) -> list[str]:
     A has the lower test KL and the smaller test − train gap than B, the mean differences (A − B) and their
     t-intervals; then the KL difference again over every seed where both cells are done, flagged or not."""
     rep = folder.study.report
-    compare = rep.get("compare")
+    compare = rep.compare
     present = {a.name: list(a.values) for a in folder.study.axes}  # in the study file's order
-    pairs = [p for p in rep.get("pairs") or [] if compare and set(p) <= set(present.get(compare, []))]
+    pairs = [p for p in rep.pairs if compare and set(p) <= set(present.get(compare, []))]
     if not pairs:
         return []
     others = [a.name for a in folder.study.axes if a.name not in (compare, SEED_AXIS)]
@@ -247,7 +247,7 @@ def _plot(
     folder: StudyFolder, rows: list[dict[str, Any]], metric: str, ylabel: str, path: Path, log_y: bool = False
 ) -> Path | None:
     rep = folder.study.report
-    x_axis, panel_axis, compare_axis = rep.get("x"), rep.get("panel"), rep.get("compare")
+    x_axis, panel_axis, compare_axis = rep.x, rep.panel, rep.compare
     if not x_axis:
         return None
     import matplotlib
@@ -514,7 +514,7 @@ def write_report(folder: StudyFolder) -> dict[str, Any]:
             if p is not None:
                 files.append(p)
                 md += ["", f"![{label}]({p.name})"]
-    for name in folder.study.report.get("analyses") or []:
+    for name in folder.study.report.analyses:
         section, extra = ANALYSES[name](folder, rows, out)
         md += ["", section]
         files += extra

@@ -103,28 +103,28 @@ def _executor(folder: StudyFolder, cluster: str) -> Any:
     s = folder.study.slurm
     executor = submitit.AutoExecutor(folder=str(folder.root / "submitit" / "%j"), cluster=cluster)
     params: dict[str, Any] = {
-        "timeout_min": int(s["time_min"]),
-        "cpus_per_task": int(s["cpus_per_cell"]),
+        "timeout_min": s.time_min,
+        "cpus_per_task": s.cpus_per_cell,
         "tasks_per_node": 1,
         "nodes": 1,
         "name": f"ehf-{folder.study.name}",
     }
-    if int(s["gpus_per_cell"]):
-        params["gpus_per_node"] = int(s["gpus_per_cell"])
-    if s.get("mem_gb"):
-        params["mem_gb"] = float(s["mem_gb"])
+    if s.gpus_per_cell:
+        params["gpus_per_node"] = s.gpus_per_cell
+    if s.mem_gb:
+        params["mem_gb"] = s.mem_gb
     if cluster == "slurm":
-        if s.get("partition"):
-            params["slurm_partition"] = str(s["partition"])
-        if s.get("parallelism"):
-            params["slurm_array_parallelism"] = int(s["parallelism"])
+        if s.partition:
+            params["slurm_partition"] = s.partition
+        if s.parallelism:
+            params["slurm_array_parallelism"] = s.parallelism
         params["slurm_signal_delay_s"] = SIGNAL_DELAY_S
     executor.update_parameters(**params)
     return executor
 
 
 def _submit(executor: Any, folder: StudyFolder, cells: Sequence[Cell]) -> list[Any]:
-    threads = int(folder.study.slurm["cpus_per_cell"])
+    threads = folder.study.slurm.cpus_per_cell
     for cell in cells:
         folder.log_path(cell).parent.mkdir(parents=True, exist_ok=True)
     with executor.batch():

@@ -52,14 +52,29 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
-from ..config.load import override_value
+from ..config.load import _message, override_value
+from ..config.schema import Positive, PositiveFloat
 from ..errors import ConfigError
 
-__all__ = ["METHODS", "Cell", "Study", "Tuning", "load_study"]
+__all__ = [
+    "METHODS",
+    "Cell",
+    "ProfileSpec",
+    "ReportSpec",
+    "SlurmSpec",
+    "Study",
+    "StudyFile",
+    "TuneSpec",
+    "Tuning",
+    "checked",
+    "load_study",
+]
 
 #: The named methods every study compares, as config overrides. They differ only in what is named here;
 #: data, budget and stopping rule come from the study.
@@ -82,16 +97,6 @@ METHODS: dict[str, dict[str, Any]] = {
     "efm": {"model.kind": "efm", "constraint.mode": "none", "data.augment": False},
 }
 
-_TOP_KEYS = {"study", "description", "config", "base", "axes", "profiles", "report", "slurm", "tune"}
-_TUNE_KEYS = ("seeds", "per", "grids", "matched")
-_SLURM_KEYS = {
-    "partition": None,
-    "time_min": 60,
-    "cpus_per_cell": 2,
-    "gpus_per_cell": 0,
-    "mem_gb": None,
-    "parallelism": None,
-}
 _NAME = re.compile(r"[A-Za-z0-9_.]+")
 _KEY_VALUE_NAME = re.compile(r"[A-Za-z0-9_.+-]+")  # plain values of a key axis: also signs and exponents (lr1e-05)
 
@@ -113,8 +118,8 @@ class Axis:
 
 @dataclass
 class Tuning:
-    """The ``tune`` section of a study: ``grids`` (method -> configuration name -> overrides, the same number
-    of configurations for every method), run on the tuning ``seeds``, chosen per value of the ``per`` axes;
+    """A checked ``tune`` section: ``grids`` (method -> configuration name -> overrides, the same number of
+    configurations for every method), run on the tuning ``seeds``, chosen per value of the ``per`` axes;
     ``matched`` (method -> {like, params_of}): NSF-kind methods whose width matches ``params_of``'s choice."""
 
     seeds: list[int]
@@ -123,49 +128,285 @@ class Tuning:
     matched: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
-@dataclass
-class Study:
-    name: str
-    profile: str
-    source: Path
-    config_files: list[str]
-    base: dict[str, Any]
-    axes: list[Axis]
-    report: dict[str, Any] = field(default_factory=dict)
-    slurm: dict[str, Any] = field(default_factory=dict)
-    description: str = ""
-    tune: Tuning | None = None
-
-    def cells(self) -> list[Cell]:
-        return [
-            self.cell({a.name: name for a, name in zip(self.axes, combo)})
-            for combo in itertools.product(*[list(a.values) for a in self.axes])
-        ]
-
-    def cell(self, values: dict[str, str], extra: dict[str, Any] | None = None) -> Cell:
-        """The cell taking value ``values[axis]`` on every axis: base, then the axes' overrides, then ``extra``.
-        Its name joins ``values`` (which may hold names that are no axis, e.g. a tuning configuration's)."""
-        overrides = dict(self.base)
-        for axis in self.axes:
-            overrides.update(axis.values[values[axis.name]])
-        overrides.update(extra or {})
-        return Cell("-".join(values.values()), dict(values), tuple(_dotlist(overrides)))
+# --------------------------------------------------------------------------------------------------
+# the schema of a study file
 
 
-def _dotlist(overrides: dict[str, Any]) -> list[str]:
-    return [f"{k}={override_value(v)}" for k, v in overrides.items()]
+def _fail(where: str, message: str) -> PydanticCustomError:
+    """A problem at the dotted key ``where``, below the section being validated ("": the section itself), or
+    below the file's top outside validation. :func:`checked` says it as ``<file>: <key>: message``."""
+    return PydanticCustomError("study", "{message}", {"where": where, "message": message})
 
 
-def _fail(where: str, message: str) -> ConfigError:
-    return ConfigError(f"{where}: {message}")
+def _mapping(message: str) -> BeforeValidator:
+    """A value that is no mapping gets ``message`` instead of pydantic's words."""
+
+    def check(raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            raise _fail("", message)
+        return raw
+
+    return BeforeValidator(check)
 
 
-def _overrides(raw: Any, where: str) -> dict[str, Any]:
+def _overrides(raw: Any, where: str = "") -> dict[str, Any]:
     if raw is None:
         return {}
     if not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw):
         raise _fail(where, f"must be a mapping of config keys to values (e.g. data.n_train: 128), got {raw!r}")
     return dict(raw)
+
+
+#: config overrides: dotted key -> value
+Overrides = Annotated[dict[str, Any], BeforeValidator(lambda raw: _overrides(raw))]
+
+
+class Section(BaseModel):
+    """A section of a study file: typed (no coercion), unknown keys refused, a key set to null takes its default."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    #: said when the section is no mapping, lacks a required key or has an unknown one
+    shape: ClassVar[str] = ""
+    #: said instead for an unknown key ``{key}``, where given
+    unknown_key: ClassVar[str] = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shape(cls, raw: Any) -> Any:
+        raw = {} if raw is None else raw
+        if not isinstance(raw, dict):
+            raise _fail("", cls.shape)
+        unknown = sorted(str(k) for k in raw if k not in cls.model_fields)
+        if unknown:
+            raise _fail("", cls.unknown_key.format(key=unknown[0]) if cls.unknown_key else cls.shape)
+        raw = {k: v for k, v in raw.items() if v is not None or cls.model_fields[k].default is None}
+        if any(f.is_required() and k not in raw for k, f in cls.model_fields.items()):
+            raise _fail("", cls.shape)
+        return raw
+
+
+class SlurmSpec(Section):
+    """``slurm:``: what every cell asks of SLURM (``ehf study run --launcher slurm``, through submitit)."""
+
+    shape: ClassVar[str] = "allowed keys: partition, time_min, cpus_per_cell, gpus_per_cell, mem_gb, parallelism"
+    partition: str | None = None
+    time_min: Positive = 60  # a cell's time limit, minutes
+    cpus_per_cell: Positive = 2
+    gpus_per_cell: Annotated[int, Field(ge=0)] = 0
+    mem_gb: PositiveFloat | None = None
+    parallelism: Positive | None = None  # at most this many cells at once
+
+
+class ReportSpec(Section):
+    """``report:`` (``ehf study report``): plots over the ``x`` axis, one panel per value of ``panel``, one line
+    per value of ``compare``; seed-by-seed ``pairs`` of values of ``compare``; study-specific ``analyses``."""
+
+    shape: ClassVar[str] = "must be a mapping (x, panel, compare)"
+    unknown_key: ClassVar[str] = "unknown key {key!r} (allowed: x, panel, compare, analyses, pairs)"
+    x: str | None = None
+    panel: str | None = None
+    compare: str | None = None
+    analyses: list[str] = []
+    pairs: list[list[str]] = []
+
+    @field_validator("analyses")
+    @classmethod
+    def _known_analyses(cls, analyses: list[str]) -> list[str]:
+        from .analyses import ANALYSES
+
+        for analysis in analyses:
+            if analysis not in ANALYSES:
+                raise _fail("", f"unknown analysis {analysis!r} (choose from {', '.join(ANALYSES)})")
+        return analyses
+
+    def check_axes(self, values: dict[str, list[str]]) -> None:
+        """The keys naming axes name axes; a pair holds two values of ``compare`` (``values``: axis -> names)."""
+        for pair in self.pairs:
+            if self.compare not in values:
+                raise _fail("report.pairs", "needs report.compare (the axis whose values are paired)")
+            if not (len(pair) == 2 and all(p in values[self.compare] for p in pair)):
+                raise _fail("report.pairs", f"{pair!r} is not a pair of values of the axis {self.compare!r}")
+        for key in ("x", "panel", "compare"):
+            if getattr(self, key) is not None and getattr(self, key) not in values:
+                raise _fail(f"report.{key}", f"{getattr(self, key)!r} is not an axis")
+
+
+class MatchedSpec(Section):
+    """A matched method: NSF-kind (``like``), its width giving the parameter count of ``params_of``'s choice."""
+
+    shape: ClassVar[str] = "is {like: <an NSF method>, params_of: <a method of the method axis>}"
+    like: str
+    params_of: str
+
+
+class TuneSpec(Section):
+    """``tune:`` as written (module docstring); :meth:`resolve` checks it against the axes."""
+
+    shape: ClassVar[str] = (
+        "a tune section is a mapping with grids (and seeds, per, matched); allowed keys: seeds, per, grids, matched"
+    )
+    seeds: list[int] = [100]
+    per: list[str] | None = None  # default: every axis but method and seed
+    grids: Annotated[dict[str, Any], _mapping("must be a mapping: method -> grid")]
+    matched: Annotated[
+        dict[str, MatchedSpec], _mapping("must be a mapping: new method -> {like: nsf, params_of: ehf_dual}")
+    ] = {}
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _distinct_integers(cls, seeds: Any) -> Any:
+        if (
+            not isinstance(seeds, list)
+            or not seeds
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)
+            or len(set(seeds)) != len(seeds)
+        ):
+            raise _fail("", f"must be a list of distinct integers, got {seeds!r}")
+        return seeds
+
+    def resolve(self, where: str, axes: list[Axis], unshrunk: dict[str, list[str]], axis_keys: set[str]) -> Tuning:
+        """The section checked against the (profile's) axes, its grids expanded; adds its matched methods to the
+        method axis. ``where``: its key; ``axis_keys``: the keys every value of a non-method axis sets."""
+        by_name = {a.name: a for a in axes}
+        method_axis, seed_axis = by_name.get("method"), by_name.get("seed")
+        if method_axis is None:
+            raise _fail(where, "needs a method axis (the grids are per method)")
+        if seed_axis is None or not all(list(ov) == ["seed"] for ov in seed_axis.values.values()):
+            raise _fail(where, "needs a seed axis {key: seed, values: [...]} (its seeds are the evaluation seeds)")
+        shared = sorted(set(self.seeds) & {ov["seed"] for ov in seed_axis.values.values()})
+        if shared:
+            raise _fail(
+                f"{where}.seeds",
+                f"{shared[0]} is also an evaluation seed (the seed axis); tuning seeds are kept "
+                "apart from the seeds that are reported",
+            )
+        others = [a.name for a in axes if a.name not in ("method", "seed")]
+        per = others if self.per is None else self.per
+        if not all(p in others for p in per) or len(set(per)) != len(per):
+            raise _fail(
+                f"{where}.per",
+                f"must be a list of distinct axes out of {others} (a choice per value of each), got {per!r}",
+            )
+        for name, spec in self.matched.items():
+            at = f"{where}.matched.{name}"
+            if not _NAME.fullmatch(name) or name in unshrunk["method"]:
+                raise _fail(at, "must be a new method name (letters, digits, '_' and '.'), not one of the method axis")
+            preset = method_axis.values.get(spec.like, METHODS.get(spec.like))
+            if preset is None or preset.get("model.kind") != "nsf":
+                raise _fail(f"{at}.like", f"{spec.like!r} is not an NSF method (a method with model.kind: nsf)")
+            if spec.params_of not in method_axis.values or spec.params_of in self.matched:
+                raise _fail(f"{at}.params_of", f"{spec.params_of!r} is not a method of the method axis")
+        for name, spec in self.matched.items():
+            method_axis.values[name] = dict(method_axis.values.get(spec.like, METHODS.get(spec.like, {})))
+        for method in self.grids:
+            if method not in unshrunk["method"] and method not in self.matched:
+                raise _fail(f"{where}.grids.{method}", "is not a method of the study")
+        # keys every value of a non-method axis sets (data.target, data.n_train, seed) are the grid's cells, not knobs
+        fixed = axis_keys | {"seed", "experiment", "run.dir", "run.root"}
+        grids: dict[str, dict[str, dict[str, Any]]] = {}
+        for method, preset in method_axis.values.items():
+            if method not in self.grids:
+                raise _fail(
+                    f"{where}.grids",
+                    f"has no grid for the method {method!r} (every method is tuned, with the same "
+                    "number of configurations)",
+                )
+            grid = _grid(self.grids[method], f"{where}.grids.{method}")
+            banned = fixed | set(preset) | ({"model.hidden"} if method in self.matched else set())
+            for key in sorted({k for ov in grid.values() for k in ov}):
+                if key in banned:
+                    why = (
+                        "is set by the size matching"
+                        if key == "model.hidden" and method in self.matched
+                        else "is the method's own key"
+                        if key in preset
+                        else "is set by an axis for every cell"
+                    )
+                    raise _fail(f"{where}.grids.{method}", f"{key} {why}; a grid tunes other keys")
+            grids[method] = grid
+        sizes = {m: len(g) for m, g in grids.items()}
+        if len(set(sizes.values())) > 1:
+            raise _fail(
+                f"{where}.grids",
+                "every method gets the same number of configurations; "
+                + ", ".join(f"{m} has {n}" for m, n in sizes.items()),
+            )
+        return Tuning(list(self.seeds), list(per), grids, {m: s.model_dump() for m, s in self.matched.items()})
+
+
+class ProfileSpec(Section):
+    """A profile: the values each named axis keeps, extra ``base`` overrides, and a ``tune`` section that
+    replaces the file's (null: none)."""
+
+    shape: ClassVar[str] = "a profile holds axes (value names to keep), base (overrides) and tune"
+    axes: dict[str, Any] = {}
+    base: Overrides = {}
+    tune: TuneSpec | None = None
+
+    def shrink(self, axes: dict[str, Axis], where: str) -> None:
+        """Keep the values it names of each axis (names, or a key axis' plain values), or give a key axis new
+        values (``{values: [...]}``). ``where``: the key of its ``axes``."""
+        for axis_name, keep in self.axes.items():
+            axis, at = axes.get(axis_name), f"{where}.{axis_name}"
+            if axis is None:
+                raise _fail(at, "no such axis")
+            if isinstance(keep, dict):  # {values: [...]}: new values for a key axis
+                old_key = next(iter(next(iter(axis.values.values()), {})), None)
+                if (
+                    set(keep) != {"values"}
+                    or not axis.values
+                    or any(list(ov) != [old_key] for ov in axis.values.values())
+                ):
+                    raise _fail(
+                        at,
+                        "a profile gives a key axis new values as {values: [v1, v2, ...]}; other axes keep "
+                        "a list of their value names",
+                    )
+                axis.values = _axis(axis.name, {"key": old_key, "values": keep["values"]}, at).values
+                continue
+            names = []
+            for k in keep if isinstance(keep, list) else [keep]:
+                # plain values of a key axis may be given as values (128) or as names (n_train128)
+                match = [
+                    n for n, ov in axis.values.items() if n == str(k) or (len(ov) == 1 and list(ov.values())[0] == k)
+                ]
+                if not match:
+                    raise _fail(at, f"{k!r} is not a value of the axis (values: {', '.join(axis.values)})")
+                names.append(match[0])
+            axis.values = {n: axis.values[n] for n in axis.values if n in names}
+
+
+class StudyFile(Section):
+    """A study file as written (the module docstring shows one)."""
+
+    unknown_key: ClassVar[str] = (
+        "unknown key {key!r} (allowed: axes, base, config, description, profiles, report, slurm, study, tune)"
+    )
+    study: str | None = None  # default: the file's stem
+    description: str = ""
+    config: Annotated[list[str], BeforeValidator(lambda f: [f] if isinstance(f, str) else f)] = []
+    base: Overrides = {}
+    axes: dict[str, Axis] = Field(default_factory=dict, validate_default=True)
+    profiles: Annotated[dict[str, ProfileSpec], _mapping("must be a mapping of profile names to {axes, base}")] = {}
+    report: ReportSpec = Field(default_factory=ReportSpec)
+    slurm: SlurmSpec = Field(default_factory=SlurmSpec)
+    tune: TuneSpec | None = None
+
+    @field_validator("axes", mode="plain")
+    @classmethod
+    def _parse_axes(cls, raw: Any) -> dict[str, Axis]:
+        if not isinstance(raw, dict) or not raw:
+            raise _fail("", "needs at least one axis (e.g. method: [ehf_dual, nsf])")
+        return {str(n): _axis(str(n), a, str(n)) for n, a in raw.items()}
+
+    @model_validator(mode="after")
+    def _report_names_axes(self) -> StudyFile:
+        values = {n: list(a.values) for n, a in self.axes.items()}
+        # a pair may name a matched method of any tune section (the report skips pairs a profile lacks)
+        tunes = [self.tune, *(p.tune for p in self.profiles.values())]
+        values["method"] = [*values.get("method", []), *(m for t in tunes if t is not None for m in t.matched)]
+        self.report.check_axes(values)
+        return self
 
 
 def _axis(name: str, raw: Any, where: str) -> Axis:
@@ -244,100 +485,60 @@ def _grid(raw: Any, where: str) -> dict[str, dict[str, Any]]:
     return configs
 
 
-def _tuning(raw: Any, where: str, axes: list[Axis], unshrunk: dict[str, list[str]], axis_keys: set[str]) -> Tuning:
-    """Parse and check a ``tune`` section against the (profile's) axes; adds its matched methods to the
-    method axis. ``axis_keys``: the keys every value of a non-method axis sets (in the study file)."""
-    if not isinstance(raw, dict) or set(raw) - set(_TUNE_KEYS) or "grids" not in raw:
-        raise _fail(
-            where,
-            f"a tune section is a mapping with grids (and seeds, per, matched); allowed keys: {', '.join(_TUNE_KEYS)}",
-        )
-    by_name = {a.name: a for a in axes}
-    method_axis, seed_axis = by_name.get("method"), by_name.get("seed")
-    if method_axis is None:
-        raise _fail(where, "needs a method axis (the grids are per method)")
-    if seed_axis is None or not all(list(ov) == ["seed"] for ov in seed_axis.values.values()):
-        raise _fail(where, "needs a seed axis {key: seed, values: [...]} (its seeds are the evaluation seeds)")
-    seeds = raw.get("seeds", [100])
-    if (
-        not isinstance(seeds, list)
-        or not seeds
-        or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)
-        or len(set(seeds)) != len(seeds)
-    ):
-        raise _fail(f"{where}.seeds", f"must be a list of distinct integers, got {seeds!r}")
-    evaluation = {ov["seed"] for ov in seed_axis.values.values()}
-    shared = sorted(set(seeds) & evaluation)
-    if shared:
-        raise _fail(
-            f"{where}.seeds",
-            f"{shared[0]} is also an evaluation seed (the seed axis); tuning seeds are kept "
-            "apart from the seeds that are reported",
-        )
-    others = [a.name for a in axes if a.name not in ("method", "seed")]
-    per = raw.get("per", others)
-    if not isinstance(per, list) or not all(p in others for p in per) or len(set(per)) != len(per):
-        raise _fail(
-            f"{where}.per", f"must be a list of distinct axes out of {others} (a choice per value of each), got {per!r}"
-        )
-    matched_raw = raw.get("matched") or {}
-    if not isinstance(matched_raw, dict):
-        raise _fail(f"{where}.matched", "must be a mapping: new method -> {like: nsf, params_of: ehf_dual}")
-    matched: dict[str, dict[str, str]] = {}
-    for name, spec in matched_raw.items():
-        at = f"{where}.matched.{name}"
-        name = str(name)
-        if not _NAME.fullmatch(name) or name in unshrunk["method"]:
-            raise _fail(at, "must be a new method name (letters, digits, '_' and '.'), not one of the method axis")
-        if not isinstance(spec, dict) or set(spec) != {"like", "params_of"}:
-            raise _fail(at, "is {like: <an NSF method>, params_of: <a method of the method axis>}")
-        like, ref = str(spec["like"]), str(spec["params_of"])
-        preset = method_axis.values.get(like, METHODS.get(like))
-        if preset is None or preset.get("model.kind") != "nsf":
-            raise _fail(f"{at}.like", f"{like!r} is not an NSF method (a method with model.kind: nsf)")
-        if ref not in method_axis.values or ref in matched_raw:
-            raise _fail(f"{at}.params_of", f"{ref!r} is not a method of the method axis")
-        matched[name] = {"like": like, "params_of": ref}
-    for name, spec in matched.items():
-        method_axis.values[name] = dict(method_axis.values.get(spec["like"], METHODS.get(spec["like"], {})))
+# --------------------------------------------------------------------------------------------------
+# a study: the file with a profile and command-line overrides
 
-    grids_raw = raw["grids"]
-    if not isinstance(grids_raw, dict):
-        raise _fail(f"{where}.grids", "must be a mapping: method -> grid")
-    for method in grids_raw:
-        if str(method) not in unshrunk["method"] and str(method) not in matched:
-            raise _fail(f"{where}.grids.{method}", "is not a method of the study")
-    # keys every value of a non-method axis sets (data.target, data.n_train, seed) are the grid's cells, not knobs
-    fixed = axis_keys | {"seed", "experiment", "run.dir", "run.root"}
-    grids: dict[str, dict[str, dict[str, Any]]] = {}
-    for method, preset in method_axis.values.items():
-        if method not in grids_raw:
-            raise _fail(
-                f"{where}.grids",
-                f"has no grid for the method {method!r} (every method is tuned, with the same "
-                "number of configurations)",
-            )
-        grid = _grid(grids_raw[method], f"{where}.grids.{method}")
-        banned = fixed | set(preset) | ({"model.hidden"} if method in matched else set())
-        for key in sorted({k for ov in grid.values() for k in ov}):
-            if key in banned:
-                why = (
-                    "is set by the size matching"
-                    if key == "model.hidden" and method in matched
-                    else "is the method's own key"
-                    if key in preset
-                    else "is set by an axis for every cell"
-                )
-                raise _fail(f"{where}.grids.{method}", f"{key} {why}; a grid tunes other keys")
-        grids[method] = grid
-    sizes = {m: len(g) for m, g in grids.items()}
-    if len(set(sizes.values())) > 1:
-        raise _fail(
-            f"{where}.grids",
-            "every method gets the same number of configurations; "
-            + ", ".join(f"{m} has {n}" for m, n in sizes.items()),
-        )
-    return Tuning(list(seeds), list(per), grids, matched)
+
+@dataclass
+class Study:
+    name: str
+    profile: str
+    source: Path
+    config_files: list[str]
+    base: dict[str, Any]
+    axes: list[Axis]
+    report: ReportSpec = field(default_factory=ReportSpec)
+    slurm: SlurmSpec = field(default_factory=SlurmSpec)
+    description: str = ""
+    tune: Tuning | None = None
+
+    def cells(self) -> list[Cell]:
+        return [
+            self.cell({a.name: name for a, name in zip(self.axes, combo)})
+            for combo in itertools.product(*[list(a.values) for a in self.axes])
+        ]
+
+    def cell(self, values: dict[str, str], extra: dict[str, Any] | None = None) -> Cell:
+        """The cell taking value ``values[axis]`` on every axis: base, then the axes' overrides, then ``extra``.
+        Its name joins ``values`` (which may hold names that are no axis, e.g. a tuning configuration's)."""
+        overrides = dict(self.base)
+        for axis in self.axes:
+            overrides.update(axis.values[values[axis.name]])
+        overrides.update(extra or {})
+        return Cell("-".join(values.values()), dict(values), tuple(_dotlist(overrides)))
+
+
+def _dotlist(overrides: dict[str, Any]) -> list[str]:
+    return [f"{k}={override_value(v)}" for k, v in overrides.items()]
+
+
+SectionT = TypeVar("SectionT", bound=Section)
+
+
+def checked(section: type[SectionT], raw: Any, source: str | Path) -> SectionT:
+    """``raw`` validated as ``section``; a problem raises ConfigError, one line: ``<source>: <key>: message``."""
+    try:
+        return section.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        if first["type"] != "study":
+            raise ConfigError(f"{source}: {_message(err, {}, section)}") from None
+        raise _config_error(source, first["loc"], first["ctx"]) from None
+
+
+def _config_error(source: str | Path, loc: Sequence[Any], ctx: dict[str, Any]) -> ConfigError:
+    where = ".".join(str(part) for part in (*loc, ctx["where"]) if part != "")
+    return ConfigError(f"{source}: {where}: {ctx['message']}" if where else f"{source}: {ctx['message']}")
 
 
 def load_study(path: str | Path, profile: str | None = None, extra: Sequence[str] = ()) -> Study:
@@ -352,132 +553,60 @@ def load_study(path: str | Path, profile: str | None = None, extra: Sequence[str
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a study file is a mapping (study, base, axes, profiles, ...)")
-    unknown = set(raw) - _TOP_KEYS
-    if unknown:
-        raise _fail(f"{path}", f"unknown key {sorted(unknown)[0]!r} (allowed: {', '.join(sorted(_TOP_KEYS))})")
-    name = str(raw.get("study") or path.stem)
+    spec = checked(StudyFile, raw, path)
+    try:
+        return _study(spec, path, profile, extra)
+    except PydanticCustomError as err:
+        raise _config_error(path, (), err.context or {}) from None
+
+
+def _study(spec: StudyFile, path: Path, profile: str | None, extra: Sequence[str]) -> Study:
+    name = spec.study or path.stem
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", name):
-        raise _fail(f"{path}: study", f"must be a plain folder name, got {name!r}")
-    files = raw.get("config") or []
-    files = [files] if isinstance(files, str) else files
-    config_files = []
-    for f in files:
-        p = (path.parent / str(f)).resolve()
-        if not p.is_file():
-            raise _fail(f"{path}: config", f"file {f} not found (paths are relative to the study file)")
-        config_files.append(str(p))
-    base = _overrides(raw.get("base"), f"{path}: base")
-    axes_raw = raw.get("axes")
-    if not isinstance(axes_raw, dict) or not axes_raw:
-        raise _fail(f"{path}: axes", "needs at least one axis (e.g. method: [ehf_dual, nsf])")
-    axes = [_axis(str(n), a, f"{path}: axes.{n}") for n, a in axes_raw.items()]
+        raise _fail("study", f"must be a plain folder name, got {name!r}")
+    config_files = [str((path.parent / f).resolve()) for f in spec.config]
+    for f, resolved in zip(spec.config, config_files):
+        if not Path(resolved).is_file():
+            raise _fail("config", f"file {f} not found (paths are relative to the study file)")
+    axes = list(spec.axes.values())
     unshrunk = {a.name: list(a.values) for a in axes}  # before a profile keeps some of the values
     axis_keys = {
         k for a in axes if a.name != "method" for k in set.intersection(*[set(ov) for ov in a.values.values()])
     }
-
-    profiles = raw.get("profiles") or {}
-    if not isinstance(profiles, dict):
-        raise _fail(f"{path}: profiles", "must be a mapping of profile names to {axes, base}")
     if profile is None:
-        profile = next(iter(profiles), "default")
-    elif profile not in profiles:
-        raise _fail("profile", f"{profile!r} is not a profile of {path} (choose from {', '.join(profiles) or 'none'})")
-    prof = profiles.get(profile) or {}
-    if not isinstance(prof, dict) or set(prof) - {"axes", "base", "tune"}:
-        raise _fail(
-            f"{path}: profiles.{profile}", "a profile holds axes (value names to keep), base (overrides) and tune"
+        profile = next(iter(spec.profiles), "default")
+    elif profile not in spec.profiles:
+        raise ConfigError(
+            f"profile: {profile!r} is not a profile of {path} (choose from {', '.join(spec.profiles) or 'none'})"
         )
-    for axis_name, keep in (prof.get("axes") or {}).items():
-        axis = next((a for a in axes if a.name == str(axis_name)), None)
-        if axis is None:
-            raise _fail(f"{path}: profiles.{profile}.axes.{axis_name}", "no such axis")
-        if isinstance(keep, dict):  # {values: [...]}: new values for a key axis
-            old_key = next(iter(next(iter(axis.values.values()))), None)
-            if (
-                set(keep) != {"values"}
-                or len(axis.values) == 0
-                or not all(list(ov) == [old_key] for ov in axis.values.values())
-            ):
-                raise _fail(
-                    f"{path}: profiles.{profile}.axes.{axis_name}",
-                    "a profile gives a key axis new values as {values: [v1, v2, ...]}; other axes keep "
-                    "a list of their value names",
-                )
-            axis.values = _axis(
-                axis.name, {"key": old_key, "values": keep["values"]}, f"{path}: profiles.{profile}.axes.{axis_name}"
-            ).values
-            continue
-        keep = [keep] if not isinstance(keep, list) else keep
-        names = []
-        for k in keep:
-            # plain values of a key axis may be given as values (128) or as names (n_train128)
-            match = [n for n, ov in axis.values.items() if n == str(k) or (len(ov) == 1 and list(ov.values())[0] == k)]
-            if not match:
-                raise _fail(
-                    f"{path}: profiles.{profile}.axes.{axis_name}",
-                    f"{k!r} is not a value of the axis (values: {', '.join(axis.values)})",
-                )
-            names.append(match[0])
-        axis.values = {n: axis.values[n] for n in axis.values if n in names}
-    base.update(_overrides(prof.get("base"), f"{path}: profiles.{profile}.base"))
-    tune_raw, tune_where = (
-        (prof["tune"], f"{path}: profiles.{profile}.tune") if "tune" in prof else (raw.get("tune"), f"{path}: tune")
+    chosen = spec.profiles.get(profile) or ProfileSpec()
+    chosen.shrink(spec.axes, f"profiles.{profile}.axes")
+    base = {**spec.base, **chosen.base}
+    tune_spec, tune_where = (
+        (chosen.tune, f"profiles.{profile}.tune") if "tune" in chosen.model_fields_set else (spec.tune, "tune")
     )
-    tune = _tuning(tune_raw, tune_where, axes, unshrunk, axis_keys) if tune_raw is not None else None
-    # a pair may name a matched method of any tune section (the report skips pairs a profile lacks)
-    for section in [raw.get("tune"), *[p.get("tune") for p in profiles.values() if isinstance(p, dict)]]:
-        if isinstance(section, dict) and isinstance(section.get("matched"), dict):
-            unshrunk["method"] = [*unshrunk.get("method", []), *map(str, section["matched"])]
+    tune = tune_spec.resolve(tune_where, axes, unshrunk, axis_keys) if tune_spec is not None else None
     for item in extra:
         if "=" not in item:
-            raise _fail("override", f"{item!r} is not of the form key=value")
+            raise ConfigError(f"override: {item!r} is not of the form key=value")
         key, value = item.split("=", 1)
         key = key.strip()
         axis = next((a.name for a in axes if any(key in ov for ov in a.values.values())), None)
         if axis is not None:
             # the axis would silently win over the command line: say so instead
-            raise _fail(key, f"is set by the study's axis {axis!r}; change the axis (or a profile) in the study file")
+            raise ConfigError(
+                f"{key}: is set by the study's axis {axis!r}; change the axis (or a profile) in the study file"
+            )
         if tune is not None and any(key in ov for grid in tune.grids.values() for ov in grid.values()):
-            raise _fail(key, "is tuned by the study's tune section; change its grids in the study file")
+            raise ConfigError(f"{key}: is tuned by the study's tune section; change its grids in the study file")
         base[key] = yaml.safe_load(value) if value.strip() else ""
     if "run.dir" in base or "run.root" in base:
-        raise _fail("run.dir", "is set by the study for each cell (DIR/cells/<cell>); do not set it")
+        raise ConfigError("run.dir: is set by the study for each cell (DIR/cells/<cell>); do not set it")
     base.setdefault("experiment", name)
-
-    slurm = dict(_SLURM_KEYS)
-    slurm_raw = raw.get("slurm") or {}
-    if not isinstance(slurm_raw, dict) or set(slurm_raw) - set(_SLURM_KEYS):
-        raise _fail(f"{path}: slurm", f"allowed keys: {', '.join(_SLURM_KEYS)}")
-    slurm.update(slurm_raw)
-    report = raw.get("report") or {}
-    if not isinstance(report, dict):
-        raise _fail(f"{path}: report", "must be a mapping (x, panel, compare)")
-    unknown = set(report) - {"x", "panel", "compare", "analyses", "pairs"}
-    if unknown:
-        raise _fail(
-            f"{path}: report", f"unknown key {sorted(unknown)[0]!r} (allowed: x, panel, compare, analyses, pairs)"
-        )
-    for pair in report.get("pairs") or []:
-        compare = next((a for a in axes if a.name == report.get("compare")), None)
-        if compare is None:
-            raise _fail(f"{path}: report.pairs", "needs report.compare (the axis whose values are paired)")
-        if not (isinstance(pair, list) and len(pair) == 2 and all(p in unshrunk[compare.name] for p in pair)):
-            raise _fail(f"{path}: report.pairs", f"{pair!r} is not a pair of values of the axis {compare.name!r}")
-    for key in ("x", "panel", "compare"):
-        if report.get(key) is not None and report[key] not in [a.name for a in axes]:
-            raise _fail(f"{path}: report.{key}", f"{report[key]!r} is not an axis")
-    from .analyses import ANALYSES
-
-    for analysis in report.get("analyses") or []:
-        if analysis not in ANALYSES:
-            raise _fail(
-                f"{path}: report.analyses", f"unknown analysis {analysis!r} (choose from {', '.join(ANALYSES)})"
-            )
     study = Study(
-        name, profile, path.resolve(), config_files, base, axes, report, slurm, str(raw.get("description") or ""), tune
+        name, profile, path.resolve(), config_files, base, axes, spec.report, spec.slurm, spec.description, tune
     )
     names = [c.name for c in study.cells()]
     if len(set(names)) != len(names):
-        raise _fail(f"{path}: axes", "two cells get the same name; give the axes' values distinct names")
+        raise _fail("axes", "two cells get the same name; give the axes' values distinct names")
     return study
