@@ -62,7 +62,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     study = load_study(args.config, profile, overrides)
     flags = {k: getattr(args, f"slurm_{k}") for k in ("partition", "time_min", "cpus_per_cell", "gpus_per_cell")}
     if flags := {k: v for k, v in flags.items() if v is not None}:
-        study.slurm = checked(SlurmSpec, {**study.slurm.model_dump(), **flags}, "command-line slurm options")
+        study.slurm = checked(SlurmSpec, {**study.slurm.model_dump(), **flags}, "command line", "slurm")
     if args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
     root = Path(args.dir) if args.dir else Path("runs") / "study" / f"{study.name}-{study.profile}"

@@ -37,8 +37,8 @@ def open_folder(root: str | Path) -> StudyFolder:
         m["config_files"],
         m["base"],
         axes,
-        checked(ReportSpec, m.get("report"), f"{root}/study.json: report"),
-        checked(SlurmSpec, m.get("slurm"), f"{root}/study.json: slurm"),
+        checked(ReportSpec, m.get("report"), root / "study.json", "report"),
+        checked(SlurmSpec, m.get("slurm"), root / "study.json", "slurm"),
         m.get("description") or "",
         tune,
     )

@@ -35,6 +35,9 @@ A study file (YAML)::
       matched:                          # methods added to the method axis: an NSF-kind method whose width
         nsf_matched: {like: nsf, params_of: ehf_dual}   # gives the parameter count of params_of's choice
 
+The file's schema is :class:`StudyFile` (pydantic, strict: no type coercion, unknown keys refused; a key set
+to null takes its default); a problem raises ConfigError with one line naming the file and the key.
+
 Each cell is a plain run folder made by ``ehf train`` with the cell's overrides. The cell's name joins
 its value names with ``-`` (``ehf_dual-ring2d-n_train128-seed0``). A key that ``base`` (or the profile's
 ``base``) and an axis both set takes the axis value in every cell; a command-line ``key=value`` that an
@@ -62,19 +65,7 @@ from ..config.load import _message, override_value
 from ..config.schema import Positive, PositiveFloat
 from ..errors import ConfigError
 
-__all__ = [
-    "METHODS",
-    "Cell",
-    "ProfileSpec",
-    "ReportSpec",
-    "SlurmSpec",
-    "Study",
-    "StudyFile",
-    "TuneSpec",
-    "Tuning",
-    "checked",
-    "load_study",
-]
+__all__ = ["METHODS", "Cell", "ReportSpec", "SlurmSpec", "Study", "StudyFile", "Tuning", "checked", "load_study"]
 
 #: The named methods every study compares, as config overrides. They differ only in what is named here;
 #: data, budget and stopping rule come from the study.
@@ -126,10 +117,6 @@ class Tuning:
     per: list[str]
     grids: dict[str, dict[str, dict[str, Any]]]
     matched: dict[str, dict[str, str]] = field(default_factory=dict)
-
-
-# --------------------------------------------------------------------------------------------------
-# the schema of a study file
 
 
 def _fail(where: str, message: str) -> PydanticCustomError:
@@ -226,9 +213,9 @@ class ReportSpec(Section):
                 raise _fail("report.pairs", "needs report.compare (the axis whose values are paired)")
             if not (len(pair) == 2 and all(p in values[self.compare] for p in pair)):
                 raise _fail("report.pairs", f"{pair!r} is not a pair of values of the axis {self.compare!r}")
-        for key in ("x", "panel", "compare"):
-            if getattr(self, key) is not None and getattr(self, key) not in values:
-                raise _fail(f"report.{key}", f"{getattr(self, key)!r} is not an axis")
+        for key, axis in {"x": self.x, "panel": self.panel, "compare": self.compare}.items():
+            if axis is not None and axis not in values:
+                raise _fail(f"report.{key}", f"{axis!r} is not an axis")
 
 
 class MatchedSpec(Section):
@@ -255,11 +242,8 @@ class TuneSpec(Section):
     @field_validator("seeds", mode="before")
     @classmethod
     def _distinct_integers(cls, seeds: Any) -> Any:
-        if (
-            not isinstance(seeds, list)
-            or not seeds
-            or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)
-            or len(set(seeds)) != len(seeds)
+        if not (
+            isinstance(seeds, list) and seeds and all(type(x) is int for x in seeds) and len({*seeds}) == len(seeds)
         ):
             raise _fail("", f"must be a list of distinct integers, got {seeds!r}")
         return seeds
@@ -485,10 +469,6 @@ def _grid(raw: Any, where: str) -> dict[str, dict[str, Any]]:
     return configs
 
 
-# --------------------------------------------------------------------------------------------------
-# a study: the file with a profile and command-line overrides
-
-
 @dataclass
 class Study:
     name: str
@@ -525,15 +505,16 @@ def _dotlist(overrides: dict[str, Any]) -> list[str]:
 SectionT = TypeVar("SectionT", bound=Section)
 
 
-def checked(section: type[SectionT], raw: Any, source: str | Path) -> SectionT:
-    """``raw`` validated as ``section``; a problem raises ConfigError, one line: ``<source>: <key>: message``."""
+def checked(section: type[SectionT], raw: Any, source: str | Path, at: str = "") -> SectionT:
+    """``raw`` validated as ``section`` (the key ``at`` of a study file); a problem raises ConfigError, one line:
+    ``<source>: <key>: message``."""
     try:
         return section.model_validate(raw)
     except ValidationError as err:
         first = err.errors(include_url=False)[0]
         if first["type"] != "study":
-            raise ConfigError(f"{source}: {_message(err, {}, section)}") from None
-        raise _config_error(source, first["loc"], first["ctx"]) from None
+            raise ConfigError(f"{source}: {at + '.' if at else ''}{_message(err, {}, section)}") from None
+        raise _config_error(source, (at, *first["loc"]), first["ctx"]) from None
 
 
 def _config_error(source: str | Path, loc: Sequence[Any], ctx: dict[str, Any]) -> ConfigError:
@@ -554,7 +535,7 @@ def load_study(path: str | Path, profile: str | None = None, extra: Sequence[str
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a study file is a mapping (study, base, axes, profiles, ...)")
     spec = checked(StudyFile, raw, path)
-    try:
+    try:  # the rules that depend on the profile and the command line
         return _study(spec, path, profile, extra)
     except PydanticCustomError as err:
         raise _config_error(path, (), err.context or {}) from None

@@ -52,3 +52,40 @@ def test_an_axis_value_wins_over_base_and_profile_base(tmp_path):
             keys = [item.split("=", 1)[0] for item in cell.overrides]
             assert len(keys) == len(set(keys)), cell.overrides
             assert f"data.n_train={n_train}" in cell.overrides and f"constraint.mode={mode}" in cell.overrides
+
+
+def test_study_json_keeps_typed_report_and_slurm_and_an_earlier_one_still_opens(tmp_path):
+    """``study.json`` holds the report and slurm sections as plain mappings; one written before they were typed
+    (the report as given, with null for an empty list) opens with the same values; a broken one names its key."""
+    import json
+
+    import pytest
+
+    from lightning_ehf.errors import ConfigError
+    from lightning_ehf.study.folders import open_folder
+
+    spec = tmp_path / "s.yaml"
+    axes = {"method": ["ehf_none", "ehf_dual"], "seed": {"key": "seed", "values": [0, 1]}}
+    report = {"x": "seed", "compare": "method", "pairs": [["ehf_dual", "ehf_none"]]}
+    spec.write_text(yaml.safe_dump({"base": BASE, "axes": axes, "report": report, "slurm": {"time_min": 5}}))
+    folder = StudyFolder(tmp_path / "d", load_study(spec))
+    folder.write_manifest("ehf study run")
+    manifest = json.loads((folder.root / "study.json").read_text())
+    assert manifest["report"] == {**report, "panel": None, "analyses": []}
+    assert manifest["slurm"]["time_min"] == 5 and manifest["slurm"]["cpus_per_cell"] == 2
+    opened = open_folder(folder.root).study
+    assert (opened.report, opened.slurm) == (folder.study.report, folder.study.slurm)
+
+    manifest["report"] = {"x": "seed", "pairs": None}
+    (folder.root / "study.json").write_text(json.dumps(manifest))
+    earlier = open_folder(folder.root).study
+    assert (earlier.report.x, earlier.report.compare, earlier.report.pairs, earlier.slurm.time_min) == (
+        "seed",
+        None,
+        [],
+        5,
+    )
+    manifest["slurm"]["cpus_per_cell"] = "2"
+    (folder.root / "study.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match=r"study\.json: slurm\.cpus_per_cell: expected an integer"):
+        open_folder(folder.root)

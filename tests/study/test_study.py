@@ -231,6 +231,24 @@ BAD_STUDIES = {
     "run_dir_in_base": ({"base": {**TINY_BASE, "run.dir": "/tmp/x"}}, None, "run.dir: is set by the study"),
     "report_not_an_axis": ({"report": {"x": "n_train"}}, None, "report.x: 'n_train' is not an axis"),
     "unknown_analysis": ({"report": {"analyses": ["nope"]}}, None, "unknown analysis 'nope'"),
+    # typed sections: a wrong type or range names the key
+    "slurm_quoted_number": (
+        {"slurm": {"time_min": "60"}},
+        None,
+        "bad.yaml: slurm.time_min: expected an integer, got string '60'; numbers must not be quoted",
+    ),
+    "slurm_out_of_range": (
+        {"slurm": {"gpus_per_cell": -1}},
+        None,
+        "bad.yaml: slurm.gpus_per_cell: must be >= 0, got -1",
+    ),
+    "report_not_a_name": ({"report": {"x": 3}}, None, "bad.yaml: report.x: expected a string, got integer 3"),
+    # every profile is checked, not only the one loaded
+    "other_profile": (
+        {"profiles": {"p": {}, "q": {"axis": {"seed": [0]}}}},
+        None,
+        "bad.yaml: profiles.q: a profile holds axes (value names to keep), base (overrides) and tune",
+    ),
 }
 
 
@@ -287,6 +305,21 @@ def test_cli_bad_study_exits_2_with_one_line(tmp_path, case):
     assert len(lines) == 1 and lines[0].startswith("ehf study run: error:"), r.stderr
     assert ("unknown method 'flowy'" in lines[0]) if case == "file" else ("cell ehf_dual: model.hidden" in lines[0])
     assert not d.exists()
+
+
+@pytest.mark.parametrize(
+    ("top", "flags", "message"),
+    [
+        ({"slurm": {"time_min": "60"}}, [], "bad.yaml: slurm.time_min: expected an integer, got string '60'"),
+        ({}, ["--time-min", "0"], "command line: slurm.time_min: must be > 0, got 0"),
+    ],
+)
+def test_cli_bad_slurm_setting_exits_2_naming_the_key(tmp_path, top, flags, message):
+    f = write_study(tmp_path / "bad.yaml", "bad", {"method": ["ehf_dual"]}, **top)
+    r = study("run", "-c", f, "--dir", tmp_path / "study", "--dry-run", *flags, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], r.stderr
 
 
 # -- end to end: run, status, skip, report, refuse an edited study ----------------------------------
