@@ -10,19 +10,19 @@ dotted path) or the file, and for a wrong type or an unknown key where it was se
 from __future__ import annotations
 
 import copy
-import difflib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
 
 from lightning_ehf.config.schema import FILE_DEFAULTS, Config
 from lightning_ehf.errors import ConfigError
+from lightning_ehf.validation import describe_error, join_key, one_line
 
 __all__ = [
     "explicit_keys",
@@ -40,23 +40,14 @@ __all__ = [
 _DEFAULTS_KEY = "defaults"
 
 
-def _one_line(text: object) -> str:
-    """Collapse whitespace (newlines included) so a message always fits on one line."""
-    return " ".join(str(text).split())
-
-
-def _join(path: str, key: object) -> str:
-    return f"{path}.{key}" if path else str(key)
-
-
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` → ``{"a.b": 1}``: nested mappings walked, lists and empty mappings kept as values."""
     out: dict[str, Any] = {}
     for key, value in mapping.items():
         if isinstance(value, Mapping) and value:
-            out.update(flatten(value, _join(prefix, key)))
+            out.update(flatten(value, join_key(prefix, key)))
         else:
-            out[_join(prefix, key)] = value
+            out[join_key(prefix, key)] = value
     return out
 
 
@@ -71,140 +62,11 @@ def override_value(value: Any) -> str:
     return str(value)
 
 
-# --------------------------------------------------------------------------------------------------
-# pydantic errors → one line
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, bool):
-        return f"boolean {str(value).lower()}"
-    if isinstance(value, int):
-        return f"integer {value}"
-    if isinstance(value, float):
-        return f"number {value!r}"
-    if isinstance(value, str):
-        return f"string {value!r}"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, (list, tuple)):
-        return "a list"
-    return "null" if value is None else f"{type(value).__name__} {value!r}"
-
-
-def _quoted_number(value: Any) -> bool:
-    try:
-        return isinstance(value, str) and float(value) is not None
-    except ValueError:
-        return False
-
-
-_EXPECTED = {
-    "int_type": "an integer",
-    "float_type": "a number",
-    "string_type": "a string",
-    "bool_type": "true or false",
-    "model_type": "a section (mapping)",
-    "dict_type": "a section (mapping)",
-    "list_type": "a list",
-}
-
-
-def _dotted(loc: Sequence[Any]) -> str:
-    out = ""
-    for part in loc:
-        out = f"{out}[{part}]" if isinstance(part, int) else _join(out, part)
-    return out
-
-
-def _fields_of(section: type[BaseModel], loc: Sequence[Any]) -> list[str]:
-    """The keys of the schema section at ``loc`` (for "did you mean")."""
-    for part in loc:
-        annotation = section.model_fields[part].annotation if part in section.model_fields else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return []
-        section = annotation
-    return list(section.model_fields)
-
-
-def _message(err: ValidationError, provenance: Mapping[str, str], schema: type[BaseModel] = Config) -> str:
-    """The first problem of a validation, as ``key: what is wrong`` (plus where a mistyped value was set)."""
-    first = err.errors(include_url=False)[0]
-    kind, loc, value, ctx = first["type"], first["loc"], first.get("input"), first.get("ctx") or {}
-    key = _dotted(loc)
-    plain = key.split("[")[0]
-    set_at = next((provenance[k] for k in (plain, *_parents(key)) if k in provenance), "") or next(
-        (where for k, where in reversed(provenance.items()) if k.startswith(plain + ".")), ""
-    )
-    where = f" (in {set_at})" if set_at else ""
-    if kind == "ehf_config":
-        return _one_line(f"{ctx['key']}: {ctx['message']}")
-    if kind == "extra_forbidden":
-        close = difflib.get_close_matches(str(loc[-1]), _fields_of(schema, loc[:-1]), n=1)
-        hint = f"; did you mean '{_join(_dotted(loc[:-1]), close[0])}'?" if close else ""
-        return _one_line(f"unknown config key '{key}'{where}{hint}")
-    if kind == "literal_error":
-        if not isinstance(value, str):
-            return _one_line(
-                f"{key}: expected a string, got {_describe(value)}; quote it if you mean the string{where}"
-            )
-        allowed = [a.strip("'") for a in ctx["expected"].replace(" or ", ", ").split(", ")]
-        close = difflib.get_close_matches(value, allowed, n=1)
-        nullable = " or null" if _nullable(loc, schema) else ""
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        return _one_line(f"{key}: unknown value {value!r} (choose from {', '.join(allowed)}{nullable}){hint}")
-    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        return _one_line(f"{key}: must be {_range(loc, schema)}, got {value!r}")
-    if kind in _EXPECTED:
-        expected = _EXPECTED[kind]
-        if value is None:
-            return _one_line(f"{key}: null is not allowed, expected {expected}{where}")
-        hint = ""
-        if kind == "int_type" and isinstance(value, float) and value.is_integer():
-            hint = f"; write {int(value)}"
-        elif kind in ("int_type", "float_type") and _quoted_number(value):
-            hint = "; numbers must not be quoted"
-        elif kind == "string_type":
-            hint = "; quote it if you mean the string"
-        return _one_line(f"{key}: expected {expected}, got {_describe(value)}{hint}{where}")
-    return _one_line(f"{key}: {first['msg']}{where}")
-
-
-def _parents(key: str) -> list[str]:
-    parts = key.split("[")[0].split(".")
-    return [".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)]
-
-
-def _field(loc: Sequence[Any], schema: type[BaseModel]) -> Any:
-    section: Any = schema
-    for part in loc[:-1]:
-        section = section.model_fields[part].annotation
-    return section.model_fields[loc[-1]]
-
-
-def _nullable(loc: Sequence[Any], schema: type[BaseModel]) -> bool:
-    return type(None) in get_args(_field(loc, schema).annotation)
-
-
-def _range(loc: Sequence[Any], schema: type[BaseModel]) -> str:
-    """A key's allowed range from its schema bounds: ``> 0``, ``>= 0``, ``in [0, 1)``."""
-    field = _field(loc, schema)
-    annotated = (m for arg in get_args(field.annotation) for m in getattr(arg, "__metadata__", ()))
-    metadata = [m for info in (*field.metadata, *annotated) for m in getattr(info, "metadata", [info])]
-    bounds = {n: getattr(m, n) for m in metadata for n in ("gt", "ge", "lt", "le") if getattr(m, n, None) is not None}
-    low = f"[{bounds['ge']}" if "ge" in bounds else f"({bounds['gt']}" if "gt" in bounds else None
-    high = f"{bounds['le']}]" if "le" in bounds else f"{bounds['lt']})" if "lt" in bounds else None
-    if low and high:
-        return f"in {low}, {high}"
-    return next(
-        f"{sign} {bounds[n]}" for n, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if n in bounds
-    )
-
-
 def _validated(raw: Mapping[str, Any], provenance: Mapping[str, str] | None = None) -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_message(err, provenance or {})) from None
+        raise ConfigError(describe_error(err, Config, provenance or {})) from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -212,7 +74,7 @@ def _validated(raw: Mapping[str, Any], provenance: Mapping[str, str] | None = No
 
 
 def _yaml_problem(err: yaml.YAMLError) -> str:
-    problem = getattr(err, "problem", None) or _one_line(err)
+    problem = getattr(err, "problem", None) or one_line(err)
     mark = getattr(err, "problem_mark", None)
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(problem)
 
@@ -225,11 +87,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         loaded = OmegaConf.load(path)
     except yaml.YAMLError as err:
-        raise ConfigError(_one_line(f"cannot parse config file {path}: {_yaml_problem(err)}")) from None
+        raise ConfigError(one_line(f"cannot parse config file {path}: {_yaml_problem(err)}")) from None
     except (OSError, UnicodeDecodeError, OmegaConfBaseException, ValueError) as err:
         if "Invalid loaded object type" in str(err):
             raise ConfigError(f"config file {path} must hold a mapping of keys (key: value lines)") from None
-        raise ConfigError(_one_line(f"cannot read config file {path}: {err}")) from None
+        raise ConfigError(one_line(f"cannot read config file {path}: {err}")) from None
     if not isinstance(loaded, DictConfig):
         raise ConfigError(f"config file {path} must hold a mapping of keys (key: value lines), not a list")
     raw = OmegaConf.to_container(loaded, resolve=False)
@@ -274,10 +136,10 @@ def _parse_override(item: str) -> dict[str, Any]:
         parsed = OmegaConf.from_dotlist([item])
     except yaml.YAMLError as err:
         raise ConfigError(
-            _one_line(f"{key}: cannot parse value {value!r} of override {item!r}: {_yaml_problem(err)}")
+            one_line(f"{key}: cannot parse value {value!r} of override {item!r}: {_yaml_problem(err)}")
         ) from None
     except (OmegaConfBaseException, ValueError) as err:
-        raise ConfigError(_one_line(f"bad override {item!r}: {str(err).splitlines()[0]}")) from None
+        raise ConfigError(one_line(f"bad override {item!r}: {str(err).splitlines()[0]}")) from None
     raw = OmegaConf.to_container(parsed, resolve=False)
     assert isinstance(raw, dict)
     return raw
@@ -334,7 +196,7 @@ def load_config(
         resolved = OmegaConf.to_container(OmegaConf.create(merged), resolve=True)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None)
-        raise ConfigError(_one_line(f"{key + ': ' if key else ''}{str(err).splitlines()[0]}")) from None
+        raise ConfigError(one_line(f"{key + ': ' if key else ''}{str(err).splitlines()[0]}")) from None
     assert isinstance(resolved, dict)
     if isinstance(resolved.get("data"), Mapping) and resolved["data"].get("path") is not None:
         for key, value in FILE_DEFAULTS.items():  # what a data file implies, for the keys nobody set
@@ -375,7 +237,7 @@ def validate_for_dim(cfg: Config, dim: int) -> None:
     try:
         sym.check_arguments(bound, where)
     except PydanticCustomError as err:
-        raise ConfigError(_one_line(str(err))) from None
+        raise ConfigError(one_line(str(err))) from None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ import re
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic_core import PydanticCustomError
+
+from lightning_ehf.validation import config_error
 
 __all__ = [
     "Config",
@@ -32,11 +33,6 @@ Group = Literal["auto", "none", "so2", "so3", "rotations", "matrices"]
 Strategy = Literal["auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook", "fsdp", "deepspeed", "single_device"]
 #: Groups made of plane rotations (``auto`` is decided by the target; ``build`` checks it there).
 ROTATION_GROUPS = ("so2", "so3", "rotations")
-
-
-def config_error(key: str, message: str) -> PydanticCustomError:
-    """A rule broken by the value of ``key`` (full dotted path): ``key: message`` once formatted."""
-    return PydanticCustomError("ehf_config", "{key}: {message}", {"key": key, "message": message})
 
 
 def choices(section: type[BaseModel], name: str) -> tuple[Any, ...]:

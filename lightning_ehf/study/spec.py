@@ -61,9 +61,10 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from ..config.load import _message, override_value
+from ..config.load import override_value
 from ..config.schema import Positive, PositiveFloat
 from ..errors import ConfigError
+from ..validation import describe_error
 
 __all__ = ["METHODS", "Cell", "ReportSpec", "SlurmSpec", "Study", "StudyFile", "Tuning", "checked", "load_study"]
 
@@ -513,7 +514,7 @@ def checked(section: type[SectionT], raw: Any, source: str | Path, at: str = "")
     except ValidationError as err:
         first = err.errors(include_url=False)[0]
         if first["type"] != "study":
-            raise ConfigError(f"{source}: {at + '.' if at else ''}{_message(err, {}, section)}") from None
+            raise ConfigError(f"{source}: {at + '.' if at else ''}{describe_error(err, section)}") from None
         raise _config_error(source, (at, *first["loc"]), first["ctx"]) from None
 
 

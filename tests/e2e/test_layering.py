@@ -110,6 +110,11 @@ def test_the_core_is_pure_torch():
             ("lightning_ehf.train", "lightning_ehf.cli", "lightning_ehf.study", "lightning_ehf.evaluate"),
         ),
         ("lightning_ehf.train", ("lightning_ehf.cli", "lightning_ehf.study")),
+        # the error messages of the config and study schemas: below both
+        (
+            "lightning_ehf.validation",
+            ("lightning_ehf.config", "lightning_ehf.study", "lightning_ehf.build", "lightning_ehf.train"),
+        ),
     ],
 )
 def test_imports_point_down(room, forbidden):
