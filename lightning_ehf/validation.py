@@ -14,12 +14,25 @@ from typing import Any, get_args
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticCustomError
 
-__all__ = ["config_error", "describe_error", "join_key", "one_line"]
+__all__ = ["config_error", "describe_error", "join_key", "keyed", "one_line", "rule_message"]
 
 
 def config_error(key: str, message: str) -> PydanticCustomError:
-    """A rule broken by the value of ``key`` (full dotted path): ``key: message`` once formatted."""
-    return PydanticCustomError("ehf_config", "{key}: {message}", {"key": key, "message": message})
+    """A rule broken at ``key``: a dotted path below the model or field whose validator raises it ("" for that model
+    or field itself). :func:`describe_error` puts where the validator ran in front (``key: message`` once
+    formatted); :func:`rule_message` says an error raised outside a validation."""
+    return PydanticCustomError("ehf_config", "{message}", {"key": key, "message": message})
+
+
+def keyed(key: str, message: str) -> str:
+    """``key: message`` on one line; ``message`` alone for no key (the top of a file)."""
+    return one_line(f"{key}: {message}" if key else message)
+
+
+def rule_message(err: PydanticCustomError, at: str = "") -> str:
+    """A :func:`config_error` raised outside a validation, by code that checks the section at the key ``at``."""
+    context = err.context or {}
+    return keyed(join_key(at, context.get("key", "")), context.get("message", str(err)))
 
 
 def one_line(text: object) -> str:
@@ -28,8 +41,11 @@ def one_line(text: object) -> str:
 
 
 def join_key(path: str, key: object) -> str:
-    """``a.b`` + ``c`` → ``a.b.c`` (a top-level key has no path)."""
-    return f"{path}.{key}" if path else str(key)
+    """``a.b`` + ``c`` → ``a.b.c``; ``a`` + ``[0]`` → ``a[0]``; an empty side is left out."""
+    key = str(key)
+    if not path or not key:
+        return path or key
+    return f"{path}{key}" if key.startswith("[") else f"{path}.{key}"
 
 
 def _describe(value: Any) -> str:
@@ -69,7 +85,7 @@ _EXPECTED = {
 def _dotted(loc: Sequence[Any]) -> str:
     out = ""
     for part in loc:
-        out = f"{out}[{part}]" if isinstance(part, int) else join_key(out, part)
+        out = join_key(out, f"[{part}]" if isinstance(part, int) else part)
     return out
 
 
@@ -83,23 +99,26 @@ def _fields_of(section: type[BaseModel], loc: Sequence[Any]) -> list[str]:
     return list(section.model_fields)
 
 
-def describe_error(err: ValidationError, schema: type[BaseModel], provenance: Mapping[str, str] | None = None) -> str:
-    """The first problem of validating ``schema``, as ``key: what is wrong`` on one line; ``provenance`` (dotted key
-    -> where it was set) adds where a mistyped value or an unknown key came from."""
+def describe_error(
+    err: ValidationError, schema: type[BaseModel], provenance: Mapping[str, str] | None = None, at: str = ""
+) -> str:
+    """The first problem of validating ``schema`` (found at the key ``at`` of its file; "" for the whole file), as
+    ``key: what is wrong`` on one line; ``provenance`` (dotted key -> where it was set) adds where a mistyped value
+    or an unknown key came from."""
     provenance = provenance or {}
     first = err.errors(include_url=False)[0]
     kind, loc, value, ctx = first["type"], first["loc"], first.get("input"), first.get("ctx") or {}
-    key = _dotted(loc)
+    key = join_key(at, _dotted(loc))
     plain = key.split("[")[0]
     set_at = next((provenance[k] for k in (plain, *_parents(key)) if k in provenance), "") or next(
         (where for k, where in reversed(provenance.items()) if k.startswith(plain + ".")), ""
     )
     where = f" (in {set_at})" if set_at else ""
     if kind == "ehf_config":
-        return one_line(f"{ctx['key']}: {ctx['message']}")
+        return keyed(join_key(key, ctx["key"]), ctx["message"])
     if kind == "extra_forbidden":
         close = difflib.get_close_matches(str(loc[-1]), _fields_of(schema, loc[:-1]), n=1)
-        hint = f"; did you mean '{join_key(_dotted(loc[:-1]), close[0])}'?" if close else ""
+        hint = f"; did you mean '{join_key(join_key(at, _dotted(loc[:-1])), close[0])}'?" if close else ""
         return one_line(f"unknown config key '{key}'{where}{hint}")
     if kind == "literal_error":
         if not isinstance(value, str):

@@ -22,7 +22,7 @@ from pydantic_core import PydanticCustomError
 
 from lightning_ehf.config.schema import FILE_DEFAULTS, Config
 from lightning_ehf.errors import ConfigError
-from lightning_ehf.validation import describe_error, join_key, one_line
+from lightning_ehf.validation import describe_error, join_key, one_line, rule_message
 
 __all__ = [
     "explicit_keys",
@@ -237,7 +237,7 @@ def validate_for_dim(cfg: Config, dim: int) -> None:
     try:
         sym.check_arguments(bound, where)
     except PydanticCustomError as err:
-        raise ConfigError(one_line(str(err))) from None
+        raise ConfigError(rule_message(err, "symmetry")) from None
 
 
 # --------------------------------------------------------------------------------------------------

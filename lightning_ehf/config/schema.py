@@ -70,46 +70,44 @@ class DataCfg(Section):
     @model_validator(mode="after")
     def _sources_and_splits(self) -> DataCfg:
         if self.target is None and not self.path:
-            raise config_error(
-                "data.target", "no data: set data.target (an analytic target) or data.path (a data file)"
-            )
+            raise config_error("target", "no data: set data.target (an analytic target) or data.path (a data file)")
         if self.target is not None and self.path:
             raise config_error(
-                "data.path",
+                "path",
                 f"both data.target={self.target} and data.path are set; remove data.target "
                 "(or set data.target=null) to use the file",
             )
         if self.path is not None and not self.path.strip():
-            raise config_error("data.path", "is empty")
+            raise config_error("path", "is empty")
         if self.path is not None and self.regime != "finite":
             raise config_error(
-                "data.regime",
+                "regime",
                 "file data (data.path) is a fixed sample: data.regime must be finite "
                 "(what data.path implies when data.regime is not set)",
             )
         for key in ("n_val", "n_test"):
             if getattr(self, key) is None and self.path is None:
                 raise config_error(
-                    f"data.{key}",
+                    key,
                     f"null (a fraction of a data file's rows, data.file_{key[2:]}_fraction) "
                     "needs data.path; a target needs a number of samples",
                 )
         if self.file_val_fraction + self.file_test_fraction >= 1:
             raise config_error(
-                "data.file_test_fraction",
+                "file_test_fraction",
                 "data.file_val_fraction + data.file_test_fraction must be < 1 (the rest of a data file's rows train)",
             )
         if self.val_fraction is not None:
             if self.regime != "finite" or self.target is None:
                 raise config_error(
-                    "data.val_fraction",
+                    "val_fraction",
                     "applies to a finite training set of a target (data.regime=finite);"
                     " an infinite stream or a file has its own validation rows "
                     "(data.n_val)",
                 )
             if not 1 <= round(self.val_fraction * self.n_train) < self.n_train:
                 raise config_error(
-                    "data.val_fraction",
+                    "val_fraction",
                     f"{self.val_fraction} of data.n_train={self.n_train} leaves no validation or no training rows",
                 )
         return self
@@ -119,7 +117,7 @@ def _is_index(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _check_planes(planes: Any, bound: int | None, where: str, key: str = "symmetry.planes") -> None:
+def _check_planes(planes: Any, bound: int | None, where: str, key: str = "planes") -> None:
     """Rotation planes: distinct pairs of distinct coordinate indices below ``bound`` (when known)."""
     if not isinstance(planes, list) or not planes:
         raise config_error(key, "must be a non-empty list of planes, e.g. [[0,1],[2,3]]")
@@ -139,12 +137,12 @@ def _check_planes(planes: Any, bound: int | None, where: str, key: str = "symmet
             )
 
 
-def _check_coords(group: str, coords: Any, bound: int | None, where: str, key: str = "symmetry.coords") -> None:
+def _check_coords(group: str, coords: Any, bound: int | None, where: str, key: str = "coords") -> None:
     """The coordinates so2 / so3 act on: 2 / 3 distinct indices below ``bound`` (when known)."""
     need = 2 if group == "so2" else 3
     if coords is None:
         if bound is not None and bound < need:
-            raise config_error("symmetry.group", f"{group} acts on {need} coordinates, but {where}")
+            raise config_error("group", f"{group} acts on {need} coordinates, but {where}")
         return
     if not isinstance(coords, list) or not all(_is_index(c) for c in coords):
         raise config_error(key, f"must be a list of non-negative coordinate indices, got {coords!r}")
@@ -156,7 +154,7 @@ def _check_coords(group: str, coords: Any, bound: int | None, where: str, key: s
         raise config_error(key, f"coordinate {max(coords)} is out of range: {where} (valid indices 0..{bound - 1})")
 
 
-def _check_matrices(matrices: Any, bound: int | None, where: str, key: str = "symmetry.matrices") -> None:
+def _check_matrices(matrices: Any, bound: int | None, where: str, key: str = "matrices") -> None:
     """Explicit generators: square matrices of finite numbers, ``bound``×``bound`` (when known)."""
     if not isinstance(matrices, list) or not matrices:
         raise config_error(key, "must be a non-empty list of square matrices (lists of rows)")
@@ -195,16 +193,14 @@ class SymmetryCfg(Section):
         """The group's planes / coords / matrices, against ``bound`` coordinates when known (``where`` says why)."""
         if self.group == "rotations":
             if self.planes is None:
-                raise config_error(
-                    "symmetry.planes", "symmetry.group=rotations needs symmetry.planes, e.g. [[0,1],[2,3]]"
-                )
+                raise config_error("planes", "symmetry.group=rotations needs symmetry.planes, e.g. [[0,1],[2,3]]")
             _check_planes(self.planes, bound, where)
         elif self.group in ("so2", "so3"):
             _check_coords(self.group, self.coords, bound, where)
         elif self.group == "matrices":
             if self.matrices is None:
                 raise config_error(
-                    "symmetry.matrices", "symmetry.group=matrices needs symmetry.matrices (a list of d×d generators)"
+                    "matrices", "symmetry.group=matrices needs symmetry.matrices (a list of d×d generators)"
                 )
             _check_matrices(self.matrices, bound, where)
 
@@ -299,7 +295,7 @@ class TrainerCfg(Section):
         count = isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1
         if not (count or isinstance(limit, float) and 0 < limit <= 1):
             raise config_error(
-                "trainer.limit_val_batches",
+                "",
                 f"must be a number of batches (an integer >= 1) or a fraction in (0, 1], got {limit!r}",
             )
         return limit
@@ -311,7 +307,7 @@ class TrainerCfg(Section):
         indices = isinstance(devices, list) and devices and all(_is_index(d) for d in devices)
         if not (devices == "auto" or count or indices):
             raise config_error(
-                "trainer.devices",
+                "",
                 f"must be a positive count, -1 (all), 'auto' or a list of device indices, got {devices!r}",
             )
         return devices
@@ -367,7 +363,7 @@ class CheckpointCfg(Section):
     @classmethod
     def _minutes(cls, minutes: float | None) -> float | None:
         if minutes is not None and not minutes > 0:
-            raise config_error("checkpoint.every_n_minutes", f"must be > 0 (minutes) or null (off), got {minutes!r}")
+            raise config_error("", f"must be > 0 (minutes) or null (off), got {minutes!r}")
         return minutes
 
 
@@ -396,18 +392,16 @@ class Config(Section):
     @classmethod
     def _experiment(cls, name: str) -> str:
         if not name.strip():
-            raise config_error("experiment", "must be a non-empty name")
+            raise config_error("", "must be a non-empty name")
         if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", name):
-            raise config_error(
-                "experiment", f"must be a plain folder name (letters, digits, '.', '_', '-'), got {name!r}"
-            )
+            raise config_error("", f"must be a plain folder name (letters, digits, '.', '_', '-'), got {name!r}")
         return name
 
     @field_validator("seed", mode="after")
     @classmethod
     def _seed(cls, seed: int) -> int:
         if not 0 <= seed < 2**32:
-            raise config_error("seed", f"must be in [0, 2**32), got {seed!r}")
+            raise config_error("", f"must be in [0, 2**32), got {seed!r}")
         return seed
 
     @model_validator(mode="after")

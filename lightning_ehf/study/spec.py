@@ -64,7 +64,7 @@ from pydantic_core import PydanticCustomError
 from ..config.load import override_value
 from ..config.schema import Positive, PositiveFloat
 from ..errors import ConfigError
-from ..validation import describe_error
+from ..validation import config_error, describe_error, rule_message
 
 __all__ = ["METHODS", "Cell", "ReportSpec", "SlurmSpec", "Study", "StudyFile", "Tuning", "checked", "load_study"]
 
@@ -120,18 +120,12 @@ class Tuning:
     matched: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
-def _fail(where: str, message: str) -> PydanticCustomError:
-    """A problem at the dotted key ``where``, below the section being validated ("": the section itself), or
-    below the file's top outside validation. :func:`checked` says it as ``<file>: <key>: message``."""
-    return PydanticCustomError("study", "{message}", {"where": where, "message": message})
-
-
 def _mapping(message: str) -> BeforeValidator:
     """A value that is no mapping gets ``message`` instead of pydantic's words."""
 
     def check(raw: Any) -> Any:
         if not isinstance(raw, dict):
-            raise _fail("", message)
+            raise config_error("", message)
         return raw
 
     return BeforeValidator(check)
@@ -141,7 +135,7 @@ def _overrides(raw: Any, where: str = "") -> dict[str, Any]:
     if raw is None:
         return {}
     if not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw):
-        raise _fail(where, f"must be a mapping of config keys to values (e.g. data.n_train: 128), got {raw!r}")
+        raise config_error(where, f"must be a mapping of config keys to values (e.g. data.n_train: 128), got {raw!r}")
     return dict(raw)
 
 
@@ -163,13 +157,13 @@ class Section(BaseModel):
     def _shape(cls, raw: Any) -> Any:
         raw = {} if raw is None else raw
         if not isinstance(raw, dict):
-            raise _fail("", cls.shape)
+            raise config_error("", cls.shape)
         unknown = sorted(str(k) for k in raw if k not in cls.model_fields)
         if unknown:
-            raise _fail("", cls.unknown_key.format(key=unknown[0]) if cls.unknown_key else cls.shape)
+            raise config_error("", cls.unknown_key.format(key=unknown[0]) if cls.unknown_key else cls.shape)
         raw = {k: v for k, v in raw.items() if v is not None or cls.model_fields[k].default is None}
         if any(f.is_required() and k not in raw for k, f in cls.model_fields.items()):
-            raise _fail("", cls.shape)
+            raise config_error("", cls.shape)
         return raw
 
 
@@ -204,19 +198,19 @@ class ReportSpec(Section):
 
         for analysis in analyses:
             if analysis not in ANALYSES:
-                raise _fail("", f"unknown analysis {analysis!r} (choose from {', '.join(ANALYSES)})")
+                raise config_error("", f"unknown analysis {analysis!r} (choose from {', '.join(ANALYSES)})")
         return analyses
 
     def check_axes(self, values: dict[str, list[str]]) -> None:
         """The keys naming axes name axes; a pair holds two values of ``compare`` (``values``: axis -> names)."""
         for pair in self.pairs:
             if self.compare not in values:
-                raise _fail("report.pairs", "needs report.compare (the axis whose values are paired)")
+                raise config_error("report.pairs", "needs report.compare (the axis whose values are paired)")
             if not (len(pair) == 2 and all(p in values[self.compare] for p in pair)):
-                raise _fail("report.pairs", f"{pair!r} is not a pair of values of the axis {self.compare!r}")
+                raise config_error("report.pairs", f"{pair!r} is not a pair of values of the axis {self.compare!r}")
         for key, axis in {"x": self.x, "panel": self.panel, "compare": self.compare}.items():
             if axis is not None and axis not in values:
-                raise _fail(f"report.{key}", f"{axis!r} is not an axis")
+                raise config_error(f"report.{key}", f"{axis!r} is not an axis")
 
 
 class MatchedSpec(Section):
@@ -246,7 +240,7 @@ class TuneSpec(Section):
         if not (
             isinstance(seeds, list) and seeds and all(type(x) is int for x in seeds) and len({*seeds}) == len(seeds)
         ):
-            raise _fail("", f"must be a list of distinct integers, got {seeds!r}")
+            raise config_error("", f"must be a list of distinct integers, got {seeds!r}")
         return seeds
 
     def resolve(self, where: str, axes: list[Axis], unshrunk: dict[str, list[str]], axis_keys: set[str]) -> Tuning:
@@ -255,12 +249,14 @@ class TuneSpec(Section):
         by_name = {a.name: a for a in axes}
         method_axis, seed_axis = by_name.get("method"), by_name.get("seed")
         if method_axis is None:
-            raise _fail(where, "needs a method axis (the grids are per method)")
+            raise config_error(where, "needs a method axis (the grids are per method)")
         if seed_axis is None or not all(list(ov) == ["seed"] for ov in seed_axis.values.values()):
-            raise _fail(where, "needs a seed axis {key: seed, values: [...]} (its seeds are the evaluation seeds)")
+            raise config_error(
+                where, "needs a seed axis {key: seed, values: [...]} (its seeds are the evaluation seeds)"
+            )
         shared = sorted(set(self.seeds) & {ov["seed"] for ov in seed_axis.values.values()})
         if shared:
-            raise _fail(
+            raise config_error(
                 f"{where}.seeds",
                 f"{shared[0]} is also an evaluation seed (the seed axis); tuning seeds are kept "
                 "apart from the seeds that are reported",
@@ -268,30 +264,32 @@ class TuneSpec(Section):
         others = [a.name for a in axes if a.name not in ("method", "seed")]
         per = others if self.per is None else self.per
         if not all(p in others for p in per) or len(set(per)) != len(per):
-            raise _fail(
+            raise config_error(
                 f"{where}.per",
                 f"must be a list of distinct axes out of {others} (a choice per value of each), got {per!r}",
             )
         for name, spec in self.matched.items():
             at = f"{where}.matched.{name}"
             if not _NAME.fullmatch(name) or name in unshrunk["method"]:
-                raise _fail(at, "must be a new method name (letters, digits, '_' and '.'), not one of the method axis")
+                raise config_error(
+                    at, "must be a new method name (letters, digits, '_' and '.'), not one of the method axis"
+                )
             preset = method_axis.values.get(spec.like, METHODS.get(spec.like))
             if preset is None or preset.get("model.kind") != "nsf":
-                raise _fail(f"{at}.like", f"{spec.like!r} is not an NSF method (a method with model.kind: nsf)")
+                raise config_error(f"{at}.like", f"{spec.like!r} is not an NSF method (a method with model.kind: nsf)")
             if spec.params_of not in method_axis.values or spec.params_of in self.matched:
-                raise _fail(f"{at}.params_of", f"{spec.params_of!r} is not a method of the method axis")
+                raise config_error(f"{at}.params_of", f"{spec.params_of!r} is not a method of the method axis")
         for name, spec in self.matched.items():
             method_axis.values[name] = dict(method_axis.values.get(spec.like, METHODS.get(spec.like, {})))
         for method in self.grids:
             if method not in unshrunk["method"] and method not in self.matched:
-                raise _fail(f"{where}.grids.{method}", "is not a method of the study")
+                raise config_error(f"{where}.grids.{method}", "is not a method of the study")
         # keys every value of a non-method axis sets (data.target, data.n_train, seed) are the grid's cells, not knobs
         fixed = axis_keys | {"seed", "experiment", "run.dir", "run.root"}
         grids: dict[str, dict[str, dict[str, Any]]] = {}
         for method, preset in method_axis.values.items():
             if method not in self.grids:
-                raise _fail(
+                raise config_error(
                     f"{where}.grids",
                     f"has no grid for the method {method!r} (every method is tuned, with the same "
                     "number of configurations)",
@@ -307,11 +305,11 @@ class TuneSpec(Section):
                         if key in preset
                         else "is set by an axis for every cell"
                     )
-                    raise _fail(f"{where}.grids.{method}", f"{key} {why}; a grid tunes other keys")
+                    raise config_error(f"{where}.grids.{method}", f"{key} {why}; a grid tunes other keys")
             grids[method] = grid
         sizes = {m: len(g) for m, g in grids.items()}
         if len(set(sizes.values())) > 1:
-            raise _fail(
+            raise config_error(
                 f"{where}.grids",
                 "every method gets the same number of configurations; "
                 + ", ".join(f"{m} has {n}" for m, n in sizes.items()),
@@ -334,7 +332,7 @@ class ProfileSpec(Section):
         for axis_name, keep in self.axes.items():
             axis, at = axes.get(axis_name), f"{where}.{axis_name}"
             if axis is None:
-                raise _fail(at, "no such axis")
+                raise config_error(at, "no such axis")
             if isinstance(keep, dict):  # {values: [...]}: new values for a key axis
                 old_key = next(iter(next(iter(axis.values.values()), {})), None)
                 if (
@@ -342,7 +340,7 @@ class ProfileSpec(Section):
                     or not axis.values
                     or any(list(ov) != [old_key] for ov in axis.values.values())
                 ):
-                    raise _fail(
+                    raise config_error(
                         at,
                         "a profile gives a key axis new values as {values: [v1, v2, ...]}; other axes keep "
                         "a list of their value names",
@@ -356,7 +354,7 @@ class ProfileSpec(Section):
                     n for n, ov in axis.values.items() if n == str(k) or (len(ov) == 1 and list(ov.values())[0] == k)
                 ]
                 if not match:
-                    raise _fail(at, f"{k!r} is not a value of the axis (values: {', '.join(axis.values)})")
+                    raise config_error(at, f"{k!r} is not a value of the axis (values: {', '.join(axis.values)})")
                 names.append(match[0])
             axis.values = {n: axis.values[n] for n in axis.values if n in names}
 
@@ -381,7 +379,7 @@ class StudyFile(Section):
     @classmethod
     def _parse_axes(cls, raw: Any) -> dict[str, Axis]:
         if not isinstance(raw, dict) or not raw:
-            raise _fail("", "needs at least one axis (e.g. method: [ehf_dual, nsf])")
+            raise config_error("", "needs at least one axis (e.g. method: [ehf_dual, nsf])")
         return {str(n): _axis(str(n), a, str(n)) for n, a in raw.items()}
 
     @model_validator(mode="after")
@@ -397,33 +395,35 @@ class StudyFile(Section):
 def _axis(name: str, raw: Any, where: str) -> Axis:
     if isinstance(raw, list):
         if name != "method":
-            raise _fail(
+            raise config_error(
                 where,
                 "a plain list of names is only for the method axis (the presets "
                 f"{', '.join(METHODS)}); give {{key: ..., values: [...]}} or a mapping of names to overrides",
             )
         unknown = [v for v in raw if v not in METHODS]
         if unknown:
-            raise _fail(where, f"unknown method {unknown[0]!r} (choose from {', '.join(METHODS)}, or give a mapping)")
+            raise config_error(
+                where, f"unknown method {unknown[0]!r} (choose from {', '.join(METHODS)}, or give a mapping)"
+            )
         if len(set(raw)) != len(raw):
-            raise _fail(where, f"method {next(v for v in raw if raw.count(v) > 1)!r} is listed twice")
+            raise config_error(where, f"method {next(v for v in raw if raw.count(v) > 1)!r} is listed twice")
         return Axis(name, {v: dict(METHODS[v]) for v in raw})
     if isinstance(raw, dict) and "key" in raw:
         if set(raw) != {"key", "values"} or not isinstance(raw["values"], list) or not raw["values"]:
-            raise _fail(where, "a key axis is {key: some.config.key, values: [v1, v2, ...]}")
+            raise config_error(where, "a key axis is {key: some.config.key, values: [v1, v2, ...]}")
         key = str(raw["key"])
         short = key.rsplit(".", 1)[-1]
         values = {}
         for v in raw["values"]:
             value_name = f"{short}{v}"
             if not _KEY_VALUE_NAME.fullmatch(value_name):
-                raise _fail(
+                raise config_error(
                     where,
                     f"value {v!r} cannot be part of a cell's folder name ({value_name!r}); give the axis "
                     "as a mapping of names to overrides",
                 )
             if value_name in values:
-                raise _fail(where, f"value {v!r} is listed twice")
+                raise config_error(where, f"value {v!r} is listed twice")
             values[value_name] = {key: v}
         return Axis(name, values)
     if isinstance(raw, dict) and raw:
@@ -431,12 +431,12 @@ def _axis(name: str, raw: Any, where: str) -> Axis:
         for value_name, ov in raw.items():
             value_name = str(value_name)
             if not _NAME.fullmatch(value_name):
-                raise _fail(f"{where}.{value_name}", "value names may use letters, digits, '_' and '.' only")
+                raise config_error(f"{where}.{value_name}", "value names may use letters, digits, '_' and '.' only")
             if name == "method" and ov is None and value_name in METHODS:
                 ov = METHODS[value_name]
             values[value_name] = _overrides(ov, f"{where}.{value_name}")
         return Axis(name, values)
-    raise _fail(
+    raise config_error(
         where,
         f"must be a list of method names, {{key: ..., values: [...]}} or a mapping of names to overrides, got {raw!r}",
     )
@@ -447,15 +447,19 @@ def _grid(raw: Any, where: str) -> dict[str, dict[str, Any]]:
     or ``label: [{key: value, ...}, ...]`` for keys that change together. A configuration's name joins its
     factors' ``<last part of key><value>`` with ``_`` (``lr0.001_hidden64``)."""
     if not isinstance(raw, dict) or not raw:
-        raise _fail(where, "must be a mapping of config keys to lists of values (e.g. {optim.lr: [1.0e-3, 3.0e-3]})")
+        raise config_error(
+            where, "must be a mapping of config keys to lists of values (e.g. {optim.lr: [1.0e-3, 3.0e-3]})"
+        )
     factors: list[list[tuple[str, dict[str, Any]]]] = []
     for key, values in raw.items():
         if not isinstance(values, list) or not values:
-            raise _fail(f"{where}.{key}", "must be a non-empty list of values")
+            raise config_error(f"{where}.{key}", "must be a non-empty list of values")
         if all(isinstance(v, dict) and v for v in values):
             factor = [("_".join(f"{str(k).rsplit('.', 1)[-1]}{x}" for k, x in v.items()), dict(v)) for v in values]
         elif any(isinstance(v, (dict, list)) for v in values):
-            raise _fail(f"{where}.{key}", "a list of plain values, or a list of mappings of keys that change together")
+            raise config_error(
+                f"{where}.{key}", "a list of plain values, or a list of mappings of keys that change together"
+            )
         else:
             factor = [(f"{str(key).rsplit('.', 1)[-1]}{v}", {str(key): v}) for v in values]
         factors.append(factor)
@@ -463,9 +467,9 @@ def _grid(raw: Any, where: str) -> dict[str, dict[str, Any]]:
     for combo in itertools.product(*factors):
         name = "_".join(n for n, _ in combo)
         if not _KEY_VALUE_NAME.fullmatch(name):
-            raise _fail(where, f"configuration {name!r} cannot be part of a cell's folder name")
+            raise config_error(where, f"configuration {name!r} cannot be part of a cell's folder name")
         if name in configs:
-            raise _fail(where, f"two configurations are both named {name!r}; give distinct values")
+            raise config_error(where, f"two configurations are both named {name!r}; give distinct values")
         configs[name] = {k: v for _, ov in combo for k, v in ov.items()}
     return configs
 
@@ -512,15 +516,7 @@ def checked(section: type[SectionT], raw: Any, source: str | Path, at: str = "")
     try:
         return section.model_validate(raw)
     except ValidationError as err:
-        first = err.errors(include_url=False)[0]
-        if first["type"] != "study":
-            raise ConfigError(f"{source}: {at + '.' if at else ''}{describe_error(err, section)}") from None
-        raise _config_error(source, (at, *first["loc"]), first["ctx"]) from None
-
-
-def _config_error(source: str | Path, loc: Sequence[Any], ctx: dict[str, Any]) -> ConfigError:
-    where = ".".join(str(part) for part in (*loc, ctx["where"]) if part != "")
-    return ConfigError(f"{source}: {where}: {ctx['message']}" if where else f"{source}: {ctx['message']}")
+        raise ConfigError(f"{source}: {describe_error(err, section, at=at)}") from None
 
 
 def load_study(path: str | Path, profile: str | None = None, extra: Sequence[str] = ()) -> Study:
@@ -539,17 +535,17 @@ def load_study(path: str | Path, profile: str | None = None, extra: Sequence[str
     try:  # the rules that depend on the profile and the command line
         return _study(spec, path, profile, extra)
     except PydanticCustomError as err:
-        raise _config_error(path, (), err.context or {}) from None
+        raise ConfigError(f"{path}: {rule_message(err)}") from None
 
 
 def _study(spec: StudyFile, path: Path, profile: str | None, extra: Sequence[str]) -> Study:
     name = spec.study or path.stem
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", name):
-        raise _fail("study", f"must be a plain folder name, got {name!r}")
+        raise config_error("study", f"must be a plain folder name, got {name!r}")
     config_files = [str((path.parent / f).resolve()) for f in spec.config]
     for f, resolved in zip(spec.config, config_files):
         if not Path(resolved).is_file():
-            raise _fail("config", f"file {f} not found (paths are relative to the study file)")
+            raise config_error("config", f"file {f} not found (paths are relative to the study file)")
     axes = list(spec.axes.values())
     unshrunk = {a.name: list(a.values) for a in axes}  # before a profile keeps some of the values
     axis_keys = {
@@ -590,5 +586,5 @@ def _study(spec: StudyFile, path: Path, profile: str | None, extra: Sequence[str
     )
     names = [c.name for c in study.cells()]
     if len(set(names)) != len(names):
-        raise _fail("axes", "two cells get the same name; give the axes' values distinct names")
+        raise config_error("axes", "two cells get the same name; give the axes' values distinct names")
     return study
