@@ -8,9 +8,9 @@ and returns (markdown section, files written).
   of the sum, and whether a minimum lies within ``RING_TOLERANCE`` of each ring radius of the target.
 * ``representation``: per-subgroup equivariance error of the learned flow and conservation of every
   generator's charge ``g_k = pᵀA_k q`` along it, constrained against unconstrained EHF.
-* ``frontier``: test KL against wall time per target, the Pareto front (no other cell both cheaper and
-  better), the time to validation KL ≤ ``QUALITY_KL``, and the candidate default: the cheapest cell within
-  ``FRONTIER_MARGIN`` nats of the best test KL.
+* ``frontier``: test KL against wall time per target and model (pooled over seeds), the Pareto front (no other
+  model both cheaper and better on average), the time to validation KL ≤ ``QUALITY_KL``, and the candidate
+  default: the cheapest model within ``FRONTIER_MARGIN`` nats of the best mean test KL.
 
 Only cells in state ``done`` are used. Heavy imports (torch, matplotlib) happen inside the functions:
 ``spec.load_study`` imports this module to check the names.
@@ -38,7 +38,7 @@ __all__ = [
 
 Analysis = Callable[[Any, list[dict[str, Any]], Path], tuple[str, list[Path]]]
 
-#: the candidate default of a frontier is the cheapest cell within this many nats of the best test KL
+#: the candidate default of a frontier is the cheapest model within this many nats of the best mean test KL
 FRONTIER_MARGIN = 0.005
 #: the frontier's quality bar: time to the first validation KL at or below it
 QUALITY_KL = 0.05
@@ -664,6 +664,50 @@ def _model_label(cfg: Config) -> str:
     return f"{cfg.model.blocks}×{cfg.model.leapfrog_steps} h{cfg.model.hidden} b{cfg.data.batch_size}"
 
 
+def _frontier_models(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The cells of each model (every axis but ``seed`` equal), pooled over seeds: mean test KL ± sample std, mean
+    wall time, how many seeds reached the quality bar and their median time to it; the Pareto front and the
+    candidate default are decided on these means, per panel."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for c in cells:
+        groups.setdefault((c["panel"], c["group"]), []).append(c)
+    models = []
+    for (panel, group), mine in groups.items():
+        kls = [c["test_kl"] for c in mine]
+        mean = sum(kls) / len(kls)
+        std = math.sqrt(sum((v - mean) ** 2 for v in kls) / (len(kls) - 1)) if len(kls) > 1 else None
+        reached = sorted(c["seconds_to_quality"] for c in mine if c["seconds_to_quality"] is not None)
+        half = len(reached) // 2
+        median = None if not reached else (reached[half] + reached[~half]) / 2
+        models.append(
+            {
+                "panel": panel,
+                "group": group,
+                "model": mine[0]["model"],
+                "seeds": len(mine),
+                "test_kl": mean,
+                "test_kl_std": std,
+                "wall_s": sum(c["wall_s"] for c in mine) / len(mine),
+                "reached_quality": len(reached),
+                "seconds_to_quality": median,
+                "params": mine[0]["params"],
+                "cells": [c["cell"] for c in mine],
+            }
+        )
+    for panel in dict.fromkeys(m["panel"] for m in models):
+        mine = [m for m in models if m["panel"] == panel]
+        labels = [m["model"] for m in mine]
+        for m in mine:  # two models that differ only in a non-model axis (e.g. the method) say which
+            if labels.count(m["model"]) > 1:
+                m["model"] = f"{m['model']} ({m['group']})"
+        front = set(pareto_front([(m["wall_s"], m["test_kl"]) for m in mine]))
+        best = min(m["test_kl"] for m in mine)
+        candidate = min((m for m in mine if m["test_kl"] <= best + FRONTIER_MARGIN), key=lambda m: m["wall_s"])
+        for i, m in enumerate(mine):
+            m["pareto"], m["candidate"] = i in front, m is candidate
+    return models
+
+
 def frontier(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tuple[str, list[Path]]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -681,6 +725,7 @@ def frontier(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tuple[st
             {
                 "cell": cell.name,
                 "panel": str(cell.values.get("target", cfg.data.target or "all")),
+                "group": "-".join(v for k, v in cell.values.items() if k not in ("seed", "target")) or "all",
                 "model": _model_label(cfg),
                 "test_kl": float(kl),
                 "wall_s": float(wall),
@@ -690,32 +735,38 @@ def frontier(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tuple[st
         )
     if not cells:
         return "## Cost/quality frontier\n\nNo done cell with a test KL and a wall time.\n", []
-    panels = list(dict.fromkeys(c["panel"] for c in cells))
+    models = _frontier_models(cells)
+    of_cell = {name: m for m in models for name in m["cells"]}
+    for c in cells:
+        c.update(model=of_cell[c["cell"]]["model"], pareto=of_cell[c["cell"]]["pareto"])
+        c["candidate"] = of_cell[c["cell"]]["candidate"]
+    panels = list(dict.fromkeys(m["panel"] for m in models))
     fig = _figure(figsize=(5.2 * len(panels), 4.2))
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     md = [
         "## Cost/quality frontier",
         "",
-        f"Test KL against wall time (training, validation and test) per cell. *Pareto*: no other cell of the target "
-        f"is both cheaper and better. *Candidate default* (★): the cheapest cell within {FRONTIER_MARGIN} nats of the "
-        f"target's best test KL. *To KL ≤ {QUALITY_KL}*: training seconds (validation excluded) until the first "
-        "validation at or below it (–: never). Model: blocks × leapfrog steps, width, batch.",
+        "Test KL against wall time (training, validation and test) per model, over its seeds: mean ± sample std of "
+        "the test KL, mean wall time. *Pareto*: no other model of the target is both cheaper and better on these "
+        f"means. *Candidate default* (★): the cheapest model within {FRONTIER_MARGIN} nats of the target's best mean "
+        f"test KL. *To KL ≤ {QUALITY_KL}*: how many seeds reached a validation KL at or below it, and the median "
+        "training seconds (validation excluded) of those that did (–: none). Model: blocks × leapfrog steps, width, "
+        "batch.",
         "",
     ]
     for ax, panel in zip(axes, panels):
-        mine = sorted((c for c in cells if c["panel"] == panel), key=lambda c: c["wall_s"])
-        front = set(pareto_front([(c["wall_s"], c["test_kl"]) for c in mine]))
-        best = min(c["test_kl"] for c in mine)
-        candidate = min((c for c in mine if c["test_kl"] <= best + FRONTIER_MARGIN), key=lambda c: c["wall_s"])
-        for i, c in enumerate(mine):
-            c["pareto"], c["candidate"] = i in front, c is candidate
-        ax.scatter([c["wall_s"] for c in mine], [c["test_kl"] for c in mine], s=18, color="0.6", label="cells")
-        on_front = [c for c in mine if c["pareto"]]
+        mine = sorted((m for m in models if m["panel"] == panel), key=lambda m: m["wall_s"])
+        seeds = [c for c in cells if c["panel"] == panel]
+        ax.scatter([c["wall_s"] for c in seeds], [c["test_kl"] for c in seeds], s=10, color="0.7", label="seeds")
+        ax.errorbar([m["wall_s"] for m in mine], [m["test_kl"] for m in mine], yerr=[m["test_kl_std"] or 0 for m in mine],
+                    fmt="o", ms=4, color="0.3", elinewidth=0.8, label="models (mean ± std)")  # fmt: skip
+        on_front = [m for m in mine if m["pareto"]]
         ax.plot(
-            [c["wall_s"] for c in on_front], [c["test_kl"] for c in on_front], "o-", color="C0", label="Pareto front"
+            [m["wall_s"] for m in on_front], [m["test_kl"] for m in on_front], "-", color="C0", label="Pareto front"
         )
-        for c in on_front:
-            ax.annotate(c["model"], (c["wall_s"], c["test_kl"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        for m in on_front:
+            ax.annotate(m["model"], (m["wall_s"], m["test_kl"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        candidate = next(m for m in mine if m["candidate"])
         ax.scatter([candidate["wall_s"]], [candidate["test_kl"]], marker="*", s=160, color="C3", zorder=3,
                    label=f"candidate: {candidate['model']}")  # fmt: skip
         ax.set_xscale("log")
@@ -728,17 +779,27 @@ def frontier(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tuple[st
             f"### {panel}",
             "",
             _table(
-                ["model", "test KL", "wall s", f"training s to KL ≤ {QUALITY_KL}", "params", "Pareto"],
+                [
+                    "model",
+                    "seeds",
+                    "test KL",
+                    "wall s",
+                    f"to KL ≤ {QUALITY_KL}: seeds, median training s",
+                    "params",
+                    "Pareto",
+                ],  # fmt: skip
                 [
                     [
-                        ("★ " if c["candidate"] else "") + c["model"],
-                        _fmt(c["test_kl"], 4),
-                        f"{c['wall_s']:.0f}",
-                        "–" if c["seconds_to_quality"] is None else f"{c['seconds_to_quality']:.0f}",
-                        str(c["params"]),
-                        "yes" if c["pareto"] else "",
+                        ("★ " if m["candidate"] else "") + m["model"],
+                        str(m["seeds"]),
+                        _fmt(m["test_kl"], 4) + ("" if m["test_kl_std"] is None else f" ± {m['test_kl_std']:.2g}"),
+                        f"{m['wall_s']:.0f}",
+                        f"{m['reached_quality']}/{m['seeds']}"
+                        + ("" if m["seconds_to_quality"] is None else f", {m['seconds_to_quality']:.0f}"),
+                        str(m["params"]),
+                        "yes" if m["pareto"] else "",
                     ]
-                    for c in mine
+                    for m in mine
                 ],
             ),
             "",
@@ -746,7 +807,7 @@ def frontier(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tuple[st
     fig.tight_layout()
     png = out_dir / "frontier.png"
     fig.savefig(png, dpi=90)
-    js = _write_json(out_dir / "frontier.json", {"cells": cells})
+    js = _write_json(out_dir / "frontier.json", {"models": models, "cells": cells})
     md.append(f"![cost/quality frontier]({png.name})")
     return "\n".join(md) + "\n", [png, js]
 

@@ -274,3 +274,28 @@ def test_frontier_names_the_cheapest_cell_within_the_margin_of_the_best(trained,
     ANALYSES["frontier"](trained, rows, tmp_path)
     cells = {c["cell"]: c for c in json.loads((tmp_path / "frontier.json").read_text())["cells"]}
     assert cells["ehf_invariant-seed0"]["candidate"] and cells["ehf_none-seed0"]["pareto"]
+
+
+def test_frontier_pools_the_seeds_of_a_model_and_picks_on_the_mean(trained, tmp_path) -> None:
+    """Model a has the single best cell (0.10) but a worse mean (0.20) than model b (0.16, outside the margin): the
+    candidate is b, and each model is one point with its seeds' mean, spread and time to quality."""
+    source = {"a": trained.cell_dir(trained.cells[0]), "b": trained.cell_dir(trained.cells[1])}
+    cells = [FakeCell(f"{m}-seed{s}", {"method": m, "seed": f"seed{s}"}) for m in "ab" for s in (0, 1)]
+    folder = FakeFolder(tmp_path / "study", cells)
+    for cell in cells:
+        shutil.copytree(source[cell.values["method"]], folder.cell_dir(cell))
+    rows = rows_of(folder)
+    for row, (kl, wall) in zip(rows, [(0.10, 5.0), (0.30, 7.0), (0.15, 20.0), (0.17, 22.0)]):
+        row.update({"test/kl": kl, "wall_time_s": wall, "params": 10})
+    md, _ = ANALYSES["frontier"](folder, rows, tmp_path / "report")
+    report = json.loads((tmp_path / "report" / "frontier.json").read_text())
+    models = {m["group"]: m for m in report["models"]}
+    assert set(models) == {"a", "b"} and models["a"]["cells"] == ["a-seed0", "a-seed1"]
+    assert models["a"]["test_kl"] == pytest.approx(0.20) and models["a"]["wall_s"] == pytest.approx(6.0)
+    assert models["a"]["test_kl_std"] == pytest.approx(math.sqrt(0.02))
+    assert models["b"]["candidate"] and not models["a"]["candidate"]
+    assert models["a"]["pareto"] and models["b"]["pareto"]  # cheaper against better
+    assert {c["cell"]: c["candidate"] for c in report["cells"]} == {
+        "a-seed0": False, "a-seed1": False, "b-seed0": True, "b-seed1": True
+    }  # fmt: skip
+    assert 0 <= models["a"]["reached_quality"] <= 2 and "| ★ " in md and "0.2 ± 0.14" in md
