@@ -21,12 +21,14 @@ from __future__ import annotations
 import csv
 import json
 import math
+import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..config.load import from_saved
 from ..config.schema import Config
+from .statistics import mean_std
 
 __all__ = [
     "ANALYSES",
@@ -673,12 +675,8 @@ def _frontier_models(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
         groups.setdefault((c["panel"], c["group"]), []).append(c)
     models = []
     for (panel, group), mine in groups.items():
-        kls = [c["test_kl"] for c in mine]
-        mean = sum(kls) / len(kls)
-        std = math.sqrt(sum((v - mean) ** 2 for v in kls) / (len(kls) - 1)) if len(kls) > 1 else None
-        reached = sorted(c["seconds_to_quality"] for c in mine if c["seconds_to_quality"] is not None)
-        half = len(reached) // 2
-        median = None if not reached else (reached[half] + reached[~half]) / 2
+        mean, std = mean_std([c["test_kl"] for c in mine])
+        reached = [c["seconds_to_quality"] for c in mine if c["seconds_to_quality"] is not None]
         models.append(
             {
                 "panel": panel,
@@ -686,10 +684,10 @@ def _frontier_models(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "model": mine[0]["model"],
                 "seeds": len(mine),
                 "test_kl": mean,
-                "test_kl_std": std,
+                "test_kl_std": std if len(mine) > 1 else None,
                 "wall_s": sum(c["wall_s"] for c in mine) / len(mine),
                 "reached_quality": len(reached),
-                "seconds_to_quality": median,
+                "seconds_to_quality": statistics.median(reached) if reached else None,
                 "params": mine[0]["params"],
                 "cells": [c["cell"] for c in mine],
             }
@@ -738,8 +736,7 @@ def frontier(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tuple[st
     models = _frontier_models(cells)
     of_cell = {name: m for m in models for name in m["cells"]}
     for c in cells:
-        c.update(model=of_cell[c["cell"]]["model"], pareto=of_cell[c["cell"]]["pareto"])
-        c["candidate"] = of_cell[c["cell"]]["candidate"]
+        c.update({key: of_cell[c["cell"]][key] for key in ("model", "pareto", "candidate")})
     panels = list(dict.fromkeys(m["panel"] for m in models))
     fig = _figure(figsize=(5.2 * len(panels), 4.2))
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
@@ -787,7 +784,7 @@ def frontier(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tuple[st
                     f"to KL ≤ {QUALITY_KL}: seeds, median training s",
                     "params",
                     "Pareto",
-                ],  # fmt: skip
+                ],
                 [
                     [
                         ("★ " if m["candidate"] else "") + m["model"],
