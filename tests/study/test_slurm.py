@@ -22,6 +22,17 @@ from test_study import commands_in_log, metrics, status, study, write_study  # n
 FAKE = Path(__file__).parent / "fake_slurm"
 
 
+def _settled(state_file: Path, timeout_s: float = 30.0) -> dict:
+    """A fake job's last state. The scheduler records it after the job's process has exited, which can be a moment
+    after the study has read the job's result (as SLURM's own accounting lags), so wait until it leaves RUNNING."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job = json.loads(state_file.read_text())
+        if job.get("state") not in ("RUNNING", "PENDING") or time.monotonic() > deadline:
+            return job
+        time.sleep(0.1)
+
+
 def fake_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return clean_env(
         PATH=f"{FAKE}{os.pathsep}{os.environ['PATH']}",
@@ -61,7 +72,7 @@ def test_cells_signalled_at_the_time_limit_requeue_and_match_an_uninterrupted_st
     submission = next((d / "submitit").rglob("*_submission.sh")).read_text()
     assert "#SBATCH --signal=USR2@120" in submission  # what submitit asks SLURM for
     for name in cells:
-        job = json.loads(next((tmp_path / "slurm-state").glob("*_" + str(cells.index(name)) + ".json")).read_text())
+        job = _settled(next((tmp_path / "slurm-state").glob("*_" + str(cells.index(name)) + ".json")))
         assert job["state"] == "COMPLETED" and job["attempts"] == 2 and "signalled" in job, job  # requeued once
         log = (d / "logs" / f"{name}.log").read_text()
         assert "ehf train: preempted: stopped by SIGUSR2" in log
