@@ -459,7 +459,14 @@ def make_trainer(cfg: Any, run_dir, run_id: str, extra_callbacks: list | None = 
     from lightning.pytorch.strategies import DDPStrategy
 
     from .lit.atomic_io import SafeCheckpointIO
-    from .lit.callbacks import LastCheckpoint, PlotCallback, Preemption, ProgressLines, StepProgressBar
+    from .lit.callbacks import (
+        FeasibleEarlyStopping,
+        LastCheckpoint,
+        PlotCallback,
+        Preemption,
+        ProgressLines,
+        StepProgressBar,
+    )
     from .lit.loggers import RunCSVLogger
 
     run_dir = Path(run_dir)
@@ -497,8 +504,9 @@ def make_trainer(cfg: Any, run_dir, run_id: str, extra_callbacks: list | None = 
     if cfg.plots.enabled:
         callbacks.append(PlotCallback(run_dir / "plots", cfg.plots.every_n_val, cfg.plots.grid))
     if trainer_cfg.patience is not None:
+        stopping = FeasibleEarlyStopping if monitor == "val/selection" else EarlyStopping
         callbacks.append(
-            EarlyStopping(
+            stopping(
                 monitor=monitor,
                 mode="min",
                 patience=int(trainer_cfg.patience),

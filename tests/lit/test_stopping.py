@@ -205,6 +205,33 @@ def test_feasible_selection_tests_the_best_checkpoint_that_meets_the_constraint(
         assert m["val/feasibility"] == pytest.approx(3.0) and m["val/selection"] == pytest.approx(1.0e4 + 3.0)
 
 
+@pytest.mark.parametrize("feasible_from, best", [(3 * EVERY, STEPS), (None, EVERY)])
+def test_feasible_selection_does_not_stop_before_the_constraint_is_first_met(
+    feasible_from, best, tmp_path, ehf_clean_env, monkeypatch
+):
+    """The bracket RMS is 2 √ε at step 5 and 3 √ε at step 10: with a patience of 1, counting from the least infeasible
+    validation would stop at step 10. Early stopping waits instead: a run that meets the constraint from step 15
+    goes on while its NLL falls and tests step 20; one that never meets it runs to the cap and tests the least
+    infeasible checkpoint (step 5)."""
+    import math
+
+    def validation_step(self, batch, batch_idx):
+        rows, step = batch.shape[0], self.global_step
+        self._log_mean(f"val/nll_iw{self.stage_iw['val']}", torch.tensor(-float(step)), rows)
+        feasible = feasible_from is not None and step >= feasible_from
+        ratio = 0.5 if feasible else (2.0 if step <= EVERY else 3.0)
+        for name in self.multipliers.names:
+            self._log_mean(f"val/bracket_rms/{name}", torch.tensor(ratio * math.sqrt(self.multipliers.tolerance)), rows)
+
+    monkeypatch.setattr(EHFModule, "validation_step", validation_step)
+    run = tmp_path / "run"
+    assert _train(run, "constraint.selection=feasible", "trainer.patience=1") == 0
+    m = _metrics(run)
+    assert (m["steps"], m["stopped_early"]) == (STEPS, False), m
+    assert m["best_step"] == best and _step(run / "checkpoints" / "best.ckpt") == best, m
+    assert (m["best_val_nll"] is None) == (feasible_from is None), m
+
+
 def test_selection_score_ranks_every_feasible_checkpoint_first():
     from lightning_ehf.core.constraints import FEASIBLE_RATIO, feasibility_ratio, selection_score
 
