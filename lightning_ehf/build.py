@@ -118,7 +118,8 @@ def make_data_symmetry(cfg: Any, data_dim: int, target: Target | None = None) ->
     """The symmetry of the data, in their own coordinates.
 
     Starts from :func:`make_symmetry`. ``symmetry.permutations`` gives a group that rotates every particle
-    alike pair-distance invariants (:class:`PairDistanceFeatures`, unchanged by relabelling the particles)."""
+    alike pair-distance invariants (:class:`PairDistanceFeatures`, unchanged by relabelling the particles), with
+    ``model.pair_bins`` bases up to ``model.pair_cutoff``."""
     symmetry = make_symmetry(cfg.symmetry, data_dim, target)
     if cfg.symmetry.permutations:
         if particle_dim_of(cfg, target) is None:
@@ -126,9 +127,10 @@ def make_data_symmetry(cfg: Any, data_dim: int, target: Target | None = None) ->
                 "symmetry.permutations: needs particles: set symmetry.particle_dim (or use an N×n×D data file)"
             )
         if symmetry.particles is not None:
-            symmetry = replace(
-                symmetry, name=f"{symmetry.name}+perm", invariants=PairDistanceFeatures(*symmetry.particles)
+            features = PairDistanceFeatures(
+                *symmetry.particles, n_bins=cfg.model.pair_bins, max_distance=cfg.model.pair_cutoff
             )
+            symmetry = replace(symmetry, name=f"{symmetry.name}+perm", invariants=features)
     return symmetry
 
 

@@ -227,6 +227,10 @@ class ModelCfg(Section):
     forces: Literal["analytic", "autograd"] = "analytic"
     # memory-flat backward: auto (when leapfrog_steps >= 32) | always | never
     reversible: Literal["auto", "always", "never"] = "auto"
+    # invariant particle models (symmetry.permutations): Gaussian bases of the pair-distance and norm histograms, their
+    # centres spread evenly over squared distances [0, pair_cutoff²]
+    pair_bins: Annotated[int, Field(ge=2)] = 24
+    pair_cutoff: PositiveFloat = 8.0
     nsf_transforms: Positive = 4  # nsf: autoregressive transforms
     nsf_bins: Positive = 8  # nsf: spline bins
     # efm: equivariant flow matching (a continuous flow; width model.hidden, MLP depth model.depth)

@@ -19,7 +19,7 @@ F64 = torch.float64
 TOL = 1e-6
 
 
-def _invariant_particle_model(target: str, randomize):
+def _invariant_particle_model(target: str, randomize, *changes: str):
     """The model ``ehf train data.target=TARGET symmetry.permutations=true model.invariant=true`` builds,
     its Hamiltonians randomised (the output layers start at zero, where every energy is constant), and the
     centre-of-mass frame (None without one)."""
@@ -34,6 +34,7 @@ def _invariant_particle_model(target: str, randomize):
             "model.blocks=2",
             "model.leapfrog_steps=2",
             "model.hidden=16",
+            *changes,
         ],
     )
     validate(cfg)
@@ -53,9 +54,12 @@ def _relabeller(frame, n: int, dim: int, order: list[int]):
     return relabel
 
 
-@pytest.mark.parametrize("target", ["dw4", "particles2d"])
-def test_invariant_density_and_every_energy_are_unchanged_by_relabelling(target, randomize):
-    model, frame, particle_dim, data_dim = _invariant_particle_model(target, randomize)
+@pytest.mark.parametrize(
+    "target, changes",
+    [("dw4", ()), ("particles2d", ()), ("dw4", ("model.pair_bins=6", "model.pair_cutoff=5.0"))],
+)
+def test_invariant_density_and_every_energy_are_unchanged_by_relabelling(target, changes, randomize):
+    model, frame, particle_dim, data_dim = _invariant_particle_model(target, randomize, *changes)
     n = data_dim // particle_dim
     gen = torch.Generator().manual_seed(0)
     q = 1.5 * torch.randn(16, model.dim, generator=gen, dtype=F64)
@@ -101,3 +105,17 @@ def test_permute_particles_draws_an_independent_permutation_per_row():
     # neighbouring rows agree as often as independent draws do (1/24), not always (one draw per batch)
     same_as_next = sum(a == b for a, b in zip(perms, perms[1:])) / (rows - 1)
     assert same_as_next < 0.1, same_as_next
+
+
+@pytest.mark.parametrize("bins, cutoff", [(None, None), (6, 5.0)])
+def test_pair_bins_and_cutoff_set_the_histograms_of_both_energies(bins, cutoff, randomize):
+    """``model.pair_bins`` Gaussian bases with centres up to ``model.pair_cutoff``² (defaults 24 and 8): the
+    potential and the kinetic energy of every block see 2 × bins features (pair distances and norms)."""
+    changes = () if bins is None else (f"model.pair_bins={bins}", f"model.pair_cutoff={cutoff}")
+    model, *_ = _invariant_particle_model("dw4", randomize, *changes)
+    bins, cutoff = bins or 24, cutoff or 8.0
+    for block in model.flow.blocks:
+        for energy in (block.hamiltonian.potential, block.hamiltonian.kinetic):
+            assert energy.net[0].in_features == 2 * bins
+            pairs = energy.features.features  # the pair-distance features behind dw4's centre-of-mass frame
+            assert pairs.n_bins == bins and float(pairs.centres[-1]) == pytest.approx(cutoff**2)
