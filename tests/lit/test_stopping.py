@@ -11,6 +11,7 @@ Validation NLLs are scripted (the module's ``validation_step`` is replaced) so t
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -30,6 +31,19 @@ def _scripted_validation(monkeypatch, nll_of_step) -> None:
         self.log(
             f"val/{self.nll_key}", float(nll_of_step(self.global_step)), on_epoch=True, batch_size=float(batch.shape[0])
         )
+
+    monkeypatch.setattr(EHFModule, "validation_step", validation_step)
+
+
+def _scripted_feasibility(monkeypatch, ratio_of_step) -> None:
+    """Validations whose NLL falls with the step (−step) and whose bracket RMS is ``ratio_of_step(step)`` × √ε."""
+
+    def validation_step(self, batch, batch_idx):
+        rows, step = batch.shape[0], self.global_step
+        self._log_mean(f"val/nll_iw{self.stage_iw['val']}", torch.tensor(-float(step)), rows)
+        rms = ratio_of_step(step) * math.sqrt(self.multipliers.tolerance)
+        for name in self.multipliers.names:
+            self._log_mean(f"val/bracket_rms/{name}", torch.tensor(rms), rows)
 
     monkeypatch.setattr(EHFModule, "validation_step", validation_step)
 
@@ -186,16 +200,7 @@ def test_feasible_selection_tests_the_best_checkpoint_that_meets_the_constraint(
     """The validation NLL falls at every validation, but the constraint holds (bracket RMS 0.5 √ε) only up to step
     10 and is broken (3 √ε) after: ``constraint.selection=feasible`` tests step 10's checkpoint, the default the
     last one. Early stopping follows the same score: with a patience of 1 the run stops at step 15."""
-    import math
-
-    def validation_step(self, batch, batch_idx):
-        rows, step = batch.shape[0], self.global_step
-        self._log_mean(f"val/nll_iw{self.stage_iw['val']}", torch.tensor(-float(step)), rows)
-        rms = (0.5 if step <= 2 * EVERY else 3.0) * math.sqrt(self.multipliers.tolerance)
-        for name in self.multipliers.names:
-            self._log_mean(f"val/bracket_rms/{name}", torch.tensor(rms), rows)
-
-    monkeypatch.setattr(EHFModule, "validation_step", validation_step)
+    _scripted_feasibility(monkeypatch, lambda step: 0.5 if step <= 2 * EVERY else 3.0)
     run = tmp_path / "run"
     assert _train(run, f"constraint.selection={selection}", "trainer.patience=1") == 0
     m = _metrics(run)
@@ -213,17 +218,12 @@ def test_feasible_selection_does_not_stop_before_the_constraint_is_first_met(
     validation would stop at step 10. Early stopping waits instead: a run that meets the constraint from step 15
     goes on while its NLL falls and tests step 20; one that never meets it runs to the cap and tests the least
     infeasible checkpoint (step 5)."""
-    import math
 
-    def validation_step(self, batch, batch_idx):
-        rows, step = batch.shape[0], self.global_step
-        self._log_mean(f"val/nll_iw{self.stage_iw['val']}", torch.tensor(-float(step)), rows)
+    def ratio(step: int) -> float:
         feasible = feasible_from is not None and step >= feasible_from
-        ratio = 0.5 if feasible else (2.0 if step <= EVERY else 3.0)
-        for name in self.multipliers.names:
-            self._log_mean(f"val/bracket_rms/{name}", torch.tensor(ratio * math.sqrt(self.multipliers.tolerance)), rows)
+        return 0.5 if feasible else (2.0 if step <= EVERY else 3.0)
 
-    monkeypatch.setattr(EHFModule, "validation_step", validation_step)
+    _scripted_feasibility(monkeypatch, ratio)
     run = tmp_path / "run"
     assert _train(run, "constraint.selection=feasible", "trainer.patience=1") == 0
     m = _metrics(run)
