@@ -111,9 +111,10 @@ def test_eval_without_data_uses_the_test_set(ehf_tiny_run, tmp_path, capsys):
     from lightning_ehf.evaluate import load_run
 
     rows = load_run(ehf_tiny_run).test_data().double()
-    expected = float((make_target("ring2d").log_prob(rows).numpy() - logp).mean())
-    assert summary["kl_paired"] == pytest.approx(expected, rel=1e-9, abs=1e-9)
-    assert summary["kl_paired_stderr"] < summary["nll_stderr"]
+    diff = make_target("ring2d").log_prob(rows).numpy() - logp
+    assert summary["kl_paired"] == pytest.approx(float(diff.mean()), rel=1e-9, abs=1e-9)
+    # its standard error is that of the row differences (a 6-step model need not make it smaller than the NLL's)
+    assert summary["kl_paired_stderr"] == pytest.approx(diff.std(ddof=1) / math.sqrt(len(diff)), rel=1e-9)
     assert np.isfinite(metrics["test/kl_paired"])
 
 
