@@ -309,9 +309,12 @@ SECTIONS = ("training", "eval", "memory", "scaling", "particles", "compile", "qu
 PARTICLE_RECIPE = dict(batch=64, momenta=16, blocks=6, leapfrog_steps=3, hidden=128)  # configs/experiment/dw4.yaml
 
 
-def _particle_model(device: torch.device, n: int, invariant: bool, today: bool = False) -> torch.nn.Module:
+def _particle_model(
+    device: torch.device, n: int, invariant: bool, today: bool = False, bins: int = 24, cutoff: float = 8.0
+) -> torch.nn.Module:
     """The model ``symmetry.group=so3 symmetry.translation=com [symmetry.permutations=true model.invariant=true]``
-    builds for n particles in 3-D (it takes the particles and maps them to its centre-of-mass frame).
+    builds for n particles in 3-D (it takes the particles and maps them to its centre-of-mass frame), with
+    ``bins`` pair-distance bases up to ``cutoff`` (``model.pair_bins``, ``model.pair_cutoff``).
     ``today``: with the pair-distance features as they were before
     (``lightning_ehf/core/pair_features_reference.py``), and computing the brackets."""
     from dataclasses import replace
@@ -324,7 +327,7 @@ def _particle_model(device: torch.device, n: int, invariant: bool, today: bool =
 
     symmetry = particle_rotations(n, 3)
     if invariant:
-        symmetry = replace(symmetry, invariants=PairDistanceFeatures(n, 3))
+        symmetry = replace(symmetry, invariants=PairDistanceFeatures(n, 3, n_bins=bins, max_distance=cutoff))
     frame = CentreOfMassFrame(n, 3)
     data_map = DataMap(3 * n, frame)
     r = PARTICLE_RECIPE
@@ -427,6 +430,22 @@ def bench_particles(device: torch.device, quick: bool) -> dict[str, Any]:
     return {"recipe": dict(PARTICLE_RECIPE), "rows": rows, "today": today, "ratios": ratios}
 
 
+def pair_feature_step_times(
+    device: torch.device, n: int, histograms: list[tuple[int, float]], repeats: int
+) -> dict[str, float]:
+    """Seconds per training step of the invariant n-particle model (the dw4 recipe) for each (bases, cutoff) of
+    ``histograms``, the steps alternating in this process; medians over ``repeats`` rounds."""
+    q = 2.0 * torch.randn(PARTICLE_RECIPE["batch"], 3 * n, generator=torch.Generator().manual_seed(1))
+    steps = {
+        f"bins{bins}_cutoff{cutoff:g}": _particle_step_fn(_particle_model(device, n, True, bins=bins, cutoff=cutoff), q)
+        for bins, cutoff in histograms
+    }
+    for step in steps.values():
+        step()
+    rounds = [{key: median_time(step, device, 1, warmup=0) for key, step in steps.items()} for _ in range(repeats)]
+    return {key: statistics.median(r[key] for r in rounds) for key in steps}
+
+
 # -- quality: through the real training pipeline -------------------------------------------------
 
 
@@ -508,7 +527,7 @@ def _default_run(extra: list[str], workdir: Path) -> dict[str, Any]:
 
 
 # the defaults before the cost/quality frontier chose 1 leapfrog step, lr 1e-2 and batch 256
-PREVIOUS_DEFAULT = ["model.leapfrog_steps=3", "optim.lr=3e-3", "data.batch_size=512"]
+PREVIOUS_DEFAULT = [f"model.leapfrog_steps={DEFAULT['leapfrog_steps']}", "optim.lr=3e-3", "data.batch_size=512"]
 
 
 def bench_quality(workdir: Path) -> dict[str, Any]:

@@ -31,3 +31,22 @@ def test_median_time_is_the_median_of_the_timed_calls(monkeypatch):
     monkeypatch.setattr(bench.time, "perf_counter", lambda: next(ticks))
     # calls last 1, 3, 2 and 10 time units: the median is 2.5 (the mean would be 4)
     assert bench.median_time(lambda: None, torch.device("cpu"), repeats=4, warmup=0) == 2.5
+
+
+def test_pair_feature_step_times_builds_each_histogram_it_names(monkeypatch):
+    from lightning_ehf.core import MLPEnergy
+
+    built = []
+    original = bench._particle_model
+
+    def spy(*args, **kwargs):
+        model = original(*args, **kwargs)
+        # every energy's features: the pair-distance histogram, seen in the model's centre-of-mass frame
+        built.extend(m.features.features for m in model.modules() if isinstance(m, MLPEnergy))
+        return model
+
+    monkeypatch.setattr(bench, "_particle_model", spy)
+    seconds = bench.pair_feature_step_times(torch.device("cpu"), 4, [(24, 8.0), (12, 5.0)], repeats=1)
+    assert list(seconds) == ["bins24_cutoff8", "bins12_cutoff5"] and all(s > 0 for s in seconds.values())
+    histograms = {(f.n_bins, float(f.centres[-1].sqrt())) for f in built}
+    assert histograms == {(24, 8.0), (12, 5.0)}
