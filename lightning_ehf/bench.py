@@ -310,11 +310,18 @@ PARTICLE_RECIPE = dict(batch=64, momenta=16, blocks=6, leapfrog_steps=3, hidden=
 
 
 def _particle_model(
-    device: torch.device, n: int, invariant: bool, today: bool = False, bins: int = 24, cutoff: float = 8.0
+    device: torch.device,
+    n: int,
+    invariant: bool,
+    today: bool = False,
+    bins: int = 24,
+    cutoff: float = 8.0,
+    kinetic: tuple[int, float] | None = None,
 ) -> torch.nn.Module:
     """The model ``symmetry.group=so3 symmetry.translation=com [symmetry.permutations=true model.invariant=true]``
     builds for n particles in 3-D (it takes the particles and maps them to its centre-of-mass frame), with
-    ``bins`` pair-distance bases up to ``cutoff`` (``model.pair_bins``, ``model.pair_cutoff``).
+    ``bins`` pair-distance bases up to ``cutoff`` (``model.pair_bins``, ``model.pair_cutoff``), and the kinetic
+    energy's own (bins, cutoff) when ``kinetic`` is given (``model.kinetic_pair_bins``, ``kinetic_pair_cutoff``).
     ``today``: with the pair-distance features as they were before
     (``lightning_ehf/core/pair_features_reference.py``), and computing the brackets."""
     from dataclasses import replace
@@ -332,8 +339,12 @@ def _particle_model(
     data_map = DataMap(3 * n, frame)
     r = PARTICLE_RECIPE
     torch.manual_seed(0)
+    kinetic_features = None
+    if kinetic is not None:
+        kinetic_features = data_map.restrict_features(PairDistanceFeatures(n, 3, *kinetic))
     model = make_ehf(
         data_map.restrict(symmetry),
+        kinetic_features=kinetic_features,
         blocks=r["blocks"],
         leapfrog_steps=r["leapfrog_steps"],
         hidden=r["hidden"],
@@ -431,15 +442,17 @@ def bench_particles(device: torch.device, quick: bool) -> dict[str, Any]:
 
 
 def pair_feature_step_times(
-    device: torch.device, n: int, histograms: list[tuple[int, float]], repeats: int
+    device: torch.device, n: int, histograms: list[tuple[int, float] | tuple[int, float, int, float]], repeats: int
 ) -> dict[str, float]:
     """Seconds per training step of the invariant n-particle model (the dw4 recipe) for each (bases, cutoff) of
-    ``histograms``, the steps alternating in this process; medians over ``repeats`` rounds."""
+    ``histograms``, or (bases, cutoff, kinetic bases, kinetic cutoff) where the kinetic energy has its own, the
+    steps alternating in this process; medians over ``repeats`` rounds."""
     q = 2.0 * torch.randn(PARTICLE_RECIPE["batch"], 3 * n, generator=torch.Generator().manual_seed(1))
-    steps = {
-        f"bins{bins}_cutoff{cutoff:g}": _particle_step_fn(_particle_model(device, n, True, bins=bins, cutoff=cutoff), q)
-        for bins, cutoff in histograms
-    }
+    steps = {}
+    for bins, cutoff, *kinetic in histograms:
+        key = f"bins{bins}_cutoff{cutoff:g}" + ("_kinetic{}_cutoff{:g}".format(*kinetic) if kinetic else "")
+        model = _particle_model(device, n, True, bins=bins, cutoff=cutoff, kinetic=tuple(kinetic) or None)
+        steps[key] = _particle_step_fn(model, q)
     for step in steps.values():
         step()
     rounds = [{key: median_time(step, device, 1, warmup=0) for key, step in steps.items()} for _ in range(repeats)]

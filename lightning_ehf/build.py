@@ -134,6 +134,22 @@ def make_data_symmetry(cfg: Any, data_dim: int, target: Target | None = None) ->
     return symmetry
 
 
+def make_kinetic_features(cfg: Any, symmetry: Symmetry, data_map: DataMap) -> PairDistanceFeatures | None:
+    """The kinetic energy's own pair-distance histogram of the momenta, ``model.kinetic_pair_bins`` bases up to
+    ``model.kinetic_pair_cutoff`` (each null: the potential's), in the model's coordinates; None when neither is
+    set (the schema refuses them outside invariant particle models) or the group does not rotate particles alike
+    (then the symmetry has no pair features either, and :func:`make_ehf` refuses ``model.invariant``)."""
+    model_cfg = cfg.model
+    if (model_cfg.kinetic_pair_bins, model_cfg.kinetic_pair_cutoff) == (None, None) or symmetry.particles is None:
+        return None
+    features = PairDistanceFeatures(
+        *symmetry.particles,
+        n_bins=model_cfg.kinetic_pair_bins or model_cfg.pair_bins,
+        max_distance=model_cfg.kinetic_pair_cutoff or model_cfg.pair_cutoff,
+    )
+    return data_map.restrict_features(features)
+
+
 def make_frame(cfg: Any, symmetry: Symmetry, target: Target | None = None) -> CentreOfMassFrame | None:
     """The centre-of-mass frame when ``symmetry.translation`` is com (else None), checked against the data's
     ``symmetry``: the model then lives in the orthonormal coordinates of the centre-of-mass-free subspace,
@@ -187,6 +203,7 @@ def make_model(cfg: Any, symmetry: Symmetry) -> nn.Module:
     try:
         model = make_ehf(
             model_symmetry,
+            kinetic_features=make_kinetic_features(cfg, symmetry, data_map),
             blocks=model_cfg.blocks,
             leapfrog_steps=model_cfg.leapfrog_steps,
             step_size=model_cfg.step_size,
@@ -328,6 +345,7 @@ def make_module(cfg: Config, datamodule, run_id: str = "") -> Any:
     from .lit.module import EHFModule
 
     resolve_invariant_constraint(cfg)
+    note_particle_leapfrog_steps(cfg, datamodule.target)
     model = make_model(cfg, datamodule.symmetry)
     moot = {
         k: v
@@ -366,6 +384,20 @@ def resolve_invariant_constraint(cfg: Any) -> None:
     rank_zero_only(print)(
         f"model.invariant=true: every bracket is zero by construction, so constraint.mode={was} "
         "becomes none and the bracket statistics are not computed",
+        flush=True,
+    )
+
+
+def note_particle_leapfrog_steps(cfg: Any, target: Target | None) -> None:
+    """One line when an EHF of particles runs 1 leapfrog step per block (the default, chosen on ring2d): on
+    particles2d every 1-step model stalled (docs/benchmarks.md), and the shipped particle experiments set 3."""
+    if cfg.model.kind != "ehf" or cfg.model.leapfrog_steps != 1 or particle_dim_of(cfg, target) is None:
+        return
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    rank_zero_only(print)(
+        "note: model.leapfrog_steps=1 (the default, chosen on ring2d) on particles: every 1-step model stalled on "
+        "particles2d (docs/benchmarks.md); the shipped particle experiments set model.leapfrog_steps=3",
         flush=True,
     )
 

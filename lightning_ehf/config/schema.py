@@ -233,6 +233,10 @@ class ModelCfg(Section):
     # centres spread evenly over squared distances [0, pair_cutoff²]
     pair_bins: Annotated[int, Field(ge=2)] = 24
     pair_cutoff: PositiveFloat = 8.0
+    # the kinetic energy's own histogram of the momenta (an invariant particle ehf with model.kinetic=mlp); null: the
+    # potential's pair_bins / pair_cutoff
+    kinetic_pair_bins: Annotated[int, Field(ge=2)] | None = None
+    kinetic_pair_cutoff: PositiveFloat | None = None
     nsf_transforms: Positive = 4  # nsf: autoregressive transforms
     nsf_bins: Positive = 8  # nsf: spline bins
     # efm: equivariant flow matching (a continuous flow; width model.hidden, MLP depth model.depth)
@@ -434,6 +438,19 @@ class Config(Section):
                     "model.invariant",
                     f"needs model.kind=ehf (or efm, which is always equivariant), not {self.model.kind}",
                 )
+        kinetic_histogram = [
+            k for k in ("kinetic_pair_bins", "kinetic_pair_cutoff") if getattr(self.model, k) is not None
+        ]
+        if kinetic_histogram and not (
+            self.symmetry.permutations
+            and self.model.invariant
+            and (self.model.kind, self.model.kinetic) == ("ehf", "mlp")
+        ):
+            raise config_error(
+                f"model.{kinetic_histogram[0]}",
+                "sets the kinetic energy's own pair-distance histogram: it needs an invariant particle model "
+                "(symmetry.permutations=true, model.invariant=true, model.kind=ehf, model.kinetic=mlp)",
+            )
         if self.model.encoder == "equivariant" and group not in rotation_like:
             raise config_error(
                 "model.encoder",

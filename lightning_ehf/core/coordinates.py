@@ -20,7 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from .frames import CentreOfMassFrame
-from .symmetries import Symmetry
+from .invariants import FramedFeatures
+from .symmetries import Invariants, Symmetry
 
 __all__ = ["DataMap"]
 
@@ -79,6 +80,12 @@ class DataMap(nn.Module):
         """The data's symmetry acting on the frame's coordinates (:meth:`.CentreOfMassFrame.restrict`;
         the symmetry itself without a frame). The standardisation commutes with the group, so it keeps it."""
         return self.frame.restrict(symmetry) if self.frame is not None else symmetry
+
+    def restrict_features(self, features: Invariants) -> Invariants:
+        """Invariant features of the data's particles as features of the frame's coordinates
+        (:class:`~.invariants.FramedFeatures`; the features themselves without a frame), as :meth:`restrict`
+        gives the symmetry's own."""
+        return FramedFeatures(features, self.frame) if self.frame is not None else features
 
     def to_frame(self, x: Tensor) -> Tensor:
         """``z = Bᵀ x`` (x itself without a frame): the coordinates the standardisation's moments are of."""

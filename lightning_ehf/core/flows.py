@@ -489,6 +489,7 @@ def make_ehf(
     forces: str = "analytic",
     reversible: bool | str = "auto",
     data_map: DataMap | None = None,
+    kinetic_features: Callable[[Tensor], Tensor] | None = None,
 ) -> EquivariantHamiltonianFlow:
     """Assemble an EHF from plain arguments (``build`` maps the config onto these).
 
@@ -501,6 +502,8 @@ def make_ehf(
     ``leapfrog_steps ≥ REVERSIBLE_AUTO_STEPS``.
     ``data_map``: from the data's coordinates to the flow's (:class:`.DataMap`; ``symmetry`` acts on the
     flow's), the identity when None.
+    ``kinetic_features``: invariant features of the momenta for an invariant ``mlp`` kinetic energy (a histogram
+    of their own scale), the symmetry's invariants when None.
     """
     from .encoders import (
         ENCODERS,
@@ -523,6 +526,8 @@ def make_ehf(
                 f"symmetry '{symmetry.name}' has no invariant features; invariant Hamiltonians need a rotation group"
             )
         features = symmetry.invariants
+    if kinetic_features is not None and not (invariant and kinetic == "mlp"):
+        raise ValueError("kinetic_features are for an invariant mlp kinetic energy (invariant=True, kinetic='mlp')")
     if reversible not in (True, False, "auto"):
         raise ValueError(f"reversible must be True, False or 'auto', got {reversible!r}")
     use_reversible = leapfrog_steps >= REVERSIBLE_AUTO_STEPS if reversible == "auto" else bool(reversible)
@@ -533,7 +538,7 @@ def make_ehf(
         if kinetic == "quadratic":
             kin = QuadraticKinetic(d)
         else:
-            kin = MLPEnergy(d, hidden, depth, activation, features=features, quadratic_part=True)
+            kin = MLPEnergy(d, hidden, depth, activation, features=kinetic_features or features, quadratic_part=True)
         flow_blocks.append(
             HamiltonianBlock(
                 SeparableHamiltonian(potential, kin),

@@ -413,6 +413,25 @@ def test_invariant_ok_with_rotations() -> None:
     validate(load_config(overrides=["model.invariant=true", "symmetry.group=so2"]))
 
 
+PARTICLE_EHF = ("data.target=dw4", "symmetry.permutations=true", "model.invariant=true")
+
+
+@pytest.mark.parametrize(
+    "key, changes",
+    [
+        ("kinetic_pair_bins", ("data.target=dw4", "model.invariant=true")),  # particles not identical
+        ("kinetic_pair_cutoff", ("data.target=dw4", "symmetry.permutations=true")),  # not invariant
+        ("kinetic_pair_bins", (*PARTICLE_EHF, "model.kinetic=quadratic")),  # no features in ½|p|²/m
+        ("kinetic_pair_cutoff", (*PARTICLE_EHF, "model.kind=efm")),
+    ],
+)
+def test_kinetic_histogram_needs_an_invariant_particle_ehf(key: str, changes: tuple[str, ...]) -> None:
+    value = 6 if key.endswith("bins") else 4.0
+    msg = validate_error(*changes, f"model.{key}={value}")
+    assert msg.startswith(f"model.{key}:") and "symmetry.permutations=true" in msg
+    validate(load_config(overrides=[*PARTICLE_EHF, f"model.{key}={value}"]))
+
+
 def test_augment_needs_symmetry() -> None:
     assert validate_error("data.augment=true", "symmetry.group=none").startswith("data.augment:")
 

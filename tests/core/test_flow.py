@@ -203,6 +203,11 @@ def test_make_ehf_rejects_bad_arguments():
         make_ehf(no_symmetry(2), invariant=True)
     with pytest.raises(ValueError, match="equivariant encoder"):
         make_ehf(so3(3), encoder="equivariant")
+    momenta = so2(2).invariants
+    with pytest.raises(ValueError, match="kinetic_features"):
+        make_ehf(so2(2), kinetic_features=momenta)  # not invariant: the kinetic MLP sees p itself
+    with pytest.raises(ValueError, match="kinetic_features"):
+        make_ehf(so2(2), invariant=True, kinetic="quadratic", kinetic_features=momenta)
 
 
 def test_model_follows_dtype_and_device(build, device, dtype):

@@ -29,6 +29,7 @@ VARIANTS = {
     "ehf-rotations-planes": ["data.target=two_rings4d"],
     "ehf-particles-com": [*DW4],
     "ehf-particles-com-invariant": [*DW4, "model.invariant=true"],
+    "ehf-particles-com-invariant-kinetic-histogram": [*DW4, "model.invariant=true", "model.kinetic_pair_bins=4"],
     "ehf-particles-com-full": [*DW4, "model.encoder=full"],
     "nsf": ["model.kind=nsf"],
     "efm-rotations": ["model.kind=efm"],

@@ -56,7 +56,13 @@ def _relabeller(frame, n: int, dim: int, order: list[int]):
 
 @pytest.mark.parametrize(
     "target, changes",
-    [("dw4", ()), ("particles2d", ()), ("dw4", ("model.pair_bins=6", "model.pair_cutoff=5.0"))],
+    [
+        ("dw4", ()),
+        ("particles2d", ()),
+        ("dw4", ("model.pair_bins=6", "model.pair_cutoff=5.0")),
+        ("dw4", ("model.kinetic_pair_bins=4", "model.kinetic_pair_cutoff=3.0")),
+        ("particles2d", ("model.kinetic_pair_bins=5",)),
+    ],
 )
 def test_invariant_density_and_every_energy_are_unchanged_by_relabelling(target, changes, randomize):
     model, frame, particle_dim, data_dim = _invariant_particle_model(target, randomize, *changes)
@@ -107,15 +113,24 @@ def test_permute_particles_draws_an_independent_permutation_per_row():
     assert same_as_next < 0.1, same_as_next
 
 
-@pytest.mark.parametrize("bins, cutoff", [(None, None), (6, 5.0)])
-def test_pair_bins_and_cutoff_set_the_histograms_of_both_energies(bins, cutoff, randomize):
+@pytest.mark.parametrize(
+    "bins, cutoff, kinetic_bins, kinetic_cutoff",
+    [(None, None, None, None), (6, 5.0, None, None), (6, 5.0, 3, None), (None, None, 4, 3.0), (6, 5.0, None, 2.0)],
+)
+def test_pair_bins_and_cutoff_set_the_histograms_of_each_energy(bins, cutoff, kinetic_bins, kinetic_cutoff, randomize):
     """``model.pair_bins`` Gaussian bases with centres up to ``model.pair_cutoff``² (defaults 24 and 8): the
-    potential and the kinetic energy of every block see 2 × bins features (pair distances and norms)."""
-    changes = () if bins is None else (f"model.pair_bins={bins}", f"model.pair_cutoff={cutoff}")
+    potential of every block sees 2 × bins features (pair distances and norms), and so does its kinetic energy
+    unless ``model.kinetic_pair_bins`` / ``kinetic_pair_cutoff`` give the momenta their own (each null: the
+    potential's)."""
+    keys = {"pair_bins": bins, "pair_cutoff": cutoff, "kinetic_pair_bins": kinetic_bins}
+    keys["kinetic_pair_cutoff"] = kinetic_cutoff
+    changes = [f"model.{key}={value}" for key, value in keys.items() if value is not None]
     model, *_ = _invariant_particle_model("dw4", randomize, *changes)
     bins, cutoff = bins or 24, cutoff or 8.0
+    expected = {"potential": (bins, cutoff), "kinetic": (kinetic_bins or bins, kinetic_cutoff or cutoff)}
     for block in model.flow.blocks:
-        for energy in (block.hamiltonian.potential, block.hamiltonian.kinetic):
-            assert energy.net[0].in_features == 2 * bins
+        for name, (n_bins, reach) in expected.items():
+            energy = getattr(block.hamiltonian, name)
+            assert energy.net[0].in_features == 2 * n_bins
             pairs = energy.features.features  # the pair-distance features behind dw4's centre-of-mass frame
-            assert pairs.n_bins == bins and float(pairs.centres[-1]) == pytest.approx(cutoff**2)
+            assert pairs.n_bins == n_bins and float(pairs.centres[-1]) == pytest.approx(reach**2)

@@ -46,7 +46,12 @@ def test_pair_feature_step_times_builds_each_histogram_it_names(monkeypatch):
         return model
 
     monkeypatch.setattr(bench, "_particle_model", spy)
-    seconds = bench.pair_feature_step_times(torch.device("cpu"), 4, [(24, 8.0), (12, 5.0)], repeats=1)
-    assert list(seconds) == ["bins24_cutoff8", "bins12_cutoff5"] and all(s > 0 for s in seconds.values())
-    histograms = {(f.n_bins, float(f.centres[-1].sqrt())) for f in built}
-    assert histograms == {(24, 8.0), (12, 5.0)}
+    histograms = [(24, 8.0), (12, 5.0, 6, 4.0)]
+    seconds = bench.pair_feature_step_times(torch.device("cpu"), 4, histograms, repeats=1)
+    assert list(seconds) == ["bins24_cutoff8", "bins12_cutoff5_kinetic6_cutoff4"] and all(
+        s > 0 for s in seconds.values()
+    )
+    assert {(f.n_bins, float(f.centres[-1].sqrt())) for f in built} == {(24, 8.0), (12, 5.0), (6, 4.0)}
+    model = original(torch.device("cpu"), 4, True, kinetic=(6, 4.0))
+    energies = [m for m in model.modules() if isinstance(m, MLPEnergy)]
+    assert {(m.quadratic_part, m.features.features.n_bins) for m in energies} == {(True, 6), (False, 24)}

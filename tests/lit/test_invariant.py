@@ -42,3 +42,18 @@ def test_invariant_run_forces_constraint_mode_none_and_says_so_once(capsys):
     assert out.count("model.invariant=true") == 1 and "constraint.mode=dual" in out
     cfg, module = _module("model.invariant=false", "constraint.mode=dual")
     assert module.multipliers.mode == "dual" and "model.invariant" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "changes, noted",
+    [
+        (("data.target=particles2d", "model.leapfrog_steps=1"), True),
+        (("data.target=particles2d", "model.leapfrog_steps=3"), False),
+        (("data.target=particles2d", "model.leapfrog_steps=1", "model.kind=nsf"), False),  # no leapfrog at all
+        (("data.target=ring2d", "model.leapfrog_steps=1"), False),  # not particles: the default's own target
+    ],
+)
+def test_a_one_step_particle_model_gets_a_note(changes, noted, capsys):
+    """1 leapfrog step (the default, chosen on ring2d) stalled on particles2d: a particle run says so, once."""
+    _module("data.regime=finite", "data.n_train=64", *changes)
+    assert capsys.readouterr().out.count("note: model.leapfrog_steps=1") == int(noted)
