@@ -1,7 +1,8 @@
 """Seconds per training step of the invariant 13-particle model (the dw4 recipe: batch 64 × 16 momenta, IWAE,
 DReG, 6 blocks × 3 leapfrog steps, MLPs 128 wide) for several pair-distance histograms (``model.pair_bins``
-bases up to ``model.pair_cutoff``), alternating in one process; medians over the rounds, and each one's speed-up
-over 24 bases up to 8 (the schema's default).
+bases up to ``model.pair_cutoff``; four numbers: then the kinetic energy's own, ``model.kinetic_pair_bins`` up to
+``model.kinetic_pair_cutoff``), alternating in one process; medians over the rounds, and each one's speed-up over 24
+bases up to 8 (the schema's default).
 
     OMP_NUM_THREADS=1 python scripts/pair_bins_step_time.py [--rounds 5] [--out FILE.json]
 """
@@ -17,7 +18,16 @@ import torch
 from lightning_ehf.bench import pair_feature_step_times
 from lightning_ehf.system import hardware
 
-HISTOGRAMS = [(24, 8.0), (16, 8.0), (12, 8.0), (12, 5.0), (8, 5.0)]
+HISTOGRAMS = [
+    (24, 8.0),
+    (16, 8.0),
+    (12, 8.0),
+    (12, 5.0),
+    (8, 5.0),
+    (12, 5.0, 6, 5.0),
+    (12, 5.0, 4, 5.0),
+    (24, 8.0, 6, 5.0),
+]
 
 
 def main() -> None:
