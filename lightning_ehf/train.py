@@ -23,7 +23,7 @@ from .build import check_logger, make_datamodule, make_module, make_trainer, res
 from .checkpoints import check_state_dict, load_checkpoint
 from .config.load import explicit_keys, flatten, from_saved, load_config, override_value, save_config, to_container
 from .config.schema import Config
-from .core.constraints import INFEASIBLE_OFFSET
+from .core.constraints import is_infeasible_score
 from .errors import (
     EXIT_DIVERGED,
     EXIT_PREEMPTED,
@@ -373,9 +373,9 @@ def _fit_and_test(
             selector is not None
             and selector.monitor == "val/selection"
             and best_score is not None
-            and float(best_score) >= INFEASIBLE_OFFSET
+            and is_infeasible_score(best_score)
         ):
-            best_score = None  # the least infeasible checkpoint: its score is not an NLL
+            best_score = None  # no validation met the constraint: best_val_nll says so by its absence
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     except NumericalDivergence as e:
         kept = f"; last good checkpoint: {last}" if last.is_file() else "; no checkpoint had been written yet"

@@ -255,8 +255,8 @@ class ConstraintCfg(Section):
     init: NonNegative = 0.0  # contract: λ_k at the start (the fixed λ in penalty mode)
     ema: Annotated[float, Field(ge=0, lt=1)] = 0.9  # geco moving-average factor
     # what picks best.ckpt and drives early stopping: nll (the lowest validation NLL) | feasible (the lowest
-    # validation NLL among validations whose bracket RMS is within 1.1 × √tolerance; until one is, the least
-    # infeasible is kept and trainer.patience does not count)
+    # validation NLL among validations whose bracket RMS is within 1.1 × √tolerance; until one is, the lowest
+    # NLL is kept and trainer.patience does not count)
     selection: Literal["nll", "feasible"] = "nll"
 
 

@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from typing_extensions import override
 
-from ..core.constraints import INFEASIBLE_OFFSET
+from ..core.constraints import is_infeasible_score
 from ..errors import Preempted
 from .plots import make_all_plots
 
@@ -39,17 +39,16 @@ class FeasibleEarlyStopping(EarlyStopping):
     """Early stopping on ``val/selection`` (``constraint.selection=feasible``) whose patience starts at the first
     validation that meets the constraint.
 
-    Before then the score ranks validations by how infeasible they are, which is what ``best.ckpt`` should keep as a
-    fallback but not a reason to stop: a barely trained model has small brackets, so the least infeasible validation
-    is often an early one, and counting from it ended dual-ascent runs before λ had grown enough to reach the
-    tolerance (ring2d, n_train 128, η = 30: stopped at step 699 with test KL 0.98). Runs that never become feasible
-    go on to ``trainer.max_steps`` (or ``trainer.max_time_s``). A non-finite score still stops at once."""
+    Before then ``best.ckpt`` keeps the lowest NLL as a fallback, but patience does not count: counting it from
+    infeasible validations ended dual-ascent runs before λ had grown enough to reach the tolerance (ring2d, n_train
+    128, η = 30: stopped at step 699 with test KL 0.98). Runs that never become feasible go on to
+    ``trainer.max_steps`` (or ``trainer.max_time_s``). A non-finite score still stops at once."""
 
     @override
     def _evaluate_stopping_criteria(self, current: torch.Tensor) -> tuple[bool, str | None]:
         # Lightning's one hook between reading the monitored value and counting patience (stable across 2.x)
-        nothing_feasible = float(self.best_score) >= INFEASIBLE_OFFSET
-        if nothing_feasible and bool(torch.isfinite(current)) and float(current) >= INFEASIBLE_OFFSET:
+        nothing_feasible = is_infeasible_score(self.best_score)
+        if nothing_feasible and bool(torch.isfinite(current)) and is_infeasible_score(current):
             self.best_score = torch.minimum(current, self.best_score.to(current.device))
             self.wait_count = 0
             return False, None
