@@ -29,8 +29,9 @@ MODES = ("none", "penalty", "dual")
 RULES = ("additive", "augmented", "geco")
 #: a constraint counts as met when its bracket RMS is within this factor of the allowed ``√ε`` (``C ≤ 1.21 ε``)
 FEASIBLE_RATIO = 1.1
-#: added to an infeasible checkpoint's NLL, so that it ranks after every feasible one (NLLs stay within ±½ of it)
-INFEASIBLE_OFFSET = 1.0e6
+#: added to an infeasible checkpoint's NLL, so that it ranks after every feasible one (a data point's NLL stays far
+#: within ±INFEASIBLE_OFFSET / 2; the value is also what checkpoints of the earlier rule hold, 10⁴ + their ratio)
+INFEASIBLE_OFFSET = 1.0e4
 
 
 def feasibility_ratio(bracket_rms: Tensor, tolerance: float) -> float:

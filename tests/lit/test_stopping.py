@@ -207,7 +207,7 @@ def test_feasible_selection_tests_the_best_checkpoint_that_meets_the_constraint(
     assert m["best_step"] == best and _step(run / "checkpoints" / "best.ckpt") == best, m
     if selection == "feasible":
         assert m["stopped_early"] and m["steps"] == 3 * EVERY, m
-        assert m["val/feasibility"] == pytest.approx(3.0) and m["val/selection"] == pytest.approx(1.0e6 - 15.0)
+        assert m["val/feasibility"] == pytest.approx(3.0) and m["val/selection"] == pytest.approx(1.0e4 - 15.0)
 
 
 @pytest.mark.parametrize("feasible_from", [3 * EVERY, None])
@@ -245,6 +245,7 @@ def test_selection_score_ranks_every_feasible_checkpoint_first():
     assert feasible == barely == 50.0 and infeasible > feasible  # a worse NLL that meets the constraint wins
     # while nothing is feasible: the lowest NLL, however infeasible
     assert is_infeasible_score(infeasible) and not is_infeasible_score(feasible)
+    assert is_infeasible_score(1.0e4 + 2.0)  # a best score saved under the earlier rule (offset + ratio) when resumed
     assert selection_score(-100.0, 3.0) < selection_score(0.0, 1.2) and is_infeasible_score(
         selection_score(-100.0, 3.0)
     )
