@@ -3,8 +3,8 @@ n particles in 3-D (the lj13 energy: ε = r_m = c = kT = 1): the share of the pa
 
 A basis φ_m(s) = exp(−(s − c_m)²/(2w²)) of the squared distance s is below e^{−4.5} ≈ 1 % of its peak beyond
 s_max + 3w (the last centre c = s_max = cutoff², w = s_max/(bins − 1)): a pair farther than that adds next to
-nothing to any feature. For each n, MALA chains (``scripts/make_lj13.py``'s clipped-drift step, its step tuned
-towards an acceptance of 0.6 over the first third, then frozen) start from a compact cubic lattice; their final
+nothing to any feature. For each n, MALA chains (``scripts/make_lj13.py``'s clipped-drift step and step-size rule,
+each chain tuned on its own over make_lj13's adaptation steps, then frozen) start from a compact cubic lattice; their final
 states give the pair distances. n = 13 is checked against the lj13 training pool.
 
     OMP_NUM_THREADS=1 python scripts/pair_reach.py [--out FILE.json]
@@ -18,9 +18,10 @@ import math
 from pathlib import Path
 
 import torch
-from make_lj13 import mala_step
+from make_lj13 import ADAPT_EVERY, ADAPT_STEPS, INITIAL_STEP, TARGET_ACCEPTANCE, mala_step
 from torch import Tensor
 
+from lightning_ehf.core.invariants import PairDistanceFeatures
 from lightning_ehf.core.targets import lennard_jones_energy, make_target
 
 PARTICLES = (13, 22, 55, 100, 200)
@@ -36,9 +37,10 @@ def pair_distances(x: Tensor, n: int) -> Tensor:
 
 
 def reach(bins: int, cutoff: float) -> float:
-    """The distance beyond which every basis is below e^{−4.5} of its peak: sqrt(s_max + 3w)."""
-    s_max = cutoff**2
-    return math.sqrt(s_max + 3 * s_max / (bins - 1))
+    """The distance beyond which every basis is below e^{−4.5} of its peak: sqrt(s_max + 3w), s_max the last centre
+    and w the width of the histogram the model builds."""
+    features = PairDistanceFeatures(2, 3, n_bins=bins, max_distance=cutoff)
+    return math.sqrt(float(features.centres[-1]) + 3 * features.width)
 
 
 def sample_cluster(n: int, generator: torch.Generator) -> Tensor:
@@ -54,14 +56,14 @@ def sample_cluster(n: int, generator: torch.Generator) -> Tensor:
         (grad,) = torch.autograd.grad(log_p.sum(), y)
         return log_p.detach(), grad
 
-    step = torch.full((CHAINS,), 1e-3, dtype=torch.float64)
+    step = torch.full((CHAINS,), INITIAL_STEP, dtype=torch.float64)
     log_p, grad = log_density(x)
     accepted = torch.zeros(CHAINS, dtype=torch.float64)
     for t in range(STEPS):
         x, log_p, grad, accept = mala_step(x, log_p, grad, step, log_density, generator)
         accepted += accept.double()
-        if t < STEPS // 3 and (t + 1) % 50 == 0:
-            step *= torch.exp(accepted / 50 - 0.6)
+        if t < ADAPT_STEPS and (t + 1) % ADAPT_EVERY == 0:  # make_lj13's rule, per chain
+            step *= torch.exp(accepted / ADAPT_EVERY - TARGET_ACCEPTANCE)
             accepted.zero_()
     return x
 
