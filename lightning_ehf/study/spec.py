@@ -79,6 +79,15 @@ METHODS: dict[str, dict[str, Any]] = {
         "constraint.init": 10.0,
     },
     "ehf_dual": {"model.kind": "ehf", "model.invariant": False, "constraint.mode": "dual"},
+    # the paper's method run to its tolerance: the multiplier step and the checkpoint rule that reached it on ring2d
+    # (docs/results.md, "Does the dual ascent reach its tolerance?")
+    "ehf_dual_feasible": {
+        "model.kind": "ehf",
+        "model.invariant": False,
+        "constraint.mode": "dual",
+        "constraint.lr": 10.0,
+        "constraint.selection": "feasible",
+    },
     "ehf_invariant": {"model.kind": "ehf", "model.invariant": True, "constraint.mode": "none"},
     # ablations: does the constraint help beyond what random group elements on the data already give?
     "ehf_none_aug": {"model.kind": "ehf", "model.invariant": False, "constraint.mode": "none", "data.augment": True},

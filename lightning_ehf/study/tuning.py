@@ -9,11 +9,14 @@ overrides.
 
 **Choice.** A *group* is a method and one value of each ``per`` axis. A configuration's score in a group is the
 mean, over its tuning cells there (the tuning seeds, and the values of the axes not in ``per``), of each cell's
-best validation NLL: the lowest ``val/nll_iw{K}`` in its ``metrics.csv`` (K = ``eval.val_iw_samples``, else
-``eval.iw_samples``), which is the validation score of the checkpoint the run tests. No test metric is read. A
-cell that diverged (``ehf train`` exit 3) scores +inf, is not run again, and its state reads *diverged*. The
-lowest score wins; a tie goes to the configuration listed first. Scores compare configurations of one method
-only: EHF's validation NLL is an IWAE bound, NSF's is exact.
+validation NLL at the checkpoint the run tests (:func:`tested_validation`): the lowest ``val/nll_iw{K}`` in its
+``metrics.csv`` (K = ``eval.val_iw_samples``, else ``eval.iw_samples``), or, under ``constraint.selection=feasible``,
+the NLL of the validation with the lowest ``val/selection``. No test metric is read. A cell that diverged (``ehf
+train`` exit 3) scores +inf, is not run again, and its state reads *diverged*. A configuration whose tested
+checkpoints all met the constraint ranks before one with an infeasible tested checkpoint (so the constrained arm
+is tuned among equivariant flows where it has any), then the lowest score wins; a tie goes to the configuration
+listed first. Scores compare configurations of one method only: EHF's validation NLL is an IWAE bound, NSF's is
+exact.
 
 **Size matching.** A ``matched`` method (``like`` an NSF method) gets, in each cell, the ``model.hidden`` among
 :data:`MATCH_WIDTHS` whose NSF (at the cell's ``model.nsf_transforms``, ``model.nsf_bins``, ``model.depth``) has the
@@ -46,6 +49,7 @@ __all__ = [
     "tuning_study",
     "tuning_folder",
     "evaluation_folder",
+    "tested_validation",
     "validation_nll",
     "write_choice",
     "tuning_section",
@@ -66,6 +70,7 @@ class ConfigScore:
     cells: int  # tuning cells scored
     diverged: int
     under_trained: int
+    infeasible: int = 0  # tuning cells whose tested checkpoint missed the constraint (constraint.selection=feasible)
 
 
 @dataclass
@@ -91,24 +96,44 @@ def tuning_study(study: Study) -> Study:
     return dataclasses.replace(study, axes=axes)
 
 
-def validation_nll(run: Path) -> float:
-    """The best validation NLL of a finished run: the lowest finite ``val/nll_iw{K}`` of its ``metrics.csv``, K
-    the validation's importance samples from its ``config.yaml`` (+inf if it has none)."""
+def tested_validation(run: Path) -> tuple[float, bool]:
+    """The validation NLL of the checkpoint a finished run tests, and whether that checkpoint met the constraint.
+
+    The NLL is ``val/nll_iw{K}`` (K the validation's importance samples from the run's ``config.yaml``). A run
+    with ``constraint.selection=feasible`` logs ``val/selection`` beside it and tests the validation whose score
+    is lowest (:func:`~lightning_ehf.core.constraints.selection_score`); feasible unless that score is an
+    infeasible one's. Any other run tests its lowest finite NLL and counts as feasible. +inf without one."""
     import yaml
+
+    from ..core.constraints import is_infeasible_score
 
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     k = cfg["eval"].get("val_iw_samples") or cfg["eval"]["iw_samples"]
     column = f"val/nll_iw{k}"
-    values = []
+    best: tuple[float, float] | None = None  # (ranking score, NLL)
     with open(run / "metrics.csv", newline="") as f:
         for row in csv.DictReader(f):
-            try:
-                value = float(row.get(column) or "nan")
-            except ValueError:
+            nll, score = _number(row.get(column)), _number(row.get("val/selection"))
+            if not math.isfinite(nll):
                 continue
-            if math.isfinite(value):
-                values.append(value)
-    return min(values, default=math.inf)
+            rank = score if math.isfinite(score) else nll
+            if best is None or rank < best[0]:
+                best = (rank, nll)
+    if best is None:
+        return math.inf, True
+    return best[1], not is_infeasible_score(best[0])
+
+
+def validation_nll(run: Path) -> float:
+    """The validation NLL of the checkpoint a finished run tests (:func:`tested_validation`)."""
+    return tested_validation(run)[0]
+
+
+def _number(text: str | None) -> float:
+    try:
+        return float(text or "nan")
+    except ValueError:
+        return math.nan
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -148,7 +173,8 @@ class TuningFolder(StudyFolder):
 
         tune = self.study.tune
         assert tune is not None
-        scored: dict[tuple[tuple[str, ...], str], list[tuple[float, bool, bool]]] = {}
+        # per tuning cell: (score, diverged, under-trained, infeasible)
+        scored: dict[tuple[tuple[str, ...], str], list[tuple[float, bool, bool, bool]]] = {}
         missing: set[tuple[tuple[str, ...], str]] = set()
         for cell in self.cells:
             key = (self.group_key(cell.values), cell.values[CONFIG])
@@ -157,9 +183,10 @@ class TuningFolder(StudyFolder):
                 m = _read_json(self.cell_dir(cell) / "metrics.json")
                 best, cap = m.get("best_step"), m.get("max_steps")
                 under = under_trained(best, cap)
-                scored.setdefault(key, []).append((validation_nll(self.cell_dir(cell)), False, under))
+                nll, feasible = tested_validation(self.cell_dir(cell))
+                scored.setdefault(key, []).append((nll, False, under, not feasible))
             elif st.state == "diverged":
-                scored.setdefault(key, []).append((math.inf, True, False))
+                scored.setdefault(key, []).append((math.inf, True, False, False))
             else:
                 missing.add(key)
         axes = {a.name: list(a.values) for a in self.study.axes}
@@ -176,15 +203,17 @@ class TuningFolder(StudyFolder):
                         ConfigScore(
                             name,
                             dict(overrides),
-                            sum(s for s, _, _ in got) / len(got) if complete else None,
+                            sum(s for s, *_ in got) / len(got) if complete else None,
                             len(got),
-                            sum(d for _, d, _ in got),
-                            sum(u for _, _, u in got),
+                            sum(d for _, d, _, _ in got),
+                            sum(u for _, _, u, _ in got),
+                            sum(i for *_, i in got),
                         )
                     )
                 chosen = None
                 if all(c.val_nll is not None for c in configs):
-                    best = min(configs, key=lambda c: c.val_nll)  # the first of equal scores
+                    # finite before diverged, feasible before infeasible, then the lowest score (the first of equals)
+                    best = min(configs, key=lambda c: (math.isinf(c.val_nll), c.infeasible > 0, c.val_nll))
                     if not math.isfinite(best.val_nll):
                         raise UserError(
                             f"tuning: every configuration of {method} at "
@@ -369,8 +398,10 @@ def tuning_section(folder: StudyFolder, out: Path) -> tuple[list[str], list[Path
         "seeds), with the evaluation cells' data sizes, budget and stopping rule. A configuration's score is its "
         f"tuning cells' mean best validation NLL{f' (K = {k})' if k else ''}; no test metric is read. The lowest "
         f"score was chosen per {' × '.join(tune.per) or 'method'} and run on the evaluation seeds. Scores compare "
-        "configurations of one method only (EHF's is an IWAE bound, NSF's exact). † a tuning cell was "
-        "under-trained (best step in the last 10 % of the cap).",
+        "configurations of one method only (EHF's is an IWAE bound, NSF's exact). A constrained run with "
+        "`constraint.selection=feasible` is scored at the checkpoint it tests, and a configuration whose tested "
+        "checkpoints all met the constraint ranks first. † a tuning cell was under-trained (best step in the last "
+        "10 % of the cap); ‡ a tuning cell's tested checkpoint missed the constraint (bracket RMS above 1.1 × √ε).",
         "",
     ]
     for name, spec in tune.matched.items():
@@ -386,7 +417,7 @@ def tuning_section(folder: StudyFolder, out: Path) -> tuple[list[str], list[Path
     for g in choices.values():
         scores = ", ".join(
             f"{'**' if c.name == g.chosen else ''}`{c.name}` {_score(c.val_nll)}"
-            f"{'†' if c.under_trained else ''}{'**' if c.name == g.chosen else ''}"
+            f"{'†' if c.under_trained else ''}{'‡' if c.infeasible else ''}{'**' if c.name == g.chosen else ''}"
             for c in g.configs
         )
         lines.append(
@@ -398,6 +429,7 @@ def tuning_section(folder: StudyFolder, out: Path) -> tuple[list[str], list[Path
     for st in tuning.states():
         cell = st.cell
         m = _read_json(tuning.cell_dir(cell) / "metrics.json") if st.state == "done" else {}
+        nll, feasible = tested_validation(tuning.cell_dir(cell)) if st.state == "done" else (None, None)
         group = choices[tuning.group_key(cell.values)]
         # the cell's own overrides: a matched method's width is not in its grid
         given = dict(item.split("=", 1) for item in cell.overrides)
@@ -411,9 +443,8 @@ def tuning_section(folder: StudyFolder, out: Path) -> tuple[list[str], list[Path
                 "cell": cell.name,
                 **cell.values,
                 "state": st.state,
-                "val_nll": validation_nll(tuning.cell_dir(cell))
-                if st.state == "done"
-                else (math.inf if st.state == "diverged" else None),
+                "val_nll": nll if st.state == "done" else (math.inf if st.state == "diverged" else None),
+                "feasible": feasible,
                 "chosen": cell.values[CONFIG] == group.chosen,
                 "best_step": m.get("best_step"),
                 "max_steps": m.get("max_steps"),

@@ -133,7 +133,7 @@ SHIPPED = ROOT / "configs" / "study" / "data_efficiency.yaml"
 def test_shipped_study_profiles_shrink_the_grid_and_name_cells():
     full = load_study(SHIPPED)  # the first profile (full) is the default
     assert full.profile == "full" and full.name == "data_efficiency"
-    assert len(full.cells()) == 9 * 8 * 6 * 3  # methods × targets × n_train × seeds
+    assert len(full.cells()) == 10 * 8 * 6 * 3  # methods × targets × n_train × seeds
     quick = load_study(SHIPPED, "quick")
     cells = {c.name: c for c in quick.cells()}
     assert len(cells) == 6 * 2 * 2 * 3

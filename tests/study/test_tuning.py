@@ -82,10 +82,10 @@ def test_shipped_tuned_profile_gives_every_method_eight_configurations():
     from lightning_ehf.study.tuning import tuning_folder
 
     s = load_study(SHIPPED, "tuned")
-    methods = ["ehf_dual", "ehf_invariant", "nsf", "nsf_aug", "efm", "nsf_matched"]
+    methods = ["ehf_dual_feasible", "ehf_invariant", "nsf", "nsf_aug", "efm", "nsf_matched"]
     assert {m: len(g) for m, g in s.tune.grids.items()} == dict.fromkeys(methods, 8)
     assert s.tune.per == ["target", "n_train"] and s.tune.matched == {
-        "nsf_matched": {"like": "nsf", "params_of": "ehf_dual"}
+        "nsf_matched": {"like": "nsf", "params_of": "ehf_dual_feasible"}
     }
     assert len(s.cells()) == 6 * 2 * 2 * 5  # methods × targets × sizes × evaluation seeds
     assert not set(s.tune.seeds) & {int(c.values["seed"][4:]) for c in s.cells()}
@@ -193,16 +193,21 @@ def test_cli_bad_tune_section_exits_2_with_one_line(tmp_path):
 # -- the choice, on run folders written by hand ------------------------------------------------------
 
 
-def _fake_run(run: Path, val: list[float], test_nll: float, val_k: int = 8) -> None:
-    """A finished run folder: a config, a metrics.csv with validation and test rows, and a metrics.json."""
+def _fake_run(
+    run: Path, val: list[float], test_nll: float, val_k: int = 8, selection: list[float] | None = None
+) -> None:
+    """A finished run folder: a config, a metrics.csv with validation and test rows, and a metrics.json.
+    ``selection``: the ``val/selection`` score of each validation (a ``constraint.selection=feasible`` run)."""
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump({"eval": {"val_iw_samples": val_k, "iw_samples": 4}}))
     with open(run / "metrics.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["step", f"val/nll_iw{val_k}", "val/nll_iw4", "test/nll_iw4", "test/kl"])
+        columns = ["step", f"val/nll_iw{val_k}", "val/nll_iw4", "val/selection", "test/nll_iw4", "test/kl"]
+        w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         for i, v in enumerate(val):
             # a column of another K must not count: it is lower than every value of the right one
-            w.writerow({"step": 10 * (i + 1), f"val/nll_iw{val_k}": v, "val/nll_iw4": v - 100})
+            row = {"step": 10 * (i + 1), f"val/nll_iw{val_k}": v, "val/nll_iw4": v - 100}
+            w.writerow({**row, "val/selection": selection[i]} if selection else row)
         w.writerow({"step": 10 * len(val), "test/nll_iw4": test_nll, "test/kl": test_nll})
     (run / "metrics.json").write_text(
         json.dumps({"test/nll": test_nll, "test/kl": test_nll, "best_step": 10, "max_steps": 100, "params": 100})
@@ -272,6 +277,48 @@ def test_choice_is_the_lowest_mean_best_validation_nll_and_never_reads_test_metr
     assert ev.chosen and [c.name for c in ev.cells] == [c.name for c in s.cells()]
     cell = next(c for c in ev.cells if c.name == "ehf_dual-ring2d-seed1")
     assert cell.overrides[-1] == "optim.lr=0.01" and "seed=1" in cell.overrides
+
+
+def test_feasible_selection_is_scored_at_its_tested_checkpoint_and_feasible_configurations_rank_first(tmp_path):
+    from lightning_ehf.core.constraints import INFEASIBLE_OFFSET, selection_score
+    from lightning_ehf.study.tuning import tested_validation, tuning_folder
+
+    def feasible(nll: float) -> float:
+        return selection_score(nll, 1.0)
+
+    def infeasible(nll: float) -> float:
+        return selection_score(nll, 2.0)
+
+    grid = {"optim.lr": [0.1, 0.01, 0.001]}
+    tune = {"seeds": [7], "grids": {"ehf_dual": grid, "nsf": grid}}
+    s = load_study(tuned_study(tmp_path / "t.yaml", tune))
+    folder = tuning_folder(tmp_path / "d", s)
+    runs = {
+        # its lowest NLL (0.5) was infeasible; the run tests its feasible 0.9: scored 0.9, feasible
+        "lr0.1": ([2.0, 0.5, 0.9], [infeasible(2.0), infeasible(0.5), feasible(0.9)]),
+        # never feasible: the run tests its lowest NLL, 0.3, which would win on NLL alone
+        "lr0.01": ([1.0, 0.3], [infeasible(1.0), infeasible(0.3)]),
+        # feasible throughout, 1.2: worse than lr0.1
+        "lr0.001": ([1.5, 1.2], [feasible(1.5), feasible(1.2)]),
+    }
+    for cell in folder.cells:
+        val, selection = runs[cell.values["config"]] if cell.values["method"] == "ehf_dual" else ([1.0], None)
+        _fake_run(folder.cell_dir(cell), val, test_nll=0.0, selection=selection)
+    scores = {
+        c.values["config"]: tested_validation(folder.cell_dir(c)) for c in folder.cells if c.values["method"] != "nsf"
+    }
+    assert scores == {"lr0.1": (0.9, True), "lr0.01": (0.3, False), "lr0.001": (1.2, True)}
+    assert infeasible(0.3) >= INFEASIBLE_OFFSET
+    group = tuning_folder(tmp_path / "d", s).choices()[("ehf_dual",)]
+    assert group.chosen == "lr0.1"
+    assert [(c.val_nll, c.infeasible) for c in group.configs] == [(0.9, 0), (0.3, 1), (1.2, 0)]
+    # with no feasible configuration left, the lowest NLL wins among the infeasible ones
+    for cell in folder.cells:
+        if cell.values["config"] != "lr0.01" and cell.values["method"] == "ehf_dual":
+            shutil.rmtree(folder.cell_dir(cell))
+            val = runs[cell.values["config"]][0]
+            _fake_run(folder.cell_dir(cell), val, test_nll=0.0, selection=[infeasible(v) for v in val])
+    assert tuning_folder(tmp_path / "d", s).choices()[("ehf_dual",)].chosen == "lr0.01"
 
 
 def test_a_diverged_configuration_scores_infinity_and_is_not_run_again(tmp_path):
