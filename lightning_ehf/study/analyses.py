@@ -28,7 +28,7 @@ from typing import Any
 
 from ..config.load import from_saved
 from ..config.schema import Config
-from .statistics import mean_std
+from .statistics import is_flagged, mean_std
 
 __all__ = [
     "ANALYSES",
@@ -46,6 +46,8 @@ FRONTIER_MARGIN = 0.005
 QUALITY_KL = 0.05
 #: a ring counts as found when a located minimum of the summed potential lies this close to its radius
 RING_TOLERANCE = 0.3
+#: a cell's potentials speak for the data only when its flow fits them: test KL at most this, and no flag
+POTENTIALS_FIT_KL = 0.05
 _R_MAX, _N_R, _N_THETA = 4.0, 401, 64  # radial profile: r ∈ [0, 4] in steps of 0.01, 64 angles
 _N_STATES = 256  # test points for the representation measures
 _N_GROUP_DRAWS = 4  # group elements per point and generator
@@ -105,6 +107,15 @@ def _fmt(x: float | None, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
     return f"{x:.{digits}g}"
+
+
+def _number(value: Any) -> float | None:
+    """A results row's entry as a finite float (None when empty, missing or not a finite number)."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
 
 
 def _mean_std(values: Sequence[float]) -> str:
@@ -202,12 +213,15 @@ def potentials(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tuple[
         radii = _ring_radii(run.config.data.target)
         rings = [_ring_match(radius, minima) for radius in radii]
         data_side = [_ring_match(radius, block_minima[-1]) for radius in radii]
+        kl = _number(row.get("test/kl"))
         results.append(
             {
                 "cell": cell.name,
                 "target": _target_of(cell, run.config),
                 "method": _method(row, cell),
                 "seed": _seed(cell),
+                "test_kl": kl,
+                "fits": kl is not None and kl <= POTENTIALS_FIT_KL and not is_flagged(row),
                 "minima": minima,
                 "block_minima": block_minima,
                 "rings": rings,
@@ -260,7 +274,9 @@ def potentials(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tuple[
         "their sum; local minima of the sum (parabolic refinement; wells shallower than 0.1 % of the profile's range "
         f"are ignored). A ring counts as found when a minimum lies within {RING_TOLERANCE} of its radius. Two measures, "
         "fixed before the runs: the minima of the sum, and the minima of the data-side block's U_T alone (the last "
-        "block of the generative direction, which acts on the data's coordinates directly). The summed "
+        "block of the generative direction, which acts on the data's coordinates directly). Only a cell that fits "
+        f"the data (test KL ≤ {POTENTIALS_FIT_KL:g}, no flag) says where a model of the data puts its wells; the "
+        "summary counts rings over those cells, and over every cell beside them. The summed "
         "potential is not the model's log density (each block acts on the state the previous ones produced, and "
         "momenta and kinetic energies shape the flow too); the paper looks at the potentials because the flow's "
         "Hamiltonians carry its structure.",
@@ -269,12 +285,19 @@ def potentials(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tuple[
     for target in targets:
         group = [x for x in results if x["target"] == target]
         radii = [ring["radius"] for ring in group[0]["rings"]]
-        header = ["cell", "method", "seed", "minima of Σ_t U_t (r)"]
+        header = ["cell", "method", "seed", "test KL", f"fits (≤ {POTENTIALS_FIT_KL:g})", "minima of Σ_t U_t (r)"]
         for radius in radii:
             header += [f"r={radius:g}: nearest", "distance", f"within {RING_TOLERANCE}"]
         table = []
         for x in group:
-            line = [x["cell"], x["method"], x["seed"], ", ".join(f"{m:.2f}" for m in x["minima"]) or "none"]
+            line = [
+                x["cell"],
+                x["method"],
+                x["seed"],
+                _fmt(x["test_kl"]),
+                "yes" if x["fits"] else "no",
+                ", ".join(f"{m:.2f}" for m in x["minima"]) or "none",
+            ]
             for ring in x["rings"]:
                 line += [_fmt(ring["nearest_minimum"]), _fmt(ring["distance"]), "yes" if ring["within"] else "no"]
             table.append(line)
@@ -283,6 +306,7 @@ def potentials(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tuple[
             mine = [x for x in group if x["method"] == method]
             per_ring = [f"{sum(x['rings'][i]['within'] for x in mine)}/{len(mine)}" for i in range(len(radii))]
             data_side = sum(x["data_side_matched"] for x in mine) / len(mine)
+            fit = [x for x in mine if x["fits"]]
             summary.append(
                 [
                     method,
@@ -290,6 +314,9 @@ def potentials(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tuple[
                     f"{sum(x['rings_matched'] for x in mine) / len(mine):.2f} / {len(radii)}",
                     *per_ring,
                     f"{data_side:.2f} / {len(radii)}",
+                    f"{len(fit)} of {len(mine)}",
+                    _rings_over(fit, "rings_matched", len(radii)),
+                    _rings_over(fit, "data_side_matched", len(radii)),
                 ]
             )
         md += [
@@ -303,7 +330,8 @@ def potentials(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tuple[
             _table(header, table),
             "",
             "Rings found per method: the mean over seeds of the number of rings matched, and per ring the seeds "
-            "that match it; and the mean number matched by the data-side block U_T alone:",
+            "that match it; the mean number matched by the data-side block U_T alone; and both means again over "
+            f"the cells that fit the data (test KL ≤ {POTENTIALS_FIT_KL:g}, no flag):",
             "",
             _table(
                 [
@@ -312,6 +340,9 @@ def potentials(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tuple[
                     "rings matched by the sum (mean)",
                     *[f"r={x:g}" for x in radii],
                     "rings matched by U_T (mean)",
+                    "cells that fit",
+                    "by the sum, cells that fit",
+                    "by U_T, cells that fit",
                 ],
                 summary,
             ),
@@ -340,6 +371,11 @@ def potentials(folder: Any, rows: list[dict[str, Any]], out_dir: Path) -> tuple[
     data = [{k: v for k, v in x.items() if k not in ("r", "u")} for x in results]
     files.append(_write_json(out_dir / "potentials.json", {"tolerance": RING_TOLERANCE, "cells": data}))
     return "\n".join(md) + "\n", files
+
+
+def _rings_over(cells: list[dict[str, Any]], key: str, rings: int) -> str:
+    """The mean of ``key`` (rings matched) over ``cells``, out of ``rings``; — without cells."""
+    return f"{sum(x[key] for x in cells) / len(cells):.2f} / {rings}" if cells else "—"
 
 
 # -- representation ------------------------------------------------------------------------------

@@ -114,10 +114,14 @@ def test_potentials_locates_the_minimum_of_a_known_potential(tmp_path, monkeypat
     for cell, kind in zip(folder.cells, ("ehf", "nsf")):
         folder.cell_dir(cell).mkdir(parents=True)
         (folder.cell_dir(cell) / "config.yaml").write_text(f"model:\n  kind: {kind}\ndata:\n  target: rings2d\n")
-    md, files = ANALYSES["potentials"](folder, rows_of(folder), tmp_path / "out")
+    rows = rows_of(folder)
+    rows[0]["test/kl"] = 0.04  # fits the data (KL ≤ 0.05, no flag)
+    md, files = ANALYSES["potentials"](folder, rows, tmp_path / "out")
 
     data = json.loads((tmp_path / "out" / "potentials.json").read_text())
     (cell,) = data["cells"]  # the nsf cell is skipped
+    assert cell["test_kl"] == 0.04 and cell["fits"] is True
+    assert "| 1 of 1 | 1.00 / 3 | " in md  # the ring matched by the sum, counted over the cell that fits
     assert len(cell["minima"]) == 1 and abs(cell["minima"][0] - 2.0) < 0.05, cell["minima"]
     for block_minima, c in zip(cell["block_minima"], centres):
         assert len(block_minima) == 1 and abs(block_minima[0] - c) < 0.05
@@ -132,6 +136,12 @@ def test_potentials_locates_the_minimum_of_a_known_potential(tmp_path, monkeypat
     assert "ring r = 1: no minimum within 0.3" in md and "ring r = 3: no minimum within 0.3" in md
     assert "not the model's log density" in md and "nsf-seed0" in md
     assert all(p.is_file() for p in files) and any(p.suffix == ".png" for p in files)
+
+    # a flagged cell, or one above the KL bar, does not fit: its rings are counted over every cell only
+    for change in ({"under_trained": True}, {"test/kl": 0.2}):
+        md, _ = ANALYSES["potentials"](folder, [{**rows[0], **change}, rows[1]], tmp_path / "out")
+        assert "| 0 of 1 | — | — |" in md
+        assert json.loads((tmp_path / "out" / "potentials.json").read_text())["cells"][0]["fits"] is False
 
 
 def test_potentials_uses_only_done_cells(tmp_path) -> None:
