@@ -3,21 +3,22 @@
 # report, and copies it (results.md, results.csv, figures) to docs/studies/<study>/. This produced the study
 # sections of docs/results.md (2 CPU cores, no GPU). A rerun skips finished cells; pass study names to run
 # only those, e.g.  bash scripts/run_studies.sh potentials representation
-# NAME:PROFILE runs another profile into $OUT/NAME-PROFILE and docs/studies/NAME_<PROFILE without "quick_">,
-# e.g.  bash scripts/run_studies.sh data_efficiency:quick_two_rings4d data_efficiency:quick_dw4
+# NAME:PROFILE runs another profile into $OUT/NAME-PROFILE and docs/studies/NAME_<PROFILE without "quick_">
+# (the full profile into docs/studies/NAME, which it replaces), e.g.
+#   bash scripts/run_studies.sh data_efficiency:quick_two_rings4d data_efficiency:quick_dw4 infinite_data:full
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/study}
 EHF=.venv/bin/ehf
 studies=("$@")
-[ ${#studies[@]} -eq 0 ] && studies=(data_efficiency potentials representation infinite_data)
+[ ${#studies[@]} -eq 0 ] && studies=(data_efficiency potentials representation infinite_data:full)
 for entry in "${studies[@]}"; do
     s=${entry%%:*}
     p=quick
     [ "$entry" != "$s" ] && p=${entry#*:}
     dir="$OUT/$s-$p"
     docs="docs/studies/$s"
-    [ "$p" != quick ] && docs="docs/studies/${s}_${p#quick_}"
+    [ "$p" != quick ] && [ "$p" != full ] && docs="docs/studies/${s}_${p#quick_}"
     echo "== $s: $EHF study run -c configs/study/$s.yaml profile=$p --workers 2 --dir $dir"
     start=$(date +%s)
     $EHF study run -c "configs/study/$s.yaml" profile="$p" --workers 2 --dir "$dir"
