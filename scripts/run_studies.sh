@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/study}
 EHF=.venv/bin/ehf
 studies=("$@")
-[ ${#studies[@]} -eq 0 ] && studies=(data_efficiency potentials representation infinite_data:full)
+[ ${#studies[@]} -eq 0 ] && studies=(data_efficiency potentials representation:full infinite_data:full)
 for entry in "${studies[@]}"; do
     s=${entry%%:*}
     p=quick
